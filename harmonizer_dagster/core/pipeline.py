@@ -1,0 +1,257 @@
+"""The four steps a file version goes through: hash, validate, harmonize, upsert.
+
+Each step reads the previous step's staged output from disk and writes its own, so any
+step can be re-run alone (Dagster's "re-execute from failure") and a killed step resumes
+from its last completed batch. Nothing here knows about Dagster.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import polars as pl
+
+from harmonizer_dagster.core import staging
+from harmonizer_dagster.core.files import FileVersion, fingerprint, version_key
+from harmonizer_dagster.core.harmonization import duplicate_key_sql, harmonize_sql
+from harmonizer_dagster.core.reading import LINE_COLUMN, ReadResult, read_batches
+from harmonizer_dagster.core.spec import SourceSpec
+from harmonizer_dagster.core.sql import quote_literal
+from harmonizer_dagster.core.validation import FAILED_SCHEMA, ISSUE_SCHEMA, SpecValidator
+from harmonizer_dagster.core.warehouse import PublishCounts, StagedPartition, Warehouse
+
+DEFAULT_BATCH_ROWS = 5_000
+
+
+@dataclass(frozen=True)
+class HashedVersion:
+    """What the hash step hands on: small, picklable, and enough to find everything else."""
+
+    source: str
+    partition_key: str
+    path: str
+    file_hash: str
+    size_bytes: int
+    version: str
+    source_id: int
+    stage_dir: str
+    started_at: float
+    skipped_because: str | None = None
+
+    @property
+    def skipped(self) -> bool:
+        return self.skipped_because is not None
+
+
+@dataclass(frozen=True)
+class UpsertResult:
+    counts: PublishCounts | None
+    records_in_file: int
+    records_failed: int
+    records_skipped: int
+    issues: int
+    table_rows: int
+    duration_s: float
+
+    @property
+    def imported(self) -> int:
+        return 0 if self.counts is None else self.counts.inserted + self.counts.updated + self.counts.unchanged
+
+
+def hash_step(
+    spec: SourceSpec, file: FileVersion, warehouse: Warehouse, staging_root: Path, run_id: str
+) -> HashedVersion:
+    """Fingerprints the file and registers the version, or decides it needs no work."""
+    started = time.time()
+    fp = fingerprint(file.path)
+    version = version_key(spec.version_strategy, fp)
+    register = dict(
+        partition_key=file.partition_key,
+        version=version,
+        file_name=file.file_name,
+        file_uri=file.path.resolve().as_uri(),
+        file_hash=fp.file_hash,
+        size_bytes=fp.size_bytes,
+        run_id=run_id,
+    )
+    skipped_because = None
+    done = warehouse.completed_version(spec.name, fp.file_hash)
+    if done and done.partition_key == file.partition_key:
+        source_id, skipped_because = done.source_id, "already loaded: the file has not changed"
+    elif done:
+        source_id = warehouse.register_version(spec, **register, status="skipped", duplicate_of=done.source_id)
+        skipped_because = f"identical to already loaded file {done.partition_key}"
+    else:
+        source_id = warehouse.register_version(spec, **register)
+    return HashedVersion(
+        source=spec.name,
+        partition_key=file.partition_key,
+        path=str(file.path),
+        file_hash=fp.file_hash,
+        size_bytes=fp.size_bytes,
+        version=version,
+        source_id=source_id,
+        stage_dir=str(staging.staging_dir(staging_root, spec.name, file.partition_key, fp.file_hash)),
+        started_at=started,
+        skipped_because=skipped_because,
+    )
+
+
+def _count(files: list[Path]) -> int:
+    return int(pl.scan_parquet(files).select(pl.len()).collect().item()) if files else 0
+
+
+def validate_step(spec: SourceSpec, hashed: HashedVersion, batch_rows: int = DEFAULT_BATCH_ROWS) -> dict[str, Any]:
+    """Validates the file in checkpointed batches; returns the staged counts."""
+    stage = staging.StepStage(Path(hashed.stage_dir) / "validate")
+    if hashed.skipped or stage.summary() is not None:
+        return stage.summary() or {}
+    done = stage.prepare()
+    validator = SpecValidator(spec)
+    result = ReadResult()
+    index = done
+    for index, batch in enumerate(read_batches(spec, Path(hashed.path), batch_rows, result, done), start=done):
+        checked = validator.validate(batch)
+        stage.write_batch(index, {"accepted": checked.accepted, "issues": checked.issues, "failed": checked.failed})
+    final = stage.completed_batches()
+    stage.write_batch(final, _file_level_findings(spec, stage.files("accepted"), result))
+    summary = {
+        "records_parsed": _count(stage.files("accepted")) + _count(stage.files("failed")) - len(result.malformed),
+        "records_malformed": len(result.malformed),
+        "records_accepted": _count(stage.files("accepted")),
+        "records_failed": _count(stage.files("failed")),
+        "issues": _count(stage.files("issues")),
+        "extra_fields": result.extra_fields,
+    }
+    return stage.finish(summary)
+
+
+def _file_level_findings(spec: SourceSpec, accepted: list[Path], result: ReadResult) -> dict[str, pl.DataFrame]:
+    """Findings that need the whole file: malformed lines and `unique` checks."""
+    failed = pl.DataFrame(
+        {
+            "source_line_number": [None] * len(result.malformed),
+            "source_record_id": [None] * len(result.malformed),
+            "record_data": [json.dumps({"raw_line": m.raw_text}) for m in result.malformed],
+            "error_type": ["malformed_record"] * len(result.malformed),
+            "error_message": [f"line {m.line}: {m.error}" for m in result.malformed],
+        },
+        schema=FAILED_SCHEMA,
+    )
+    issues = [
+        pl.DataFrame(
+            {
+                "source_line_number": [None] * len(result.malformed),
+                "source_record_id": [None] * len(result.malformed),
+                "issue_type": ["malformed_record"] * len(result.malformed),
+                "severity": ["error"] * len(result.malformed),
+                "field_name": [None] * len(result.malformed),
+                "invalid_value": [m.raw_text for m in result.malformed],
+                "expected_format": [f"line {m.line}: {m.error}" for m in result.malformed],
+                "rule": ["parse"] * len(result.malformed),
+            },
+            schema=ISSUE_SCHEMA,
+        )
+    ]
+    for column in spec.columns:
+        for number, check in enumerate(column.checks):
+            if check.kind != "unique" or not accepted:
+                continue
+            duplicated = (
+                pl.scan_parquet(accepted)
+                .filter(pl.col(column.name).is_not_null() & pl.col(column.name).is_duplicated())
+                .select(
+                    pl.col(LINE_COLUMN).alias("source_line_number"),
+                    pl.concat_str([pl.col(k).fill_null("") for k in spec.natural_key], separator="|").alias(
+                        "source_record_id"
+                    ),
+                    pl.lit(check.issue_type).alias("issue_type"),
+                    pl.lit(check.severity).alias("severity"),
+                    pl.lit(column.name).alias("field_name"),
+                    pl.col(column.name).alias("invalid_value"),
+                    pl.lit(check.expected_format).alias("expected_format"),
+                    pl.lit(f"{column.name}:{number}").alias("rule"),
+                )
+                .collect()
+            )
+            issues.append(duplicated.cast(ISSUE_SCHEMA))
+    return {"issues": pl.concat(issues), "failed": failed}
+
+
+def harmonize_step(spec: SourceSpec, hashed: HashedVersion) -> dict[str, Any]:
+    """Turns validated batches into canonical rows; records which duplicates lose."""
+    stage = staging.StepStage(Path(hashed.stage_dir) / "harmonize")
+    if hashed.skipped or stage.summary() is not None:
+        return stage.summary() or {}
+    done = stage.prepare()
+    accepted = staging.StepStage(Path(hashed.stage_dir) / "validate").files("accepted")
+    connection = duckdb.connect(config={"threads": 2, "memory_limit": "512MB"})
+    try:
+        for index, path in enumerate(accepted):
+            if index < done:
+                continue
+            relation = f"read_parquet({quote_literal(str(path))})"
+            rows = connection.sql(harmonize_sql(spec, relation, hashed.file_hash, hashed.partition_key))
+            stage.write_batch(index, {"harmonized": pl.from_arrow(rows.to_arrow_table())})
+        harmonized = stage.files("harmonized")
+        duplicates = pl.DataFrame(schema=ISSUE_SCHEMA)
+        if harmonized:
+            paths = ", ".join(quote_literal(str(p)) for p in harmonized)
+            found = pl.from_arrow(connection.sql(duplicate_key_sql(spec, f"read_parquet([{paths}])")).to_arrow_table())
+            duplicates = found.select(
+                pl.col("source_line_number"),
+                pl.col("source_record_id"),
+                pl.lit("duplicate_key").alias("issue_type"),
+                pl.lit("warning").alias("severity"),
+                pl.lit(", ".join(spec.natural_key)).alias("field_name"),
+                pl.col("source_record_id").alias("invalid_value"),
+                pl.format("unique natural key; the record on line {} was kept", pl.col("kept_line")).alias(
+                    "expected_format"
+                ),
+                pl.lit("natural_key").alias("rule"),
+            ).cast(ISSUE_SCHEMA)
+        stage.write_batch(len(accepted), {"issues": duplicates})
+    finally:
+        connection.close()
+    return stage.finish({"records_harmonized": _count(harmonized), "records_duplicate": duplicates.height})
+
+
+def upsert_step(spec: SourceSpec, hashed: HashedVersion, warehouse: Warehouse, run_id: str) -> UpsertResult:
+    """Publishes the staged partition atomically, then removes its staging."""
+    table_rows = int(warehouse.query(f"SELECT count(*) FROM {warehouse.table(spec.name)}")[0][0])
+    if hashed.skipped:
+        return UpsertResult(None, 0, 0, 0, 0, table_rows, time.time() - hashed.started_at)
+    root = Path(hashed.stage_dir)
+    validated = staging.StepStage(root / "validate")
+    harmonized = staging.StepStage(root / "harmonize")
+    validate_summary, harmonize_summary = validated.summary(), harmonized.summary()
+    if validate_summary is None or harmonize_summary is None:
+        raise RuntimeError(f"{hashed.partition_key}: staged outputs are missing; re-run validate and harmonize")
+    staged = StagedPartition(
+        source_id=hashed.source_id,
+        file_hash=hashed.file_hash,
+        partition_key=hashed.partition_key,
+        harmonized_files=harmonized.files("harmonized"),
+        issue_files=validated.files("issues") + harmonized.files("issues"),
+        failed_files=validated.files("failed"),
+        records_in_file=validate_summary["records_parsed"] + validate_summary["records_malformed"],
+        records_failed=validate_summary["records_failed"],
+        records_skipped=harmonize_summary["records_duplicate"],
+    )
+    counts = warehouse.publish(spec, staged, run_id)
+    table_rows = int(warehouse.query(f"SELECT count(*) FROM {warehouse.table(spec.name)}")[0][0])
+    staging.remove(root)
+    return UpsertResult(
+        counts=counts,
+        records_in_file=staged.records_in_file,
+        records_failed=staged.records_failed,
+        records_skipped=staged.records_skipped,
+        issues=validate_summary["issues"] + harmonize_summary["records_duplicate"],
+        table_rows=table_rows,
+        duration_s=time.time() - hashed.started_at,
+    )

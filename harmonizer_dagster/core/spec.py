@@ -1,0 +1,293 @@
+"""Source specs: one YAML file declares everything the pipeline needs to know about a source.
+
+Parsing is strict on purpose: a typo in a spec must fail when the code location loads,
+naming the file and the field, not silently skip a rule in production.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+FORMATS = ("csv", "json", "ndjson")
+COMPRESSIONS = ("auto", "none", "gzip")
+ENCODINGS = ("utf-8", "utf-16", "latin-1")
+TYPES = ("string", "integer", "decimal", "boolean", "date", "timestamp")
+SEVERITIES = ("warning", "error")
+VERSION_STRATEGIES = ("quarterly", "monthly", "daily", "content_hash")
+HARMONIZE_RULES = (
+    "trim",
+    "collapse_whitespace",
+    "lowercase",
+    "uppercase",
+    "us_zip",
+    "phone_e164",
+    "email",
+)
+# Named formats a check may use instead of spelling out a regular expression.
+NAMED_FORMATS = {
+    "email": (r"^[^@\s]+@[^@\s]+\.[^@\s]+$", "name@domain.tld"),
+    "us_zip": (r"^\d{5}(-\d{4})?$", "5 digits or ZIP+4 (12345-6789)"),
+    "e164_phone": (r"^\+[1-9]\d{7,14}$", "E.164 phone number (+15551234567)"),
+}
+NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+DEFAULT_DATE_FORMATS = ("%Y-%m-%d",)
+DEFAULT_TIMESTAMP_FORMATS = ("%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S")
+
+
+class SpecError(ValueError):
+    """A spec file is invalid; the message names the file and the field."""
+
+
+@dataclass(frozen=True)
+class Check:
+    """One validation rule on one column."""
+
+    kind: str  # pattern | allowed_values | range | unique
+    issue_type: str
+    severity: str
+    expected_format: str
+    pattern: str | None = None
+    allowed_values: tuple[str, ...] = ()
+    ignore_case: bool = False
+    minimum: str | None = None
+    maximum: str | None = None
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    source: str
+    type: str = "string"
+    required: bool = False
+    formats: tuple[str, ...] = ()
+    precision: int = 18
+    scale: int = 4
+    harmonize: tuple[str, ...] = ()
+    checks: tuple[Check, ...] = ()
+
+    @property
+    def parse_formats(self) -> tuple[str, ...]:
+        """strptime formats accepted for date/timestamp columns, in order of preference."""
+        if self.formats:
+            return self.formats
+        return DEFAULT_TIMESTAMP_FORMATS if self.type == "timestamp" else DEFAULT_DATE_FORMATS
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    name: str
+    title: str
+    owner: str
+    format: str
+    natural_key: tuple[str, ...]
+    columns: tuple[Column, ...]
+    version_strategy: str = "content_hash"
+    compression: str = "auto"
+    encoding: str = "utf-8"
+    delimiter: str = ","
+    description: str = ""
+    path: Path | None = field(default=None, compare=False)
+
+    def column(self, name: str) -> Column:
+        return next(c for c in self.columns if c.name == name)
+
+    @property
+    def key_columns(self) -> tuple[Column, ...]:
+        return tuple(self.column(k) for k in self.natural_key)
+
+
+class _Reader:
+    """Reads one mapping of a spec, tracking the dotted path for error messages."""
+
+    def __init__(self, data: Any, where: str, file: str):
+        if not isinstance(data, Mapping):
+            raise SpecError(f"{file}: {where or 'top level'} must be a mapping")
+        self.data, self.where, self.file = dict(data), where, file
+        self.used: set[str] = set()
+
+    def _path(self, key: str) -> str:
+        return f"{self.where}.{key}" if self.where else key
+
+    def fail(self, key: str, message: str) -> SpecError:
+        return SpecError(f"{self.file}: field '{self._path(key)}': {message}")
+
+    def get(self, key: str, default: Any = None, *, required: bool = False, kind: type | tuple = object) -> Any:
+        self.used.add(key)
+        if key not in self.data:
+            if required:
+                raise self.fail(key, "is required")
+            return default
+        value = self.data[key]
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind in (int, float)):
+            raise self.fail(key, f"must be {getattr(kind, '__name__', kind)}, got {type(value).__name__}")
+        return value
+
+    def choice(self, key: str, choices: tuple[str, ...], default: str | None = None) -> str:
+        value = self.get(key, default, required=default is None, kind=str)
+        if value not in choices:
+            raise self.fail(key, f"'{value}' is not one of {', '.join(choices)}")
+        return value
+
+    def sub(self, key: str, value: Any) -> _Reader:
+        return _Reader(value, self._path(key), self.file)
+
+    def finish(self) -> None:
+        unknown = sorted(set(self.data) - self.used)
+        if unknown:
+            raise self.fail(unknown[0], "unknown field")
+
+
+def _parse_check(r: _Reader, column: Column) -> Check:
+    severity = r.choice("severity", SEVERITIES, "error")
+    issue_type = r.get("issue_type", None, kind=str)
+    expected = r.get("expected_format", None, kind=str)
+    if "format" in r.data or "pattern" in r.data:
+        if "format" in r.data:
+            fmt = r.choice("format", tuple(NAMED_FORMATS))
+            pattern, described = NAMED_FORMATS[fmt]
+            issue_type = issue_type or f"invalid_{fmt}"
+        else:
+            pattern = r.get("pattern", kind=str)
+            described = f"matches {pattern}"
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise r.fail("pattern", f"invalid regular expression: {exc}") from exc
+        check = Check("pattern", issue_type or "invalid_format", severity, expected or described, pattern=pattern)
+    elif "allowed_values" in r.data:
+        values = r.get("allowed_values", kind=list)
+        if not values or not all(isinstance(v, (str, int)) for v in values):
+            raise r.fail("allowed_values", "must be a non-empty list of strings")
+        ignore_case = r.get("ignore_case", False, kind=bool)
+        check = Check(
+            "allowed_values",
+            issue_type or "invalid_value",
+            severity,
+            expected or "one of " + ", ".join(map(str, values)),
+            allowed_values=tuple(str(v) for v in values),
+            ignore_case=ignore_case,
+        )
+    elif "min" in r.data or "max" in r.data:
+        if column.type not in ("integer", "decimal", "date", "timestamp"):
+            raise r.fail("min", f"range checks need a numeric or date column, '{column.name}' is {column.type}")
+        low = r.get("min", None, kind=(int, float, str))
+        high = r.get("max", None, kind=(int, float, str))
+        low_s = None if low is None else str(low)
+        high_s = None if high is None else str(high)
+        check = Check(
+            "range",
+            issue_type or "out_of_range",
+            severity,
+            expected or f"between {low_s or '-inf'} and {high_s or '+inf'}",
+            minimum=low_s,
+            maximum=high_s,
+        )
+    elif "unique" in r.data:
+        if r.get("unique", kind=bool) is not True:
+            raise r.fail("unique", "must be true when given")
+        check = Check("unique", issue_type or "duplicate_value", severity, expected or "unique within the file")
+    else:
+        raise r.fail("", "a check needs one of: format, pattern, allowed_values, min/max, unique")
+    r.finish()
+    return check
+
+
+def _parse_column(name: str, r: _Reader, natural_key: tuple[str, ...]) -> Column:
+    if not NAME_PATTERN.match(name):
+        raise r.fail("", "column names must be lower_snake_case (letters, digits, underscores)")
+    col_type = r.choice("type", TYPES, "string")
+    harmonize = r.get("harmonize", [], kind=list)
+    for i, rule in enumerate(harmonize):
+        if rule not in HARMONIZE_RULES:
+            raise r.fail(
+                f"harmonize[{i}]", f"unknown harmonization rule '{rule}' (known: {', '.join(HARMONIZE_RULES)})"
+            )
+    formats = r.get("formats", [], kind=list)
+    if formats and col_type not in ("date", "timestamp"):
+        raise r.fail("formats", "only date and timestamp columns take formats")
+    column = Column(
+        name=name,
+        source=r.get("source", name, kind=str),
+        type=col_type,
+        required=r.get("required", False, kind=bool) or name in natural_key,
+        formats=tuple(str(f) for f in formats),
+        precision=r.get("precision", 18, kind=int),
+        scale=r.get("scale", 4, kind=int),
+        harmonize=tuple(harmonize),
+    )
+    checks = r.get("checks", [], kind=list)
+    parsed = tuple(_parse_check(r.sub(f"checks[{i}]", c), column) for i, c in enumerate(checks))
+    r.finish()
+    return Column(**{**column.__dict__, "checks": parsed})
+
+
+def parse_spec(data: Any, file: str = "<spec>") -> SourceSpec:
+    """Builds a SourceSpec from parsed YAML, raising SpecError naming `file` and the field."""
+    r = _Reader(data, "", file)
+    name = r.get("name", required=True, kind=str)
+    if not NAME_PATTERN.match(name):
+        raise r.fail("name", "must be lower_snake_case")
+    natural_key = r.get("natural_key", required=True, kind=(list, str))
+    natural_key = (natural_key,) if isinstance(natural_key, str) else tuple(natural_key)
+    if not natural_key:
+        raise r.fail("natural_key", "needs at least one column")
+    columns_data = r.get("columns", required=True, kind=dict)
+    columns_reader = r.sub("columns", columns_data)
+    columns = tuple(
+        _parse_column(str(col_name), columns_reader.sub(str(col_name), col_data or {}), natural_key)
+        for col_name, col_data in columns_data.items()
+    )
+    names = {c.name for c in columns}
+    for key in natural_key:
+        if key not in names:
+            raise r.fail("natural_key", f"'{key}' is not a declared column")
+    sources = [c.source for c in columns]
+    if len(set(sources)) != len(sources):
+        raise r.fail("columns", "two columns read the same source field")
+    spec = SourceSpec(
+        name=name,
+        title=r.get("title", name.replace("_", " ").title(), kind=str),
+        owner=r.get("owner", required=True, kind=str),
+        description=r.get("description", "", kind=str),
+        format=r.choice("format", FORMATS),
+        compression=r.choice("compression", COMPRESSIONS, "auto"),
+        encoding=r.choice("encoding", ENCODINGS, "utf-8"),
+        delimiter=r.get("delimiter", ",", kind=str),
+        version_strategy=r.choice("version_strategy", VERSION_STRATEGIES, "content_hash"),
+        natural_key=natural_key,
+        columns=columns,
+        path=Path(file),
+    )
+    if len(spec.delimiter) != 1:
+        raise r.fail("delimiter", "must be a single character")
+    if spec.format != "csv" and spec.encoding != "utf-8":
+        raise r.fail("encoding", "JSON sources must be utf-8")
+    r.finish()
+    return spec
+
+
+def load_spec(path: Path) -> SourceSpec:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{path}: not valid YAML: {exc}") from exc
+    return parse_spec(data, str(path))
+
+
+def load_specs(directory: Path) -> list[SourceSpec]:
+    """Loads every *.yaml / *.yml spec in `directory`, sorted by source name."""
+    if not directory.is_dir():
+        raise SpecError(f"{directory}: sources folder does not exist")
+    specs = [load_spec(p) for p in sorted(directory.glob("*.y*ml"))]
+    seen: dict[str, Path | None] = {}
+    for spec in specs:
+        if spec.name in seen:
+            raise SpecError(f"{spec.path}: field 'name': '{spec.name}' is already declared in {seen[spec.name]}")
+        seen[spec.name] = spec.path
+    return sorted(specs, key=lambda s: s.name)

@@ -1,0 +1,279 @@
+"""Warehouse logic written once for every backend.
+
+Backends supply a `Session` (run SQL, bulk-load Parquet into a temporary table); the
+registry, migrations and the atomic per-partition publish live here, so DuckDB and
+PostgreSQL behave the same by construction. SQL uses `%s` placeholders throughout.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harmonizer_dagster.core.harmonization import ROW_HASH_COLUMN
+from harmonizer_dagster.core.reading import LINE_COLUMN
+from harmonizer_dagster.core.spec import SourceSpec
+from harmonizer_dagster.core.sql import quote_ident
+from harmonizer_dagster.core.validation import FAILED_SCHEMA, ISSUE_SCHEMA
+from harmonizer_dagster.core.warehouse.tables import MIGRATIONS, canonical_columns, source_table_ddl
+
+ISSUE_COLUMNS = [(name, "BIGINT" if name == "source_line_number" else "VARCHAR") for name in ISSUE_SCHEMA]
+FAILED_COLUMNS = [(name, "BIGINT" if name == "source_line_number" else "VARCHAR") for name in FAILED_SCHEMA]
+
+
+class Session(ABC):
+    """One connection inside one transaction."""
+
+    @abstractmethod
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        """Runs one statement; returns its rows (empty for statements without a result)."""
+
+    @abstractmethod
+    def load_parquet(self, table: str, columns: list[tuple[str, str]], files: list[Path]) -> None:
+        """Creates temporary `table` with `columns` and bulk-loads the Parquet `files` into it."""
+
+
+@dataclass(frozen=True)
+class RegisteredVersion:
+    source_id: int
+    partition_key: str
+    status: str
+
+
+@dataclass(frozen=True)
+class PublishCounts:
+    inserted: int
+    updated: int
+    unchanged: int
+
+
+@dataclass(frozen=True)
+class StagedPartition:
+    """Where the staged outputs of one file version are, and what its records came to."""
+
+    source_id: int
+    file_hash: str
+    partition_key: str
+    harmonized_files: list[Path]
+    issue_files: list[Path]
+    failed_files: list[Path]
+    records_in_file: int
+    records_failed: int
+    records_skipped: int
+
+
+class Warehouse(ABC):
+    def __init__(self, schema: str = "harmonizer"):
+        self.schema_name = schema
+        self.schema = quote_ident(schema)
+
+    @abstractmethod
+    def session(self) -> AbstractContextManager[Session]:
+        """A connection in a transaction: committed on success, rolled back on error."""
+
+    @property
+    @abstractmethod
+    def description(self) -> str:
+        """Where the data lives, safe to log (no credentials)."""
+
+    def table(self, name: str) -> str:
+        return f"{self.schema}.{quote_ident(name)}"
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        """Runs one statement in its own transaction; `{schema}` expands to the quoted schema."""
+        with self.session() as s:
+            return s.execute(sql.replace("{schema}", self.schema), params)
+
+    # -- migrations -------------------------------------------------------------------------
+
+    def migrate(self, specs: Sequence[SourceSpec]) -> None:
+        """Creates or extends every table; safe to run any number of times."""
+        with self.session() as s:
+            s.execute(f"CREATE SCHEMA IF NOT EXISTS {self.schema}")
+            s.execute(
+                f"CREATE TABLE IF NOT EXISTS {self.schema}.schema_migrations ("
+                "version INTEGER PRIMARY KEY, description VARCHAR NOT NULL, "
+                "applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+            )
+            applied = {row[0] for row in s.execute(f"SELECT version FROM {self.schema}.schema_migrations")}
+            for version, description, statements in MIGRATIONS:
+                if version in applied:
+                    continue
+                for statement in statements:
+                    s.execute(statement.format(schema=self.schema, schema_name=self.schema_name))
+                s.execute(
+                    f"INSERT INTO {self.schema}.schema_migrations (version, description) VALUES (%s, %s)",
+                    (version, description),
+                )
+            for spec in specs:
+                s.execute(source_table_ddl(self.schema, spec))
+                existing = {
+                    row[0]
+                    for row in s.execute(
+                        "SELECT column_name FROM information_schema.columns WHERE table_schema = %s AND table_name = %s",
+                        (self.schema_name, spec.name),
+                    )
+                }
+                for name, kind in canonical_columns(spec):
+                    if name not in existing:  # a spec gained a column: extend, never drop
+                        s.execute(f"ALTER TABLE {self.table(spec.name)} ADD COLUMN {quote_ident(name)} {kind}")
+
+    # -- the sources registry ---------------------------------------------------------------
+
+    def completed_version(self, source_type: str, file_hash: str) -> RegisteredVersion | None:
+        """The version already loaded with these exact bytes, if any."""
+        rows = self.query(
+            "SELECT source_id, partition_key, status FROM {schema}.sources "
+            "WHERE source_type = %s AND file_hash = %s AND status = 'completed' ORDER BY source_id LIMIT 1",
+            (source_type, file_hash),
+        )
+        return RegisteredVersion(*rows[0]) if rows else None
+
+    def register_version(
+        self,
+        spec: SourceSpec,
+        *,
+        partition_key: str,
+        version: str,
+        file_name: str,
+        file_uri: str,
+        file_hash: str,
+        size_bytes: int,
+        run_id: str,
+        status: str = "processing",
+        duplicate_of: int | None = None,
+    ) -> int:
+        """Records (or restarts) the processing of one file version; returns its source_id."""
+        with self.session() as s:
+            found = s.execute(
+                f"SELECT source_id FROM {self.schema}.sources "
+                "WHERE source_type = %s AND partition_key = %s AND file_hash = %s",
+                (spec.name, partition_key, file_hash),
+            )
+            if found:
+                source_id = found[0][0]
+                s.execute(
+                    f"UPDATE {self.schema}.sources SET status = %s, run_id = %s, import_started_at = now(), "
+                    "import_completed_at = NULL, error_message = NULL, duplicate_of_source_id = %s, "
+                    "updated_at = now() WHERE source_id = %s",
+                    (status, run_id, duplicate_of, source_id),
+                )
+                return int(source_id)
+            rows = s.execute(
+                f"INSERT INTO {self.schema}.sources (source_type, source_name, source_version, partition_key, "
+                "file_name, file_uri, file_hash, file_size_bytes, status, run_id, import_started_at, "
+                "duplicate_of_source_id) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now(), %s) "
+                "RETURNING source_id",
+                (
+                    spec.name,
+                    spec.title,
+                    version,
+                    partition_key,
+                    file_name,
+                    file_uri,
+                    file_hash,
+                    size_bytes,
+                    status,
+                    run_id,
+                    duplicate_of,
+                ),
+            )
+            return int(rows[0][0])
+
+    @contextmanager
+    def failure_recorded(self, source_id: int) -> Iterator[None]:
+        """Marks the version failed, with the error, when the wrapped work raises."""
+        try:
+            yield
+        except Exception as exc:
+            self.mark_failed(source_id, f"{type(exc).__name__}: {exc}")
+            raise
+
+    def mark_failed(self, source_id: int, message: str) -> None:
+        self.query(
+            "UPDATE {schema}.sources SET status = 'failed', error_message = %s, updated_at = now() "
+            "WHERE source_id = %s AND status <> 'completed'",
+            (message[:4000], source_id),
+        )
+
+    # -- publishing one partition -----------------------------------------------------------
+
+    def publish(self, spec: SourceSpec, staged: StagedPartition, run_id: str) -> PublishCounts:
+        """Upserts the canonical rows, replaces the version's issues and failed records and
+        marks it completed, all in one transaction: a crash leaves the previous state intact."""
+        columns = canonical_columns(spec)
+        names = [name for name, _ in columns if name != "_loaded_at"]
+        target = self.table(spec.name)
+        keys = [quote_ident(k) for k in spec.natural_key]
+        joined = " AND ".join(f"t.{k} = s.{k}" for k in keys)
+        with self.session() as s:
+            s.load_parquet(
+                "_harmonizer_stage_all", [c for c in columns if c[0] != "_loaded_at"], staged.harmonized_files
+            )
+            # The last occurrence of a key in the file wins, as the harmonize step recorded.
+            s.execute(
+                f"CREATE TEMPORARY TABLE _harmonizer_stage AS SELECT DISTINCT ON ({', '.join(keys)}) * "
+                f"FROM _harmonizer_stage_all ORDER BY {', '.join(keys)}, {quote_ident(LINE_COLUMN)} DESC"
+            )
+            inserted, updated, unchanged = s.execute(
+                f"SELECT count(*) FILTER (WHERE t.{keys[0]} IS NULL), "
+                f"count(*) FILTER (WHERE t.{keys[0]} IS NOT NULL AND t.{ROW_HASH_COLUMN} <> s.{ROW_HASH_COLUMN}), "
+                f"count(*) FILTER (WHERE t.{ROW_HASH_COLUMN} = s.{ROW_HASH_COLUMN}) "
+                f"FROM _harmonizer_stage s LEFT JOIN {target} t ON {joined}"
+            )[0]
+            assignments = ", ".join(
+                f"{quote_ident(n)} = s.{quote_ident(n)}" for n in names if n not in spec.natural_key
+            )
+            s.execute(
+                f"UPDATE {target} AS t SET {assignments}, _loaded_at = now() FROM _harmonizer_stage AS s "
+                f"WHERE {joined} AND t.{ROW_HASH_COLUMN} <> s.{ROW_HASH_COLUMN}"
+            )
+            column_list = ", ".join(quote_ident(n) for n in names)
+            s.execute(
+                f"INSERT INTO {target} ({column_list}, _loaded_at) SELECT {column_list}, now() "
+                f"FROM _harmonizer_stage s WHERE NOT EXISTS (SELECT 1 FROM {target} t WHERE {joined})"
+            )
+            self._replace_version_rows(s, spec, staged, run_id)
+            imported = inserted + updated + unchanged
+            s.execute(
+                f"UPDATE {self.schema}.sources SET status = 'completed', import_completed_at = now(), "
+                "records_in_file = %s, records_processed = %s, records_imported = %s, records_failed = %s, "
+                "records_skipped = %s, records_inserted = %s, records_updated = %s, records_unchanged = %s, "
+                "error_message = NULL, run_id = %s, updated_at = now() WHERE source_id = %s",
+                (
+                    staged.records_in_file,
+                    staged.records_in_file,
+                    imported,
+                    staged.records_failed,
+                    staged.records_skipped,
+                    inserted,
+                    updated,
+                    unchanged,
+                    run_id,
+                    staged.source_id,
+                ),
+            )
+        return PublishCounts(int(inserted), int(updated), int(unchanged))
+
+    def _replace_version_rows(self, s: Session, spec: SourceSpec, staged: StagedPartition, run_id: str) -> None:
+        """Re-publishing a version replaces its issues and failed records instead of doubling them."""
+        for table, columns, files in (
+            ("data_quality_issues", ISSUE_COLUMNS, staged.issue_files),
+            ("failed_records", FAILED_COLUMNS, staged.failed_files),
+        ):
+            s.execute(
+                f"DELETE FROM {self.schema}.{table} WHERE source_type = %s AND partition_key = %s AND file_hash = %s",
+                (spec.name, staged.partition_key, staged.file_hash),
+            )
+            staging = f"_harmonizer_{table}"
+            s.load_parquet(staging, columns, files)
+            names = ", ".join(name for name, _ in columns)
+            s.execute(
+                f"INSERT INTO {self.schema}.{table} (source_id, source_type, partition_key, file_hash, run_id, "
+                f"{names}) SELECT %s, %s, %s, %s, %s, {names} FROM {staging}",
+                (staged.source_id, spec.name, staged.partition_key, staged.file_hash, run_id),
+            )

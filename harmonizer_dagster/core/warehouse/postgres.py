@@ -1,0 +1,63 @@
+"""The production warehouse: PostgreSQL through psycopg 3, bulk-loading with COPY."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
+
+from harmonizer_dagster.core.sql import quote_ident
+from harmonizer_dagster.core.warehouse.base import Session, Warehouse
+
+COPY_BATCH_ROWS = 50_000
+
+
+class PostgresSession(Session):
+    def __init__(self, connection: psycopg.Connection):
+        self.connection = connection
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        with self.connection.cursor() as cursor:
+            cursor.execute(sql, list(params) or None)
+            return cursor.fetchall() if cursor.description else []
+
+    def load_parquet(self, table: str, columns: list[tuple[str, str]], files: list[Path]) -> None:
+        definition = ", ".join(f"{quote_ident(name)} {kind}" for name, kind in columns)
+        names = [name for name, _ in columns]
+        with self.connection.cursor() as cursor:
+            cursor.execute(f"DROP TABLE IF EXISTS {quote_ident(table)}")
+            cursor.execute(f"CREATE TEMPORARY TABLE {quote_ident(table)} ({definition}) ON COMMIT DROP")
+            copy_sql = (
+                f"COPY {quote_ident(table)} ({', '.join(quote_ident(n) for n in names)}) "
+                "FROM STDIN WITH (FORMAT csv, HEADER false)"
+            )
+            with cursor.copy(copy_sql) as copy:
+                for path in files:
+                    for batch in pq.ParquetFile(path).iter_batches(COPY_BATCH_ROWS, columns=names):
+                        # Arrow writes NULL as an unquoted empty field and '' as "", which is
+                        # exactly how PostgreSQL's CSV COPY tells them apart.
+                        buffer = io.BytesIO()
+                        pa_csv.write_csv(batch, buffer, pa_csv.WriteOptions(include_header=False))
+                        copy.write(buffer.getvalue())
+
+
+class PostgresWarehouse(Warehouse):
+    def __init__(self, url: str, schema: str = "harmonizer"):
+        super().__init__(schema)
+        self.url = url
+
+    @property
+    def description(self) -> str:
+        info = psycopg.conninfo.conninfo_to_dict(self.url)
+        return f"PostgreSQL database {info.get('dbname', '?')} on {info.get('host', 'local socket')}"
+
+    @contextmanager
+    def session(self) -> Iterator[PostgresSession]:
+        with psycopg.connect(self.url) as connection, connection.transaction():
+            yield PostgresSession(connection)

@@ -1,0 +1,115 @@
+"""Table definitions shared by every warehouse backend.
+
+DuckDB and PostgreSQL accept the same DDL for everything the project creates, so there is
+one definition of each table; backends differ only in how bulk data gets in.
+"""
+
+from __future__ import annotations
+
+from harmonizer_dagster.core.harmonization import PROVENANCE_COLUMNS
+from harmonizer_dagster.core.spec import Column, SourceSpec
+from harmonizer_dagster.core.sql import quote_ident
+
+SQL_TYPES = {
+    "string": "VARCHAR",
+    "integer": "BIGINT",
+    "boolean": "BOOLEAN",
+    "date": "DATE",
+    "timestamp": "TIMESTAMP",
+}
+
+
+def sql_type(column: Column) -> str:
+    if column.type == "decimal":
+        return f"DECIMAL({column.precision}, {column.scale})"
+    return SQL_TYPES[column.type]
+
+
+def canonical_columns(spec: SourceSpec) -> list[tuple[str, str]]:
+    """(name, SQL type) of a source's warehouse table: canonical columns, then provenance."""
+    columns = [(c.name, sql_type(c)) for c in spec.columns]
+    columns += [(name, SQL_TYPES[kind]) for name, kind in PROVENANCE_COLUMNS.items()]
+    return columns
+
+
+# Each migration runs once per warehouse, in order; never edit one that has shipped.
+MIGRATIONS: list[tuple[int, str, list[str]]] = [
+    (
+        1,
+        "registry, data-quality issues and failed records",
+        [
+            "CREATE SEQUENCE IF NOT EXISTS {schema}.sources_source_id_seq",
+            """CREATE TABLE IF NOT EXISTS {schema}.sources (
+                source_id BIGINT PRIMARY KEY DEFAULT nextval('{schema_name}.sources_source_id_seq'),
+                source_type VARCHAR NOT NULL,
+                source_name VARCHAR NOT NULL,
+                source_version VARCHAR NOT NULL,
+                partition_key VARCHAR NOT NULL,
+                file_name VARCHAR NOT NULL,
+                file_uri VARCHAR NOT NULL,
+                file_hash VARCHAR NOT NULL,
+                file_size_bytes BIGINT NOT NULL,
+                status VARCHAR NOT NULL,
+                records_in_file BIGINT,
+                records_processed BIGINT,
+                records_imported BIGINT,
+                records_failed BIGINT,
+                records_skipped BIGINT,
+                records_inserted BIGINT,
+                records_updated BIGINT,
+                records_unchanged BIGINT,
+                duplicate_of_source_id BIGINT,
+                run_id VARCHAR,
+                import_started_at TIMESTAMPTZ,
+                import_completed_at TIMESTAMPTZ,
+                error_message VARCHAR,
+                updated_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+                UNIQUE (source_type, partition_key, file_hash)
+            )""",
+            """CREATE TABLE IF NOT EXISTS {schema}.data_quality_issues (
+                issue_id UUID PRIMARY KEY DEFAULT gen_random_uuid(),
+                source_id BIGINT NOT NULL,
+                source_type VARCHAR NOT NULL,
+                partition_key VARCHAR NOT NULL,
+                file_hash VARCHAR NOT NULL,
+                run_id VARCHAR,
+                source_line_number BIGINT,
+                source_record_id VARCHAR,
+                issue_type VARCHAR NOT NULL,
+                severity VARCHAR NOT NULL,
+                field_name VARCHAR,
+                invalid_value VARCHAR,
+                expected_format VARCHAR,
+                rule VARCHAR,
+                resolution_status VARCHAR NOT NULL DEFAULT 'pending',
+                resolution_notes VARCHAR,
+                created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+                resolved_at TIMESTAMPTZ
+            )""",
+            """CREATE TABLE IF NOT EXISTS {schema}.failed_records (
+                record_id UUID PRIMARY KEY DEFAULT gen_random_uuid(),
+                source_id BIGINT NOT NULL,
+                source_type VARCHAR NOT NULL,
+                partition_key VARCHAR NOT NULL,
+                file_hash VARCHAR NOT NULL,
+                run_id VARCHAR,
+                source_line_number BIGINT,
+                source_record_id VARCHAR,
+                record_data VARCHAR NOT NULL,
+                error_type VARCHAR NOT NULL,
+                error_message VARCHAR NOT NULL,
+                reprocessed BOOLEAN NOT NULL DEFAULT FALSE,
+                reprocessed_at TIMESTAMPTZ,
+                created_at TIMESTAMPTZ NOT NULL DEFAULT now()
+            )""",
+            "CREATE INDEX IF NOT EXISTS dq_issues_file_idx ON {schema}.data_quality_issues (source_type, file_hash)",
+            "CREATE INDEX IF NOT EXISTS failed_records_file_idx ON {schema}.failed_records (source_type, file_hash)",
+        ],
+    ),
+]
+
+
+def source_table_ddl(schema: str, spec: SourceSpec) -> str:
+    columns = ", ".join(f"{quote_ident(name)} {kind}" for name, kind in canonical_columns(spec))
+    key = ", ".join(quote_ident(k) for k in spec.natural_key)
+    return f"CREATE TABLE IF NOT EXISTS {schema}.{quote_ident(spec.name)} ({columns}, PRIMARY KEY ({key}))"
