@@ -23,7 +23,7 @@ from harmonizer_dagster.core.reading import LINE_COLUMN, ReadResult, read_batche
 from harmonizer_dagster.core.spec import SourceSpec
 from harmonizer_dagster.core.sql import quote_literal
 from harmonizer_dagster.core.validation import FAILED_SCHEMA, ISSUE_SCHEMA, SpecValidator
-from harmonizer_dagster.core.warehouse import PublishCounts, StagedPartition, Warehouse
+from harmonizer_dagster.core.warehouse import StagedPartition, Warehouse
 
 DEFAULT_BATCH_ROWS = 5_000
 
@@ -50,17 +50,27 @@ class HashedVersion:
 
 @dataclass(frozen=True)
 class UpsertResult:
-    counts: PublishCounts | None
+    """What publishing one file version came to; for a skipped version, what its earlier load recorded."""
+
+    source: str
+    partition_key: str
+    skipped: bool
     records_in_file: int
+    records_imported: int
     records_failed: int
     records_skipped: int
+    records_inserted: int
+    records_updated: int
+    records_unchanged: int
+    warnings: int
     issues: int
     table_rows: int
     duration_s: float
 
-    @property
-    def imported(self) -> int:
-        return 0 if self.counts is None else self.counts.inserted + self.counts.updated + self.counts.unchanged
+    def as_counts(self) -> dict[str, int]:
+        return {name: value for name, value in self.__dict__.items() if name.startswith("records_")} | {
+            "warnings": self.warnings
+        }
 
 
 def hash_step(
@@ -223,35 +233,48 @@ def harmonize_step(spec: SourceSpec, hashed: HashedVersion) -> dict[str, Any]:
 
 def upsert_step(spec: SourceSpec, hashed: HashedVersion, warehouse: Warehouse, run_id: str) -> UpsertResult:
     """Publishes the staged partition atomically, then removes its staging."""
-    table_rows = int(warehouse.query(f"SELECT count(*) FROM {warehouse.table(spec.name)}")[0][0])
     if hashed.skipped:
-        return UpsertResult(None, 0, 0, 0, 0, table_rows, time.time() - hashed.started_at)
+        return _recorded_result(spec, hashed, warehouse)
     root = Path(hashed.stage_dir)
     validated = staging.StepStage(root / "validate")
     harmonized = staging.StepStage(root / "harmonize")
     validate_summary, harmonize_summary = validated.summary(), harmonized.summary()
     if validate_summary is None or harmonize_summary is None:
         raise RuntimeError(f"{hashed.partition_key}: staged outputs are missing; re-run validate and harmonize")
+    issue_files = validated.files("issues") + harmonized.files("issues")
     staged = StagedPartition(
         source_id=hashed.source_id,
         file_hash=hashed.file_hash,
         partition_key=hashed.partition_key,
         harmonized_files=harmonized.files("harmonized"),
-        issue_files=validated.files("issues") + harmonized.files("issues"),
+        issue_files=issue_files,
         failed_files=validated.files("failed"),
         records_in_file=validate_summary["records_parsed"] + validate_summary["records_malformed"],
         records_failed=validate_summary["records_failed"],
         records_skipped=harmonize_summary["records_duplicate"],
     )
-    counts = warehouse.publish(spec, staged, run_id)
-    table_rows = int(warehouse.query(f"SELECT count(*) FROM {warehouse.table(spec.name)}")[0][0])
+    warehouse.publish(spec, staged, run_id)
     staging.remove(root)
+    return _recorded_result(spec, hashed, warehouse)
+
+
+def _recorded_result(spec: SourceSpec, hashed: HashedVersion, warehouse: Warehouse) -> UpsertResult:
+    """Reads the counts back from the registry: the warehouse, not the staging, is the truth."""
+    recorded = warehouse.version_counts(hashed.source_id)
+    counts = recorded or {}
     return UpsertResult(
-        counts=counts,
-        records_in_file=staged.records_in_file,
-        records_failed=staged.records_failed,
-        records_skipped=staged.records_skipped,
-        issues=validate_summary["issues"] + harmonize_summary["records_duplicate"],
-        table_rows=table_rows,
+        source=spec.name,
+        partition_key=hashed.partition_key,
+        skipped=hashed.skipped,
+        records_in_file=counts.get("records_in_file", 0),
+        records_imported=counts.get("records_imported", 0),
+        records_failed=counts.get("records_failed", 0),
+        records_skipped=counts.get("records_skipped", 0),
+        records_inserted=counts.get("records_inserted", 0),
+        records_updated=counts.get("records_updated", 0),
+        records_unchanged=counts.get("records_unchanged", 0),
+        warnings=counts.get("warnings", 0),
+        issues=counts.get("issues", 0),
+        table_rows=int(warehouse.query(f"SELECT count(*) FROM {warehouse.table(spec.name)}")[0][0]),
         duration_s=time.time() - hashed.started_at,
     )

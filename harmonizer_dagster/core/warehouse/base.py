@@ -184,6 +184,31 @@ class Warehouse(ABC):
             )
             return int(rows[0][0])
 
+    def version_counts(self, source_id: int) -> dict[str, int] | None:
+        """A completed version's record counts, with its issue counts, as the registry holds them."""
+        names = [
+            "records_in_file",
+            "records_imported",
+            "records_failed",
+            "records_skipped",
+            "records_inserted",
+            "records_updated",
+            "records_unchanged",
+        ]
+        rows = self.query(
+            f"SELECT {', '.join('s.' + n for n in names)}, "
+            "(SELECT count(*) FROM {schema}.data_quality_issues i WHERE i.source_id = s.source_id), "
+            "(SELECT count(*) FROM {schema}.data_quality_issues i WHERE i.source_id = s.source_id "
+            "AND i.severity = 'warning') "
+            "FROM {schema}.sources s WHERE s.source_id = coalesce("
+            "(SELECT duplicate_of_source_id FROM {schema}.sources WHERE source_id = %s), %s) "
+            "AND s.status = 'completed'",
+            (source_id, source_id),
+        )
+        if not rows:
+            return None
+        return dict(zip([*names, "issues", "warnings"], (int(v or 0) for v in rows[0]), strict=True))
+
     @contextmanager
     def failure_recorded(self, source_id: int) -> Iterator[None]:
         """Marks the version failed, with the error, when the wrapped work raises."""

@@ -1,0 +1,55 @@
+"""The code location: every source spec in the sources folder becomes an asset, wired here.
+
+Settings come from the environment when set (as `EnvVar`, so values such as a PostgreSQL
+URL with a password never appear in the UI) and fall back to the embedded defaults, so a
+new user runs everything with no server and no configuration.
+"""
+
+import os
+from pathlib import Path
+
+import dagster as dg
+
+from harmonizer_dagster.core.spec import load_specs
+from harmonizer_dagster.defs.assets import build_source_asset, build_source_ops
+from harmonizer_dagster.defs.jobs import build_ingest_job, build_register_job
+from harmonizer_dagster.defs.resources import LandingZone, WarehouseResource
+
+PACKAGE_DIR = Path(__file__).parent
+DEFAULTS = {
+    "HARMONIZER_SOURCES_DIR": str(PACKAGE_DIR / "sources"),
+    "HARMONIZER_LANDING_DIR": str(PACKAGE_DIR / "samples"),
+    "HARMONIZER_STAGING_DIR": ".harmonizer/staging",
+    "HARMONIZER_WAREHOUSE_URL": "duckdb:///.harmonizer/warehouse.duckdb",
+}
+
+
+def setting(name: str) -> str | dg.EnvVar:
+    """The environment variable when it is set, else the embedded default."""
+    return dg.EnvVar(name) if name in os.environ else DEFAULTS[name]
+
+
+def build_definitions() -> dg.Definitions:
+    specs = load_specs(Path(os.environ.get("HARMONIZER_SOURCES_DIR", DEFAULTS["HARMONIZER_SOURCES_DIR"])))
+    ops = {spec.name: build_source_ops(spec) for spec in specs}
+    landing = LandingZone(
+        landing_dir=setting("HARMONIZER_LANDING_DIR"),
+        staging_dir=setting("HARMONIZER_STAGING_DIR"),
+        batch_rows=dg.EnvVar.int("HARMONIZER_BATCH_ROWS") if "HARMONIZER_BATCH_ROWS" in os.environ else 5_000,
+    )
+    return dg.Definitions(
+        assets=[build_source_asset(spec, ops[spec.name]) for spec in specs],
+        jobs=[
+            build_register_job(specs),
+            build_ingest_job(specs, ops, name="ingest_landing", check_manifest=False),
+            build_ingest_job(specs, ops, name="smoke_test", check_manifest=True),
+        ],
+        resources={"warehouse": WarehouseResource(url=setting("HARMONIZER_WAREHOUSE_URL")), "landing": landing},
+        # Steps run in the run worker's process: the multiprocess executor re-imports the code
+        # location for every step (seconds each, far more on a Pi) and the steps pass only
+        # small references to staged files, so a process per step buys nothing.
+        executor=dg.in_process_executor,
+    )
+
+
+defs = build_definitions()

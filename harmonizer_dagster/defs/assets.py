@@ -1,0 +1,163 @@
+"""One graph-backed, file-partitioned asset per declared source: hash -> validate -> harmonize -> upsert."""
+
+from dataclasses import dataclass
+from typing import Any
+
+import dagster as dg
+
+from harmonizer_dagster.core.files import FileVersion, locate
+from harmonizer_dagster.core.pipeline import (
+    HashedVersion,
+    UpsertResult,
+    harmonize_step,
+    hash_step,
+    upsert_step,
+    validate_step,
+)
+from harmonizer_dagster.core.spec import SourceSpec
+from harmonizer_dagster.core.warehouse.tables import sql_type
+from harmonizer_dagster.defs.resources import LandingZone, WarehouseResource
+
+
+def partitions_for(spec: SourceSpec) -> dg.DynamicPartitionsDefinition:
+    """One partition per file in the source's landing folder, keyed by its relative path."""
+    return dg.DynamicPartitionsDefinition(name=f"{spec.name}_files")
+
+
+def column_schema(spec: SourceSpec) -> dg.TableSchema:
+    return dg.TableSchema(
+        columns=[
+            dg.TableColumn(
+                name=c.name,
+                type=sql_type(c),
+                description=f"from source field '{c.source}'",
+                constraints=dg.TableColumnConstraints(nullable=not c.required, unique=c.name in spec.natural_key),
+            )
+            for c in spec.columns
+        ]
+    )
+
+
+@dataclass(frozen=True)
+class SourceOps:
+    """The four ops of one source, shared by its asset and by the ingest jobs."""
+
+    hash: dg.OpDefinition
+    validate: dg.OpDefinition
+    harmonize: dg.OpDefinition
+    upsert: dg.OpDefinition
+
+
+def _metadata(spec: SourceSpec, hashed: HashedVersion, result: UpsertResult) -> dict[str, Any]:
+    metadata: dict[str, Any] = {
+        "status": "skipped" if hashed.skipped else "loaded",
+        "file_hash": hashed.file_hash,
+        "source_version": hashed.version,
+        "file_size_bytes": hashed.size_bytes,
+        "duration_s": dg.MetadataValue.float(round(result.duration_s, 3)),
+        "table_row_count": result.table_rows,
+        "dagster/column_schema": column_schema(spec),
+    }
+    if hashed.skipped:
+        return {**metadata, "skipped_because": hashed.skipped_because}
+    return {
+        **metadata,
+        "dagster/row_count": result.records_imported,
+        "records_in_file": result.records_in_file,
+        "inserted": result.records_inserted,
+        "updated": result.records_updated,
+        "unchanged": result.records_unchanged,
+        "rejected": result.records_failed,
+        "duplicates_skipped": result.records_skipped,
+        "issues_recorded": result.issues,
+        "rows_per_second": dg.MetadataValue.float(round(result.records_in_file / max(result.duration_s, 1e-6), 1)),
+    }
+
+
+def build_source_ops(spec: SourceSpec) -> SourceOps:
+    tags = {"source": spec.name}
+
+    @dg.op(
+        name=f"{spec.name}_hash",
+        ins={"file": dg.In(dg.Optional[FileVersion], default_value=None)},
+        tags=tags,
+        description="Streams the file through SHA-256 and registers the version; an already-loaded hash is skipped.",
+    )
+    def hash_op(
+        context: dg.OpExecutionContext, warehouse: WarehouseResource, landing: LandingZone, file: FileVersion | None
+    ) -> HashedVersion:
+        # Inside the asset the partition names the file; the ingest jobs pass it in.
+        target = file or locate(landing.landing_path, spec.name, context.partition_key)
+        if not target.path.is_file():
+            raise dg.Failure(f"{spec.name}: no file {target.partition_key} in {target.path.parent}")
+        store = warehouse.open()
+        store.migrate([spec])
+        hashed = hash_step(spec, target, store, landing.staging_path, context.run_id)
+        context.log.info(
+            f"{target.partition_key}: sha256 {hashed.file_hash[:12]}..., version {hashed.version}"
+            + (f", skipped: {hashed.skipped_because}" if hashed.skipped else "")
+        )
+        return hashed
+
+    @dg.op(name=f"{spec.name}_validate", tags=tags, description="Checks every record against the spec's rules.")
+    def validate_op(
+        context: dg.OpExecutionContext, warehouse: WarehouseResource, landing: LandingZone, hashed: HashedVersion
+    ) -> HashedVersion:
+        with warehouse.open().failure_recorded(hashed.source_id):
+            summary = validate_step(spec, hashed, landing.batch_rows)
+        if summary:
+            context.log.info(f"{hashed.partition_key}: {summary}")
+        return hashed
+
+    @dg.op(name=f"{spec.name}_harmonize", tags=tags, description="Canonical names, types and formats, vectorized.")
+    def harmonize_op(
+        context: dg.OpExecutionContext, warehouse: WarehouseResource, hashed: HashedVersion
+    ) -> HashedVersion:
+        with warehouse.open().failure_recorded(hashed.source_id):
+            summary = harmonize_step(spec, hashed)
+        if summary:
+            context.log.info(f"{hashed.partition_key}: {summary}")
+        return hashed
+
+    @dg.op(
+        name=f"{spec.name}_upsert",
+        tags=tags,
+        description="Upserts on the natural key with issues and failed records, in one transaction.",
+    )
+    def upsert_op(context: dg.OpExecutionContext, warehouse: WarehouseResource, hashed: HashedVersion):
+        store = warehouse.open()
+        with store.failure_recorded(hashed.source_id):
+            result = upsert_step(spec, hashed, store, context.run_id)
+        metadata = _metadata(spec, hashed, result)
+        context.log.info(
+            f"{hashed.partition_key} into {store.description}: { {k: v for k, v in metadata.items() if isinstance(v, int | str)} }"
+        )
+        if context.has_assets_def:
+            return dg.Output(result, metadata=metadata, data_version=dg.DataVersion(hashed.file_hash))
+        # Run from an ingest job: record the partition's materialization all the same.
+        context.log_event(
+            dg.AssetMaterialization(asset_key=spec.name, partition=hashed.partition_key, metadata=metadata)
+        )
+        return dg.Output(result)
+
+    return SourceOps(hash_op, validate_op, harmonize_op, upsert_op)
+
+
+def build_source_asset(spec: SourceSpec, ops: SourceOps) -> dg.AssetsDefinition:
+    @dg.graph_asset(
+        name=spec.name,
+        partitions_def=partitions_for(spec),
+        description=f"{spec.title}. {spec.description}".strip(),
+        owners=[spec.owner],
+        kinds={spec.format, "pandera"},
+        metadata={
+            "dagster/column_schema": column_schema(spec),
+            "natural_key": ", ".join(spec.natural_key),
+            "spec_file": str(spec.path.name) if spec.path else "",
+        },
+        tags={"source": spec.name},
+    )
+    def source_asset():
+        return ops.upsert(ops.harmonize(ops.validate(ops.hash())))
+
+    return source_asset

@@ -1,0 +1,113 @@
+"""Jobs: registering landed files as partitions, and ingesting a whole landing zone at once.
+
+The ingest jobs fan out over every landed file with the very ops the source assets are built
+from, so `dagster job execute` exercises the same code path as a materialization in the UI.
+"""
+
+import hashlib
+import json
+import re
+from collections.abc import Sequence
+
+import dagster as dg
+
+from harmonizer_dagster.core.files import FileVersion, list_landing_files, locate
+from harmonizer_dagster.core.pipeline import UpsertResult
+from harmonizer_dagster.core.spec import SourceSpec
+from harmonizer_dagster.defs.assets import SourceOps, partitions_for
+from harmonizer_dagster.defs.resources import LandingZone
+
+MANIFEST = "manifest.json"
+
+
+def _mapping_key(partition_key: str) -> str:
+    readable = re.sub(r"[^A-Za-z0-9_]", "_", partition_key)[:60]
+    return f"{readable}_{hashlib.sha256(partition_key.encode()).hexdigest()[:8]}"
+
+
+def register_new_files(context: dg.OpExecutionContext, spec: SourceSpec, landing: LandingZone) -> list[str]:
+    """Adds a dynamic partition for every landed file of the source that has none yet."""
+    keys = list_landing_files(landing.landing_path, spec.name)
+    partitions = partitions_for(spec)
+    known = set(context.instance.get_dynamic_partitions(partitions.name or spec.name))
+    new = [k for k in keys if k not in known]
+    if new:
+        context.instance.add_dynamic_partitions(partitions.name or spec.name, new)
+    context.log.info(f"{spec.name}: {len(keys)} file(s) landed, {len(new)} newly registered")
+    return keys
+
+
+def build_register_job(specs: Sequence[SourceSpec]) -> dg.JobDefinition:
+    @dg.op(description="Registers every landed file as a partition of its source asset.")
+    def register_landed_files(context: dg.OpExecutionContext, landing: LandingZone) -> dict[str, list[str]]:
+        return {spec.name: register_new_files(context, spec, landing) for spec in specs}
+
+    @dg.job(
+        name="register_file_versions",
+        description="Registers landed files as partitions, so they can be materialized from the UI or the CLI.",
+    )
+    def register_file_versions():
+        register_landed_files()
+
+    return register_file_versions
+
+
+def _discover_op(spec: SourceSpec) -> dg.OpDefinition:
+    @dg.op(name=f"{spec.name}_discover", out=dg.DynamicOut(FileVersion), tags={"source": spec.name})
+    def discover(context: dg.OpExecutionContext, landing: LandingZone):
+        for key in register_new_files(context, spec, landing):
+            yield dg.DynamicOutput(locate(landing.landing_path, spec.name, key), mapping_key=_mapping_key(key))
+
+    return discover
+
+
+def _expected_counts_op(specs: Sequence[SourceSpec]) -> dg.OpDefinition:
+    @dg.op(
+        name="check_expected_counts",
+        ins={spec.name: dg.In(list[UpsertResult]) for spec in specs},
+        description="Fails the run when any count differs from the landing zone's manifest.json.",
+    )
+    def check_expected_counts(context: dg.OpExecutionContext, landing: LandingZone, **results: list[UpsertResult]):
+        manifest = json.loads((landing.landing_path / MANIFEST).read_text())
+        mismatches = []
+        checked = 0
+        for source, files in manifest.items():
+            by_key = {r.partition_key: r for r in results.get(source, [])}
+            for key, expected in files.items():
+                result = by_key.get(key)
+                actual = result.as_counts() if result else {}
+                for name, value in expected.items():
+                    if name in actual:
+                        checked += 1
+                        if actual[name] != value:
+                            mismatches.append(f"{source}/{key}: {name} = {actual[name]}, expected {value}")
+                    elif name.startswith("records_"):
+                        mismatches.append(f"{source}/{key}: {name} missing (was the file loaded?)")
+        if mismatches:
+            raise dg.Failure("counts differ from the manifest", metadata={"mismatches": "\n".join(mismatches)})
+        context.log.info(f"all {checked} expected counts match the manifest")
+        return checked
+
+    return check_expected_counts
+
+
+def build_ingest_job(
+    specs: Sequence[SourceSpec], ops: dict[str, SourceOps], *, name: str, check_manifest: bool
+) -> dg.JobDefinition:
+    def pipeline(spec: SourceSpec):
+        source_ops = ops[spec.name]
+        files = _discover_op(spec)()
+        return files.map(
+            lambda f: source_ops.upsert(source_ops.harmonize(source_ops.validate(source_ops.hash(f))))
+        ).collect()
+
+    @dg.graph(name=name)
+    def ingest():
+        collected = {spec.name: pipeline(spec) for spec in specs}
+        if check_manifest:
+            _expected_counts_op(specs)(**collected)
+
+    description = "Ingests every file in the landing zone, source by source."
+    if check_manifest:
+        description += " Then checks every count against the landing zone's manifest.json (the CI smoke test)."
+    return ingest.to_job(description=description)
