@@ -112,6 +112,8 @@ class _Reader:
         self.used: set[str] = set()
 
     def _path(self, key: str) -> str:
+        if not key:
+            return self.where
         return f"{self.where}.{key}" if self.where else key
 
     def fail(self, key: str, message: str) -> SpecError:
@@ -191,6 +193,9 @@ def _parse_check(r: _Reader, column: Column) -> Check:
     elif "unique" in r.data:
         if r.get("unique", kind=bool) is not True:
             raise r.fail("unique", "must be true when given")
+        if severity != "warning":
+            # Duplicates are only known once the whole file is read: they are reported, not rejected.
+            raise r.fail("severity", "unique checks report duplicates as warnings; set severity: warning")
         check = Check("unique", issue_type or "duplicate_value", severity, expected or "unique within the file")
     else:
         raise r.fail("", "a check needs one of: format, pattern, allowed_values, min/max, unique")

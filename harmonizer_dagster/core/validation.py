@@ -149,12 +149,15 @@ class SpecValidator:
             [{"column": col, "check": check, **rule.__dict__} for (col, check), rule in self.rules.items()]
         )
 
-    def clean(self, batch: pa_arrow.RecordBatch) -> pl.DataFrame:
-        """Trimmed text values with blanks as nulls; the form every rule judges."""
+    def raw(self, batch: pa_arrow.RecordBatch) -> pl.DataFrame:
         frame = pl.from_arrow(batch)
         assert isinstance(frame, pl.DataFrame)
-        trimmed = [pl.col(c.name).str.strip_chars().replace("", None).alias(c.name) for c in self.spec.columns]
-        return frame.with_columns(trimmed)
+        return frame.with_columns(pl.col(c.name).cast(pl.Utf8) for c in self.spec.columns)
+
+    @staticmethod
+    def clean(raw: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
+        """Trimmed text values with blanks as nulls; the form every rule judges."""
+        return raw.with_columns(pl.col(c).str.strip_chars().replace("", None) for c in columns)
 
     def record_id(self) -> pl.Expr:
         """The natural key as one text value: how an issue points back at its record."""
@@ -162,9 +165,8 @@ class SpecValidator:
         return pl.concat_str(keys, separator="|") if len(keys) > 1 else keys[0]
 
     def validate(self, batch: pa_arrow.RecordBatch) -> ValidatedBatch:
-        raw = pl.from_arrow(batch)
-        assert isinstance(raw, pl.DataFrame)
-        cleaned = self.clean(batch).with_row_index("_row")
+        raw = self.raw(batch)
+        cleaned = self.clean(raw, [c.name for c in self.spec.columns]).with_row_index("_row")
         try:
             self.schema.validate(cleaned, lazy=True)
             failures = pl.DataFrame(schema={"column": pl.Utf8, "check": pl.Utf8, "index": pl.Int64})

@@ -1,0 +1,67 @@
+"""Shared fixtures. Warehouse tests run against every backend in WAREHOUSES, like a destination matrix."""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from harmonizer_dagster.core.spec import SourceSpec, load_specs
+from harmonizer_dagster.core.warehouse import Warehouse, open_warehouse
+from harmonizer_dagster_tests.postgres_server import fresh_database
+
+PACKAGE_DIR = Path(__file__).parent.parent / "harmonizer_dagster"
+SOURCES_DIR = PACKAGE_DIR / "sources"
+SAMPLES_DIR = PACKAGE_DIR / "samples"
+WAREHOUSES = ["duckdb", "postgres"]
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A database of its own on a real server (started for the run when none is reachable)."""
+    with fresh_database() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def specs() -> dict[str, SourceSpec]:
+    return {spec.name: spec for spec in load_specs(SOURCES_DIR)}
+
+
+@pytest.fixture
+def landing(tmp_path: Path) -> Path:
+    """A private copy of the shipped samples, so tests may add, change or delete files."""
+    target = tmp_path / "landing"
+    shutil.copytree(SAMPLES_DIR, target)
+    return target
+
+
+def warehouse_url(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    if kind == "duckdb":
+        return f"duckdb:///{tmp_path / 'warehouse.duckdb'}"
+    return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture(params=WAREHOUSES)
+def warehouse(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Warehouse]:
+    """An empty warehouse: a DuckDB file, or a schema of its own in the PostgreSQL test database."""
+    schema = f"t_{uuid.uuid4().hex[:10]}"
+    store = open_warehouse(warehouse_url(request.param, tmp_path, request), schema)
+    yield store
+    if request.param == "postgres":
+        store.query(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def load_file(spec: SourceSpec, landing: Path, partition_key: str, store: Warehouse, staging: Path, run_id: str = "test"):
+    """Runs the four steps on one landed file, as the asset's ops do."""
+    from harmonizer_dagster.core.files import locate
+    from harmonizer_dagster.core.pipeline import harmonize_step, hash_step, upsert_step, validate_step
+
+    store.migrate([spec])
+    hashed = hash_step(spec, locate(landing, spec.name, partition_key), store, staging, run_id)
+    validate_step(spec, hashed)
+    harmonize_step(spec, hashed)
+    return upsert_step(spec, hashed, store, run_id)

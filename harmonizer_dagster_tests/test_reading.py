@@ -1,0 +1,89 @@
+import gzip
+import json
+
+import pytest
+
+from harmonizer_dagster.core.reading import ReadResult, SourceFormatError, read_batches
+from harmonizer_dagster.core.spec import parse_spec
+
+
+def spec_for(fmt: str, **extra):
+    return parse_spec(
+        {
+            "name": "things",
+            "owner": "o",
+            "format": fmt,
+            "natural_key": ["thing_id"],
+            "columns": {"thing_id": {"source": "Thing ID"}, "label": {"source": "Label"}},
+            **extra,
+        }
+    )
+
+
+def rows(spec, path, batch_rows=2, skip=0):
+    result = ReadResult()
+    batches = list(read_batches(spec, path, batch_rows, result, skip))
+    return [r for b in batches for r in b.to_pylist()], [b.num_rows for b in batches], result
+
+
+def test_csv_streams_in_exact_batches_with_record_numbers(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("Label,Thing ID,Ignored\n" + "".join(f"l{i},{i},x\n" for i in range(1, 6)))
+    records, sizes, result = rows(spec_for("csv"), path)
+    assert sizes == [2, 2, 1]
+    assert records[0] == {"thing_id": "1", "label": "l1", "_source_line": 1}
+    assert [r["_source_line"] for r in records] == [1, 2, 3, 4, 5]
+    assert result.extra_fields == ["Ignored"]
+
+
+def test_resumed_read_skips_completed_batches(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("Thing ID,Label\n" + "".join(f"{i},l{i}\n" for i in range(1, 6)))
+    records, sizes, _ = rows(spec_for("csv"), path, skip=2)
+    assert sizes == [1]
+    assert records == [{"thing_id": "5", "label": "l5", "_source_line": 5}]
+
+
+def test_gzip_csv_and_latin1(tmp_path):
+    path = tmp_path / "t.csv.gz"
+    with gzip.open(path, "wb") as handle:
+        handle.write("Thing ID,Label\n1,Café\n".encode("latin-1"))
+    records, _, _ = rows(spec_for("csv", encoding="latin-1"), path)
+    assert records == [{"thing_id": "1", "label": "Café", "_source_line": 1}]
+
+
+def test_malformed_csv_lines_are_captured_not_dropped(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text('Thing ID,Label\n1,a\n2,b,extra\n3\n4,"quoted, comma"\n')
+    records, _, result = rows(spec_for("csv"), path)
+    assert [r["thing_id"] for r in records] == ["1", "4"]
+    assert records[1]["label"] == "quoted, comma"
+    assert [(m.line, m.raw_text) for m in result.malformed] == [(3, "2,b,extra"), (4, "3")]
+
+
+def test_missing_columns_fail_clearly(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("Thing ID,Name\n1,a\n")
+    with pytest.raises(SourceFormatError, match=r"missing columns \['Label'\]"):
+        rows(spec_for("csv"), path)
+
+
+def test_ndjson_and_json_array_read_every_value_as_text(tmp_path):
+    ndjson = tmp_path / "t.ndjson"
+    ndjson.write_text(json.dumps({"Thing ID": 7, "Label": {"nested": True}}) + "\n" + json.dumps({"Thing ID": "8"}) + "\n")
+    records, _, _ = rows(spec_for("ndjson"), ndjson)
+    assert records == [
+        {"thing_id": "7", "label": '{"nested":true}', "_source_line": 1},
+        {"thing_id": "8", "label": None, "_source_line": 2},
+    ]
+    array = tmp_path / "t.json"
+    array.write_text(json.dumps([{"Thing ID": "a", "Label": "x"}, {"Thing ID": "b", "Label": "y"}]))
+    records, _, _ = rows(spec_for("json"), array)
+    assert [r["thing_id"] for r in records] == ["a", "b"]
+
+
+def test_broken_json_is_a_clear_error(tmp_path):
+    path = tmp_path / "t.ndjson"
+    path.write_text('{"Thing ID": "1"}\n{"Thing ID": \n')
+    with pytest.raises(SourceFormatError, match="cannot be read as ndjson"):
+        rows(spec_for("ndjson"), path)

@@ -1,0 +1,166 @@
+"""Upsert, registry and data-quality semantics, identical on every warehouse backend."""
+
+import json
+import shutil
+
+import polars as pl
+import pytest
+
+from harmonizer_dagster.core.files import locate
+from harmonizer_dagster.core.pipeline import harmonize_step, hash_step, upsert_step, validate_step
+from harmonizer_dagster.core.samples import REGISTRY_HEADER
+from harmonizer_dagster.core.spec import parse_spec
+from harmonizer_dagster_tests.conftest import load_file
+
+Q3 = "registry_2026-Q3.csv"
+
+
+def count(store, table, where="TRUE", params=()):
+    return store.query(f"SELECT count(*) FROM {{schema}}.{table} WHERE {where}", params)[0][0]
+
+
+def test_migrations_are_idempotent_and_extend_tables(warehouse, specs):
+    warehouse.migrate(list(specs.values()))
+    warehouse.migrate(list(specs.values()))
+    assert warehouse.query("SELECT version FROM {schema}.schema_migrations") == [(1,)]
+    spec = specs["news_articles"]
+    grown = parse_spec(
+        {"name": spec.name, "owner": "o", "format": "json", "natural_key": ["article_id"],
+         "columns": {"article_id": {"source": "id"}, "sentiment": {"type": "decimal"}}}
+    )
+    warehouse.migrate([grown])
+    columns = {
+        row[0]
+        for row in warehouse.query(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = %s AND table_name = %s",
+            (warehouse.schema_name, spec.name),
+        )
+    }
+    assert {"headline", "sentiment", "_row_hash", "_loaded_at"} <= columns
+
+
+def test_shipped_samples_load_with_the_manifest_counts(warehouse, specs, landing, tmp_path):
+    manifest = json.loads((landing / "manifest.json").read_text())
+    for source, files in manifest.items():
+        for key in sorted(files):
+            result = load_file(specs[source], landing, key, warehouse, tmp_path / "staging")
+            expected = {k: v for k, v in files[key].items() if k != "defects"}
+            assert {k: result.as_counts()[k] for k in expected} == expected, f"{source}/{key}"
+    registry = manifest["business_registry"]
+    assert count(warehouse, "business_registry") == sum(f["records_inserted"] for f in registry.values())
+    # Registry, issues and failed records agree with the counts.
+    rows = warehouse.query(
+        "SELECT partition_key, status, records_in_file, records_imported + records_failed + records_skipped "
+        "FROM {schema}.sources WHERE source_type = 'business_registry' ORDER BY partition_key"
+    )
+    assert [(r[0], r[1]) for r in rows] == [(Q3, "completed"), ("registry_2026-Q4.csv.gz", "completed")]
+    assert all(r[2] == r[3] for r in rows), "rows in file = imported + failed + skipped"
+    q3 = registry[Q3]
+    assert count(warehouse, "failed_records", "partition_key = %s", (Q3,)) == q3["records_failed"]
+    assert count(warehouse, "data_quality_issues", "partition_key = %s AND severity = 'warning'", (Q3,)) == q3["warnings"]
+    assert count(warehouse, "data_quality_issues", "issue_type = 'invalid_zip_code' AND severity = 'warning' "
+                 "AND partition_key = %s", (Q3,)) == q3["defects"]["zip_4_digits"]
+    assert count(warehouse, "data_quality_issues", "issue_type = 'duplicate_key' AND partition_key = %s",
+                 (Q3,)) == q3["defects"]["duplicate_key"]
+    # Harmonized values landed: zips padded, e-mails lower case, names trimmed.
+    assert count(warehouse, "business_registry", "length(home_office_zip) <> 5") == 0
+    assert count(warehouse, "business_registry", "email <> lower(email) OR legal_name <> trim(legal_name)") == 0
+    assert count(warehouse, "business_registry", "status = 'REVOKED'") == 0, "the later occurrence of a key wins"
+
+
+def test_same_file_twice_is_skipped_without_writes(warehouse, specs, landing, tmp_path):
+    spec = specs["business_registry"]
+    first = load_file(spec, landing, Q3, warehouse, tmp_path / "s")
+    before = warehouse.query("SELECT max(_loaded_at), count(*) FROM {schema}.business_registry")
+    issues = count(warehouse, "data_quality_issues")
+    again = load_file(spec, landing, Q3, warehouse, tmp_path / "s", run_id="second")
+    assert again.skipped
+    assert again.as_counts() == first.as_counts(), "a skipped version reports what its load recorded"
+    assert warehouse.query("SELECT max(_loaded_at), count(*) FROM {schema}.business_registry") == before
+    assert count(warehouse, "data_quality_issues") == issues
+    assert warehouse.query("SELECT status, run_id FROM {schema}.sources") == [("completed", "test")]
+
+
+def test_identical_bytes_under_another_name_are_skipped(warehouse, specs, landing, tmp_path):
+    spec = specs["business_registry"]
+    load_file(spec, landing, Q3, warehouse, tmp_path / "s")
+    shutil.copy(landing / spec.name / Q3, landing / spec.name / "copy.csv")
+    result = load_file(spec, landing, "copy.csv", warehouse, tmp_path / "s")
+    assert result.skipped
+    rows = warehouse.query(
+        "SELECT partition_key, status, duplicate_of_source_id IS NOT NULL FROM {schema}.sources ORDER BY source_id"
+    )
+    assert rows == [(Q3, "completed", False), ("copy.csv", "skipped", True)]
+
+
+def test_changed_file_updates_only_changed_rows(warehouse, specs, landing, tmp_path):
+    spec = specs["business_registry"]
+    load_file(spec, landing, Q3, warehouse, tmp_path / "s")
+    stamps = dict(warehouse.query("SELECT corp_number, _loaded_at FROM {schema}.business_registry"))
+    frame = pl.read_csv(landing / spec.name / Q3, infer_schema=False)
+    first_two = frame["Corp Number"].head(2).to_list()
+    changed = frame.with_columns(
+        pl.when(pl.col("Corp Number").is_in(first_two)).then(pl.lit("  Renamed   Holdings ")).otherwise(
+            pl.col("Legal Name")).alias("Legal Name")
+    )
+    new_row = frame.head(1).with_columns(pl.lit("999999").alias("Corp Number"))
+    pl.concat([changed, new_row]).write_csv(landing / spec.name / "registry_2026-Q3-fixed.csv")
+
+    result = load_file(spec, landing, "registry_2026-Q3-fixed.csv", warehouse, tmp_path / "s")
+
+    assert (result.records_inserted, result.records_updated) == (1, 2)
+    assert result.records_unchanged == result.records_imported - 3
+    renamed = warehouse.query(
+        "SELECT corp_number, legal_name, _partition_key FROM {schema}.business_registry "
+        "WHERE legal_name = 'Renamed Holdings' ORDER BY corp_number"
+    )
+    assert renamed == [(k, "Renamed Holdings", "registry_2026-Q3-fixed.csv") for k in sorted(first_two)]
+    after = dict(warehouse.query("SELECT corp_number, _loaded_at FROM {schema}.business_registry"))
+    touched = {k for k in stamps if after[k] != stamps[k]}
+    assert touched == set(first_two), "rows whose content hash is unchanged are not touched"
+
+
+def test_a_failed_publish_leaves_the_warehouse_as_it_was(warehouse, specs, landing, tmp_path):
+    spec = specs["business_registry"]
+    load_file(spec, landing, Q3, warehouse, tmp_path / "s")
+    snapshot = warehouse.query("SELECT count(*), max(_loaded_at) FROM {schema}.business_registry")
+    issues = count(warehouse, "data_quality_issues")
+
+    # A corrected file whose staged output gets a record with no key: the insert fails after
+    # the updates have run, inside the same transaction.
+    frame = pl.read_csv(landing / spec.name / Q3, infer_schema=False)
+    frame.with_columns(pl.lit("REVOKED").alias("Status")).write_csv(landing / spec.name / "bad.csv")
+    hashed = hash_step(spec, locate(landing, spec.name, "bad.csv"), warehouse, tmp_path / "s", "bad-run")
+    validate_step(spec, hashed)
+    harmonize_step(spec, hashed)
+    staged = sorted((tmp_path / "s").rglob("harmonized-*.parquet"))
+    poisoned = pl.read_parquet(staged[0]).head(1).with_columns(pl.lit(None, pl.Utf8).alias("corp_number"))
+    poisoned.write_parquet(staged[0].with_name("harmonized-999999.parquet"))
+
+    with pytest.raises(Exception), warehouse.failure_recorded(hashed.source_id):  # noqa: B017 - any DB error
+        upsert_step(spec, hashed, warehouse, "bad-run")
+
+    assert warehouse.query("SELECT count(*), max(_loaded_at) FROM {schema}.business_registry") == snapshot
+    assert count(warehouse, "business_registry", "status = 'REVOKED'") == 0
+    assert count(warehouse, "data_quality_issues") == issues
+    status, message = warehouse.query(
+        "SELECT status, error_message FROM {schema}.sources WHERE partition_key = 'bad.csv'"
+    )[0]
+    assert status == "failed" and message
+
+
+def test_identifiers_from_files_are_quoted(warehouse, tmp_path):
+    spec = parse_spec(
+        {"name": "odd_source", "owner": "o", "format": "csv", "natural_key": ["select"],
+         "columns": {"select": {"source": 'Key"; DROP TABLE x; --'}, "from": {"source": "it's \"quoted\""}}}
+    )
+    folder = tmp_path / "landing" / "odd_source"
+    folder.mkdir(parents=True)
+    (folder / "f.csv").write_text('"Key""; DROP TABLE x; --","it\'s ""quoted"""\n1,a\n2,b\n1,c\n')
+    result = load_file(spec, tmp_path / "landing", "f.csv", warehouse, tmp_path / "s")
+    assert (result.records_imported, result.records_skipped) == (2, 1)
+    assert warehouse.query('SELECT "select", "from" FROM {schema}.odd_source ORDER BY 1') == [("1", "c"), ("2", "b")]
+
+
+def test_samples_header_matches_the_registry_spec(specs):
+    assert [c.source for c in specs["business_registry"].columns] == list(REGISTRY_HEADER.values())
