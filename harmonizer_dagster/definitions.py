@@ -12,7 +12,7 @@ import dagster as dg
 
 from harmonizer_dagster.core.spec import load_specs
 from harmonizer_dagster.defs.assets import build_source_asset, build_source_ops
-from harmonizer_dagster.defs.jobs import build_ingest_job, build_register_job
+from harmonizer_dagster.defs.jobs import build_ingest_jobs, build_register_job, build_source_job
 from harmonizer_dagster.defs.resources import LandingZone, WarehouseResource
 
 PACKAGE_DIR = Path(__file__).parent
@@ -40,9 +40,9 @@ def build_definitions() -> dg.Definitions:
     return dg.Definitions(
         assets=[build_source_asset(spec, ops[spec.name]) for spec in specs],
         jobs=[
+            *(build_source_job(spec) for spec in specs),
             build_register_job(specs),
-            build_ingest_job(specs, ops, name="ingest_landing", check_manifest=False),
-            build_ingest_job(specs, ops, name="smoke_test", check_manifest=True),
+            *build_ingest_jobs(specs, ops),
         ],
         resources={"warehouse": WarehouseResource(url=setting("HARMONIZER_WAREHOUSE_URL")), "landing": landing},
         # Steps run in the run worker's process: the multiprocess executor re-imports the code

@@ -1,0 +1,85 @@
+"""A step killed mid-file resumes from its last checkpointed batch instead of starting over."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from harmonizer_dagster.core.files import locate
+from harmonizer_dagster.core.pipeline import harmonize_step, hash_step, upsert_step, validate_step
+from harmonizer_dagster.core.samples import write_registry_csv
+from harmonizer_dagster.core.warehouse import open_warehouse
+from harmonizer_dagster_tests.conftest import SOURCES_DIR
+
+BATCH_ROWS = 500
+WORKER = """
+import sys
+from pathlib import Path
+from harmonizer_dagster.core.files import locate
+from harmonizer_dagster.core.pipeline import hash_step, validate_step
+from harmonizer_dagster.core.spec import load_specs
+from harmonizer_dagster.core.warehouse import open_warehouse
+landing, staging, sources = map(Path, sys.argv[1:4])
+spec = {s.name: s for s in load_specs(sources)}["business_registry"]
+store = open_warehouse(sys.argv[4])
+store.migrate([spec])
+hashed = hash_step(spec, locate(landing, spec.name, "big.csv"), store, staging, "killed-run")
+validate_step(spec, hashed, batch_rows=%d)
+""" % BATCH_ROWS
+
+
+def markers(stage: Path) -> dict[str, float]:
+    return {p.name: p.stat().st_mtime_ns for p in stage.rglob("batch-*.done")}
+
+
+def test_killed_validate_resumes_from_its_last_batch(specs, tmp_path):
+    spec = specs["business_registry"]
+    landing = tmp_path / "landing"
+    expected = write_registry_csv(landing / spec.name / "big.csv", 40_000, seed=5)
+    url = f"duckdb:///{tmp_path / 'w.duckdb'}"
+    staging = tmp_path / "staging"
+    worker = subprocess.Popen(
+        [sys.executable, "-c", WORKER, str(landing), str(staging), str(SOURCES_DIR), url],
+        start_new_session=True,
+    )
+    deadline = time.time() + 120
+    while len(markers(staging)) < 8:
+        assert worker.poll() is None, "the worker ended before it could be killed"
+        assert time.time() < deadline, "no batches were checkpointed"
+        time.sleep(0.02)
+    os.killpg(worker.pid, signal.SIGKILL)
+    worker.wait()
+    before = markers(staging)
+    assert 8 <= len(before) < 40_000 // BATCH_ROWS, "killed mid-file"
+
+    store = open_warehouse(url)
+    hashed = hash_step(spec, locate(landing, spec.name, "big.csv"), store, staging, "resumed-run")
+    summary = validate_step(spec, hashed, batch_rows=BATCH_ROWS)
+
+    after = markers(staging)
+    assert {k: after[k] for k in before} == before, "checkpointed batches were not redone"
+    assert summary["records_failed"] == expected["records_failed"]
+    assert summary["records_parsed"] == expected["records_in_file"]
+    harmonize_step(spec, hashed)
+    result = upsert_step(spec, hashed, store, "resumed-run")
+    assert result.records_imported == expected["records_imported"]
+    assert result.records_skipped == expected["records_skipped"]
+    assert not Path(hashed.stage_dir).exists(), "staging is cleaned up after success"
+
+
+def test_interrupted_batch_leftovers_are_discarded(tmp_path):
+    from harmonizer_dagster.core.staging import StepStage
+
+    import polars as pl
+
+    stage = StepStage(tmp_path / "validate")
+    stage.prepare()
+    stage.write_batch(0, {"accepted": pl.DataFrame({"a": [1]})})
+    # Batch 1 died after writing one of its files but before its marker.
+    pl.DataFrame({"a": [2]}).write_parquet(tmp_path / "validate" / "accepted-000001.parquet")
+    (tmp_path / "validate" / "issues-000001.parquet.tmp").write_text("partial")
+    assert stage.prepare() == 1
+    assert [p.name for p in stage.files("accepted")] == ["accepted-000000.parquet"]
+    assert not list((tmp_path / "validate").glob("*.tmp"))
