@@ -10,18 +10,11 @@ from pathlib import Path
 
 import dagster as dg
 
+from harmonizer_dagster.core.settings import DEFAULTS, current
 from harmonizer_dagster.core.spec import load_specs
 from harmonizer_dagster.defs.assets import build_source_asset, build_source_ops
 from harmonizer_dagster.defs.jobs import build_ingest_jobs, build_register_job, build_source_job
 from harmonizer_dagster.defs.resources import LandingZone, WarehouseResource
-
-PACKAGE_DIR = Path(__file__).parent
-DEFAULTS = {
-    "HARMONIZER_SOURCES_DIR": str(PACKAGE_DIR / "sources"),
-    "HARMONIZER_LANDING_DIR": str(PACKAGE_DIR / "samples"),
-    "HARMONIZER_STAGING_DIR": ".harmonizer/staging",
-    "HARMONIZER_WAREHOUSE_URL": "duckdb:///.harmonizer/warehouse.duckdb",
-}
 
 
 def setting(name: str) -> str | dg.EnvVar:
@@ -30,7 +23,7 @@ def setting(name: str) -> str | dg.EnvVar:
 
 
 def build_definitions() -> dg.Definitions:
-    specs = load_specs(Path(os.environ.get("HARMONIZER_SOURCES_DIR", DEFAULTS["HARMONIZER_SOURCES_DIR"])))
+    specs = load_specs(Path(current("HARMONIZER_SOURCES_DIR")))
     ops = {spec.name: build_source_ops(spec) for spec in specs}
     landing = LandingZone(
         landing_dir=setting("HARMONIZER_LANDING_DIR"),

@@ -55,7 +55,9 @@ def warehouse(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Wareho
         store.query(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
-def load_file(spec: SourceSpec, landing: Path, partition_key: str, store: Warehouse, staging: Path, run_id: str = "test"):
+def load_file(
+    spec: SourceSpec, landing: Path, partition_key: str, store: Warehouse, staging: Path, run_id: str = "test"
+):
     """Runs the four steps on one landed file, as the asset's ops do."""
     from harmonizer_dagster.core.files import locate
     from harmonizer_dagster.core.pipeline import harmonize_step, hash_step, upsert_step, validate_step

@@ -38,7 +38,9 @@ def _free_port() -> int:
 
 
 def _binaries() -> Path:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl")) or ([shutil.which("pg_ctl")] if shutil.which("pg_ctl") else [])
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl")) or (
+        [shutil.which("pg_ctl")] if shutil.which("pg_ctl") else []
+    )
     if not found:
         raise RuntimeError("no PostgreSQL server is reachable and no PostgreSQL binaries (pg_ctl) are installed")
     return Path(found[-1]).parent
@@ -56,18 +58,34 @@ def throwaway_cluster() -> Iterator[str]:
     if os.geteuid() == 0:
         shutil.chown(data, "postgres", "postgres")
     port = _free_port()
-    subprocess.run(_as_postgres([str(bin_dir / "initdb"), "-D", str(data / "db"), "-U", "postgres", "-A", "trust"]),
-                   check=True, capture_output=True)
     subprocess.run(
-        _as_postgres([str(bin_dir / "pg_ctl"), "-D", str(data / "db"), "-l", str(data / "log"), "-w",
-                      "-o", f"-p {port} -k {data} -c listen_addresses=127.0.0.1", "start"]),
-        check=True, capture_output=True,
+        _as_postgres([str(bin_dir / "initdb"), "-D", str(data / "db"), "-U", "postgres", "-A", "trust"]),
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        _as_postgres(
+            [
+                str(bin_dir / "pg_ctl"),
+                "-D",
+                str(data / "db"),
+                "-l",
+                str(data / "log"),
+                "-w",
+                "-o",
+                f"-p {port} -k {data} -c listen_addresses=127.0.0.1",
+                "start",
+            ]
+        ),
+        check=True,
+        capture_output=True,
     )
     try:
         yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
     finally:
-        subprocess.run(_as_postgres([str(bin_dir / "pg_ctl"), "-D", str(data / "db"), "-m", "fast", "stop"]),
-                       capture_output=True)
+        subprocess.run(
+            _as_postgres([str(bin_dir / "pg_ctl"), "-D", str(data / "db"), "-m", "fast", "stop"]), capture_output=True
+        )
         shutil.rmtree(data, ignore_errors=True)
 
 
@@ -75,7 +93,7 @@ def throwaway_cluster() -> Iterator[str]:
 def fresh_database() -> Iterator[str]:
     """A fresh database for this test run on a reachable server; dropped afterwards."""
     admin_url = os.environ.get("HARMONIZER_TEST_POSTGRES_URL", DEFAULT_URL)
-    with (_existing(admin_url) if _reachable(admin_url) else throwaway_cluster()) as server_url:
+    with _existing(admin_url) if _reachable(admin_url) else throwaway_cluster() as server_url:
         name = f"harmonizer_test_{os.getpid()}_{int(time.time())}"
         with psycopg.connect(server_url, autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')

@@ -31,15 +31,23 @@ def test_definitions_snapshot():
     defs = build_definitions()
     graph = defs.resolve_asset_graph()
     assert {k.to_user_string() for k in graph.get_all_asset_keys()} == {
-        "business_registry", "court_records", "news_articles"
+        "business_registry",
+        "court_records",
+        "news_articles",
     }
     assert {job.name for job in defs.resolve_all_job_defs() if not job.name.startswith("__")} == {
-        "load_business_registry", "load_court_records", "load_news_articles",
-        "register_file_versions", "ingest_landing", "smoke_test",
+        "load_business_registry",
+        "load_court_records",
+        "load_news_articles",
+        "register_file_versions",
+        "ingest_landing",
+        "smoke_test",
     }
     asset = defs.resolve_assets_def("business_registry")
     assert [node.name for node in asset.node_def.node_defs] == [
-        "business_registry_hash", "business_registry_validate", "business_registry_harmonize",
+        "business_registry_hash",
+        "business_registry_validate",
+        "business_registry_harmonize",
         "business_registry_upsert",
     ]
     assert isinstance(asset.partitions_def, dg.DynamicPartitionsDefinition)
@@ -61,7 +69,7 @@ def test_materializing_a_partition_reports_counts_schema_and_data_version(enviro
     assert metadata["dagster/row_count"] == 988
     assert (metadata["inserted"], metadata["updated"], metadata["unchanged"], metadata["rejected"]) == (988, 0, 0, 12)
     assert metadata["rows_per_second"] > 0
-    assert [c.name for c in metadata["dagster/column_schema"].columns][0] == "corp_number"
+    assert metadata["dagster/column_schema"].columns[0].name == "corp_number"
     file_hash = metadata["file_hash"]
     assert materialization.tags["dagster/data_version"] == file_hash
     with duckdb.connect(str(environment), read_only=True) as con:

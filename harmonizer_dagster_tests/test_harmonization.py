@@ -10,7 +10,9 @@ def harmonize(column: dict, values: list):
     spec = parse_spec(
         {"name": "t", "owner": "o", "format": "csv", "natural_key": ["k"], "columns": {"k": {}, "v": column}}
     )
-    staged = pa.table({"k": [str(i) for i in range(len(values))], "v": values, "_source_line": list(range(len(values)))})
+    staged = pa.table(
+        {"k": [str(i) for i in range(len(values))], "v": values, "_source_line": list(range(len(values)))}
+    )
     con = duckdb.connect()
     con.register("staged", staged)
     return [row[1] for row in con.sql(harmonize_sql(spec, "staged", "hash", "part")).fetchall()]
@@ -19,10 +21,16 @@ def harmonize(column: dict, values: list):
 @pytest.mark.parametrize(
     ("column", "raw", "canonical"),
     [
-        ({"harmonize": ["us_zip"]}, ["1478", "12345", "123456789", "12345-6789", " 02134 ", "AB123"],
-         ["01478", "12345", "12345-6789", "12345-6789", "02134", "AB123"]),
-        ({"harmonize": ["phone_e164"]}, ["(518) 555-0100", "1-518-555-0100", "+44 20 7946 0958", "555-0100"],
-         ["+15185550100", "+15185550100", "+442079460958", None]),
+        (
+            {"harmonize": ["us_zip"]},
+            ["1478", "12345", "123456789", "12345-6789", " 02134 ", "AB123"],
+            ["01478", "12345", "12345-6789", "12345-6789", "02134", "AB123"],
+        ),
+        (
+            {"harmonize": ["phone_e164"]},
+            ["(518) 555-0100", "1-518-555-0100", "+44 20 7946 0958", "555-0100"],
+            ["+15185550100", "+15185550100", "+442079460958", None],
+        ),
         ({"harmonize": ["email"]}, ["  Info@Example.COM "], ["info@example.com"]),
         ({"harmonize": ["trim", "collapse_whitespace", "uppercase"]}, ["  new   york \t city "], ["NEW YORK CITY"]),
         ({"type": "integer"}, ["42", "-7"], [42, -7]),
@@ -36,14 +44,22 @@ def test_text_rules_and_types(column, raw, canonical):
 def test_dates_in_declared_formats_become_iso_dates():
     import datetime
 
-    values = harmonize({"type": "date", "formats": ["%Y-%m-%d", "%m/%d/%Y", "%d-%b-%Y"]},
-                       ["2020-01-02", "03/04/2019", "12-Mar-2001"])
+    values = harmonize(
+        {"type": "date", "formats": ["%Y-%m-%d", "%m/%d/%Y", "%d-%b-%Y"]}, ["2020-01-02", "03/04/2019", "12-Mar-2001"]
+    )
     assert values == [datetime.date(2020, 1, 2), datetime.date(2019, 3, 4), datetime.date(2001, 3, 12)]
 
 
 def test_row_hash_depends_on_canonical_values_only():
-    spec = parse_spec({"name": "t", "owner": "o", "format": "csv", "natural_key": ["k"],
-                       "columns": {"k": {}, "v": {"harmonize": ["email"]}}})
+    spec = parse_spec(
+        {
+            "name": "t",
+            "owner": "o",
+            "format": "csv",
+            "natural_key": ["k"],
+            "columns": {"k": {}, "v": {"harmonize": ["email"]}},
+        }
+    )
     con = duckdb.connect()
     con.register("a", pa.table({"k": ["1"], "v": ["X@Y.com"], "_source_line": [1]}))
     con.register("b", pa.table({"k": ["1"], "v": [" x@y.COM"], "_source_line": [9]}))

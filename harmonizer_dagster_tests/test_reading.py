@@ -70,7 +70,9 @@ def test_missing_columns_fail_clearly(tmp_path):
 
 def test_ndjson_and_json_array_read_every_value_as_text(tmp_path):
     ndjson = tmp_path / "t.ndjson"
-    ndjson.write_text(json.dumps({"Thing ID": 7, "Label": {"nested": True}}) + "\n" + json.dumps({"Thing ID": "8"}) + "\n")
+    ndjson.write_text(
+        json.dumps({"Thing ID": 7, "Label": {"nested": True}}) + "\n" + json.dumps({"Thing ID": "8"}) + "\n"
+    )
     records, _, _ = rows(spec_for("ndjson"), ndjson)
     assert records == [
         {"thing_id": "7", "label": '{"nested":true}', "_source_line": 1},

@@ -7,14 +7,18 @@ import sys
 import time
 from pathlib import Path
 
+import polars as pl
+
 from harmonizer_dagster.core.files import locate
 from harmonizer_dagster.core.pipeline import harmonize_step, hash_step, upsert_step, validate_step
 from harmonizer_dagster.core.samples import write_registry_csv
+from harmonizer_dagster.core.staging import StepStage
 from harmonizer_dagster.core.warehouse import open_warehouse
 from harmonizer_dagster_tests.conftest import SOURCES_DIR
 
 BATCH_ROWS = 500
-WORKER = """
+WORKER = (
+    """
 import sys
 from pathlib import Path
 from harmonizer_dagster.core.files import locate
@@ -27,7 +31,9 @@ store = open_warehouse(sys.argv[4])
 store.migrate([spec])
 hashed = hash_step(spec, locate(landing, spec.name, "big.csv"), store, staging, "killed-run")
 validate_step(spec, hashed, batch_rows=%d)
-""" % BATCH_ROWS
+"""
+    % BATCH_ROWS
+)
 
 
 def markers(stage: Path) -> dict[str, float]:
@@ -41,7 +47,7 @@ def test_killed_validate_resumes_from_its_last_batch(specs, tmp_path):
     url = f"duckdb:///{tmp_path / 'w.duckdb'}"
     staging = tmp_path / "staging"
     worker = subprocess.Popen(
-        [sys.executable, "-c", WORKER, str(landing), str(staging), str(SOURCES_DIR), url],
+        [sys.executable, "-c", WORKER, str(landing), str(staging), str(SOURCES_DIR), url, str(BATCH_ROWS)],
         start_new_session=True,
     )
     deadline = time.time() + 120
@@ -70,10 +76,6 @@ def test_killed_validate_resumes_from_its_last_batch(specs, tmp_path):
 
 
 def test_interrupted_batch_leftovers_are_discarded(tmp_path):
-    from harmonizer_dagster.core.staging import StepStage
-
-    import polars as pl
-
     stage = StepStage(tmp_path / "validate")
     stage.prepare()
     stage.write_batch(0, {"accepted": pl.DataFrame({"a": [1]})})

@@ -44,13 +44,19 @@ def test_a_small_spec_file_is_a_source(tmp_path):
     [
         (("natural_key: [widget_id]\n", ""), "natural_key", "is required"),
         (("natural_key: [widget_id]", "natural_key: [nope]"), "natural_key", "not a declared column"),
-        (("widget_id: {source: Widget ID}", "widget_id: {harmonize: [shout]}"), "columns.widget_id.harmonize[0]",
-         "unknown harmonization rule"),
+        (
+            ("widget_id: {source: Widget ID}", "widget_id: {harmonize: [shout]}"),
+            "columns.widget_id.harmonize[0]",
+            "unknown harmonization rule",
+        ),
         (("checks: [{min: 0}]", "checks: [{minimum: 0}]"), "columns.price.checks[0]", "needs one of"),
         (("format: csv", "format: xml"), "format", "not one of"),
         (("owner: team@example.org", "owner: team@example.org\ncolour: blue"), "colour", "unknown field"),
-        (("checks: [{min: 0}]", "checks: [{pattern: '(unclosed'}]"), "columns.price.checks[0].pattern",
-         "invalid regular expression"),
+        (
+            ("checks: [{min: 0}]", "checks: [{pattern: '(unclosed'}]"),
+            "columns.price.checks[0].pattern",
+            "invalid regular expression",
+        ),
     ],
 )
 def test_invalid_spec_names_file_and_field(tmp_path, change, field, message):

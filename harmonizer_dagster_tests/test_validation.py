@@ -91,4 +91,6 @@ def test_several_errors_reject_the_record_once(specs):
     result = validate(specs, {"legal_name": None, "incorporation_date": "13/45/2020"})
     assert result.issues.height == 2
     assert result.failed.height == 1
-    assert "legal_name" in result.failed["error_message"][0] and "incorporation_date" in result.failed["error_message"][0]
+    assert (
+        "legal_name" in result.failed["error_message"][0] and "incorporation_date" in result.failed["error_message"][0]
+    )

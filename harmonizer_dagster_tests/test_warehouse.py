@@ -25,8 +25,13 @@ def test_migrations_are_idempotent_and_extend_tables(warehouse, specs):
     assert warehouse.query("SELECT version FROM {schema}.schema_migrations") == [(1,)]
     spec = specs["news_articles"]
     grown = parse_spec(
-        {"name": spec.name, "owner": "o", "format": "json", "natural_key": ["article_id"],
-         "columns": {"article_id": {"source": "id"}, "sentiment": {"type": "decimal"}}}
+        {
+            "name": spec.name,
+            "owner": "o",
+            "format": "json",
+            "natural_key": ["article_id"],
+            "columns": {"article_id": {"source": "id"}, "sentiment": {"type": "decimal"}},
+        }
     )
     warehouse.migrate([grown])
     columns = {
@@ -57,11 +62,22 @@ def test_shipped_samples_load_with_the_manifest_counts(warehouse, specs, landing
     assert all(r[2] == r[3] for r in rows), "rows in file = imported + failed + skipped"
     q3 = registry[Q3]
     assert count(warehouse, "failed_records", "partition_key = %s", (Q3,)) == q3["records_failed"]
-    assert count(warehouse, "data_quality_issues", "partition_key = %s AND severity = 'warning'", (Q3,)) == q3["warnings"]
-    assert count(warehouse, "data_quality_issues", "issue_type = 'invalid_zip_code' AND severity = 'warning' "
-                 "AND partition_key = %s", (Q3,)) == q3["defects"]["zip_4_digits"]
-    assert count(warehouse, "data_quality_issues", "issue_type = 'duplicate_key' AND partition_key = %s",
-                 (Q3,)) == q3["defects"]["duplicate_key"]
+    assert (
+        count(warehouse, "data_quality_issues", "partition_key = %s AND severity = 'warning'", (Q3,)) == q3["warnings"]
+    )
+    assert (
+        count(
+            warehouse,
+            "data_quality_issues",
+            "issue_type = 'invalid_zip_code' AND severity = 'warning' AND partition_key = %s",
+            (Q3,),
+        )
+        == q3["defects"]["zip_4_digits"]
+    )
+    assert (
+        count(warehouse, "data_quality_issues", "issue_type = 'duplicate_key' AND partition_key = %s", (Q3,))
+        == q3["defects"]["duplicate_key"]
+    )
     # Harmonized values landed: zips padded, e-mails lower case, names trimmed.
     assert count(warehouse, "business_registry", "length(home_office_zip) <> 5") == 0
     assert count(warehouse, "business_registry", "email <> lower(email) OR legal_name <> trim(legal_name)") == 0
@@ -100,8 +116,10 @@ def test_changed_file_updates_only_changed_rows(warehouse, specs, landing, tmp_p
     frame = pl.read_csv(landing / spec.name / Q3, infer_schema=False)
     first_two = frame["Corp Number"].head(2).to_list()
     changed = frame.with_columns(
-        pl.when(pl.col("Corp Number").is_in(first_two)).then(pl.lit("  Renamed   Holdings ")).otherwise(
-            pl.col("Legal Name")).alias("Legal Name")
+        pl.when(pl.col("Corp Number").is_in(first_two))
+        .then(pl.lit("  Renamed   Holdings "))
+        .otherwise(pl.col("Legal Name"))
+        .alias("Legal Name")
     )
     new_row = frame.head(1).with_columns(pl.lit("999999").alias("Corp Number"))
     pl.concat([changed, new_row]).write_csv(landing / spec.name / "registry_2026-Q3-fixed.csv")
@@ -151,8 +169,13 @@ def test_a_failed_publish_leaves_the_warehouse_as_it_was(warehouse, specs, landi
 
 def test_identifiers_from_files_are_quoted(warehouse, tmp_path):
     spec = parse_spec(
-        {"name": "odd_source", "owner": "o", "format": "csv", "natural_key": ["select"],
-         "columns": {"select": {"source": 'Key"; DROP TABLE x; --'}, "from": {"source": "it's \"quoted\""}}}
+        {
+            "name": "odd_source",
+            "owner": "o",
+            "format": "csv",
+            "natural_key": ["select"],
+            "columns": {"select": {"source": 'Key"; DROP TABLE x; --'}, "from": {"source": 'it\'s "quoted"'}},
+        }
     )
     folder = tmp_path / "landing" / "odd_source"
     folder.mkdir(parents=True)

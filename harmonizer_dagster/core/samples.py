@@ -196,11 +196,14 @@ def write_registry_csv(
 ) -> dict[str, Any]:
     """Writes a registry CSV (gzip when the name ends in .gz) in chunks; returns its manifest."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    opener = gzip.open if path.suffix == ".gz" else open
     totals: dict[str, int] = {}
     imported: dict[str, str] = {}
     written = 0
-    with opener(path, "wb") as handle:
+    # mtime=0 keeps gzip output byte-identical from run to run.
+    with (
+        path.open("wb") as raw,
+        gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) if path.suffix == ".gz" else raw as handle,
+    ):
         for start in range(0, rows, chunk_rows):
             frame, info = registry_rows(start, min(chunk_rows, rows - start), seed, revision)
             frame.write_csv(handle, include_header=start == 0)

@@ -149,7 +149,7 @@ class SpecValidator:
             [{"column": col, "check": check, **rule.__dict__} for (col, check), rule in self.rules.items()]
         )
 
-    def raw(self, batch: pa_arrow.RecordBatch) -> pl.DataFrame:
+    def raw(self, batch: pa_arrow.RecordBatch | pa_arrow.Table) -> pl.DataFrame:
         frame = pl.from_arrow(batch)
         assert isinstance(frame, pl.DataFrame)
         return frame.with_columns(pl.col(c.name).cast(pl.Utf8) for c in self.spec.columns)
@@ -164,7 +164,7 @@ class SpecValidator:
         keys = [pl.col(k).fill_null("") for k in self.spec.natural_key]
         return pl.concat_str(keys, separator="|") if len(keys) > 1 else keys[0]
 
-    def validate(self, batch: pa_arrow.RecordBatch) -> ValidatedBatch:
+    def validate(self, batch: pa_arrow.RecordBatch | pa_arrow.Table) -> ValidatedBatch:
         raw = self.raw(batch)
         cleaned = self.clean(raw, [c.name for c in self.spec.columns]).with_row_index("_row")
         try:

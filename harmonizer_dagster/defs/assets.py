@@ -129,9 +129,8 @@ def build_source_ops(spec: SourceSpec) -> SourceOps:
         with store.failure_recorded(hashed.source_id):
             result = upsert_step(spec, hashed, store, context.run_id)
         metadata = _metadata(spec, hashed, result)
-        context.log.info(
-            f"{hashed.partition_key} into {store.description}: { {k: v for k, v in metadata.items() if isinstance(v, int | str)} }"
-        )
+        figures = {k: v for k, v in metadata.items() if isinstance(v, int | str)}
+        context.log.info(f"{hashed.partition_key} into {store.description}: {figures}")
         if context.has_assets_def:
             return dg.Output(result, metadata=metadata, data_version=dg.DataVersion(hashed.file_hash))
         # Run from an ingest job: record the partition's materialization all the same.

@@ -59,6 +59,7 @@ class StagedPartition:
     file_hash: str
     partition_key: str
     harmonized_files: list[Path]
+    superseded_files: list[Path]
     issue_files: list[Path]
     failed_files: list[Path]
     records_in_file: int
@@ -114,7 +115,8 @@ class Warehouse(ABC):
                 existing = {
                     row[0]
                     for row in s.execute(
-                        "SELECT column_name FROM information_schema.columns WHERE table_schema = %s AND table_name = %s",
+                        "SELECT column_name FROM information_schema.columns "
+                        "WHERE table_schema = %s AND table_name = %s",
                         (self.schema_name, spec.name),
                     )
                 }
@@ -236,13 +238,12 @@ class Warehouse(ABC):
         keys = [quote_ident(k) for k in spec.natural_key]
         joined = " AND ".join(f"t.{k} = s.{k}" for k in keys)
         with self.session() as s:
-            s.load_parquet(
-                "_harmonizer_stage_all", [c for c in columns if c[0] != "_loaded_at"], staged.harmonized_files
-            )
-            # The last occurrence of a key in the file wins, as the harmonize step recorded.
+            s.load_parquet("_harmonizer_stage", [c for c in columns if c[0] != "_loaded_at"], staged.harmonized_files)
+            # Earlier occurrences of a key in the file lose, as the harmonize step recorded.
+            s.load_parquet("_harmonizer_superseded", [("source_line_number", "BIGINT")], staged.superseded_files)
             s.execute(
-                f"CREATE TEMPORARY TABLE _harmonizer_stage AS SELECT DISTINCT ON ({', '.join(keys)}) * "
-                f"FROM _harmonizer_stage_all ORDER BY {', '.join(keys)}, {quote_ident(LINE_COLUMN)} DESC"
+                f"DELETE FROM _harmonizer_stage WHERE {quote_ident(LINE_COLUMN)} IN "
+                "(SELECT source_line_number FROM _harmonizer_superseded)"
             )
             inserted, updated, unchanged = s.execute(
                 f"SELECT count(*) FILTER (WHERE t.{keys[0]} IS NULL), "

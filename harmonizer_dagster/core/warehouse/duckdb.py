@@ -36,7 +36,7 @@ class DuckDBSession(Session):
 
 
 class DuckDBWarehouse(Warehouse):
-    def __init__(self, path: Path, schema: str = "harmonizer", memory_limit: str = "1GB"):
+    def __init__(self, path: Path, schema: str = "harmonizer", memory_limit: str = "400MB"):
         super().__init__(schema)
         self.path = path
         self.memory_limit = memory_limit

@@ -1,0 +1,21 @@
+"""The environment variables that configure a deployment, and the embedded defaults."""
+
+import os
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).parent.parent
+DEFAULTS = {
+    # Folder of source spec files (one YAML file per source).
+    "HARMONIZER_SOURCES_DIR": str(PACKAGE_DIR / "sources"),
+    # Landing zone: one subfolder per source; the shipped samples by default.
+    "HARMONIZER_LANDING_DIR": str(PACKAGE_DIR / "samples"),
+    # Scratch space for staged batches between ops.
+    "HARMONIZER_STAGING_DIR": ".harmonizer/staging",
+    # duckdb:///relative.duckdb, duckdb:////absolute.duckdb or postgresql://...
+    "HARMONIZER_WAREHOUSE_URL": "duckdb:///.harmonizer/warehouse.duckdb",
+}
+
+
+def current(name: str) -> str:
+    """The value in force: the environment's, else the embedded default."""
+    return os.environ.get(name, DEFAULTS[name])
