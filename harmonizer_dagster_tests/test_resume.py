@@ -17,8 +17,7 @@ from harmonizer_dagster.core.warehouse import open_warehouse
 from harmonizer_dagster_tests.conftest import SOURCES_DIR
 
 BATCH_ROWS = 500
-WORKER = (
-    """
+WORKER = """
 import sys
 from pathlib import Path
 from harmonizer_dagster.core.files import locate
@@ -30,10 +29,8 @@ spec = {s.name: s for s in load_specs(sources)}["business_registry"]
 store = open_warehouse(sys.argv[4])
 store.migrate([spec])
 hashed = hash_step(spec, locate(landing, spec.name, "big.csv"), store, staging, "killed-run")
-validate_step(spec, hashed, batch_rows=%d)
+validate_step(spec, hashed, batch_rows=int(sys.argv[5]))
 """
-    % BATCH_ROWS
-)
 
 
 def markers(stage: Path) -> dict[str, float]:
