@@ -12,9 +12,9 @@ import dagster as dg
 
 from harmonizer_dagster.core.settings import DEFAULTS, current
 from harmonizer_dagster.core.spec import load_specs
-from harmonizer_dagster.defs.assets import build_source_asset, build_source_ops
-from harmonizer_dagster.defs.jobs import build_ingest_jobs, build_register_job, build_source_job
-from harmonizer_dagster.defs.resources import LandingZone, WarehouseResource
+from harmonizer_dagster.orchestration.assets import build_source_asset, build_source_ops
+from harmonizer_dagster.orchestration.jobs import build_ingest_jobs, build_register_job, build_source_job
+from harmonizer_dagster.orchestration.resources import LandingZone, WarehouseResource
 
 
 def setting(name: str) -> str | dg.EnvVar:

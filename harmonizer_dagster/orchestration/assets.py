@@ -16,7 +16,7 @@ from harmonizer_dagster.core.pipeline import (
 )
 from harmonizer_dagster.core.spec import SourceSpec
 from harmonizer_dagster.core.warehouse.tables import sql_type
-from harmonizer_dagster.defs.resources import LandingZone, WarehouseResource
+from harmonizer_dagster.orchestration.resources import LandingZone, WarehouseResource
 
 
 def partitions_for(spec: SourceSpec) -> dg.DynamicPartitionsDefinition:

@@ -14,8 +14,8 @@ import dagster as dg
 from harmonizer_dagster.core.files import FileVersion, list_landing_files, locate
 from harmonizer_dagster.core.pipeline import UpsertResult
 from harmonizer_dagster.core.spec import SourceSpec
-from harmonizer_dagster.defs.assets import SourceOps, partitions_for
-from harmonizer_dagster.defs.resources import LandingZone
+from harmonizer_dagster.orchestration.assets import SourceOps, partitions_for
+from harmonizer_dagster.orchestration.resources import LandingZone
 
 MANIFEST = "manifest.json"
 
