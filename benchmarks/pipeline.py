@@ -49,7 +49,7 @@ def run_pipeline(file: Path, url: str, work: Path) -> int:
     spec = registry_spec()
     store = open_warehouse(url)
     store.migrate([spec])
-    hashed = hash_step(spec, FileVersion(spec.name, file.name, file), store, work / "staging", "bench")
+    hashed = hash_step(spec, FileVersion(spec.name, file.name, str(file)), store, work / "staging", "bench")
     validate_step(spec, hashed)
     harmonize_step(spec, hashed)
     return upsert_step(spec, hashed, store, "bench").records_in_file
@@ -154,7 +154,8 @@ def run_case(case: str, file: Path, url: str, work: Path) -> int:
 
 
 def measure(case: str, file: Path, url: str, work: Path) -> dict:
-    """Runs one case in a child process; wall time and that child's own peak RSS."""
+    """Runs one case in a child process; wall time and that child's own peak RSS (VmHWM, which,
+    unlike getrusage, does not inherit the parent's high-water mark across fork and exec)."""
     started = time.perf_counter()
     child = subprocess.Popen(
         [sys.executable, __file__, "--case", case, "--file", str(file), "--work", str(work)],
@@ -162,12 +163,16 @@ def measure(case: str, file: Path, url: str, work: Path) -> dict:
         stdout=subprocess.PIPE,
     )
     assert child.stdout is not None
-    output = child.stdout.read()
-    _, status, usage = os.wait4(child.pid, 0)
-    seconds = time.perf_counter() - started
-    if status != 0:
+    output = json.loads(child.stdout.read())
+    if child.wait() != 0:
         raise SystemExit(f"case {case} failed")
-    return {"case": case, "seconds": seconds, "rows": json.loads(output)["rows"], "peak_rss_mb": usage.ru_maxrss / 1024}
+    seconds = time.perf_counter() - started
+    return {"case": case, "seconds": seconds, "rows": output["rows"], "peak_rss_mb": output["peak_rss_kb"] / 1024}
+
+
+def peak_rss_kb() -> int:
+    status = Path("/proc/self/status").read_text()
+    return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1))
 
 
 def main() -> None:
@@ -175,13 +180,14 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--data-dir", type=Path, default=Path(__file__).parent / "data")
     parser.add_argument("--skip-postgres", action="store_true")
+    parser.add_argument("--only", help="comma-separated cases to run, e.g. pipeline_duckdb for a 10M-row memory check")
     parser.add_argument("--case", help=argparse.SUPPRESS)
     parser.add_argument("--file", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.case:
         rows = run_case(args.case, args.file, os.environ["HARMONIZER_BENCH_DB_URL"], args.work)
-        print(json.dumps({"rows": rows}))
+        print(json.dumps({"rows": rows, "peak_rss_kb": peak_rss_kb()}))
         return
 
     file = args.data_dir / f"registry_{args.rows}.csv"
@@ -202,6 +208,8 @@ def main() -> None:
             conn.execute(f"CREATE DATABASE {DATABASE}")
         cases += ["row_loop_postgres", "pipeline_postgres", "executemany_postgres"]
 
+    if args.only:
+        cases = [c for c in cases if c in args.only.split(",")]
     print(f"{file.name}: {size_mb:.0f} MiB, {args.rows:,} generated rows (plus duplicates)\n")
     print(f"{'case':<22} {'rows':>10} {'seconds':>9} {'rows/s':>10} {'peak RSS MiB':>13}")
     results = {}
@@ -216,6 +224,8 @@ def main() -> None:
             flush=True,
         )
 
+    if args.only:
+        return
     print("\nratios (targets in brackets):")
     a, b = results["pipeline_duckdb"], results["ctas_duckdb"]
     print(f"  (a) pipeline vs (b) bare DuckDB CTAS: {b['seconds'] / a['seconds']:.2f}x the speed [> 1]")

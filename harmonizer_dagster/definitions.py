@@ -9,35 +9,86 @@ import os
 from pathlib import Path
 
 import dagster as dg
+from dagster_aws.s3 import S3Resource
 
 from harmonizer_dagster.core.settings import DEFAULTS, current
 from harmonizer_dagster.core.spec import load_specs
+from harmonizer_dagster.orchestration.alerts import build_stall_sensor, run_failure_alerts, run_success_alerts
 from harmonizer_dagster.orchestration.assets import build_source_asset, build_source_ops
 from harmonizer_dagster.orchestration.jobs import build_ingest_jobs, build_register_job, build_source_job
-from harmonizer_dagster.orchestration.resources import LandingZone, WarehouseResource
+from harmonizer_dagster.orchestration.resources import (
+    LandingZone,
+    Notifier,
+    S3Landing,
+    SourceTableIOManager,
+    WarehouseResource,
+)
+from harmonizer_dagster.orchestration.schedules import build_fetch_job, build_fetch_schedule
+from harmonizer_dagster.orchestration.sensors import build_folder_sensor, build_s3_sensor
 
 
-def setting(name: str) -> str | dg.EnvVar:
+def setting(name: str, default: str = "") -> str | dg.EnvVar:
     """The environment variable when it is set, else the embedded default."""
-    return dg.EnvVar(name) if name in os.environ else DEFAULTS[name]
+    return dg.EnvVar(name) if name in os.environ else DEFAULTS.get(name, default)
+
+
+def int_setting(name: str, default: int) -> int | dg.EnvVar:
+    return dg.EnvVar.int(name) if name in os.environ else default
+
+
+def flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def build_resources() -> dict[str, dg.ConfigurableResource]:
+    return {
+        "warehouse": WarehouseResource(url=setting("HARMONIZER_WAREHOUSE_URL")),
+        "landing": LandingZone(
+            landing_dir=setting("HARMONIZER_LANDING_DIR"),
+            staging_dir=setting("HARMONIZER_STAGING_DIR"),
+            batch_rows=int_setting("HARMONIZER_BATCH_ROWS", 5_000),
+        ),
+        # Credentials come from the standard AWS variables or the instance role, never from here.
+        "s3": S3Resource(
+            endpoint_url=setting("HARMONIZER_S3_ENDPOINT_URL") or None,
+            region_name=setting("AWS_DEFAULT_REGION", "us-east-1"),
+        ),
+        "source_tables": SourceTableIOManager(),
+        "s3_landing": S3Landing(bucket=setting("HARMONIZER_S3_BUCKET"), prefix=setting("HARMONIZER_S3_PREFIX")),
+        "notifier": Notifier(
+            smtp_host=setting("HARMONIZER_SMTP_HOST"),
+            smtp_port=int_setting("HARMONIZER_SMTP_PORT", 25),
+            smtp_starttls=flag("HARMONIZER_SMTP_STARTTLS"),
+            smtp_username=setting("HARMONIZER_SMTP_USERNAME"),
+            smtp_password=setting("HARMONIZER_SMTP_PASSWORD"),
+            sender=setting("HARMONIZER_ALERT_FROM", "harmonizer@localhost"),
+            recipients=setting("HARMONIZER_ALERT_TO"),
+            slack_webhook_url=setting("HARMONIZER_SLACK_WEBHOOK_URL"),
+            notify_success=flag("HARMONIZER_NOTIFY_SUCCESS"),
+        ),
+    }
 
 
 def build_definitions() -> dg.Definitions:
     specs = load_specs(Path(current("HARMONIZER_SOURCES_DIR")))
     ops = {spec.name: build_source_ops(spec) for spec in specs}
-    landing = LandingZone(
-        landing_dir=setting("HARMONIZER_LANDING_DIR"),
-        staging_dir=setting("HARMONIZER_STAGING_DIR"),
-        batch_rows=dg.EnvVar.int("HARMONIZER_BATCH_ROWS") if "HARMONIZER_BATCH_ROWS" in os.environ else 5_000,
-    )
+    load_jobs = {spec.name: build_source_job(spec) for spec in specs}
+    interval = int(current("HARMONIZER_SENSOR_INTERVAL_SECONDS"))
+    sensors = [build_folder_sensor(spec, load_jobs[spec.name], interval) for spec in specs]
+    if os.environ.get("HARMONIZER_S3_BUCKET"):
+        sensors += [build_s3_sensor(spec, load_jobs[spec.name], interval) for spec in specs]
+    fetch_jobs = {spec.name: build_fetch_job(spec) for spec in specs if spec.schedule}
     return dg.Definitions(
         assets=[build_source_asset(spec, ops[spec.name]) for spec in specs],
-        jobs=[
-            *(build_source_job(spec) for spec in specs),
-            build_register_job(specs),
-            *build_ingest_jobs(specs, ops),
+        jobs=[*load_jobs.values(), *fetch_jobs.values(), build_register_job(specs), *build_ingest_jobs(specs, ops)],
+        sensors=[
+            *sensors,
+            run_failure_alerts,
+            run_success_alerts,
+            build_stall_sensor(int(current("HARMONIZER_STALL_MINUTES"))),
         ],
-        resources={"warehouse": WarehouseResource(url=setting("HARMONIZER_WAREHOUSE_URL")), "landing": landing},
+        schedules=[build_fetch_schedule(spec, fetch_jobs[spec.name]) for spec in specs if spec.name in fetch_jobs],
+        resources=build_resources(),
         # Steps run in the run worker's process: the multiprocess executor re-imports the code
         # location for every step (seconds each, far more on a Pi) and the steps pass only
         # small references to staged files, so a process per step buys nothing.

@@ -39,9 +39,26 @@ def test_definitions_snapshot():
         "load_business_registry",
         "load_court_records",
         "load_news_articles",
+        "fetch_business_registry",
+        "fetch_court_records",
+        "fetch_news_articles",
         "register_file_versions",
         "ingest_landing",
         "smoke_test",
+    }
+    repository = defs.get_repository_def()
+    assert {s.name for s in repository.sensor_defs} == {
+        "business_registry_landing_sensor",
+        "court_records_landing_sensor",
+        "news_articles_landing_sensor",
+        "run_failure_alerts",
+        "run_success_alerts",
+        "stalled_run_alerts",
+    }
+    assert {s.name for s in repository.schedule_defs} == {
+        "business_registry_schedule",
+        "court_records_schedule",
+        "news_articles_schedule",
     }
     asset = defs.resolve_assets_def("business_registry")
     assert [node.name for node in asset.node_def.node_defs] == [

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 HASH_CHUNK_BYTES = 1 << 20
 
@@ -14,17 +17,36 @@ HASH_CHUNK_BYTES = 1 << 20
 class FileVersion:
     """One file of one source: the unit a partition stands for.
 
-    `partition_key` is the file's path relative to the source's landing folder, so a
-    partition key alone tells where the file lives and reads well in the UI.
+    The partition key tells where the file lives: a path relative to the source's landing
+    folder, or a full `s3://bucket/key` URI for objects that landed in S3.
     """
 
     source: str
     partition_key: str
-    path: Path
+    location: str  # a local path, or s3://bucket/key
+
+    @property
+    def is_s3(self) -> bool:
+        return self.location.startswith("s3://")
+
+    @property
+    def path(self) -> Path:
+        if self.is_s3:
+            raise ValueError(f"{self.location} is not a local file")
+        return Path(self.location)
 
     @property
     def file_name(self) -> str:
-        return self.path.name
+        return PurePosixPath(self.location).name
+
+    @property
+    def uri(self) -> str:
+        return self.location if self.is_s3 else self.path.resolve().as_uri()
+
+
+def split_s3_uri(uri: str) -> tuple[str, str]:
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    return bucket, key
 
 
 @dataclass(frozen=True)
@@ -43,7 +65,9 @@ def safe_partition_key(relative: str) -> str:
 
 
 def locate(landing_dir: Path, source: str, partition_key: str) -> FileVersion:
-    return FileVersion(source, partition_key, landing_dir / source / safe_partition_key(partition_key))
+    if partition_key.startswith("s3://"):
+        return FileVersion(source, partition_key, partition_key)
+    return FileVersion(source, partition_key, str(landing_dir / source / safe_partition_key(partition_key)))
 
 
 def list_landing_files(landing_dir: Path, source: str) -> list[str]:
@@ -66,6 +90,31 @@ def fingerprint(path: Path) -> FileFingerprint:
             size += len(chunk)
     modified = datetime.fromtimestamp(path.stat().st_mtime, tz=UTC)
     return FileFingerprint(digest.hexdigest(), size, modified)
+
+
+def fingerprint_s3(client: Any, uri: str, copy_to: Path | None = None) -> FileFingerprint:
+    """Streams an S3 object through SHA-256 in one pass, optionally teeing it into a local
+    copy for the later steps: the object is never downloaded first and hashed afterwards."""
+    bucket, key = split_s3_uri(uri)
+    try:
+        response = client.get_object(Bucket=bucket, Key=key)
+    except client.exceptions.NoSuchKey as exc:
+        raise FileNotFoundError(uri) from exc
+    digest = hashlib.sha256()
+    size = 0
+    partial = None
+    if copy_to is not None:
+        copy_to.parent.mkdir(parents=True, exist_ok=True)
+        partial = copy_to.with_name(copy_to.name + ".part")
+    with partial.open("wb") if partial else contextlib.nullcontext() as handle:
+        for chunk in response["Body"].iter_chunks(HASH_CHUNK_BYTES):
+            digest.update(chunk)
+            size += len(chunk)
+            if handle:
+                handle.write(chunk)
+    if partial and copy_to:
+        os.replace(partial, copy_to)
+    return FileFingerprint(digest.hexdigest(), size, response["LastModified"].astimezone(UTC))
 
 
 def version_key(strategy: str, fp: FileFingerprint) -> str:

@@ -8,7 +8,9 @@ from its last completed batch. Nothing here knows about Dagster.
 from __future__ import annotations
 
 import json
+import os
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,7 @@ import polars as pl
 import pyarrow as pa
 
 from harmonizer_dagster.core import staging
-from harmonizer_dagster.core.files import FileVersion, fingerprint, version_key
+from harmonizer_dagster.core.files import FileVersion, fingerprint, fingerprint_s3, version_key
 from harmonizer_dagster.core.harmonization import duplicate_key_sql, harmonize_sql
 from harmonizer_dagster.core.reading import LINE_COLUMN, ReadResult, read_batches
 from harmonizer_dagster.core.spec import SourceSpec
@@ -78,17 +80,33 @@ class UpsertResult:
 
 
 def hash_step(
-    spec: SourceSpec, file: FileVersion, warehouse: Warehouse, staging_root: Path, run_id: str
+    spec: SourceSpec,
+    file: FileVersion,
+    warehouse: Warehouse,
+    staging_root: Path,
+    run_id: str,
+    s3_client: Any = None,
 ) -> HashedVersion:
-    """Fingerprints the file and registers the version, or decides it needs no work."""
+    """Fingerprints the file and registers the version, or decides it needs no work.
+
+    An S3 object is hashed while it streams into the staging area, so later steps and
+    re-executions read a local copy of exactly the bytes that were hashed."""
     started = time.time()
-    fp = fingerprint(file.path)
+    if file.is_s3:
+        if s3_client is None:
+            raise ValueError(f"{file.location}: an S3 client is needed to read it")
+        download = staging_root / spec.name / "_downloads" / f"{uuid.uuid4().hex}-{file.file_name}"
+        fp = fingerprint_s3(s3_client, file.location, download)
+    else:
+        fp = fingerprint(file.path)
     version = version_key(spec.version_strategy, fp)
+    stage_dir = staging.staging_dir(staging_root, spec.name, file.partition_key, fp.file_hash)
+    data_path = file.location
     register = dict(
         partition_key=file.partition_key,
         version=version,
         file_name=file.file_name,
-        file_uri=file.path.resolve().as_uri(),
+        file_uri=file.uri,
         file_hash=fp.file_hash,
         size_bytes=fp.size_bytes,
         run_id=run_id,
@@ -102,15 +120,22 @@ def hash_step(
         skipped_because = f"identical to already loaded file {done.partition_key}"
     else:
         source_id = warehouse.register_version(spec, **register)
+    if file.is_s3:
+        if skipped_because:
+            download.unlink()
+        else:
+            stage_dir.mkdir(parents=True, exist_ok=True)
+            data_path = str(stage_dir / file.file_name)
+            os.replace(download, data_path)
     return HashedVersion(
         source=spec.name,
         partition_key=file.partition_key,
-        path=str(file.path),
+        path=data_path,
         file_hash=fp.file_hash,
         size_bytes=fp.size_bytes,
         version=version,
         source_id=source_id,
-        stage_dir=str(staging.staging_dir(staging_root, spec.name, file.partition_key, fp.file_hash)),
+        stage_dir=str(stage_dir),
         started_at=started,
         skipped_because=skipped_because,
     )

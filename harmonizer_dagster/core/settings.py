@@ -13,6 +13,10 @@ DEFAULTS = {
     "HARMONIZER_STAGING_DIR": ".harmonizer/staging",
     # duckdb:///relative.duckdb, duckdb:////absolute.duckdb or postgresql://...
     "HARMONIZER_WAREHOUSE_URL": "duckdb:///.harmonizer/warehouse.duckdb",
+    # Seconds between two looks at a landing area; a file is picked up on its second look.
+    "HARMONIZER_SENSOR_INTERVAL_SECONDS": "5",
+    # Minutes without a single event before a started run is reported as stalled.
+    "HARMONIZER_STALL_MINUTES": "30",
 }
 
 

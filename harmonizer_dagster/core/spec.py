@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
@@ -80,6 +81,24 @@ class Column:
 
 
 @dataclass(frozen=True)
+class Fetch:
+    """Where a scheduled run fetches the upstream file from: exactly one of the locations."""
+
+    file_name: str  # strftime template, filled with the scheduled time
+    url: str | None = None
+    url_env: str | None = None  # an environment variable holding the URL (it may carry a token)
+    path: str | None = None
+    s3: str | None = None
+
+
+@dataclass(frozen=True)
+class Schedule:
+    cron: str
+    timezone: str
+    fetch: Fetch
+
+
+@dataclass(frozen=True)
 class SourceSpec:
     name: str
     title: str
@@ -92,6 +111,7 @@ class SourceSpec:
     encoding: str = "utf-8"
     delimiter: str = ","
     description: str = ""
+    schedule: Schedule | None = None
     path: Path | None = field(default=None, compare=False)
 
     def column(self, name: str) -> Column:
@@ -232,6 +252,32 @@ def _parse_column(name: str, r: _Reader, natural_key: tuple[str, ...]) -> Column
     return Column(**{**column.__dict__, "checks": parsed})
 
 
+def _parse_schedule(r: _Reader) -> Schedule:
+    cron = r.get("cron", required=True, kind=str)
+    if len(cron.split()) != 5:
+        raise r.fail("cron", "must have five fields: minute hour day-of-month month day-of-week")
+    timezone = r.get("timezone", required=True, kind=str)
+    try:
+        ZoneInfo(timezone)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise r.fail("timezone", f"unknown time zone '{timezone}'") from exc
+    f = r.sub("fetch", r.get("fetch", required=True, kind=dict))
+    fetch = Fetch(
+        file_name=f.get("file_name", required=True, kind=str),
+        url=f.get("url", None, kind=str),
+        url_env=f.get("url_env", None, kind=str),
+        path=f.get("path", None, kind=str),
+        s3=f.get("s3", None, kind=str),
+    )
+    if sum(x is not None for x in (fetch.url, fetch.url_env, fetch.path, fetch.s3)) != 1:
+        raise f.fail("", "needs exactly one of url, url_env, path, s3")
+    if "/" in fetch.file_name:
+        raise f.fail("file_name", "must be a file name, not a path")
+    f.finish()
+    r.finish()
+    return Schedule(cron=cron, timezone=timezone, fetch=fetch)
+
+
 def parse_spec(data: Any, file: str = "<spec>") -> SourceSpec:
     """Builds a SourceSpec from parsed YAML, raising SpecError naming `file` and the field."""
     r = _Reader(data, "", file)
@@ -267,6 +313,7 @@ def parse_spec(data: Any, file: str = "<spec>") -> SourceSpec:
         version_strategy=r.choice("version_strategy", VERSION_STRATEGIES, "content_hash"),
         natural_key=natural_key,
         columns=columns,
+        schedule=_parse_schedule(r.sub("schedule", r.get("schedule", kind=dict))) if "schedule" in r.data else None,
         path=Path(file),
     )
     if len(spec.delimiter) != 1:

@@ -4,6 +4,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
+from dagster_aws.s3 import S3Resource
 
 from harmonizer_dagster.core.files import FileVersion, locate
 from harmonizer_dagster.core.pipeline import (
@@ -84,15 +85,20 @@ def build_source_ops(spec: SourceSpec) -> SourceOps:
         description="Streams the file through SHA-256 and registers the version; an already-loaded hash is skipped.",
     )
     def hash_op(
-        context: dg.OpExecutionContext, warehouse: WarehouseResource, landing: LandingZone, file: FileVersion | None
+        context: dg.OpExecutionContext,
+        warehouse: WarehouseResource,
+        landing: LandingZone,
+        s3: S3Resource,
+        file: FileVersion | None,
     ) -> HashedVersion:
         # Inside the asset the partition names the file; the ingest jobs pass it in.
         target = file or locate(landing.landing_path, spec.name, context.partition_key)
-        if not target.path.is_file():
+        if not target.is_s3 and not target.path.is_file():
             raise dg.Failure(f"{spec.name}: no file {target.partition_key} in {target.path.parent}")
         store = warehouse.open()
         store.migrate([spec])
-        hashed = hash_step(spec, target, store, landing.staging_path, context.run_id)
+        client = s3.get_client() if target.is_s3 else None
+        hashed = hash_step(spec, target, store, landing.staging_path, context.run_id, s3_client=client)
         context.log.info(
             f"{target.partition_key}: sha256 {hashed.file_hash[:12]}..., version {hashed.version}"
             + (f", skipped: {hashed.skipped_because}" if hashed.skipped else "")
@@ -121,6 +127,7 @@ def build_source_ops(spec: SourceSpec) -> SourceOps:
 
     @dg.op(
         name=f"{spec.name}_upsert",
+        out=dg.Out(io_manager_key="source_tables"),
         tags=tags,
         description="Upserts on the natural key with issues and failed records, in one transaction.",
     )

@@ -12,10 +12,9 @@ from collections.abc import Sequence
 import dagster as dg
 
 from harmonizer_dagster.core.files import FileVersion, list_landing_files, locate
-from harmonizer_dagster.core.pipeline import UpsertResult
 from harmonizer_dagster.core.spec import SourceSpec
 from harmonizer_dagster.orchestration.assets import SourceOps, partitions_for
-from harmonizer_dagster.orchestration.resources import LandingZone
+from harmonizer_dagster.orchestration.resources import LandingZone, WarehouseResource
 
 MANIFEST = "manifest.json"
 
@@ -74,18 +73,17 @@ def _discover_op(spec: SourceSpec) -> dg.OpDefinition:
 def _expected_counts_op(specs: Sequence[SourceSpec]) -> dg.OpDefinition:
     @dg.op(
         name="check_expected_counts",
-        ins={spec.name: dg.In(list[UpsertResult]) for spec in specs},
-        description="Fails the run when any count differs from the landing zone's manifest.json.",
+        ins={spec.name: dg.In(dg.Nothing) for spec in specs},
+        description="Fails the run when any count in the warehouse differs from the landing zone's manifest.json.",
     )
-    def check_expected_counts(context: dg.OpExecutionContext, landing: LandingZone, **results: list[UpsertResult]):
+    def check_expected_counts(context: dg.OpExecutionContext, landing: LandingZone, warehouse: WarehouseResource):
         manifest = json.loads((landing.landing_path / MANIFEST).read_text())
+        store = warehouse.open()
         mismatches = []
         checked = 0
         for source, files in manifest.items():
-            by_key = {r.partition_key: r for r in results.get(source, [])}
             for key, expected in files.items():
-                result = by_key.get(key)
-                actual = result.as_counts() if result else {}
+                actual = store.partition_counts(source, key) or {}
                 for name, value in expected.items():
                     if name in actual:
                         checked += 1
@@ -96,7 +94,6 @@ def _expected_counts_op(specs: Sequence[SourceSpec]) -> dg.OpDefinition:
         if mismatches:
             raise dg.Failure("counts differ from the manifest", metadata={"mismatches": "\n".join(mismatches)})
         context.log.info(f"all {checked} expected counts match the manifest")
-        return checked
 
     return check_expected_counts
 

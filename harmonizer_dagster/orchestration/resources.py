@@ -5,6 +5,7 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
+from harmonizer_dagster.core.notify import Alert, SmtpSettings, send_email, send_slack
 from harmonizer_dagster.core.pipeline import DEFAULT_BATCH_ROWS
 from harmonizer_dagster.core.warehouse import Warehouse, open_warehouse
 
@@ -44,3 +45,57 @@ class LandingZone(dg.ConfigurableResource):
     @property
     def staging_path(self) -> Path:
         return Path(self.staging_dir)
+
+
+class S3Landing(dg.ConfigurableResource):
+    """The S3 landing area: s3://<bucket>/<prefix>/<source>/... (HARMONIZER_S3_BUCKET, HARMONIZER_S3_PREFIX)."""
+
+    bucket: str = Field(default="", description="Bucket files land in; empty disables the S3 sensors.")
+    prefix: str = Field(default="", description="Prefix above the per-source folders, e.g. 'landing'.")
+
+
+class Notifier(dg.ConfigurableResource):
+    """Where alerts go: e-mail through SMTP (HARMONIZER_SMTP_*) and optionally a Slack webhook."""
+
+    smtp_host: str = Field(default="", description="SMTP server; empty disables e-mail.")
+    smtp_port: int = Field(default=25)
+    smtp_starttls: bool = Field(default=False)
+    smtp_username: str = Field(default="")
+    smtp_password: str = Field(default="", description="Set through the environment only; never logged.")
+    sender: str = Field(default="harmonizer@localhost")
+    recipients: str = Field(default="", description="Comma-separated e-mail addresses.")
+    slack_webhook_url: str = Field(default="", description="Slack incoming-webhook URL; empty disables Slack.")
+    notify_success: bool = Field(default=False, description="Also announce successful runs.")
+
+    def send(self, alert: Alert) -> list[str]:
+        """Delivers the alert everywhere configured; returns where it went."""
+        delivered = []
+        recipients = tuple(r.strip() for r in self.recipients.split(",") if r.strip())
+        if self.smtp_host and recipients:
+            settings = SmtpSettings(
+                host=self.smtp_host,
+                port=self.smtp_port,
+                sender=self.sender,
+                recipients=recipients,
+                username=self.smtp_username or None,
+                password=self.smtp_password or None,
+                starttls=self.smtp_starttls,
+            )
+            send_email(settings, alert)
+            delivered.append(f"e-mail to {len(recipients)} recipient(s)")
+        if self.slack_webhook_url:
+            send_slack(self.slack_webhook_url, alert)
+            delivered.append("Slack")
+        return delivered
+
+
+class SourceTableIOManager(dg.ConfigurableIOManager):
+    """The upsert op's data is what it wrote to the warehouse in its own transaction: nothing
+    is pickled (partition keys such as s3:// URIs are no file paths). Downstream assets
+    receive the name of the source's table."""
+
+    def handle_output(self, context: dg.OutputContext, obj: object) -> None:
+        return None
+
+    def load_input(self, context: dg.InputContext) -> str:
+        return context.asset_key.path[-1]

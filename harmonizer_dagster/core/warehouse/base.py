@@ -68,6 +68,9 @@ class StagedPartition:
 
 
 class Warehouse(ABC):
+    # Whether natural keys get a primary-key index (see tables.source_table_ddl).
+    key_index = True
+
     def __init__(self, schema: str = "harmonizer"):
         self.schema_name = schema
         self.schema = quote_ident(schema)
@@ -111,7 +114,7 @@ class Warehouse(ABC):
                     (version, description),
                 )
             for spec in specs:
-                s.execute(source_table_ddl(self.schema, spec))
+                s.execute(source_table_ddl(self.schema, spec, primary_key=self.key_index))
                 existing = {
                     row[0]
                     for row in s.execute(
@@ -210,6 +213,15 @@ class Warehouse(ABC):
         if not rows:
             return None
         return dict(zip([*names, "issues", "warnings"], (int(v or 0) for v in rows[0]), strict=True))
+
+    def partition_counts(self, source_type: str, partition_key: str) -> dict[str, int] | None:
+        """The counts of the latest version registered for a partition, if it completed."""
+        rows = self.query(
+            "SELECT source_id FROM {schema}.sources WHERE source_type = %s AND partition_key = %s "
+            "ORDER BY source_id DESC LIMIT 1",
+            (source_type, partition_key),
+        )
+        return self.version_counts(rows[0][0]) if rows else None
 
     @contextmanager
     def failure_recorded(self, source_id: int) -> Iterator[None]:

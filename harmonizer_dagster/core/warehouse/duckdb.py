@@ -36,6 +36,9 @@ class DuckDBSession(Session):
 
 
 class DuckDBWarehouse(Warehouse):
+    # DuckDB keeps index (ART) nodes in memory: a 10M-key primary key does not fit a Pi.
+    key_index = False
+
     def __init__(self, path: Path, schema: str = "harmonizer", memory_limit: str = "400MB"):
         super().__init__(schema)
         self.path = path

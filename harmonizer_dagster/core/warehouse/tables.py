@@ -109,7 +109,14 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
 ]
 
 
-def source_table_ddl(schema: str, spec: SourceSpec) -> str:
-    columns = ", ".join(f"{quote_ident(name)} {kind}" for name, kind in canonical_columns(spec))
+def source_table_ddl(schema: str, spec: SourceSpec, *, primary_key: bool) -> str:
+    """A source's table. Natural-key columns are NOT NULL everywhere; the primary-key index is
+    left out where the backend keeps it in memory (DuckDB), and uniqueness then rests on the
+    upsert, which inserts only keys the table does not hold yet."""
+    columns = ", ".join(
+        f"{quote_ident(name)} {kind}" + (" NOT NULL" if name in spec.natural_key else "")
+        for name, kind in canonical_columns(spec)
+    )
     key = ", ".join(quote_ident(k) for k in spec.natural_key)
-    return f"CREATE TABLE IF NOT EXISTS {schema}.{quote_ident(spec.name)} ({columns}, PRIMARY KEY ({key}))"
+    constraint = f", PRIMARY KEY ({key})" if primary_key else ""
+    return f"CREATE TABLE IF NOT EXISTS {schema}.{quote_ident(spec.name)} ({columns}{constraint})"

@@ -1,0 +1,78 @@
+"""Alerts: run failures (and, when asked, successes) and stalled runs reach people."""
+
+import json
+import time
+
+import dagster as dg
+
+from harmonizer_dagster.core.notify import Alert
+from harmonizer_dagster.orchestration.resources import Notifier
+
+
+def _describe(run: dg.DagsterRun) -> str:
+    tags = {k: v for k, v in run.tags.items() if k in ("source", "dagster/partition", "harmonizer/host")}
+    return f"job {run.job_name}, run {run.run_id}, tags {tags}"
+
+
+@dg.run_failure_sensor(
+    name="run_failure_alerts",
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="E-mails (and posts to Slack) every failed run.",
+)
+def run_failure_alerts(context: dg.RunFailureSensorContext, notifier: Notifier):
+    error = context.failure_event.message or "no message"
+    alert = Alert(
+        f"[harmonizer] run failed: {context.dagster_run.job_name}", f"{_describe(context.dagster_run)}\n\n{error}"
+    )
+    delivered = notifier.send(alert)
+    context.log.info(f"failure of {context.dagster_run.run_id} announced via {delivered or 'nothing configured'}")
+
+
+@dg.run_status_sensor(
+    name="run_success_alerts",
+    run_status=dg.DagsterRunStatus.SUCCESS,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Announces successful runs when HARMONIZER_NOTIFY_SUCCESS is true.",
+)
+def run_success_alerts(context: dg.RunStatusSensorContext, notifier: Notifier):
+    if not notifier.notify_success:
+        return dg.SkipReason("success notifications are off")
+    notifier.send(Alert(f"[harmonizer] run succeeded: {context.dagster_run.job_name}", _describe(context.dagster_run)))
+
+
+def build_stall_sensor(stall_minutes: int) -> dg.SensorDefinition:
+    """Replaces the legacy `loader_status` view's STALLED flag: a started run whose event log
+    has been silent for `stall_minutes` is reported once. Run monitoring (dagster.yaml) then
+    fails runs whose worker died, and run retries take over."""
+
+    @dg.sensor(
+        name="stalled_run_alerts",
+        minimum_interval_seconds=60,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=f"Reports runs with no progress for {stall_minutes} minutes.",
+    )
+    def stalled_run_alerts(context: dg.SensorEvaluationContext, notifier: Notifier):
+        reported = set(json.loads(context.cursor or "[]"))
+        started = context.instance.get_run_records(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
+        still_running = {record.dagster_run.run_id for record in started}
+        stalled = []
+        for record in started:
+            run = record.dagster_run
+            latest = context.instance.get_records_for_run(run.run_id, limit=1, ascending=False).records
+            last_progress = latest[0].timestamp if latest else record.create_timestamp.timestamp()
+            if run.run_id not in reported and time.time() - last_progress > stall_minutes * 60:
+                stalled.append(run)
+        for run in stalled:
+            notifier.send(
+                Alert(
+                    f"[harmonizer] run stalled: {run.job_name}",
+                    f"{_describe(run)}\nno progress for {stall_minutes} minutes",
+                )
+            )
+            context.log.warning(f"run {run.run_id} stalled")
+        context.update_cursor(json.dumps(sorted((reported & still_running) | {r.run_id for r in stalled})))
+        if not stalled:
+            return dg.SkipReason("no stalled runs")
+        return None
+
+    return stalled_run_alerts

@@ -1,0 +1,59 @@
+"""Schedules replace cron: a pull-based source's schedule fetches its upstream file into the
+landing zone, where the landing sensor picks it up like any other drop."""
+
+from datetime import UTC, datetime
+
+import dagster as dg
+from dagster_aws.s3 import S3Resource
+
+from harmonizer_dagster.core.fetching import fetch_upstream, upstream_location
+from harmonizer_dagster.core.spec import SourceSpec
+from harmonizer_dagster.orchestration.resources import LandingZone
+
+SCHEDULED_TIME_TAG = "dagster/scheduled_execution_time"
+
+
+def build_fetch_job(spec: SourceSpec) -> dg.JobDefinition:
+    assert spec.schedule is not None
+    fetch = spec.schedule.fetch
+
+    @dg.op(name=f"{spec.name}_fetch", tags={"source": spec.name})
+    def fetch_op(context: dg.OpExecutionContext, landing: LandingZone, s3: S3Resource) -> str:
+        # A scheduled run names the file after its scheduled time; a manual run after now.
+        scheduled = context.run.tags.get(SCHEDULED_TIME_TAG)
+        moment = datetime.fromisoformat(scheduled) if scheduled else datetime.now(UTC)
+        location = upstream_location(fetch)
+        client = s3.get_client() if location and location.startswith("s3://") else None
+        target = fetch_upstream(fetch, landing.landing_path, spec.name, moment, client)
+        context.log.info(f"fetched {spec.name} upstream into {target}")
+        return str(target)
+
+    @dg.job(
+        name=f"fetch_{spec.name}",
+        tags={"source": spec.name},
+        description=f"Fetches the upstream file of {spec.title} into its landing folder.",
+    )
+    def fetch_job():
+        fetch_op()
+
+    return fetch_job
+
+
+def build_fetch_schedule(spec: SourceSpec, job: dg.JobDefinition) -> dg.ScheduleDefinition:
+    assert spec.schedule is not None
+    schedule = spec.schedule
+
+    @dg.schedule(
+        name=f"{spec.name}_schedule",
+        job=job,
+        cron_schedule=schedule.cron,
+        execution_timezone=schedule.timezone,
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+        description=f"Fetches {spec.title} on '{schedule.cron}' ({schedule.timezone}).",
+    )
+    def fetch_schedule(context: dg.ScheduleEvaluationContext):
+        if upstream_location(schedule.fetch) is None:
+            return dg.SkipReason(f"upstream not configured: set {schedule.fetch.url_env}")
+        return dg.RunRequest()
+
+    return fetch_schedule

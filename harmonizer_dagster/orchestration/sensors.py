@@ -1,0 +1,99 @@
+"""Sensors: new or changed files start runs by themselves, from a local folder or S3.
+
+One landing sensor per source and per kind of landing area: each can be switched on and off
+in the UI on its own, keeps its own cursor, and lives in the code location that owns the
+source, so a Pi only watches the sources it loads.
+"""
+
+from collections.abc import Callable
+
+import dagster as dg
+from dagster_aws.s3 import S3Resource
+
+from harmonizer_dagster.core.files import FileFingerprint, fingerprint, fingerprint_s3
+from harmonizer_dagster.core.landing import Landed, ScanState, s3_prefix, scan_folder, scan_s3
+from harmonizer_dagster.core.spec import SourceSpec
+from harmonizer_dagster.orchestration.assets import partitions_for
+from harmonizer_dagster.orchestration.resources import LandingZone, S3Landing
+
+
+def landing_tick(
+    context: dg.SensorEvaluationContext,
+    spec: SourceSpec,
+    listing: Callable[[], list[Landed]],
+    content_hash: Callable[[Landed], FileFingerprint],
+) -> dg.SensorResult | dg.SkipReason:
+    """One evaluation: register ready files as partitions and request a run for each.
+
+    The run key is the content hash, so the same bytes never start a second run whatever
+    the file is called, while a corrected re-upload under the same name does."""
+    state = ScanState.parse(context.cursor)
+    try:
+        items = listing()
+    except Exception as exc:  # an unreachable folder or bucket must not lose the cursor
+        context.log.warning(f"{spec.name}: landing area unreadable, tick skipped: {exc}")
+        return dg.SkipReason(f"landing area unreadable: {type(exc).__name__}")
+    ready, next_state = state.advance(items)
+    requests = []
+    for item in ready:
+        try:
+            fp = content_hash(item)
+        except FileNotFoundError:
+            context.log.info(f"{spec.name}: {item.key} disappeared before it could be hashed")
+            continue
+        next_state.handled[item.key] = item.signature
+        requests.append(
+            dg.RunRequest(
+                partition_key=item.key,
+                run_key=f"{spec.name}:{fp.file_hash}",
+                tags={"harmonizer/file_hash": fp.file_hash},
+            )
+        )
+    partitions = partitions_for(spec)
+    return dg.SensorResult(
+        run_requests=requests,
+        dynamic_partitions_requests=[partitions.build_add_request([r.partition_key for r in requests])]
+        if requests
+        else [],
+        cursor=next_state.dump(),
+    )
+
+
+def build_folder_sensor(spec: SourceSpec, job, interval: int) -> dg.SensorDefinition:
+    @dg.sensor(
+        name=f"{spec.name}_landing_sensor",
+        job=job,
+        minimum_interval_seconds=interval,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=f"Starts a run for each new or changed file in the {spec.name} landing folder.",
+    )
+    def folder_sensor(context: dg.SensorEvaluationContext, landing: LandingZone):
+        folder = landing.landing_path / spec.name
+        return landing_tick(
+            context,
+            spec,
+            lambda: scan_folder(landing.landing_path, spec.name),
+            lambda item: fingerprint(folder / item.key),
+        )
+
+    return folder_sensor
+
+
+def build_s3_sensor(spec: SourceSpec, job, interval: int) -> dg.SensorDefinition:
+    @dg.sensor(
+        name=f"{spec.name}_s3_sensor",
+        job=job,
+        minimum_interval_seconds=interval,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=f"Starts a run for each new or changed object under the {spec.name} S3 prefix.",
+    )
+    def bucket_sensor(context: dg.SensorEvaluationContext, s3: S3Resource, s3_landing: S3Landing):
+        client = s3.get_client()
+        return landing_tick(
+            context,
+            spec,
+            lambda: scan_s3(client, s3_landing.bucket, s3_prefix(s3_landing.prefix, spec.name)),
+            lambda item: fingerprint_s3(client, item.key),
+        )
+
+    return bucket_sensor

@@ -1,0 +1,87 @@
+"""Failures reach an inbox: a real SMTP server on loopback receives the alert e-mails."""
+
+import socket
+import time
+from email import message_from_bytes
+
+import dagster as dg
+import pytest
+from aiosmtpd.controller import Controller
+
+from harmonizer_dagster.definitions import build_definitions
+from harmonizer_dagster.orchestration.alerts import build_stall_sensor, run_failure_alerts
+from harmonizer_dagster.orchestration.resources import Notifier
+
+
+class Inbox:
+    def __init__(self):
+        self.messages = []
+
+    async def handle_DATA(self, server, session, envelope):
+        self.messages.append((envelope.rcpt_tos, message_from_bytes(envelope.content)))
+        return "250 OK"
+
+
+@pytest.fixture
+def smtp():
+    inbox = Inbox()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    controller = Controller(inbox, hostname="127.0.0.1", port=port)
+    controller.start()
+    yield inbox, port
+    controller.stop()
+
+
+def notifier(port: int) -> Notifier:
+    return Notifier(
+        smtp_host="127.0.0.1",
+        smtp_port=port,
+        sender="dagster@example.org",
+        recipients="oncall@example.org, data@example.org",
+    )
+
+
+def test_a_failed_run_is_emailed(smtp, monkeypatch, tmp_path):
+    inbox, port = smtp
+    monkeypatch.setenv("HARMONIZER_LANDING_DIR", str(tmp_path))
+    monkeypatch.setenv("HARMONIZER_WAREHOUSE_URL", f"duckdb:///{tmp_path / 'w.duckdb'}")
+    job = build_definitions().resolve_job_def("load_business_registry")
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("business_registry_files", ["missing.csv"])
+        result = job.execute_in_process(instance=instance, partition_key="missing.csv", raise_on_error=False)
+        assert not result.success
+        failure = next(e for e in result.all_events if e.event_type == dg.DagsterEventType.RUN_FAILURE)
+        context = dg.build_run_status_sensor_context(
+            sensor_name="run_failure_alerts",
+            dagster_event=failure,
+            dagster_instance=instance,
+            dagster_run=result.dagster_run,
+        ).for_run_failure()
+        run_failure_alerts(context, notifier=notifier(port))
+    recipients, message = inbox.messages[0]
+    assert recipients == ["oncall@example.org", "data@example.org"]
+    assert message["Subject"] == "[harmonizer] run failed: load_business_registry"
+    body = message.get_payload()
+    assert result.run_id in body and "missing.csv" in body
+
+
+def test_a_silent_started_run_is_reported_once(smtp):
+    inbox, port = smtp
+    sensor = build_stall_sensor(stall_minutes=0)
+    with dg.instance_for_test() as instance:
+        run = instance.create_run_for_job(build_definitions().resolve_job_def("register_file_versions"))
+        instance.handle_run_event(
+            run.run_id,
+            dg.DagsterEvent(dg.DagsterEventType.RUN_START.value, job_name=run.job_name, message="started"),
+        )
+        time.sleep(0.1)
+        context = dg.build_sensor_context(instance=instance, resources={"notifier": notifier(port)})
+        sensor(context)
+        assert [m["Subject"] for _, m in inbox.messages] == ["[harmonizer] run stalled: register_file_versions"]
+        again = dg.build_sensor_context(
+            instance=instance, cursor=context.cursor, resources={"notifier": notifier(port)}
+        )
+        sensor(again)
+        assert len(inbox.messages) == 1, "a stalled run is reported once"

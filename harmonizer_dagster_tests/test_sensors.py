@@ -1,0 +1,188 @@
+"""Landing sensors on a real folder and a real S3 endpoint; the runs they request land rows."""
+
+import json
+import shutil
+
+import dagster as dg
+import duckdb
+import pytest
+from dagster_aws.s3 import S3Resource
+
+from harmonizer_dagster.core.files import fingerprint
+from harmonizer_dagster.core.landing import scan_folder
+from harmonizer_dagster.definitions import build_definitions
+from harmonizer_dagster.orchestration.resources import LandingZone, S3Landing
+from harmonizer_dagster.orchestration.sensors import build_folder_sensor, build_s3_sensor, landing_tick
+
+SOURCE = "business_registry"
+Q3 = "registry_2026-Q3.csv"
+
+
+@pytest.fixture
+def instance(tmp_path):
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    with dg.instance_for_test(temp_dir=str(home)) as instance:
+        yield instance
+
+
+@pytest.fixture
+def environment(monkeypatch, tmp_path):
+    drop = tmp_path / "drop"
+    (drop / SOURCE).mkdir(parents=True)
+    monkeypatch.setenv("HARMONIZER_LANDING_DIR", str(drop))
+    monkeypatch.setenv("HARMONIZER_STAGING_DIR", str(tmp_path / "staging"))
+    monkeypatch.setenv("HARMONIZER_WAREHOUSE_URL", f"duckdb:///{tmp_path / 'warehouse.duckdb'}")
+    return drop
+
+
+def tick(sensor, instance, cursor, **resources):
+    context = dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources)
+    result = sensor(context)
+    if isinstance(result, dg.SensorResult):
+        # build_sensor_context does not apply partition requests: apply them as the daemon would.
+        for request in result.dynamic_partitions_requests or []:
+            instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+        return result, result.cursor
+    return result, cursor
+
+
+def folder_sensor(specs):
+    return build_folder_sensor(specs[SOURCE], build_definitions().resolve_job_def(f"load_{SOURCE}"), 10)
+
+
+def launch(instance, requests):
+    """Runs the requested partitions the way the daemon would launch them."""
+    job = build_definitions().resolve_job_def(f"load_{SOURCE}")
+    for request in requests:
+        assert job.execute_in_process(instance=instance, partition_key=request.partition_key, tags=request.tags).success
+
+
+def test_new_files_wait_until_stable_then_start_one_run_each(specs, instance, environment, landing, tmp_path):
+    sensor = folder_sensor(specs)
+    shutil.copy(landing / SOURCE / Q3, environment / SOURCE / Q3)
+    landing_zone = LandingZone(landing_dir=str(environment), staging_dir=str(tmp_path / "staging"))
+
+    first, cursor = tick(sensor, instance, None, landing=landing_zone)
+    assert first.run_requests == [], "a file seen once may still be being written"
+    second, cursor = tick(sensor, instance, cursor, landing=landing_zone)
+    file_hash = fingerprint(environment / SOURCE / Q3).file_hash
+    assert [(r.partition_key, r.run_key) for r in second.run_requests] == [(Q3, f"{SOURCE}:{file_hash}")]
+    assert instance.get_dynamic_partitions(f"{SOURCE}_files") == [Q3]
+
+    launch(instance, second.run_requests)
+    with duckdb.connect(str(tmp_path / "warehouse.duckdb"), read_only=True) as con:
+        assert con.execute(f"SELECT count(*) FROM harmonizer.{SOURCE}").fetchone() == (988,)
+
+    third, cursor = tick(sensor, instance, cursor, landing=landing_zone)
+    assert third.run_requests == [], "handled files are not read again"
+
+
+def test_growing_file_is_not_picked_up_until_it_stops_changing(specs, instance, environment, tmp_path):
+    sensor = folder_sensor(specs)
+    landing_zone = LandingZone(landing_dir=str(environment), staging_dir=str(tmp_path / "staging"))
+    growing = environment / SOURCE / "upload in progress ü.csv"
+    growing.write_text("Corp Number,Legal Name\n")
+    cursor = None
+    for line in ("000001,A\n", "000002,B\n"):
+        result, cursor = tick(sensor, instance, cursor, landing=landing_zone)
+        assert result.run_requests == []
+        with growing.open("a") as handle:
+            handle.write(line)
+    result, cursor = tick(sensor, instance, cursor, landing=landing_zone)
+    assert result.run_requests == []
+    result, cursor = tick(sensor, instance, cursor, landing=landing_zone)
+    assert [r.partition_key for r in result.run_requests] == ["upload in progress ü.csv"]
+
+
+def test_same_bytes_share_a_run_key_and_a_corrected_reupload_gets_a_new_one(
+    specs, instance, environment, landing, tmp_path
+):
+    sensor = folder_sensor(specs)
+    landing_zone = LandingZone(landing_dir=str(environment), staging_dir=str(tmp_path / "staging"))
+    shutil.copy(landing / SOURCE / Q3, environment / SOURCE / Q3)
+    _, cursor = tick(sensor, instance, None, landing=landing_zone)
+    first, cursor = tick(sensor, instance, cursor, landing=landing_zone)
+
+    shutil.copy(landing / SOURCE / Q3, environment / SOURCE / "renamed copy.csv")
+    _, cursor = tick(sensor, instance, cursor, landing=landing_zone)
+    copy, cursor = tick(sensor, instance, cursor, landing=landing_zone)
+    assert copy.run_requests[0].run_key == first.run_requests[0].run_key, "same bytes, same run key"
+
+    with (environment / SOURCE / Q3).open("a") as handle:
+        handle.write("999999,Corrected Co,LLC,ACTIVE,2020-01-01,1 Main St,Albany,NY,12207,Agent,a@b.com,5185550100\n")
+    _, cursor = tick(sensor, instance, cursor, landing=landing_zone)
+    corrected, cursor = tick(sensor, instance, cursor, landing=landing_zone)
+    assert [r.partition_key for r in corrected.run_requests] == [Q3]
+    assert corrected.run_requests[0].run_key != first.run_requests[0].run_key
+
+
+def test_unreadable_folder_skips_the_tick_and_keeps_the_cursor(specs, instance, environment, landing, tmp_path):
+    sensor = folder_sensor(specs)
+    landing_zone = LandingZone(landing_dir=str(environment), staging_dir=str(tmp_path / "staging"))
+    shutil.copy(landing / SOURCE / Q3, environment / SOURCE / Q3)
+    _, cursor = tick(sensor, instance, None, landing=landing_zone)
+    moved = environment.with_name("elsewhere")
+    environment.rename(moved)  # e.g. an unmounted network share
+    result, after = tick(sensor, instance, cursor, landing=landing_zone)
+    assert isinstance(result, dg.SkipReason) and after == cursor
+    moved.rename(environment)
+    result, _ = tick(sensor, instance, cursor, landing=landing_zone)
+    assert [r.partition_key for r in result.run_requests] == [Q3]
+
+
+def test_file_deleted_between_listing_and_hashing_is_skipped(specs, instance, environment, landing):
+    shutil.copy(landing / SOURCE / Q3, environment / SOURCE / Q3)
+    listing = scan_folder(environment, SOURCE)
+    (environment / SOURCE / Q3).unlink()
+    cursor = json.dumps({"handled": {}, "waiting": {i.key: i.signature for i in listing}})
+    context = dg.build_sensor_context(instance=instance, cursor=cursor)
+    result = landing_tick(
+        context, specs[SOURCE], lambda: listing, lambda item: fingerprint(environment / SOURCE / item.key)
+    )
+    assert result.run_requests == []
+    assert json.loads(result.cursor)["handled"] == {}
+
+
+def test_s3_sensor_requests_runs_that_stream_objects_into_the_warehouse(
+    specs, instance, environment, landing, s3_endpoint, s3_bucket, tmp_path, monkeypatch
+):
+    bucket, client = s3_bucket
+    sensor = build_s3_sensor(specs[SOURCE], build_definitions().resolve_job_def(f"load_{SOURCE}"), 10)
+    resources = {
+        "s3": S3Resource(endpoint_url=s3_endpoint, region_name="us-east-1"),
+        "s3_landing": S3Landing(bucket=bucket, prefix="landing"),
+    }
+    data = (landing / SOURCE / Q3).read_bytes()
+    client.put_object(Bucket=bucket, Key=f"landing/{SOURCE}/z late ü.csv", Body=data)
+    _, cursor = tick(sensor, instance, None, **resources)
+    first, cursor = tick(sensor, instance, cursor, **resources)
+    late_uri = f"s3://{bucket}/landing/{SOURCE}/z late ü.csv"
+    assert [r.partition_key for r in first.run_requests] == [late_uri]
+
+    # A key sorting before the last one seen, and a re-upload of a known key, are both noticed.
+    client.put_object(Bucket=bucket, Key=f"landing/{SOURCE}/a early.csv", Body=data + b"\n")
+    client.put_object(Bucket=bucket, Key=f"landing/{SOURCE}/z late ü.csv", Body=data.replace(b"ACTIVE", b"ACTIVE "))
+    _, cursor = tick(sensor, instance, cursor, **resources)
+    second, cursor = tick(sensor, instance, cursor, **resources)
+    assert sorted(r.partition_key for r in second.run_requests) == [
+        f"s3://{bucket}/landing/{SOURCE}/a early.csv",
+        late_uri,
+    ]
+
+    monkeypatch.setenv("HARMONIZER_S3_ENDPOINT_URL", s3_endpoint)
+    launch(instance, [r for r in second.run_requests if r.partition_key == late_uri])
+    with duckdb.connect(str(tmp_path / "warehouse.duckdb"), read_only=True) as con:
+        assert con.execute(f"SELECT count(*) FROM harmonizer.{SOURCE}").fetchone() == (988,)
+        assert con.execute("SELECT file_uri, status FROM harmonizer.sources").fetchone() == (late_uri, "completed")
+
+
+def test_unreachable_bucket_skips_the_tick(specs, instance, s3_endpoint, s3_bucket):
+    sensor = build_s3_sensor(specs[SOURCE], build_definitions().resolve_job_def(f"load_{SOURCE}"), 10)
+    resources = {
+        "s3": S3Resource(endpoint_url=s3_endpoint, region_name="us-east-1"),
+        "s3_landing": S3Landing(bucket="no-such-bucket", prefix=""),
+    }
+    result, cursor = tick(sensor, instance, '{"handled":{},"waiting":{}}', **resources)
+    assert isinstance(result, dg.SkipReason)
+    assert cursor == '{"handled":{},"waiting":{}}'
