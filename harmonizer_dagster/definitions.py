@@ -6,6 +6,7 @@ new user runs everything with no server and no configuration.
 """
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import dagster as dg
@@ -78,8 +79,25 @@ def build_definitions() -> dg.Definitions:
     if os.environ.get("HARMONIZER_S3_BUCKET"):
         sensors += [build_s3_sensor(spec, load_jobs[spec.name], interval) for spec in specs]
     fetch_jobs = {spec.name: build_fetch_job(spec) for spec in specs if spec.schedule}
+    assets = {spec.name: build_source_asset(spec, ops[spec.name]) for spec in specs}
+    # A source whose next version is overdue is flagged: the legacy "no file this quarter" check.
+    freshness_checks = [
+        check
+        for spec in specs
+        if spec.freshness_hours
+        for check in dg.build_last_update_freshness_checks(
+            assets=[assets[spec.name]], lower_bound_delta=timedelta(hours=spec.freshness_hours)
+        )
+    ]
+    if freshness_checks:
+        sensors.append(
+            dg.build_sensor_for_freshness_checks(
+                freshness_checks=freshness_checks, default_status=dg.DefaultSensorStatus.RUNNING
+            )
+        )
     return dg.Definitions(
-        assets=[build_source_asset(spec, ops[spec.name]) for spec in specs],
+        assets=list(assets.values()),
+        asset_checks=freshness_checks,
         jobs=[*load_jobs.values(), *fetch_jobs.values(), build_register_job(specs), *build_ingest_jobs(specs, ops)],
         sensors=[
             *sensors,

@@ -112,6 +112,7 @@ class SourceSpec:
     delimiter: str = ","
     description: str = ""
     schedule: Schedule | None = None
+    freshness_hours: int | None = None  # a new version is expected at least this often
     path: Path | None = field(default=None, compare=False)
 
     def column(self, name: str) -> Column:
@@ -314,6 +315,7 @@ def parse_spec(data: Any, file: str = "<spec>") -> SourceSpec:
         natural_key=natural_key,
         columns=columns,
         schedule=_parse_schedule(r.sub("schedule", r.get("schedule", kind=dict))) if "schedule" in r.data else None,
+        freshness_hours=r.get("freshness_hours", None, kind=int),
         path=Path(file),
     )
     if len(spec.delimiter) != 1:
