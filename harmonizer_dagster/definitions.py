@@ -15,7 +15,8 @@ from dagster_aws.s3 import S3Resource
 from harmonizer_dagster.core.settings import DEFAULTS, current
 from harmonizer_dagster.core.spec import load_specs
 from harmonizer_dagster.orchestration.alerts import build_stall_sensor, run_failure_alerts, run_success_alerts
-from harmonizer_dagster.orchestration.assets import build_source_asset, build_source_ops
+from harmonizer_dagster.orchestration.assets import build_published_asset, build_source_asset, build_source_ops
+from harmonizer_dagster.orchestration.checks import build_quality_checks
 from harmonizer_dagster.orchestration.jobs import build_ingest_jobs, build_register_job, build_source_job
 from harmonizer_dagster.orchestration.resources import (
     LandingZone,
@@ -95,9 +96,10 @@ def build_definitions() -> dg.Definitions:
                 freshness_checks=freshness_checks, default_status=dg.DefaultSensorStatus.RUNNING
             )
         )
+    quality_checks = [check for spec in specs for check in build_quality_checks(spec)]
     return dg.Definitions(
-        assets=list(assets.values()),
-        asset_checks=freshness_checks,
+        assets=[*assets.values(), *(build_published_asset(spec) for spec in specs)],
+        asset_checks=[*quality_checks, *freshness_checks],
         jobs=[*load_jobs.values(), *fetch_jobs.values(), build_register_job(specs), *build_ingest_jobs(specs, ops)],
         sensors=[
             *sensors,

@@ -34,6 +34,9 @@ def test_definitions_snapshot():
         "business_registry",
         "court_records",
         "news_articles",
+        "business_registry_published",
+        "court_records_published",
+        "news_articles_published",
     }
     assert {job.name for job in defs.resolve_all_job_defs() if not job.name.startswith("__")} == {
         "load_business_registry",
@@ -121,7 +124,8 @@ def test_reexecution_from_failure_resumes_at_the_failed_op(environment, instance
     with duckdb.connect(str(environment)) as con:
         con.execute("ALTER TABLE harmonizer.business_registry DROP COLUMN blocker")
     options = dg.ReexecutionOptions.from_failure(first_run_id, instance)
-    with dg.execute_job(job, instance, reexecution_options=options) as second:
+    # As the UI's "re-execute from failure" does, the new run keeps its parent's partition tag.
+    with dg.execute_job(job, instance, reexecution_options=options, tags={"dagster/partition": Q3}) as second:
         assert second.success
         executed = {
             e.step_key

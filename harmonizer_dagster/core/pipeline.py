@@ -320,6 +320,7 @@ def upsert_step(spec: SourceSpec, hashed: HashedVersion, warehouse: Warehouse, r
         records_in_file=validate_summary["records_parsed"] + validate_summary["records_malformed"],
         records_failed=validate_summary["records_failed"],
         records_skipped=harmonize_summary["records_duplicate"],
+        extra_fields=tuple(validate_summary["extra_fields"]),
     )
     warehouse.publish(spec, staged, run_id)
     staging.remove(root)

@@ -58,6 +58,8 @@ class Check:
     ignore_case: bool = False
     minimum: str | None = None
     maximum: str | None = None
+    min_pass_rate: float | None = None  # the share of records that must pass, checked per file
+    pass_rate_severity: str = "error"  # an error-severity pass-rate check blocks publication
 
 
 @dataclass(frozen=True)
@@ -167,6 +169,22 @@ class _Reader:
 
 
 def _parse_check(r: _Reader, column: Column) -> Check:
+    check = _parse_rule(r, column)
+    rate = r.get("min_pass_rate", None, kind=(int, float))
+    if rate is not None and not 0 <= rate <= 1:
+        raise r.fail("min_pass_rate", "must be between 0 and 1")
+    rate_severity = r.choice("pass_rate_severity", SEVERITIES, "error")
+    r.finish()
+    return Check(
+        **{
+            **check.__dict__,
+            "min_pass_rate": None if rate is None else float(rate),
+            "pass_rate_severity": rate_severity,
+        }
+    )
+
+
+def _parse_rule(r: _Reader, column: Column) -> Check:
     severity = r.choice("severity", SEVERITIES, "error")
     issue_type = r.get("issue_type", None, kind=str)
     expected = r.get("expected_format", None, kind=str)
@@ -220,7 +238,6 @@ def _parse_check(r: _Reader, column: Column) -> Check:
         check = Check("unique", issue_type or "duplicate_value", severity, expected or "unique within the file")
     else:
         raise r.fail("", "a check needs one of: format, pattern, allowed_values, min/max, unique")
-    r.finish()
     return check
 
 

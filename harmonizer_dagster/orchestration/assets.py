@@ -167,3 +167,31 @@ def build_source_asset(spec: SourceSpec, ops: SourceOps) -> dg.AssetsDefinition:
         return ops.upsert(ops.harmonize(ops.validate(ops.hash())))
 
     return source_asset
+
+
+def build_published_asset(spec: SourceSpec) -> dg.AssetsDefinition:
+    """The file versions consumers may rely on: a partition is published only once the
+    source's blocking checks passed in the same run, which the UI shows as a skipped step."""
+
+    @dg.asset(
+        name=f"{spec.name}_published",
+        deps=[spec.name],
+        partitions_def=partitions_for(spec),
+        description=f"File versions of {spec.title} that passed every blocking data-quality check.",
+        owners=[spec.owner],
+        kinds={"sql"},
+        tags={"source": spec.name},
+    )
+    def published(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+        store = warehouse.open()
+        rows = store.query(
+            "UPDATE {schema}.sources SET published_at = now() WHERE source_id = (SELECT max(source_id) "
+            "FROM {schema}.sources WHERE source_type = %s AND partition_key = %s AND status = 'completed') "
+            "RETURNING source_id, file_hash",
+            (spec.name, context.partition_key),
+        )
+        if not rows:
+            raise dg.Failure(f"{context.partition_key} has no completed load to publish")
+        return dg.MaterializeResult(metadata={"source_id": rows[0][0], "file_hash": rows[0][1]})
+
+    return published

@@ -55,7 +55,7 @@ def build_source_job(spec: SourceSpec):
     """Materializes one file version of one source: what the UI, sensors and backfills launch."""
     return dg.define_asset_job(
         name=f"load_{spec.name}",
-        selection=dg.AssetSelection.assets(spec.name),
+        selection=dg.AssetSelection.assets(spec.name, f"{spec.name}_published"),
         description=f"Loads one file of {spec.title} (one partition per run).",
         tags={"source": spec.name},
     )

@@ -65,6 +65,7 @@ class StagedPartition:
     records_in_file: int
     records_failed: int
     records_skipped: int
+    extra_fields: tuple[str, ...] = ()
 
 
 class Warehouse(ABC):
@@ -281,7 +282,7 @@ class Warehouse(ABC):
                 f"UPDATE {self.schema}.sources SET status = 'completed', import_completed_at = now(), "
                 "records_in_file = %s, records_processed = %s, records_imported = %s, records_failed = %s, "
                 "records_skipped = %s, records_inserted = %s, records_updated = %s, records_unchanged = %s, "
-                "error_message = NULL, run_id = %s, updated_at = now() WHERE source_id = %s",
+                "error_message = NULL, run_id = %s, extra_fields = %s, updated_at = now() WHERE source_id = %s",
                 (
                     staged.records_in_file,
                     staged.records_in_file,
@@ -292,6 +293,7 @@ class Warehouse(ABC):
                     updated,
                     unchanged,
                     run_id,
+                    ",".join(staged.extra_fields) or None,
                     staged.source_id,
                 ),
             )

@@ -106,6 +106,32 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             "CREATE INDEX IF NOT EXISTS failed_records_file_idx ON {schema}.failed_records (source_type, file_hash)",
         ],
     ),
+    (
+        2,
+        "asset-check history, schema drift and publication",
+        [
+            """CREATE TABLE IF NOT EXISTS {schema}.data_quality_checks (
+                check_id UUID PRIMARY KEY DEFAULT gen_random_uuid(),
+                check_name VARCHAR NOT NULL,
+                asset VARCHAR NOT NULL,
+                partition_key VARCHAR NOT NULL,
+                source_id BIGINT,
+                file_hash VARCHAR,
+                severity VARCHAR NOT NULL,
+                passed BOOLEAN NOT NULL,
+                observed_value DOUBLE PRECISION,
+                threshold DOUBLE PRECISION,
+                counts VARCHAR NOT NULL,
+                message VARCHAR NOT NULL,
+                run_id VARCHAR,
+                evaluated_at TIMESTAMPTZ NOT NULL DEFAULT now()
+            )""",
+            "CREATE INDEX IF NOT EXISTS dq_checks_asset_idx ON {schema}.data_quality_checks (asset, partition_key)",
+            "ALTER TABLE {schema}.sources ADD COLUMN extra_fields VARCHAR",
+            "ALTER TABLE {schema}.sources ADD COLUMN published_at TIMESTAMPTZ",
+            "ALTER TABLE {schema}.data_quality_issues ADD COLUMN check_name VARCHAR",
+        ],
+    ),
 ]
 
 

@@ -1,0 +1,125 @@
+"""Data-quality checks pass on clean data and fail on data crafted to fail them, on every warehouse;
+failing blocking checks keep a partition from being published."""
+
+import json
+import shutil
+
+import dagster as dg
+import duckdb
+import polars as pl
+import pytest
+
+from harmonizer_dagster.core.quality import checks_for, run_check
+from harmonizer_dagster.definitions import build_definitions
+from harmonizer_dagster_tests.conftest import load_file
+
+SOURCE = "business_registry"
+Q3 = "registry_2026-Q3.csv"
+
+
+def evaluate(store, spec, partition_key=Q3):
+    return {check.name: run_check(store, spec, check, partition_key, "check-run") for check in checks_for(spec)}
+
+
+def test_every_check_passes_on_the_clean_sample(warehouse, specs, landing, tmp_path):
+    spec = specs[SOURCE]
+    load_file(spec, landing, Q3, warehouse, tmp_path / "s")
+    results = evaluate(warehouse, spec)
+    assert set(results) == {
+        "row_count_reconciliation",
+        "natural_key_unique",
+        "required_fields_complete",
+        "schema_drift",
+        "home_office_zip_pass_rate",
+        "email_pass_rate",
+    }
+    assert {name: r.passed for name, r in results.items()} == dict.fromkeys(results, True)
+    history = warehouse.query(
+        "SELECT check_name, passed, observed_value, threshold, counts FROM "
+        "{schema}.data_quality_checks ORDER BY check_name"
+    )
+    assert [(n, p, o, t) for n, p, o, t, _ in history] == sorted(
+        (n, r.passed, r.observed, r.threshold) for n, r in results.items()
+    ), "the history table holds the same figures as the results"
+    assert json.loads(dict((n, c) for n, _, _, _, c in history)["row_count_reconciliation"]) == {
+        "in_file": 1006,
+        "imported": 988,
+        "failed": 12,
+        "skipped": 6,
+    }
+    linked = dict(warehouse.query("SELECT rule, min(check_name) FROM {schema}.data_quality_issues GROUP BY rule"))
+    assert linked["natural_key"] == "natural_key_unique"
+    assert linked["not_nullable"] == "required_fields_complete"
+
+
+def test_crafted_failures(warehouse, specs, landing, tmp_path):
+    spec = specs[SOURCE]
+    load_file(spec, landing, Q3, warehouse, tmp_path / "s")
+    table = warehouse.table(SOURCE)
+    warehouse.query("UPDATE {schema}.sources SET records_imported = records_imported - 1")
+    warehouse.query(f"UPDATE {table} SET legal_name = NULL WHERE corp_number = (SELECT min(corp_number) FROM {table})")
+    if not warehouse.key_index:  # with a primary-key index the database itself refuses duplicates
+        warehouse.query(f"INSERT INTO {table} SELECT * FROM {table} LIMIT 1")
+    results = evaluate(warehouse, spec)
+    assert not results["row_count_reconciliation"].passed
+    assert not results["required_fields_complete"].passed
+    assert results["natural_key_unique"].passed is warehouse.key_index
+
+
+def test_pass_rate_and_schema_drift_fail_on_a_drifting_file(warehouse, specs, landing, tmp_path):
+    spec = specs[SOURCE]
+    frame = pl.read_csv(landing / SOURCE / Q3, infer_schema=False)
+    bad_zips = pl.int_range(pl.len()) % 10 == 0  # 10% four-digit zips: above the 3% allowed
+    drifted = frame.with_columns(
+        pl.when(bad_zips).then(pl.lit("1234")).otherwise(pl.col("Home Office Zip")).alias("Home Office Zip"),
+        pl.lit("x").alias("Fax Number"),
+    )
+    drifted.write_csv(landing / SOURCE / "drifted.csv")
+    load_file(spec, landing, "drifted.csv", warehouse, tmp_path / "s")
+    results = evaluate(warehouse, spec, "drifted.csv")
+    assert not results["home_office_zip_pass_rate"].passed
+    assert results["home_office_zip_pass_rate"].observed < 0.97
+    assert not results["schema_drift"].passed
+    assert results["schema_drift"].counts["added"] == ["Fax Number"]
+    assert results["row_count_reconciliation"].passed
+
+
+@pytest.fixture
+def environment(monkeypatch, landing, tmp_path):
+    monkeypatch.setenv("HARMONIZER_LANDING_DIR", str(landing))
+    monkeypatch.setenv("HARMONIZER_STAGING_DIR", str(tmp_path / "staging"))
+    monkeypatch.setenv("HARMONIZER_WAREHOUSE_URL", f"duckdb:///{tmp_path / 'warehouse.duckdb'}")
+    return tmp_path / "warehouse.duckdb"
+
+
+def test_a_failing_blocking_check_keeps_the_partition_unpublished(environment, landing):
+    frame = pl.read_csv(landing / SOURCE / Q3, infer_schema=False)
+    frame.with_columns(pl.lit("1234").alias("Home Office Zip")).write_csv(landing / SOURCE / "bad zips.csv")
+    shutil.copy(landing / SOURCE / Q3, landing / SOURCE / "good.csv")
+    job = build_definitions().resolve_job_def(f"load_{SOURCE}")
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(f"{SOURCE}_files", ["good.csv", "bad zips.csv"])
+        good = job.execute_in_process(instance=instance, partition_key="good.csv")
+        assert good.success
+        assert {m.asset_key.to_user_string() for m in good.get_asset_materialization_events()} == {
+            SOURCE,
+            f"{SOURCE}_published",
+        }
+        # Each bad zip is only a warning, but a file where most zips are bad fails the
+        # blocking pass-rate check.
+        bad = job.execute_in_process(instance=instance, partition_key="bad zips.csv", raise_on_error=False)
+        evaluations = {e.check_name: e for e in bad.get_asset_check_evaluations()}
+        assert not evaluations["home_office_zip_pass_rate"].passed
+        published = [
+            m for m in bad.get_asset_materialization_events() if m.asset_key.to_user_string() == f"{SOURCE}_published"
+        ]
+        assert published == [], "a partition failing a blocking check is not published"
+    with duckdb.connect(str(environment), read_only=True) as con:
+        rows = dict(con.execute("SELECT partition_key, published_at IS NOT NULL FROM harmonizer.sources").fetchall())
+        assert rows == {"good.csv": True, "bad zips.csv": False}
+        recorded = dict(
+            con.execute(
+                "SELECT check_name, passed FROM harmonizer.data_quality_checks WHERE partition_key = 'bad zips.csv'"
+            ).fetchall()
+        )
+        assert recorded == {e.check_name: e.passed for e in evaluations.values() if e.check_name != "freshness_check"}
