@@ -1,4 +1,5 @@
-"""`harmonizer`: terminal helpers around the warehouse (the Dagster UI and CLI do the running)."""
+"""`harmonizer`: terminal helpers around the warehouse: a summary, and data-quality triage
+(the Dagster UI and CLI do the running)."""
 
 import argparse
 import sys
@@ -6,6 +7,7 @@ from pathlib import Path
 
 from harmonizer_dagster.core.settings import current
 from harmonizer_dagster.core.spec import load_specs
+from harmonizer_dagster.core.triage import ACTIONS, Selection, act, render, summarize
 from harmonizer_dagster.core.warehouse import open_warehouse
 from harmonizer_dagster.core.warehouse.duckdb import DuckDBWarehouse
 
@@ -31,14 +33,81 @@ def summary() -> int:
     return 0
 
 
+def _selection(args: argparse.Namespace, status: str | None = "pending") -> Selection:
+    return Selection(
+        issue_ids=tuple(args.id or ()),
+        issue_type=args.type,
+        source=args.source,
+        partition_key=args.partition,
+        field_name=args.field,
+        status=status,
+    )
+
+
+def dq(args: argparse.Namespace) -> int:
+    store = open_warehouse(current("HARMONIZER_WAREHOUSE_URL"))
+    if args.dq_command == "list":
+        print(render(summarize(store, _selection(args, None if args.status == "all" else args.status), args.examples)))
+    elif args.dq_command == "resolve":
+        outcome = act(
+            store,
+            _selection(args),
+            args.action,
+            args.note,
+            pad_to_width=args.pad_to_width,
+            date_format=args.date_format,
+            map_to=args.map_to,
+        )
+        print(f"{args.action}: {outcome['issues']} issue(s) updated; rules created: {outcome['rules'] or 'none'}")
+    elif args.dq_command == "rules":
+        for rule_id, source, field, kind, params, enabled in store.query(
+            "SELECT rule_id, source_type, field_name, kind, params, enabled FROM {schema}.transformation_rules "
+            "ORDER BY rule_id"
+        ):
+            print(f"{rule_id:>5} {'on ' if enabled else 'off'} {source}.{field}: {kind} {params}")
+    elif args.dq_command in ("disable-rule", "enable-rule"):
+        if not store.set_rule_enabled(args.rule_id, args.dq_command == "enable-rule"):
+            print(f"no rule {args.rule_id}", file=sys.stderr)
+            return 1
+        print(f"rule {args.rule_id} {'enabled' if args.dq_command == 'enable-rule' else 'disabled'}")
+    return 0
+
+
+def _add_selection(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--id", action="append", help="an issue id (repeatable)")
+    parser.add_argument("--type", help="issue type, e.g. invalid_zip_code")
+    parser.add_argument("--source", help="source name")
+    parser.add_argument("--partition", help="file version (partition key)")
+    parser.add_argument("--field", help="canonical column name")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="harmonizer", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("summary", help="print where the results are and what each loaded file came to")
+    dq_parser = commands.add_parser("dq", help="data-quality triage")
+    dq_commands = dq_parser.add_subparsers(dest="dq_command", required=True)
+    listing = dq_commands.add_parser("list", help="issues grouped by type, with counts and examples")
+    _add_selection(listing)
+    listing.add_argument(
+        "--status", default="pending", help="pending (default), resolved, ignored, auto_fix, ... or all"
+    )
+    listing.add_argument("--examples", type=int, default=3)
+    resolve = dq_commands.add_parser("resolve", help="resolve, ignore or fix the selected pending issues")
+    _add_selection(resolve)
+    resolve.add_argument("--action", required=True, choices=sorted(ACTIONS))
+    resolve.add_argument("--note", default="")
+    resolve.add_argument("--pad-to-width", type=int, help="auto_fix: left-pad digit values with zeros")
+    resolve.add_argument("--date-format", help="auto_fix: the strptime format dates arrive in")
+    resolve.add_argument("--map-to", help="auto_fix: replace the invalid values; manual_fix: the corrected value")
+    dq_commands.add_parser("rules", help="list transformation rules")
+    for name in ("disable-rule", "enable-rule"):
+        toggle = dq_commands.add_parser(name, help=f"{name.split('-')[0]} a transformation rule")
+        toggle.add_argument("rule_id", type=int)
     args = parser.parse_args(argv)
     if args.command == "summary":
         return summary()
-    return 2
+    return dq(args)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from harmonizer_dagster.orchestration.resources import (
 )
 from harmonizer_dagster.orchestration.schedules import build_fetch_job, build_fetch_schedule
 from harmonizer_dagster.orchestration.sensors import build_folder_sensor, build_s3_sensor
+from harmonizer_dagster.orchestration.triage import build_report_asset, build_reprocess_job, triage_issues
 
 
 def setting(name: str, default: str = "") -> str | dg.EnvVar:
@@ -98,9 +99,20 @@ def build_definitions() -> dg.Definitions:
         )
     quality_checks = [check for spec in specs for check in build_quality_checks(spec)]
     return dg.Definitions(
-        assets=[*assets.values(), *(build_published_asset(spec) for spec in specs)],
+        assets=[
+            *assets.values(),
+            *(build_published_asset(spec) for spec in specs),
+            *(build_report_asset(spec) for spec in specs),
+        ],
         asset_checks=[*quality_checks, *freshness_checks],
-        jobs=[*load_jobs.values(), *fetch_jobs.values(), build_register_job(specs), *build_ingest_jobs(specs, ops)],
+        jobs=[
+            *load_jobs.values(),
+            *fetch_jobs.values(),
+            build_register_job(specs),
+            *build_ingest_jobs(specs, ops),
+            triage_issues,
+            build_reprocess_job(specs),
+        ],
         sensors=[
             *sensors,
             run_failure_alerts,

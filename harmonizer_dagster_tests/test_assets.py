@@ -37,6 +37,9 @@ def test_definitions_snapshot():
         "business_registry_published",
         "court_records_published",
         "news_articles_published",
+        "business_registry_dq_report",
+        "court_records_dq_report",
+        "news_articles_dq_report",
     }
     assert {job.name for job in defs.resolve_all_job_defs() if not job.name.startswith("__")} == {
         "load_business_registry",
@@ -48,6 +51,8 @@ def test_definitions_snapshot():
         "register_file_versions",
         "ingest_landing",
         "smoke_test",
+        "triage_issues",
+        "reprocess_failed_records",
     }
     repository = defs.get_repository_def()
     assert {s.name for s in repository.sensor_defs} == {
@@ -55,6 +60,7 @@ def test_definitions_snapshot():
         "court_records_landing_sensor",
         "news_articles_landing_sensor",
         "freshness_checks_sensor",
+        "default_automation_condition_sensor",
         "run_failure_alerts",
         "run_success_alerts",
         "stalled_run_alerts",

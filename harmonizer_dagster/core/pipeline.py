@@ -7,6 +7,7 @@ from its last completed batch. Nothing here knows about Dagster.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -23,6 +24,8 @@ from harmonizer_dagster.core import staging
 from harmonizer_dagster.core.files import FileVersion, fingerprint, fingerprint_s3, version_key
 from harmonizer_dagster.core.harmonization import duplicate_key_sql, harmonize_sql
 from harmonizer_dagster.core.reading import LINE_COLUMN, ReadResult, read_batches
+from harmonizer_dagster.core.rules import Rule, apply_rules
+from harmonizer_dagster.core.rules import fingerprint as rules_fingerprint
 from harmonizer_dagster.core.spec import SourceSpec
 from harmonizer_dagster.core.sql import quote_literal
 from harmonizer_dagster.core.validation import FAILED_SCHEMA, ISSUE_SCHEMA, SpecValidator
@@ -48,6 +51,7 @@ class HashedVersion:
     stage_dir: str
     started_at: float
     skipped_because: str | None = None
+    rules: tuple[Rule, ...] = ()
 
     @property
     def skipped(self) -> bool:
@@ -100,6 +104,8 @@ def hash_step(
     else:
         fp = fingerprint(file.path)
     version = version_key(spec.version_strategy, fp)
+    rules = warehouse.active_rules(spec.name)
+    processing = rules_fingerprint(rules, repr(dataclasses.replace(spec, path=None)))
     stage_dir = staging.staging_dir(staging_root, spec.name, file.partition_key, fp.file_hash)
     data_path = file.location
     register = dict(
@@ -110,9 +116,11 @@ def hash_step(
         file_hash=fp.file_hash,
         size_bytes=fp.size_bytes,
         run_id=run_id,
+        fingerprint=processing,
     )
     skipped_because = None
-    done = warehouse.completed_version(spec.name, fp.file_hash)
+    # Same bytes, same spec, same rules: nothing to do. A new rule makes old files worth reloading.
+    done = warehouse.completed_version(spec.name, fp.file_hash, processing)
     if done and done.partition_key == file.partition_key:
         source_id, skipped_because = done.source_id, "already loaded: the file has not changed"
     elif done:
@@ -138,6 +146,7 @@ def hash_step(
         stage_dir=str(stage_dir),
         started_at=started,
         skipped_because=skipped_because,
+        rules=tuple(rules),
     )
 
 
@@ -164,8 +173,10 @@ def validate_step(spec: SourceSpec, hashed: HashedVersion, batch_rows: int = DEF
     pending: list[pa.RecordBatch] = []
 
     def flush() -> None:
-        # One vectorized call for several batches, then one checkpoint per batch.
-        checked = validator.validate(pa.Table.from_batches(pending))
+        # One vectorized call for several batches, then one checkpoint per batch. Learned
+        # rules fix raw values first, so a fixed value is judged like any other.
+        raw, fixes = apply_rules(pl.from_arrow(pa.Table.from_batches(pending)), list(hashed.rules))
+        checked = validator.validate(raw.to_arrow())
         first = (pending[0][LINE_COLUMN][0].as_py() - 1) // batch_rows
         for index in range(first, first + len(pending)):
             stage.write_batch(
@@ -174,6 +185,7 @@ def validate_step(spec: SourceSpec, hashed: HashedVersion, batch_rows: int = DEF
                     "accepted": checked.accepted.filter(_batch_of(pl.col(LINE_COLUMN), batch_rows) == index),
                     "issues": checked.issues.filter(_batch_of(pl.col("source_line_number"), batch_rows) == index),
                     "failed": checked.failed.filter(_batch_of(pl.col("source_line_number"), batch_rows) == index),
+                    "fixes": fixes.filter(_batch_of(pl.col("source_line_number"), batch_rows) == index),
                 },
             )
         pending.clear()
@@ -191,6 +203,7 @@ def validate_step(spec: SourceSpec, hashed: HashedVersion, batch_rows: int = DEF
         "records_accepted": _count(stage.files("accepted")),
         "records_failed": _count(stage.files("failed")),
         "issues": _count(stage.files("issues")),
+        "fixes_applied": _count(stage.files("fixes")),
         "extra_fields": result.extra_fields,
         "batch_rows": batch_rows,
     }
@@ -317,6 +330,7 @@ def upsert_step(spec: SourceSpec, hashed: HashedVersion, warehouse: Warehouse, r
         superseded_files=harmonized.files("superseded"),
         issue_files=issue_files,
         failed_files=validated.files("failed"),
+        fix_files=validated.files("fixes"),
         records_in_file=validate_summary["records_parsed"] + validate_summary["records_malformed"],
         records_failed=validate_summary["records_failed"],
         records_skipped=harmonize_summary["records_duplicate"],

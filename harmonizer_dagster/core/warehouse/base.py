@@ -7,6 +7,7 @@ PostgreSQL behave the same by construction. SQL uses `%s` placeholders throughou
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -16,6 +17,7 @@ from typing import Any
 
 from harmonizer_dagster.core.harmonization import ROW_HASH_COLUMN
 from harmonizer_dagster.core.reading import LINE_COLUMN
+from harmonizer_dagster.core.rules import FIX_SCHEMA, Rule, validate_rule
 from harmonizer_dagster.core.spec import SourceSpec
 from harmonizer_dagster.core.sql import quote_ident
 from harmonizer_dagster.core.validation import FAILED_SCHEMA, ISSUE_SCHEMA
@@ -23,6 +25,7 @@ from harmonizer_dagster.core.warehouse.tables import MIGRATIONS, canonical_colum
 
 ISSUE_COLUMNS = [(name, "BIGINT" if name == "source_line_number" else "VARCHAR") for name in ISSUE_SCHEMA]
 FAILED_COLUMNS = [(name, "BIGINT" if name == "source_line_number" else "VARCHAR") for name in FAILED_SCHEMA]
+FIX_COLUMNS = [(name, "BIGINT" if name in ("rule_id", "source_line_number") else "VARCHAR") for name in FIX_SCHEMA]
 
 
 class Session(ABC):
@@ -42,6 +45,7 @@ class RegisteredVersion:
     source_id: int
     partition_key: str
     status: str
+    processing_fingerprint: str | None
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,7 @@ class StagedPartition:
     superseded_files: list[Path]
     issue_files: list[Path]
     failed_files: list[Path]
+    fix_files: list[Path]
     records_in_file: int
     records_failed: int
     records_skipped: int
@@ -130,12 +135,13 @@ class Warehouse(ABC):
 
     # -- the sources registry ---------------------------------------------------------------
 
-    def completed_version(self, source_type: str, file_hash: str) -> RegisteredVersion | None:
-        """The version already loaded with these exact bytes, if any."""
+    def completed_version(self, source_type: str, file_hash: str, fingerprint: str) -> RegisteredVersion | None:
+        """The version already loaded from these exact bytes, with this spec and these rules."""
         rows = self.query(
-            "SELECT source_id, partition_key, status FROM {schema}.sources "
-            "WHERE source_type = %s AND file_hash = %s AND status = 'completed' ORDER BY source_id LIMIT 1",
-            (source_type, file_hash),
+            "SELECT source_id, partition_key, status, processing_fingerprint FROM {schema}.sources "
+            "WHERE source_type = %s AND file_hash = %s AND status = 'completed' "
+            "AND coalesce(processing_fingerprint, '') = %s ORDER BY source_id LIMIT 1",
+            (source_type, file_hash, fingerprint),
         )
         return RegisteredVersion(*rows[0]) if rows else None
 
@@ -150,6 +156,7 @@ class Warehouse(ABC):
         file_hash: str,
         size_bytes: int,
         run_id: str,
+        fingerprint: str,
         status: str = "processing",
         duplicate_of: int | None = None,
     ) -> int:
@@ -165,15 +172,15 @@ class Warehouse(ABC):
                 s.execute(
                     f"UPDATE {self.schema}.sources SET status = %s, run_id = %s, import_started_at = now(), "
                     "import_completed_at = NULL, error_message = NULL, duplicate_of_source_id = %s, "
-                    "updated_at = now() WHERE source_id = %s",
-                    (status, run_id, duplicate_of, source_id),
+                    "processing_fingerprint = %s, published_at = NULL, updated_at = now() WHERE source_id = %s",
+                    (status, run_id, duplicate_of, fingerprint, source_id),
                 )
                 return int(source_id)
             rows = s.execute(
                 f"INSERT INTO {self.schema}.sources (source_type, source_name, source_version, partition_key, "
                 "file_name, file_uri, file_hash, file_size_bytes, status, run_id, import_started_at, "
-                "duplicate_of_source_id) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now(), %s) "
-                "RETURNING source_id",
+                "duplicate_of_source_id, processing_fingerprint) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now(), %s, %s) RETURNING source_id",
                 (
                     spec.name,
                     spec.title,
@@ -186,6 +193,7 @@ class Warehouse(ABC):
                     status,
                     run_id,
                     duplicate_of,
+                    fingerprint,
                 ),
             )
             return int(rows[0][0])
@@ -233,6 +241,34 @@ class Warehouse(ABC):
             self.mark_failed(source_id, f"{type(exc).__name__}: {exc}")
             raise
 
+    def active_rules(self, source_type: str) -> list[Rule]:
+        rows = self.query(
+            "SELECT rule_id, field_name, kind, params FROM {schema}.transformation_rules "
+            "WHERE source_type = %s AND enabled ORDER BY rule_id",
+            (source_type,),
+        )
+        return [Rule(int(rule_id), field, kind, json.loads(params)) for rule_id, field, kind, params in rows]
+
+    def add_rule(
+        self, source_type: str, field_name: str, kind: str, params: dict[str, Any], note: str, issue_type: str | None
+    ) -> int:
+        validate_rule(kind, params)
+        return int(
+            self.query(
+                "INSERT INTO {schema}.transformation_rules (source_type, field_name, kind, params, note, "
+                "created_from_issue_type) VALUES (%s, %s, %s, %s, %s, %s) RETURNING rule_id",
+                (source_type, field_name, kind, json.dumps(params, sort_keys=True), note, issue_type),
+            )[0][0]
+        )
+
+    def set_rule_enabled(self, rule_id: int, enabled: bool) -> bool:
+        rows = self.query(
+            "UPDATE {schema}.transformation_rules SET enabled = %s, "
+            "disabled_at = CASE WHEN %s THEN NULL ELSE now() END WHERE rule_id = %s RETURNING rule_id",
+            (enabled, enabled, rule_id),
+        )
+        return bool(rows)
+
     def mark_failed(self, source_id: int, message: str) -> None:
         self.query(
             "UPDATE {schema}.sources SET status = 'failed', error_message = %s, updated_at = now() "
@@ -245,39 +281,9 @@ class Warehouse(ABC):
     def publish(self, spec: SourceSpec, staged: StagedPartition, run_id: str) -> PublishCounts:
         """Upserts the canonical rows, replaces the version's issues and failed records and
         marks it completed, all in one transaction: a crash leaves the previous state intact."""
-        columns = canonical_columns(spec)
-        names = [name for name, _ in columns if name != "_loaded_at"]
-        target = self.table(spec.name)
-        keys = [quote_ident(k) for k in spec.natural_key]
-        joined = " AND ".join(f"t.{k} = s.{k}" for k in keys)
         with self.session() as s:
-            s.load_parquet("_harmonizer_stage", [c for c in columns if c[0] != "_loaded_at"], staged.harmonized_files)
-            # Earlier occurrences of a key in the file lose, as the harmonize step recorded.
-            s.load_parquet("_harmonizer_superseded", [("source_line_number", "BIGINT")], staged.superseded_files)
-            s.execute(
-                f"DELETE FROM _harmonizer_stage WHERE {quote_ident(LINE_COLUMN)} IN "
-                "(SELECT source_line_number FROM _harmonizer_superseded)"
-            )
-            inserted, updated, unchanged = s.execute(
-                f"SELECT count(*) FILTER (WHERE t.{keys[0]} IS NULL), "
-                f"count(*) FILTER (WHERE t.{keys[0]} IS NOT NULL AND t.{ROW_HASH_COLUMN} <> s.{ROW_HASH_COLUMN}), "
-                f"count(*) FILTER (WHERE t.{ROW_HASH_COLUMN} = s.{ROW_HASH_COLUMN}) "
-                f"FROM _harmonizer_stage s LEFT JOIN {target} t ON {joined}"
-            )[0]
-            assignments = ", ".join(
-                f"{quote_ident(n)} = s.{quote_ident(n)}" for n in names if n not in spec.natural_key
-            )
-            s.execute(
-                f"UPDATE {target} AS t SET {assignments}, _loaded_at = now() FROM _harmonizer_stage AS s "
-                f"WHERE {joined} AND t.{ROW_HASH_COLUMN} <> s.{ROW_HASH_COLUMN}"
-            )
-            column_list = ", ".join(quote_ident(n) for n in names)
-            s.execute(
-                f"INSERT INTO {target} ({column_list}, _loaded_at) SELECT {column_list}, now() "
-                f"FROM _harmonizer_stage s WHERE NOT EXISTS (SELECT 1 FROM {target} t WHERE {joined})"
-            )
+            counts = self._upsert(s, spec, staged.harmonized_files, staged.superseded_files)
             self._replace_version_rows(s, spec, staged, run_id)
-            imported = inserted + updated + unchanged
             s.execute(
                 f"UPDATE {self.schema}.sources SET status = 'completed', import_completed_at = now(), "
                 "records_in_file = %s, records_processed = %s, records_imported = %s, records_failed = %s, "
@@ -286,17 +292,75 @@ class Warehouse(ABC):
                 (
                     staged.records_in_file,
                     staged.records_in_file,
-                    imported,
+                    counts.inserted + counts.updated + counts.unchanged,
                     staged.records_failed,
                     staged.records_skipped,
-                    inserted,
-                    updated,
-                    unchanged,
+                    counts.inserted,
+                    counts.updated,
+                    counts.unchanged,
                     run_id,
                     ",".join(staged.extra_fields) or None,
                     staged.source_id,
                 ),
             )
+        return counts
+
+    def publish_reprocessed(
+        self, spec: SourceSpec, harmonized_files: list[Path], superseded_files: list[Path], record_ids: list[str]
+    ) -> PublishCounts:
+        """Upserts dead-letter records that now pass and marks them reprocessed, atomically.
+        A row another file already wrote for the same key is left alone: a late fix of an
+        old record must not overwrite newer data."""
+        with self.session() as s:
+            counts = self._upsert(s, spec, harmonized_files, superseded_files, same_file_only=True)
+            if record_ids:
+                s.execute(
+                    f"UPDATE {self.schema}.failed_records SET reprocessed = TRUE, reprocessed_at = now() "
+                    f"WHERE CAST(record_id AS VARCHAR) IN ({', '.join(['%s'] * len(record_ids))})",
+                    record_ids,
+                )
+        return counts
+
+    def _upsert(
+        self,
+        s: Session,
+        spec: SourceSpec,
+        harmonized_files: list[Path],
+        superseded_files: list[Path],
+        same_file_only: bool = False,
+    ) -> PublishCounts:
+        """New keys inserted, changed rows updated, rows with an unchanged content hash untouched."""
+        columns = canonical_columns(spec)
+        names = [name for name, _ in columns if name != "_loaded_at"]
+        target = self.table(spec.name)
+        keys = [quote_ident(k) for k in spec.natural_key]
+        joined = " AND ".join(f"t.{k} = s.{k}" for k in keys)
+        changed = f"t.{ROW_HASH_COLUMN} <> s.{ROW_HASH_COLUMN}"
+        if same_file_only:
+            changed += " AND t._file_hash = s._file_hash"
+        s.load_parquet("_harmonizer_stage", [c for c in columns if c[0] != "_loaded_at"], harmonized_files)
+        # Earlier occurrences of a key in the file lose, as the harmonize step recorded.
+        s.load_parquet("_harmonizer_superseded", [("source_line_number", "BIGINT")], superseded_files)
+        s.execute(
+            f"DELETE FROM _harmonizer_stage WHERE {quote_ident(LINE_COLUMN)} IN "
+            "(SELECT source_line_number FROM _harmonizer_superseded)"
+        )
+        inserted, updated, unchanged = s.execute(
+            f"SELECT count(*) FILTER (WHERE t.{keys[0]} IS NULL), "
+            f"count(*) FILTER (WHERE t.{keys[0]} IS NOT NULL AND {changed}), "
+            f"count(*) FILTER (WHERE t.{keys[0]} IS NOT NULL AND NOT ({changed})) "
+            f"FROM _harmonizer_stage s LEFT JOIN {target} t ON {joined}"
+        )[0]
+        assignments = ", ".join(f"{quote_ident(n)} = s.{quote_ident(n)}" for n in names if n not in spec.natural_key)
+        s.execute(
+            f"UPDATE {target} AS t SET {assignments}, _loaded_at = now() FROM _harmonizer_stage AS s "
+            f"WHERE {joined} AND {changed}"
+        )
+        column_list = ", ".join(quote_ident(n) for n in names)
+        s.execute(
+            f"INSERT INTO {target} ({column_list}, _loaded_at) SELECT {column_list}, now() "
+            f"FROM _harmonizer_stage s WHERE NOT EXISTS (SELECT 1 FROM {target} t WHERE {joined})"
+        )
         return PublishCounts(int(inserted), int(updated), int(unchanged))
 
     def _replace_version_rows(self, s: Session, spec: SourceSpec, staged: StagedPartition, run_id: str) -> None:
@@ -304,6 +368,7 @@ class Warehouse(ABC):
         for table, columns, files in (
             ("data_quality_issues", ISSUE_COLUMNS, staged.issue_files),
             ("failed_records", FAILED_COLUMNS, staged.failed_files),
+            ("applied_fixes", FIX_COLUMNS, staged.fix_files),
         ):
             s.execute(
                 f"DELETE FROM {self.schema}.{table} WHERE source_type = %s AND partition_key = %s AND file_hash = %s",

@@ -132,6 +132,40 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             "ALTER TABLE {schema}.data_quality_issues ADD COLUMN check_name VARCHAR",
         ],
     ),
+    (
+        3,
+        "learned transformation rules and the fixes they applied",
+        [
+            "CREATE SEQUENCE IF NOT EXISTS {schema}.transformation_rules_rule_id_seq",
+            """CREATE TABLE IF NOT EXISTS {schema}.transformation_rules (
+                rule_id BIGINT PRIMARY KEY DEFAULT nextval('{schema_name}.transformation_rules_rule_id_seq'),
+                source_type VARCHAR NOT NULL,
+                field_name VARCHAR NOT NULL,
+                kind VARCHAR NOT NULL,
+                params VARCHAR NOT NULL,
+                enabled BOOLEAN NOT NULL DEFAULT TRUE,
+                note VARCHAR,
+                created_from_issue_type VARCHAR,
+                created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+                disabled_at TIMESTAMPTZ
+            )""",
+            """CREATE TABLE IF NOT EXISTS {schema}.applied_fixes (
+                source_id BIGINT NOT NULL,
+                rule_id BIGINT NOT NULL,
+                source_type VARCHAR NOT NULL,
+                partition_key VARCHAR NOT NULL,
+                file_hash VARCHAR NOT NULL,
+                run_id VARCHAR,
+                source_line_number BIGINT,
+                field_name VARCHAR NOT NULL,
+                old_value VARCHAR,
+                new_value VARCHAR,
+                applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+            )""",
+            "ALTER TABLE {schema}.data_quality_issues ADD COLUMN fix_rule_id BIGINT",
+            "ALTER TABLE {schema}.sources ADD COLUMN processing_fingerprint VARCHAR",
+        ],
+    ),
 ]
 
 

@@ -1,0 +1,102 @@
+"""The dead-letter queue: failed records retried after a rule or a spec fix.
+
+Records go through the same rules, validation, harmonization and upsert as a file; the
+ones that now pass are written and marked reprocessed in one transaction, so running the
+reprocess twice changes nothing the second time.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import polars as pl
+
+from harmonizer_dagster.core.harmonization import duplicate_key_sql, harmonize_sql
+from harmonizer_dagster.core.reading import LINE_COLUMN
+from harmonizer_dagster.core.rules import apply_rules
+from harmonizer_dagster.core.spec import SourceSpec
+from harmonizer_dagster.core.sql import quote_literal
+from harmonizer_dagster.core.validation import SpecValidator
+from harmonizer_dagster.core.warehouse import Warehouse
+
+
+@dataclass(frozen=True)
+class ReprocessResult:
+    attempted: int
+    reprocessed: int
+    still_failing: int
+    inserted: int
+    updated: int
+
+
+def reprocess(spec: SourceSpec, store: Warehouse, scratch_root: Path) -> ReprocessResult:
+    """Retries every pending failed record of the source that has a record to retry
+    (malformed lines have none: they need a corrected file)."""
+    store.migrate([spec])
+    pending = store.query(
+        "SELECT CAST(record_id AS VARCHAR), partition_key, file_hash, source_line_number, record_data "
+        "FROM {schema}.failed_records WHERE source_type = %s AND NOT reprocessed "
+        "AND error_type = 'validation_error' ORDER BY partition_key, source_line_number",
+        (spec.name,),
+    )
+    if not pending:
+        return ReprocessResult(0, 0, 0, 0, 0)
+    frame = pl.DataFrame(
+        pending,
+        schema={
+            "record_id": pl.Utf8,
+            "partition_key": pl.Utf8,
+            "file_hash": pl.Utf8,
+            LINE_COLUMN: pl.Int64,
+            "record_data": pl.Utf8,
+        },
+        orient="row",
+    )
+    fields = pl.Struct([pl.Field(c.source, pl.Utf8) for c in spec.columns])
+    records = frame.with_columns(pl.col("record_data").str.json_decode(fields).alias("record")).unnest("record")
+    raw = records.rename({c.source: c.name for c in spec.columns}).select(
+        *[c.name for c in spec.columns], LINE_COLUMN, "record_id", "partition_key", "file_hash"
+    )
+    totals = {"reprocessed": 0, "inserted": 0, "updated": 0}
+    scratch = Path(tempfile.mkdtemp(prefix=f"{spec.name}-dlq-", dir=scratch_root if scratch_root.exists() else None))
+    try:
+        validator = SpecValidator(spec)
+        rules = store.active_rules(spec.name)
+        # Records of one file version share provenance, so each version is one upsert.
+        for (partition_key, file_hash), group in raw.group_by(["partition_key", "file_hash"], maintain_order=True):
+            fixed, _ = apply_rules(group.drop("record_id", "partition_key", "file_hash"), rules)
+            checked = validator.validate(fixed.to_arrow())
+            passing_lines = checked.accepted[LINE_COLUMN]
+            if passing_lines.is_empty():
+                continue
+            passing_ids = group.filter(pl.col(LINE_COLUMN).is_in(passing_lines.implode()))["record_id"].to_list()
+            accepted_path = scratch / f"{file_hash}-accepted.parquet"
+            checked.accepted.write_parquet(accepted_path)
+            harmonized_path = scratch / f"{file_hash}-harmonized.parquet"
+            superseded_path = scratch / f"{file_hash}-superseded.parquet"
+            with duckdb.connect() as connection:
+                relation = f"read_parquet({quote_literal(str(accepted_path))})"
+                sql = harmonize_sql(spec, relation, str(file_hash), str(partition_key))
+                connection.sql(f"COPY ({sql}) TO {quote_literal(str(harmonized_path))} (FORMAT parquet)")
+                duplicates = duplicate_key_sql(spec, f"read_parquet({quote_literal(str(harmonized_path))})")
+                connection.sql(
+                    f"COPY (SELECT source_line_number FROM ({duplicates})) TO "
+                    f"{quote_literal(str(superseded_path))} (FORMAT parquet)"
+                )
+            counts = store.publish_reprocessed(spec, [harmonized_path], [superseded_path], passing_ids)
+            totals["reprocessed"] += len(passing_ids)
+            totals["inserted"] += counts.inserted
+            totals["updated"] += counts.updated
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return ReprocessResult(
+        attempted=len(pending),
+        reprocessed=totals["reprocessed"],
+        still_failing=len(pending) - totals["reprocessed"],
+        inserted=totals["inserted"],
+        updated=totals["updated"],
+    )

@@ -1,0 +1,56 @@
+"""The per-source data-quality report, in Markdown: what the legacy triage dashboard showed."""
+
+from __future__ import annotations
+
+from harmonizer_dagster.core.spec import SourceSpec
+from harmonizer_dagster.core.triage import Selection, summarize
+from harmonizer_dagster.core.warehouse import Warehouse
+
+
+def quality_report(store: Warehouse, spec: SourceSpec, versions: int = 5) -> tuple[str, dict[str, int]]:
+    """Markdown report and headline figures: open issues, check pass rates, trend."""
+    groups = summarize(store, Selection(source=spec.name), examples=3)
+    lines = [f"# Data quality: {spec.title}", "", "## Open issues", ""]
+    if groups:
+        lines += ["| type | severity | count | examples |", "|---|---|---:|---|"]
+        for g in groups:
+            examples = "; ".join(f"{record or '-'}: `{value}`" for record, value, _ in g.examples)
+            lines.append(f"| {g.issue_type} | {g.severity} | {g.count} | {examples} |")
+    else:
+        lines.append("None.")
+    recent = store.query(
+        "SELECT partition_key, max(source_id) FROM {schema}.sources WHERE source_type = %s AND status = 'completed' "
+        "GROUP BY partition_key ORDER BY max(source_id) DESC LIMIT %s",
+        (spec.name, versions),
+    )
+    lines += ["", f"## Checks over the last {len(recent)} file version(s)", ""]
+    rates = store.query(
+        "SELECT check_name, count(*) FILTER (WHERE passed), count(*) FROM {schema}.data_quality_checks "
+        "WHERE asset = %s AND source_id IN (SELECT source_id FROM {schema}.sources WHERE source_type = %s "
+        "AND status = 'completed' ORDER BY source_id DESC LIMIT %s) GROUP BY check_name ORDER BY check_name",
+        (spec.name, spec.name, versions),
+    )
+    if rates:
+        lines += ["| check | passed | evaluations | pass rate |", "|---|---:|---:|---:|"]
+        lines += [f"| {name} | {ok} | {total} | {ok / total:.0%} |" for name, ok, total in rates]
+    else:
+        lines.append("No check has run yet.")
+    per_version = [
+        (key, store.query("SELECT count(*) FROM {schema}.data_quality_issues WHERE source_id = %s", (sid,))[0][0])
+        for key, sid in recent[:2]
+    ]
+    lines += ["", "## Trend", ""]
+    if len(per_version) == 2:
+        (latest, now), (previous, before) = per_version
+        change = now - before
+        lines.append(f"{latest}: {now} issues, {'+' if change >= 0 else ''}{change} versus {previous} ({before}).")
+    elif per_version:
+        lines.append(f"{per_version[0][0]}: {per_version[0][1]} issues; no earlier version to compare with.")
+    else:
+        lines.append("No file loaded yet.")
+    figures = {
+        "open_issues": sum(g.count for g in groups),
+        "open_errors": sum(g.count for g in groups if g.severity == "error"),
+        "versions_loaded": len(recent),
+    }
+    return "\n".join(lines) + "\n", figures

@@ -1,0 +1,96 @@
+"""The data-quality workflow in the Dagster UI: triage job, dead-letter reprocessing, and a
+per-source report asset."""
+
+import dagster as dg
+from pydantic import Field
+
+from harmonizer_dagster.core.dead_letters import reprocess
+from harmonizer_dagster.core.report import quality_report
+from harmonizer_dagster.core.spec import SourceSpec
+from harmonizer_dagster.core.triage import Selection, act, render, summarize
+from harmonizer_dagster.orchestration.resources import LandingZone, WarehouseResource
+
+
+class TriageConfig(dg.Config):
+    """Select issues (every given criterion must hold), then say what to do with them."""
+
+    action: str = Field(description="resolve | ignore | auto_fix | manual_fix")
+    note: str = Field(default="", description="Why; kept with the issues and any rule created.")
+    issue_ids: list[str] = Field(default=[], description="Issue ids, as shown in data_quality_issues.")
+    issue_type: str | None = Field(default=None, description="e.g. invalid_zip_code")
+    source: str | None = Field(default=None, description="Source name, e.g. business_registry")
+    partition_key: str | None = Field(default=None, description="One file version")
+    field_name: str | None = Field(default=None, description="Canonical column name")
+    pad_to_width: int | None = Field(default=None, description="auto_fix: left-pad digit values with zeros")
+    date_format: str | None = Field(default=None, description="auto_fix: strptime format to read dates with")
+    map_to: str | None = Field(
+        default=None, description="auto_fix: replace the invalid values; manual_fix: the corrected value"
+    )
+
+
+@dg.op(description="Applies a triage action to the selected data-quality issues.")
+def triage_selected_issues(context: dg.OpExecutionContext, config: TriageConfig, warehouse: WarehouseResource) -> dict:
+    store = warehouse.open()
+    selection = Selection(
+        issue_ids=tuple(config.issue_ids),
+        issue_type=config.issue_type,
+        source=config.source,
+        partition_key=config.partition_key,
+        field_name=config.field_name,
+    )
+    context.log.info(render(summarize(store, selection)))
+    outcome = act(
+        store,
+        selection,
+        config.action,
+        config.note,
+        pad_to_width=config.pad_to_width,
+        date_format=config.date_format,
+        map_to=config.map_to,
+    )
+    context.log.info(f"{config.action}: {outcome['issues']} issue(s) updated, rules created: {outcome['rules']}")
+    context.add_output_metadata({"issues_updated": outcome["issues"], "rules_created": str(outcome["rules"])})
+    return outcome
+
+
+@dg.job(description="Resolve, ignore or fix data-quality issues selected by id, type, source, file or field.")
+def triage_issues():
+    triage_selected_issues()
+
+
+def build_reprocess_job(specs: list[SourceSpec]) -> dg.JobDefinition:
+    @dg.op(description="Retries pending failed records of every source after rules or spec fixes.")
+    def reprocess_dead_letters(
+        context: dg.OpExecutionContext, warehouse: WarehouseResource, landing: LandingZone
+    ) -> dict:
+        store = warehouse.open()
+        results = {}
+        for spec in specs:
+            outcome = reprocess(spec, store, landing.staging_path)
+            context.log.info(f"{spec.name}: {outcome}")
+            results[spec.name] = outcome.__dict__
+        context.add_output_metadata({name: str(figures) for name, figures in results.items()})
+        return results
+
+    @dg.job(description="Retries the dead-letter queue: failed records that now pass are upserted and marked.")
+    def reprocess_failed_records():
+        reprocess_dead_letters()
+
+    return reprocess_failed_records
+
+
+def build_report_asset(spec: SourceSpec) -> dg.AssetsDefinition:
+    @dg.asset(
+        name=f"{spec.name}_dq_report",
+        deps=[spec.name],
+        description=f"Open data-quality issues, check pass rates and trend for {spec.title}.",
+        owners=[spec.owner],
+        kinds={"markdown"},
+        tags={"source": spec.name},
+        automation_condition=dg.AutomationCondition.eager(),
+    )
+    def report(warehouse: WarehouseResource) -> dg.MaterializeResult:
+        markdown, figures = quality_report(warehouse.open(), spec)
+        return dg.MaterializeResult(metadata={"report": dg.MetadataValue.md(markdown), **figures})
+
+    return report
