@@ -11,6 +11,7 @@ Cases, each in a process of its own so its peak RSS is its own:
   e  psycopg executemany upsert (INSERT ... ON CONFLICT DO UPDATE) of the raw rows into PostgreSQL
   f  a second run of the same, unchanged file into the DuckDB warehouse of (a), next to
      hashing the file alone
+  checks  every data-quality check of the file loaded by (a): at most 20% of (a)
 PostgreSQL: HARMONIZER_BENCH_POSTGRES_URL (default postgresql://postgres@127.0.0.1:5432/postgres);
 the benchmark creates and drops a database of its own.
 """
@@ -32,6 +33,7 @@ import psycopg
 
 from harmonizer_dagster.core.files import FileVersion, fingerprint
 from harmonizer_dagster.core.pipeline import harmonize_step, hash_step, upsert_step, validate_step
+from harmonizer_dagster.core.quality import checks_for, run_check
 from harmonizer_dagster.core.samples import write_registry_csv
 from harmonizer_dagster.core.settings import DEFAULTS
 from harmonizer_dagster.core.spec import load_specs
@@ -140,6 +142,12 @@ def run_case(case: str, file: Path, url: str, work: Path) -> int:
         return run_pipeline(file, f"duckdb:///{work / 'pipeline.duckdb'}", work)
     if case == "rerun_duckdb":
         return run_pipeline(file, f"duckdb:///{work / 'pipeline.duckdb'}", work)
+    if case == "checks_duckdb":
+        spec = registry_spec()
+        store = open_warehouse(f"duckdb:///{work / 'pipeline.duckdb'}")
+        for check in checks_for(spec):
+            run_check(store, spec, check, file.name, "bench")
+        return len(checks_for(spec))
     if case == "hash_only":
         return fingerprint(file).size_bytes
     if case == "ctas_duckdb":
@@ -201,7 +209,7 @@ def main() -> None:
 
     admin_url = os.environ.get("HARMONIZER_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
     url = admin_url.rsplit("/", 1)[0] + "/" + DATABASE
-    cases = ["pipeline_duckdb", "ctas_duckdb", "hash_only", "rerun_duckdb"]
+    cases = ["pipeline_duckdb", "checks_duckdb", "ctas_duckdb", "hash_only", "rerun_duckdb"]
     if not args.skip_postgres:
         with psycopg.connect(admin_url, autocommit=True) as conn:
             conn.execute(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
@@ -216,7 +224,7 @@ def main() -> None:
     for case in cases:
         result = measure(case, file, url, work)
         results[case] = result
-        rows = result["rows"] if case not in ("hash_only", "rerun_duckdb") else args.rows
+        rows = result["rows"] if case not in ("hash_only", "rerun_duckdb", "checks_duckdb") else args.rows
         result["rows_per_s"] = rows / result["seconds"]
         print(
             f"{case:<22} {rows:>10,} {result['seconds']:>9.2f} {result['rows_per_s']:>10,.0f} "
@@ -234,6 +242,8 @@ def main() -> None:
         f"{results['hash_only']['seconds']:.2f}s [re-run costs no more than hashing]"
     )
     print(f"  (a) peak RSS: {a['peak_rss_mb']:.0f} MiB [< 1024]")
+    checks = results["checks_duckdb"]["seconds"]
+    print(f"  all checks vs (a): {checks:.2f}s, {checks / a['seconds']:.0%} of the pipeline [<= 20%]")
     if not args.skip_postgres:
         c, d, e = results["row_loop_postgres"], results["pipeline_postgres"], results["executemany_postgres"]
         print(f"  (a) pipeline vs (c) row-by-row loader: {a['rows_per_s'] / c['rows_per_s']:.1f}x rows/s [>= 10]")
