@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import dagster as dg
 import pytest
 
 from harmonizer_dagster.core.spec import SourceSpec, load_specs
@@ -43,6 +44,23 @@ def warehouse_url(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> 
     if kind == "duckdb":
         return f"duckdb:///{tmp_path / 'warehouse.duckdb'}"
     return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture
+def environment(monkeypatch, landing, tmp_path):
+    """Points the code location at a private landing zone, staging folder and DuckDB file."""
+    monkeypatch.setenv("HARMONIZER_LANDING_DIR", str(landing))
+    monkeypatch.setenv("HARMONIZER_STAGING_DIR", str(tmp_path / "staging"))
+    monkeypatch.setenv("HARMONIZER_WAREHOUSE_URL", f"duckdb:///{tmp_path / 'warehouse.duckdb'}")
+    return tmp_path / "warehouse.duckdb"
+
+
+@pytest.fixture
+def instance(tmp_path):
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    with dg.instance_for_test(temp_dir=str(home)) as instance:
+        yield instance
 
 
 @pytest.fixture(params=WAREHOUSES)

@@ -2,29 +2,11 @@
 
 import dagster as dg
 import duckdb
-import pytest
 
 from harmonizer_dagster.definitions import build_definitions
 from harmonizer_dagster_tests import reconstructable_jobs
 
 Q3 = "registry_2026-Q3.csv"
-
-
-@pytest.fixture
-def environment(monkeypatch, landing, tmp_path):
-    """Points the code location at a private landing zone, staging folder and DuckDB file."""
-    monkeypatch.setenv("HARMONIZER_LANDING_DIR", str(landing))
-    monkeypatch.setenv("HARMONIZER_STAGING_DIR", str(tmp_path / "staging"))
-    monkeypatch.setenv("HARMONIZER_WAREHOUSE_URL", f"duckdb:///{tmp_path / 'warehouse.duckdb'}")
-    return tmp_path / "warehouse.duckdb"
-
-
-@pytest.fixture
-def instance(tmp_path):
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    with dg.instance_for_test(temp_dir=str(home)) as instance:
-        yield instance
 
 
 def test_definitions_snapshot():

@@ -12,26 +12,30 @@ Q3 = "registry_2026-Q3.csv"
 
 
 @pytest.fixture
-def loaded(monkeypatch, landing, tmp_path):
-    monkeypatch.setenv("HARMONIZER_LANDING_DIR", str(landing))
-    monkeypatch.setenv("HARMONIZER_STAGING_DIR", str(tmp_path / "staging"))
-    monkeypatch.setenv("HARMONIZER_WAREHOUSE_URL", f"duckdb:///{tmp_path / 'warehouse.duckdb'}")
-    with dg.instance_for_test() as instance:
-        instance.add_dynamic_partitions(f"{SOURCE}_files", [Q3])
-        assert build_definitions().resolve_job_def(f"load_{SOURCE}").execute_in_process(
-            instance=instance, partition_key=Q3
-        ).success
-        yield instance, tmp_path / "warehouse.duckdb"
+def loaded(environment, instance):
+    instance.add_dynamic_partitions(f"{SOURCE}_files", [Q3])
+    job = build_definitions().resolve_job_def(f"load_{SOURCE}")
+    assert job.execute_in_process(instance=instance, partition_key=Q3).success
+    return instance, environment
 
 
 def test_triage_job_acts_on_issues_selected_in_launchpad_config(loaded):
     instance, warehouse = loaded
-    config = {"ops": {"triage_selected_issues": {"config": {
-        "action": "auto_fix", "issue_type": "invalid_zip_code", "field_name": "home_office_zip",
-        "pad_to_width": 5, "note": "spreadsheet lost the leading zero",
-    }}}}
-    result = build_definitions().resolve_job_def("triage_issues").execute_in_process(
-        instance=instance, run_config=config
+    config = {
+        "ops": {
+            "triage_selected_issues": {
+                "config": {
+                    "action": "auto_fix",
+                    "issue_type": "invalid_zip_code",
+                    "field_name": "home_office_zip",
+                    "pad_to_width": 5,
+                    "note": "spreadsheet lost the leading zero",
+                }
+            }
+        }
+    }
+    result = (
+        build_definitions().resolve_job_def("triage_issues").execute_in_process(instance=instance, run_config=config)
     )
     assert result.success
     assert result.output_for_node("triage_selected_issues")["issues"] == 16
@@ -46,11 +50,13 @@ def test_triage_job_acts_on_issues_selected_in_launchpad_config(loaded):
 
 
 def test_report_asset_and_reprocess_job(loaded):
-    instance, warehouse = loaded
+    instance, _ = loaded
     defs = build_definitions()
-    report = defs.resolve_implicit_global_asset_job_def().get_subset(
-        asset_selection={dg.AssetKey(f"{SOURCE}_dq_report")}
-    ).execute_in_process(instance=instance)
+    report = (
+        defs.resolve_implicit_global_asset_job_def()
+        .get_subset(asset_selection={dg.AssetKey(f"{SOURCE}_dq_report")})
+        .execute_in_process(instance=instance)
+    )
     assert report.success
     event = instance.get_latest_materialization_event(dg.AssetKey(f"{SOURCE}_dq_report"))
     metadata = event.asset_materialization.metadata

@@ -7,7 +7,6 @@ import shutil
 import dagster as dg
 import duckdb
 import polars as pl
-import pytest
 
 from harmonizer_dagster.core.quality import checks_for, run_check
 from harmonizer_dagster.definitions import build_definitions
@@ -82,14 +81,6 @@ def test_pass_rate_and_schema_drift_fail_on_a_drifting_file(warehouse, specs, la
     assert not results["schema_drift"].passed
     assert results["schema_drift"].counts["added"] == ["Fax Number"]
     assert results["row_count_reconciliation"].passed
-
-
-@pytest.fixture
-def environment(monkeypatch, landing, tmp_path):
-    monkeypatch.setenv("HARMONIZER_LANDING_DIR", str(landing))
-    monkeypatch.setenv("HARMONIZER_STAGING_DIR", str(tmp_path / "staging"))
-    monkeypatch.setenv("HARMONIZER_WAREHOUSE_URL", f"duckdb:///{tmp_path / 'warehouse.duckdb'}")
-    return tmp_path / "warehouse.duckdb"
 
 
 def test_a_failing_blocking_check_keeps_the_partition_unpublished(environment, landing):

@@ -19,14 +19,6 @@ Q3 = "registry_2026-Q3.csv"
 
 
 @pytest.fixture
-def instance(tmp_path):
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    with dg.instance_for_test(temp_dir=str(home)) as instance:
-        yield instance
-
-
-@pytest.fixture
 def environment(monkeypatch, tmp_path):
     drop = tmp_path / "drop"
     (drop / SOURCE).mkdir(parents=True)
