@@ -13,7 +13,7 @@ import dagster as dg
 from dagster_aws.s3 import S3Resource
 
 from harmonizer_dagster.core.settings import DEFAULTS, current
-from harmonizer_dagster.core.spec import load_specs
+from harmonizer_dagster.core.spec import SourceSpec, SpecError, load_specs
 from harmonizer_dagster.orchestration.alerts import build_stall_sensor, run_failure_alerts, run_success_alerts
 from harmonizer_dagster.orchestration.assets import build_published_asset, build_source_asset, build_source_ops
 from harmonizer_dagster.orchestration.checks import build_quality_checks
@@ -72,15 +72,30 @@ def build_resources() -> dict[str, dg.ConfigurableResource]:
     }
 
 
-def build_definitions() -> dg.Definitions:
+def assigned_specs() -> list[SourceSpec]:
+    """The sources this code location serves: all of them, or those named in HARMONIZER_SOURCES.
+    On the fleet each Pi serves its own share, so every source asset has exactly one owner."""
     specs = load_specs(Path(current("HARMONIZER_SOURCES_DIR")))
+    wanted = [name.strip() for name in os.environ.get("HARMONIZER_SOURCES", "").split(",") if name.strip()]
+    if not wanted:
+        return specs
+    unknown = sorted(set(wanted) - {spec.name for spec in specs})
+    if unknown:
+        raise SpecError(f"HARMONIZER_SOURCES names unknown sources: {', '.join(unknown)}")
+    return [spec for spec in specs if spec.name in wanted]
+
+
+def build_definitions() -> dg.Definitions:
+    specs = assigned_specs()
+    # Runs carry the host that serves them, so the instance's per-host limit applies.
+    host_tags = {"harmonizer/host": os.environ["HARMONIZER_HOST"]} if os.environ.get("HARMONIZER_HOST") else {}
     ops = {spec.name: build_source_ops(spec) for spec in specs}
-    load_jobs = {spec.name: build_source_job(spec) for spec in specs}
+    load_jobs = {spec.name: build_source_job(spec, host_tags) for spec in specs}
     interval = int(current("HARMONIZER_SENSOR_INTERVAL_SECONDS"))
     sensors = [build_folder_sensor(spec, load_jobs[spec.name], interval) for spec in specs]
     if os.environ.get("HARMONIZER_S3_BUCKET"):
         sensors += [build_s3_sensor(spec, load_jobs[spec.name], interval) for spec in specs]
-    fetch_jobs = {spec.name: build_fetch_job(spec) for spec in specs if spec.schedule}
+    fetch_jobs = {spec.name: build_fetch_job(spec, host_tags) for spec in specs if spec.schedule}
     assets = {spec.name: build_source_asset(spec, ops[spec.name]) for spec in specs}
     # A source whose next version is overdue is flagged: the legacy "no file this quarter" check.
     freshness_checks = [
@@ -117,7 +132,7 @@ def build_definitions() -> dg.Definitions:
             *sensors,
             run_failure_alerts,
             run_success_alerts,
-            build_stall_sensor(int(current("HARMONIZER_STALL_MINUTES"))),
+            build_stall_sensor(int(current("HARMONIZER_STALL_MINUTES")), host_tags.get("harmonizer/host")),
         ],
         schedules=[build_fetch_schedule(spec, fetch_jobs[spec.name]) for spec in specs if spec.name in fetch_jobs],
         resources=build_resources(),

@@ -69,7 +69,7 @@ def test_a_failed_run_is_emailed(smtp, monkeypatch, tmp_path):
 
 def test_a_silent_started_run_is_reported_once(smtp):
     inbox, port = smtp
-    sensor = build_stall_sensor(stall_minutes=0)
+    sensor = build_stall_sensor(stall_minutes=0, host=None)
     with dg.instance_for_test() as instance:
         run = instance.create_run_for_job(build_definitions().resolve_job_def("register_file_versions"))
         instance.handle_run_event(

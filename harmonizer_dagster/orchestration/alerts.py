@@ -40,7 +40,7 @@ def run_success_alerts(context: dg.RunStatusSensorContext, notifier: Notifier):
     notifier.send(Alert(f"[harmonizer] run succeeded: {context.dagster_run.job_name}", _describe(context.dagster_run)))
 
 
-def build_stall_sensor(stall_minutes: int) -> dg.SensorDefinition:
+def build_stall_sensor(stall_minutes: int, host: str | None) -> dg.SensorDefinition:
     """Replaces the legacy `loader_status` view's STALLED flag: a started run whose event log
     has been silent for `stall_minutes` is reported once. Run monitoring (dagster.yaml) then
     fails runs whose worker died, and run retries take over."""
@@ -53,7 +53,9 @@ def build_stall_sensor(stall_minutes: int) -> dg.SensorDefinition:
     )
     def stalled_run_alerts(context: dg.SensorEvaluationContext, notifier: Notifier):
         reported = set(json.loads(context.cursor or "[]"))
-        started = context.instance.get_run_records(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
+        # On the fleet each location watches its own host's runs, so a stall is reported once.
+        tags = {"harmonizer/host": host} if host else None
+        started = context.instance.get_run_records(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED], tags=tags))
         still_running = {record.dagster_run.run_id for record in started}
         stalled = []
         for record in started:

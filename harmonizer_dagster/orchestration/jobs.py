@@ -51,13 +51,13 @@ def build_register_job(specs: Sequence[SourceSpec]) -> dg.JobDefinition:
     return register_file_versions
 
 
-def build_source_job(spec: SourceSpec):
+def build_source_job(spec: SourceSpec, host_tags: dict[str, str]):
     """Materializes one file version of one source: what the UI, sensors and backfills launch."""
     return dg.define_asset_job(
         name=f"load_{spec.name}",
         selection=dg.AssetSelection.assets(spec.name, f"{spec.name}_published"),
         description=f"Loads one file of {spec.title} (one partition per run).",
-        tags={"source": spec.name},
+        tags={"source": spec.name, **host_tags},
     )
 
 

@@ -13,7 +13,7 @@ from harmonizer_dagster.orchestration.resources import LandingZone
 SCHEDULED_TIME_TAG = "dagster/scheduled_execution_time"
 
 
-def build_fetch_job(spec: SourceSpec) -> dg.JobDefinition:
+def build_fetch_job(spec: SourceSpec, host_tags: dict[str, str]) -> dg.JobDefinition:
     assert spec.schedule is not None
     fetch = spec.schedule.fetch
 
@@ -30,7 +30,7 @@ def build_fetch_job(spec: SourceSpec) -> dg.JobDefinition:
 
     @dg.job(
         name=f"fetch_{spec.name}",
-        tags={"source": spec.name},
+        tags={"source": spec.name, **host_tags},
         description=f"Fetches the upstream file of {spec.title} into its landing folder.",
     )
     def fetch_job():

@@ -1,0 +1,102 @@
+"""Deployment files parse, name the package and its module correctly, and carry no secrets;
+a code location serves exactly the sources assigned to its host."""
+
+import configparser
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from harmonizer_dagster.core.spec import SpecError
+from harmonizer_dagster.definitions import build_definitions
+
+DEPLOY = Path(__file__).parent.parent / "deploy"
+SECRET_LIKE = re.compile(r"(?<![A-Za-z])(password|secret|token)\s*[:=]\s*(?!<|\$|\{|set-|from |$)(\S+)", re.IGNORECASE)
+
+
+def unit(path: Path) -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(interpolation=None, strict=False)
+    parser.optionxform = str
+    parser.read(path)
+    return parser
+
+
+def test_pi_code_server_unit_serves_the_package_and_restarts():
+    service = unit(DEPLOY / "pi" / "harmonizer-code-server.service")
+    command = service["Service"]["ExecStart"]
+    assert command.startswith("/opt/harmonizer/venv/bin/dagster code-server start")
+    assert "-m harmonizer_dagster" in command and "--location-name ${HARMONIZER_LOCATION}" in command
+    assert service["Service"]["Restart"] == "on-failure"
+    assert service["Service"]["KillMode"] == "control-group", "run workers stop with their code server"
+
+
+def test_pi_environment_names_every_setting_the_unit_and_instance_use():
+    names = {
+        line.split("=", 1)[0]
+        for line in (DEPLOY / "pi" / "harmonizer.env.example").read_text().splitlines()
+        if line and not line.startswith("#")
+    }
+    assert {
+        "HARMONIZER_BIND_ADDRESS",
+        "HARMONIZER_PORT",
+        "HARMONIZER_LOCATION",
+        "HARMONIZER_SOURCES",
+        "HARMONIZER_HOST",
+        "HARMONIZER_WAREHOUSE_URL",
+        "DAGSTER_HOME",
+    } <= names
+    instance = yaml.safe_load((DEPLOY.parent / "dagster.yaml").read_text())
+    wanted = {v["env"] for v in instance["storage"]["postgres"]["postgres_db"].values() if isinstance(v, dict)}
+    assert wanted <= names
+
+
+def test_install_script_is_valid_bash():
+    subprocess.run(["bash", "-n", str(DEPLOY / "pi" / "install.sh")], check=True)
+
+
+def test_central_units_and_workspace():
+    for name in ("dagster-webserver.service", "dagster-daemon.service"):
+        command = unit(DEPLOY / "central" / name)["Service"]["ExecStart"]
+        assert "-w /etc/harmonizer/workspace.yaml" in command
+    assert "-h 127.0.0.1" in unit(DEPLOY / "central" / "dagster-webserver.service")["Service"]["ExecStart"], (
+        "the webserver is only reachable through the authenticating proxy"
+    )
+    workspace = yaml.safe_load((DEPLOY / "central" / "workspace.yaml").read_text())
+    locations = [entry["grpc_server"]["location_name"] for entry in workspace["load_from"]]
+    assert len(locations) == len(set(locations)) >= 2
+
+
+def test_compose_and_helm_values_use_the_package():
+    compose = yaml.safe_load((DEPLOY / "central" / "docker-compose.yml").read_text())
+    assert {"postgres", "webserver", "daemon", "proxy"} <= set(compose["services"])
+    assert compose["services"]["daemon"]["command"][:2] == ["dagster-daemon", "run"]
+    assert "basic_auth" in (DEPLOY / "central" / "Caddyfile").read_text()
+    values = yaml.safe_load((DEPLOY / "k8s" / "values.yaml").read_text())
+    deployments = values["dagster-user-deployments"]["deployments"]
+    assert all(d["dagsterApiGrpcArgs"] == ["-m", "harmonizer_dagster"] for d in deployments)
+    served = [env["value"] for d in deployments for env in d["env"] if env["name"] == "HARMONIZER_SOURCES"]
+    assert sorted(",".join(served).split(",")) == ["business_registry", "court_records", "news_articles"], (
+        "every source is served by exactly one location"
+    )
+    assert values["runLauncher"]["type"] == "K8sRunLauncher"
+
+
+def test_no_secrets_in_deployment_files():
+    for path in DEPLOY.rglob("*"):
+        if path.is_file():
+            found = SECRET_LIKE.findall(path.read_text())
+            assert not found, f"{path.name} looks like it holds a secret: {found}"
+
+
+def test_a_location_serves_only_its_assigned_sources_and_tags_its_host(monkeypatch):
+    monkeypatch.setenv("HARMONIZER_SOURCES", "court_records, news_articles")
+    monkeypatch.setenv("HARMONIZER_HOST", "pi-b")
+    defs = build_definitions()
+    keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
+    assert "business_registry" not in keys and {"court_records", "news_articles"} <= keys
+    assert defs.resolve_job_def("load_court_records").tags["harmonizer/host"] == "pi-b"
+    monkeypatch.setenv("HARMONIZER_SOURCES", "court_records,nope")
+    with pytest.raises(SpecError, match="unknown sources: nope"):
+        build_definitions()
