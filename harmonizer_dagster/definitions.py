@@ -92,9 +92,12 @@ def build_definitions() -> dg.Definitions:
     ops = {spec.name: build_source_ops(spec) for spec in specs}
     load_jobs = {spec.name: build_source_job(spec, host_tags) for spec in specs}
     interval = int(current("HARMONIZER_SENSOR_INTERVAL_SECONDS"))
-    sensors = [build_folder_sensor(spec, load_jobs[spec.name], interval) for spec in specs]
+    automatic = current("HARMONIZER_AUTOMATION").strip().lower() not in ("off", "false", "no", "0")
+    sensor_status = dg.DefaultSensorStatus.RUNNING if automatic else dg.DefaultSensorStatus.STOPPED
+    schedule_status = dg.DefaultScheduleStatus.RUNNING if automatic else dg.DefaultScheduleStatus.STOPPED
+    sensors = [build_folder_sensor(spec, load_jobs[spec.name], interval, sensor_status) for spec in specs]
     if os.environ.get("HARMONIZER_S3_BUCKET"):
-        sensors += [build_s3_sensor(spec, load_jobs[spec.name], interval) for spec in specs]
+        sensors += [build_s3_sensor(spec, load_jobs[spec.name], interval, sensor_status) for spec in specs]
     fetch_jobs = {spec.name: build_fetch_job(spec, host_tags) for spec in specs if spec.schedule}
     assets = {spec.name: build_source_asset(spec, ops[spec.name]) for spec in specs}
     # A source whose next version is overdue is flagged: the legacy "no file this quarter" check.
@@ -108,16 +111,14 @@ def build_definitions() -> dg.Definitions:
     ]
     if freshness_checks:
         sensors.append(
-            dg.build_sensor_for_freshness_checks(
-                freshness_checks=freshness_checks, default_status=dg.DefaultSensorStatus.RUNNING
-            )
+            dg.build_sensor_for_freshness_checks(freshness_checks=freshness_checks, default_status=sensor_status)
         )
     quality_checks = [check for spec in specs for check in build_quality_checks(spec)]
     return dg.Definitions(
         assets=[
             *assets.values(),
             *(build_published_asset(spec) for spec in specs),
-            *(build_report_asset(spec) for spec in specs),
+            *(build_report_asset(spec, automatic) for spec in specs),
         ],
         asset_checks=[*quality_checks, *freshness_checks],
         jobs=[
@@ -134,7 +135,11 @@ def build_definitions() -> dg.Definitions:
             run_success_alerts,
             build_stall_sensor(int(current("HARMONIZER_STALL_MINUTES")), host_tags.get("harmonizer/host")),
         ],
-        schedules=[build_fetch_schedule(spec, fetch_jobs[spec.name]) for spec in specs if spec.name in fetch_jobs],
+        schedules=[
+            build_fetch_schedule(spec, fetch_jobs[spec.name], schedule_status)
+            for spec in specs
+            if spec.name in fetch_jobs
+        ],
         resources=build_resources(),
         # Steps run in the run worker's process: the multiprocess executor re-imports the code
         # location for every step (seconds each, far more on a Pi) and the steps pass only

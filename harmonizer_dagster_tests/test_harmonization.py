@@ -29,7 +29,7 @@ def harmonize(column: dict, values: list):
         (
             {"harmonize": ["phone_e164"]},
             ["(518) 555-0100", "1-518-555-0100", "+44 20 7946 0958", "555-0100"],
-            ["+15185550100", "+15185550100", "+442079460958", None],
+            ["+15185550100", "+15185550100", "+442079460958", "555-0100"],
         ),
         ({"harmonize": ["email"]}, ["  Info@Example.COM "], ["info@example.com"]),
         ({"harmonize": ["trim", "collapse_whitespace", "uppercase"]}, ["  new   york \t city "], ["NEW YORK CITY"]),

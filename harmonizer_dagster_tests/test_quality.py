@@ -114,3 +114,12 @@ def test_a_failing_blocking_check_keeps_the_partition_unpublished(environment, l
             ).fetchall()
         )
         assert recorded == {e.check_name: e.passed for e in evaluations.values() if e.check_name != "freshness_check"}
+
+
+def test_an_identical_copy_is_judged_by_the_load_it_duplicates(warehouse, specs, landing, tmp_path):
+    spec = specs[SOURCE]
+    load_file(spec, landing, Q3, warehouse, tmp_path / "s")
+    shutil.copy(landing / SOURCE / Q3, landing / SOURCE / "copy.csv")
+    assert load_file(spec, landing, "copy.csv", warehouse, tmp_path / "s").skipped
+    results = evaluate(warehouse, spec, "copy.csv")
+    assert all(r.passed for r in results.values()), {n: r.message for n, r in results.items()}

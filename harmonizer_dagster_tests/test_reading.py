@@ -89,3 +89,36 @@ def test_broken_json_is_a_clear_error(tmp_path):
     path.write_text('{"Thing ID": "1"}\n{"Thing ID": \n')
     with pytest.raises(SourceFormatError, match="cannot be read as ndjson"):
         rows(spec_for("ndjson"), path)
+
+
+def test_a_malformed_line_is_one_record_whatever_its_number_of_errors(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("Thing ID,Label,Extra1,Extra2\n1,a,b,c\nbroken\n")
+    spec = parse_spec(
+        {
+            "name": "t",
+            "owner": "o",
+            "format": "csv",
+            "natural_key": ["thing_id"],
+            "columns": {"thing_id": {"source": "Thing ID"}, "label": {"source": "Label"}},
+        }
+    )
+    _, _, result = rows(spec, path)
+    assert len(result.malformed) == 1
+
+
+def test_a_utf8_byte_order_mark_is_not_part_of_the_first_header(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_bytes("Thing ID,Label\n1,a\n".encode("utf-8-sig"))
+    records, _, _ = rows(spec_for("csv"), path)
+    assert records == [{"thing_id": "1", "label": "a", "_source_line": 1}]
+
+
+def test_json_without_a_required_field_is_refused_and_extra_keys_are_reported(tmp_path):
+    path = tmp_path / "t.ndjson"
+    path.write_text(json.dumps({"Thing ID": "1", "Label": "a", "New": 1}) + "\n")
+    _, _, result = rows(spec_for("ndjson"), path)
+    assert result.extra_fields == ["New"]
+    path.write_text(json.dumps({"thing_id_renamed": "1", "Label": "a"}) + "\n")
+    with pytest.raises(SourceFormatError, match=r"required field\(s\) \['Thing ID'\]"):
+        rows(spec_for("ndjson"), path)

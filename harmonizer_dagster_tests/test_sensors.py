@@ -15,6 +15,7 @@ from harmonizer_dagster.orchestration.resources import LandingZone, S3Landing
 from harmonizer_dagster.orchestration.sensors import build_folder_sensor, build_s3_sensor, landing_tick
 
 SOURCE = "business_registry"
+RUNNING = dg.DefaultSensorStatus.RUNNING
 Q3 = "registry_2026-Q3.csv"
 
 
@@ -40,7 +41,7 @@ def tick(sensor, instance, cursor, **resources):
 
 
 def folder_sensor(specs):
-    return build_folder_sensor(specs[SOURCE], build_definitions().resolve_job_def(f"load_{SOURCE}"), 10)
+    return build_folder_sensor(specs[SOURCE], build_definitions().resolve_job_def(f"load_{SOURCE}"), 10, RUNNING)
 
 
 def launch(instance, requests):
@@ -140,7 +141,7 @@ def test_s3_sensor_requests_runs_that_stream_objects_into_the_warehouse(
     specs, instance, environment, landing, s3_endpoint, s3_bucket, tmp_path, monkeypatch
 ):
     bucket, client = s3_bucket
-    sensor = build_s3_sensor(specs[SOURCE], build_definitions().resolve_job_def(f"load_{SOURCE}"), 10)
+    sensor = build_s3_sensor(specs[SOURCE], build_definitions().resolve_job_def(f"load_{SOURCE}"), 10, RUNNING)
     resources = {
         "s3": S3Resource(endpoint_url=s3_endpoint, region_name="us-east-1"),
         "s3_landing": S3Landing(bucket=bucket, prefix="landing"),
@@ -170,7 +171,7 @@ def test_s3_sensor_requests_runs_that_stream_objects_into_the_warehouse(
 
 
 def test_unreachable_bucket_skips_the_tick(specs, instance, s3_endpoint, s3_bucket):
-    sensor = build_s3_sensor(specs[SOURCE], build_definitions().resolve_job_def(f"load_{SOURCE}"), 10)
+    sensor = build_s3_sensor(specs[SOURCE], build_definitions().resolve_job_def(f"load_{SOURCE}"), 10, RUNNING)
     resources = {
         "s3": S3Resource(endpoint_url=s3_endpoint, region_name="us-east-1"),
         "s3_landing": S3Landing(bucket="no-such-bucket", prefix=""),

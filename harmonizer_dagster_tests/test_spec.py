@@ -79,3 +79,20 @@ def test_two_specs_cannot_declare_the_same_source(tmp_path):
     (tmp_path / "again.yaml").write_text(VALID)
     with pytest.raises(SpecError, match="already declared"):
         load_specs(tmp_path)
+
+
+def test_patterns_the_validator_cannot_run_are_refused_at_load(tmp_path):
+    path = write(tmp_path, VALID.replace("checks: [{min: 0}]", "checks: [{pattern: '^(?!000)\\\\d{3}$'}]"))
+    with pytest.raises(SpecError, match="invalid regular expression"):
+        load_spec(path)
+
+
+def test_range_bounds_must_be_iso_dates_or_numbers(tmp_path):
+    path = write(
+        tmp_path,
+        VALID.replace(
+            "price: {type: decimal, checks: [{min: 0}]}", "price: {type: date, checks: [{min: '01/02/2000'}]}"
+        ),
+    )
+    with pytest.raises(SpecError, match="ISO date"):
+        load_spec(path)

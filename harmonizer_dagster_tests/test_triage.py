@@ -101,3 +101,29 @@ def test_report_lists_open_issues_and_check_history(warehouse, specs, landing, t
     markdown, figures = quality_report(warehouse, specs[SOURCE])
     assert "| duplicate_key | warning | 6 |" in markdown
     assert figures == {"open_issues": 30, "open_errors": 12, "versions_loaded": 1}
+
+
+def test_triage_decisions_survive_a_reload(warehouse, specs, landing, tmp_path):
+    spec = specs[SOURCE]
+    load_file(spec, landing, Q3, warehouse, tmp_path / "s")
+    act(warehouse, Selection(issue_type="duplicate_key"), "ignore", "known upstream quirk")
+    # An unrelated rule changes the fingerprint, so the same file is loaded again.
+    warehouse.add_rule(SOURCE, "registered_agent", "map_value", {"from": "x", "to": "y"}, "", None)
+    assert not load_file(spec, landing, Q3, warehouse, tmp_path / "s", run_id="reload").skipped
+    assert statuses(warehouse, "duplicate_key") == {"ignored": 6}
+
+
+def test_a_fixed_dead_letter_never_overwrites_another_files_row(warehouse, specs, landing, tmp_path):
+    spec = specs[SOURCE]
+    frame = pl.read_csv(landing / SOURCE / Q3, infer_schema=False).head(3)
+    frame.write_csv(landing / SOURCE / "older.csv")
+    frame.with_columns(pl.lit("AB123").alias("Home Office Zip"), pl.lit("DISSOLVED").alias("Status")).write_csv(
+        landing / SOURCE / "newer.csv"
+    )
+    load_file(spec, landing, "older.csv", warehouse, tmp_path / "s")
+    load_file(spec, landing, "newer.csv", warehouse, tmp_path / "s")
+    act(warehouse, Selection(partition_key="newer.csv", issue_type="invalid_zip_code"), "manual_fix", map_to="01234")
+    result = reprocess(spec, warehouse, tmp_path)
+    assert (result.attempted, result.reprocessed, result.updated) == (3, 0, 0)
+    pending = warehouse.query("SELECT count(*), min(error_message) FROM {schema}.failed_records WHERE NOT reprocessed")
+    assert pending[0][0] == 3 and "another file" in pending[0][1]

@@ -94,3 +94,44 @@ def test_several_errors_reject_the_record_once(specs):
     assert (
         "legal_name" in result.failed["error_message"][0] and "incorporation_date" in result.failed["error_message"][0]
     )
+
+
+def test_range_bounds_are_iso_whatever_the_column_formats(specs):
+    from harmonizer_dagster.core.spec import parse_spec
+
+    spec = parse_spec(
+        {
+            "name": "t",
+            "owner": "o",
+            "format": "csv",
+            "natural_key": ["k"],
+            "columns": {
+                "k": {},
+                "d": {"type": "date", "formats": ["%m/%d/%Y"], "checks": [{"min": "2000-01-01", "max": "2030-12-31"}]},
+            },
+        }
+    )
+    batch = pa.RecordBatch.from_pylist(
+        [{"k": str(i), "d": d, "_source_line": i} for i, d in enumerate(["01/02/1900", "06/15/2010", "01/02/2100"])]
+    )
+    result = SpecValidator(spec).validate(batch)
+    assert result.issues["invalid_value"].to_list() == ["01/02/1900", "01/02/2100"]
+
+
+def test_decimals_that_do_not_fit_the_warehouse_type_are_rejected():
+    from harmonizer_dagster.core.spec import parse_spec
+
+    spec = parse_spec(
+        {
+            "name": "t",
+            "owner": "o",
+            "format": "csv",
+            "natural_key": ["k"],
+            "columns": {"k": {}, "amount": {"type": "decimal", "precision": 10, "scale": 2}},
+        }
+    )
+    values = ["12.50", "123456789012345678", "nan", "inf", "7\x00"]
+    batch = pa.RecordBatch.from_pylist([{"k": str(i), "amount": v, "_source_line": i} for i, v in enumerate(values)])
+    result = SpecValidator(spec).validate(batch)
+    assert sorted(result.issues["invalid_value"].to_list()) == ["123456789012345678", "inf", "nan"]
+    assert result.accepted["amount"].to_list() == ["12.50", "7"], "NUL bytes are stripped"

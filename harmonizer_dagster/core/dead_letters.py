@@ -73,7 +73,7 @@ def reprocess(spec: SourceSpec, store: Warehouse, scratch_root: Path) -> Reproce
             passing_lines = checked.accepted[LINE_COLUMN]
             if passing_lines.is_empty():
                 continue
-            passing_ids = group.filter(pl.col(LINE_COLUMN).is_in(passing_lines.implode()))["record_id"].to_list()
+            passing = group.filter(pl.col(LINE_COLUMN).is_in(passing_lines.implode())).select("record_id", LINE_COLUMN)
             accepted_path = scratch / f"{file_hash}-accepted.parquet"
             checked.accepted.write_parquet(accepted_path)
             harmonized_path = scratch / f"{file_hash}-harmonized.parquet"
@@ -87,8 +87,10 @@ def reprocess(spec: SourceSpec, store: Warehouse, scratch_root: Path) -> Reproce
                     f"COPY (SELECT source_line_number FROM ({duplicates})) TO "
                     f"{quote_literal(str(superseded_path))} (FORMAT parquet)"
                 )
-            counts = store.publish_reprocessed(spec, [harmonized_path], [superseded_path], passing_ids)
-            totals["reprocessed"] += len(passing_ids)
+            counts, written = store.publish_reprocessed(
+                spec, [harmonized_path], [superseded_path], [tuple(row) for row in passing.rows()]
+            )
+            totals["reprocessed"] += written
             totals["inserted"] += counts.inserted
             totals["updated"] += counts.updated
     finally:

@@ -35,6 +35,7 @@ _TEXT_RULES = {
         "ELSE trim({v}) END"
     ),
     # North American numbers by default; anything else must already carry its country code.
+    # A number that cannot be made E.164 keeps its text (validation has flagged it).
     "phone_e164": (
         "CASE WHEN length(regexp_replace({v}, '\\D', '', 'g')) = 10 "
         "THEN '+1' || regexp_replace({v}, '\\D', '', 'g') "
@@ -42,7 +43,7 @@ _TEXT_RULES = {
         "THEN '+' || regexp_replace({v}, '\\D', '', 'g') "
         "WHEN trim({v}) LIKE '+%' AND length(regexp_replace({v}, '\\D', '', 'g')) BETWEEN 8 AND 15 "
         "THEN '+' || regexp_replace({v}, '\\D', '', 'g') "
-        "ELSE NULL END"
+        "ELSE trim({v}) END"
     ),
 }
 

@@ -106,7 +106,7 @@ def hash_step(
     version = version_key(spec.version_strategy, fp)
     rules = warehouse.active_rules(spec.name)
     processing = rules_fingerprint(rules, repr(dataclasses.replace(spec, path=None)))
-    stage_dir = staging.staging_dir(staging_root, spec.name, file.partition_key, fp.file_hash)
+    stage_dir = staging.staging_dir(staging_root, spec.name, file.partition_key, fp.file_hash, processing)
     data_path = file.location
     register = dict(
         partition_key=file.partition_key,
@@ -167,7 +167,7 @@ def validate_step(spec: SourceSpec, hashed: HashedVersion, batch_rows: int = DEF
     stage = staging.StepStage(Path(hashed.stage_dir) / "validate")
     if hashed.skipped or stage.summary() is not None:
         return stage.summary() or {}
-    done = stage.prepare()
+    done = stage.prepare(batch_rows)
     validator = SpecValidator(spec)
     result = ReadResult()
     pending: list[pa.RecordBatch] = []
@@ -196,7 +196,7 @@ def validate_step(spec: SourceSpec, hashed: HashedVersion, batch_rows: int = DEF
             flush()
     if pending:
         flush()
-    stage.write_batch(stage.completed_batches(), _file_level_findings(spec, stage.files("accepted"), result))
+    stage.write_final(_file_level_findings(spec, stage.files("accepted"), result))
     summary = {
         "records_parsed": _count(stage.files("accepted")) + _count(stage.files("failed")) - len(result.malformed),
         "records_malformed": len(result.malformed),

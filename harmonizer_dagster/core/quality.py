@@ -50,10 +50,12 @@ class QualityCheck:
 
 
 def latest_version(store: Warehouse, spec: SourceSpec, partition_key: str) -> Version | None:
+    # A file identical to one already loaded is judged by that load.
     rows = store.query(
         "SELECT source_id, file_hash, records_in_file, records_imported, records_failed, records_skipped, "
-        "extra_fields FROM {schema}.sources WHERE source_type = %s AND partition_key = %s AND status = 'completed' "
-        "ORDER BY source_id DESC LIMIT 1",
+        "extra_fields FROM {schema}.sources WHERE status = 'completed' AND source_id = ("
+        "SELECT coalesce(duplicate_of_source_id, source_id) FROM {schema}.sources WHERE source_type = %s "
+        "AND partition_key = %s AND status IN ('completed', 'skipped') ORDER BY source_id DESC LIMIT 1)",
         (spec.name, partition_key),
     )
     if not rows:

@@ -47,8 +47,26 @@ def _compression(spec: SourceSpec) -> str:
 def _csv_header(spec: SourceSpec, path: Path) -> list[str]:
     gzipped = spec.compression == "gzip" or (spec.compression == "auto" and path.suffix == ".gz")
     opener = gzip.open if gzipped else open
-    with opener(path, "rt", encoding=spec.encoding, newline="") as handle:
+    encoding = "utf-8-sig" if spec.encoding == "utf-8" else spec.encoding  # Excel exports start with a BOM
+    with opener(path, "rt", encoding=encoding, newline="") as handle:
         return next(csv.reader(handle, delimiter=spec.delimiter), [])
+
+
+def _check_json_keys(spec: SourceSpec, path: Path, json_format: str, result: ReadResult) -> None:
+    """A required field no record carries is a renamed or dropped column: reading it as
+    nulls would blank stored values, so the file is refused; unknown keys are reported."""
+    with duckdb.connect() as con:
+        present = {
+            row[0]
+            for row in con.sql(
+                f"SELECT DISTINCT unnest(json_keys(json)) FROM read_json_objects({quote_literal(str(path))}, "
+                f"format={quote_literal(json_format)}, compression={quote_literal(_compression(spec))})"
+            ).fetchall()
+        }
+    missing = [c.source for c in spec.columns if c.required and c.source not in present]
+    if missing:
+        raise SourceFormatError(f"{path.name}: no record has the required field(s) {missing}")
+    result.extra_fields = sorted(present - {c.source for c in spec.columns})
 
 
 def _query(spec: SourceSpec, path: Path, result: ReadResult) -> str:
@@ -68,6 +86,7 @@ def _query(spec: SourceSpec, path: Path, result: ReadResult) -> str:
         )
     else:
         json_format = "array" if spec.format == "json" else "newline_delimited"
+        _check_json_keys(spec, path, json_format, result)
         columns = ", ".join(f"{quote_literal(name)}: 'VARCHAR'" for name in wanted)
         scan = (
             f"read_json({quote_literal(str(path))}, format={quote_literal(json_format)}, "
@@ -105,7 +124,11 @@ def read_batches(
         except duckdb.Error as exc:
             raise SourceFormatError(f"{path.name}: cannot be read as {spec.format}: {exc}") from exc
         if spec.format == "csv":
-            rows = con.sql("SELECT line, csv_line, error_message FROM reject_errors ORDER BY line").fetchall()
+            # DuckDB reports one error per missing or extra column: one record per line here.
+            rows = con.sql(
+                "SELECT line, any_value(csv_line), string_agg(error_message, '; ') FROM reject_errors "
+                "GROUP BY line ORDER BY line"
+            ).fetchall()
             result.malformed = [MalformedRecord(int(line), text or "", message) for line, text, message in rows]
     finally:
         con.close()

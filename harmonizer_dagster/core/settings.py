@@ -15,6 +15,8 @@ DEFAULTS = {
     "HARMONIZER_WAREHOUSE_URL": "duckdb:///.harmonizer/warehouse.duckdb",
     # Seconds between two looks at a landing area; a file is picked up on its second look.
     "HARMONIZER_SENSOR_INTERVAL_SECONDS": "5",
+    # "off" leaves sensors, schedules and automation stopped until someone starts them in the UI.
+    "HARMONIZER_AUTOMATION": "on",
     # Minutes without a single event before a started run is reported as stalled.
     "HARMONIZER_STALL_MINUTES": "30",
 }

@@ -9,10 +9,12 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import polars as pl
 import yaml
 
 FORMATS = ("csv", "json", "ndjson")
@@ -196,9 +198,10 @@ def _parse_rule(r: _Reader, column: Column) -> Check:
         else:
             pattern = r.get("pattern", kind=str)
             described = f"matches {pattern}"
+            # Patterns run in polars (Rust regex): no look-arounds or back-references.
             try:
-                re.compile(pattern)
-            except re.error as exc:
+                pl.select(pl.lit("").str.contains(pattern))
+            except pl.exceptions.PolarsError as exc:
                 raise r.fail("pattern", f"invalid regular expression: {exc}") from exc
         check = Check("pattern", issue_type or "invalid_format", severity, expected or described, pattern=pattern)
     elif "allowed_values" in r.data:
@@ -217,8 +220,12 @@ def _parse_rule(r: _Reader, column: Column) -> Check:
     elif "min" in r.data or "max" in r.data:
         if column.type not in ("integer", "decimal", "date", "timestamp"):
             raise r.fail("min", f"range checks need a numeric or date column, '{column.name}' is {column.type}")
-        low = r.get("min", None, kind=(int, float, str))
-        high = r.get("max", None, kind=(int, float, str))
+        low = r.get("min", None, kind=(int, float, str, date, datetime))
+        high = r.get("max", None, kind=(int, float, str, date, datetime))
+        for name, bound in (("min", low), ("max", high)):
+            if bound is not None and not _valid_bound(column, str(bound)):
+                expected = "a number" if column.type in ("integer", "decimal") else "an ISO date (YYYY-MM-DD)"
+                raise r.fail(name, f"must be {expected}")
         low_s = None if low is None else str(low)
         high_s = None if high is None else str(high)
         check = Check(
@@ -239,6 +246,17 @@ def _parse_rule(r: _Reader, column: Column) -> Check:
     else:
         raise r.fail("", "a check needs one of: format, pattern, allowed_values, min/max, unique")
     return check
+
+
+def _valid_bound(column: Column, bound: str) -> bool:
+    try:
+        if column.type in ("integer", "decimal"):
+            float(bound)
+        else:
+            datetime.fromisoformat(bound)
+    except ValueError:
+        return False
+    return True
 
 
 def _parse_column(name: str, r: _Reader, natural_key: tuple[str, ...]) -> Column:

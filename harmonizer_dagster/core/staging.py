@@ -19,8 +19,10 @@ import polars as pl
 _MARKER = "batch-{index:06d}.done"
 
 
-def staging_dir(root: Path, source: str, partition_key: str, file_hash: str) -> Path:
-    key_digest = hashlib.sha256(partition_key.encode()).hexdigest()[:12]
+def staging_dir(root: Path, source: str, partition_key: str, file_hash: str, fingerprint: str) -> Path:
+    """Staging belongs to one file, one partition and one spec-and-rules fingerprint: outputs
+    staged under an older spec or rule set are never reused."""
+    key_digest = hashlib.sha256(f"{partition_key}\0{fingerprint}".encode()).hexdigest()[:16]
     return root / source / f"{file_hash[:32]}-{key_digest}"
 
 
@@ -36,9 +38,16 @@ class StepStage:
             count += 1
         return count
 
-    def prepare(self) -> int:
-        """Drops leftovers of an interrupted batch; returns how many batches are complete."""
+    def prepare(self, batch_rows: int | None = None) -> int:
+        """Drops leftovers of an interrupted batch; returns how many batches are complete.
+        Batches staged with another batch size cannot be resumed and are dropped."""
         self.directory.mkdir(parents=True, exist_ok=True)
+        if batch_rows is not None:
+            recorded = self.directory / "batch_rows"
+            if recorded.exists() and recorded.read_text() != str(batch_rows):
+                remove(self.directory)
+                self.directory.mkdir(parents=True)
+            _atomic_write(recorded, str(batch_rows))
         done = self.completed_batches()
         for path in self.directory.iterdir():
             index = _batch_index(path)
@@ -53,6 +62,14 @@ class StepStage:
             frame.write_parquet(temporary, compression="zstd", compression_level=1)
             os.replace(temporary, target)
         _atomic_write(self.directory / _MARKER.format(index=index), "")
+
+    def write_final(self, frames: dict[str, pl.DataFrame]) -> None:
+        """Outputs that need the whole input, under fixed names: writing them again replaces them."""
+        for name, frame in frames.items():
+            target = self.directory / f"{name}-final.parquet"
+            temporary = target.with_suffix(".parquet.tmp")
+            frame.write_parquet(temporary, compression="zstd", compression_level=1)
+            os.replace(temporary, target)
 
     def files(self, name: str) -> list[Path]:
         return sorted(self.directory.glob(f"{name}-*.parquet"))

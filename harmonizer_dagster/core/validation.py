@@ -9,6 +9,7 @@ rejected with their raw record, warnings pass through.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import date, datetime
 
 import pandera.polars as pa
 import polars as pl
@@ -62,7 +63,8 @@ def parsed_value(column: Column, value: pl.Expr) -> pl.Expr:
     if column.type == "integer":
         return value.cast(pl.Int64, strict=False)
     if column.type == "decimal":
-        return value.cast(pl.Float64, strict=False)
+        # The warehouse's DECIMAL(p, s): a value that would not fit fails here, not as a NULL later.
+        return value.cast(pl.Decimal(column.precision, column.scale), strict=False)
     if column.type == "boolean":
         lowered = value.str.to_lowercase()
         return pl.when(lowered.is_in(TRUE_WORDS)).then(True).when(lowered.is_in(FALSE_WORDS)).then(False)
@@ -73,8 +75,11 @@ def parsed_value(column: Column, value: pl.Expr) -> pl.Expr:
 
 
 def _literal(column: Column, bound: str) -> pl.Expr:
-    if column.type in ("date", "timestamp"):
-        return parsed_value(column, pl.lit(bound))
+    """Range bounds are written in ISO form whatever formats the column's values come in."""
+    if column.type == "date":
+        return pl.lit(date.fromisoformat(bound[:10]))
+    if column.type == "timestamp":
+        return pl.lit(datetime.fromisoformat(bound))
     return pl.lit(float(bound))
 
 
@@ -157,7 +162,10 @@ class SpecValidator:
     @staticmethod
     def clean(raw: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
         """Trimmed text values with blanks as nulls; the form every rule judges."""
-        return raw.with_columns(pl.col(c).str.strip_chars().replace("", None) for c in columns)
+        # NUL bytes are stripped: PostgreSQL text cannot hold them, and both warehouses must agree.
+        return raw.with_columns(
+            pl.col(c).str.replace_all("\x00", "", literal=True).str.strip_chars().replace("", None) for c in columns
+        )
 
     def record_id(self) -> pl.Expr:
         """The natural key as one text value: how an issue points back at its record."""

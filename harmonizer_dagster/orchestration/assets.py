@@ -186,8 +186,8 @@ def build_published_asset(spec: SourceSpec) -> dg.AssetsDefinition:
         store = warehouse.open()
         rows = store.query(
             "UPDATE {schema}.sources SET published_at = now() WHERE source_id = (SELECT max(source_id) "
-            "FROM {schema}.sources WHERE source_type = %s AND partition_key = %s AND status = 'completed') "
-            "RETURNING source_id, file_hash",
+            "FROM {schema}.sources WHERE source_type = %s AND partition_key = %s "
+            "AND status IN ('completed', 'skipped')) RETURNING source_id, file_hash",
             (spec.name, context.partition_key),
         )
         if not rows:

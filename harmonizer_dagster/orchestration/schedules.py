@@ -39,7 +39,9 @@ def build_fetch_job(spec: SourceSpec, host_tags: dict[str, str]) -> dg.JobDefini
     return fetch_job
 
 
-def build_fetch_schedule(spec: SourceSpec, job: dg.JobDefinition) -> dg.ScheduleDefinition:
+def build_fetch_schedule(
+    spec: SourceSpec, job: dg.JobDefinition, status: dg.DefaultScheduleStatus
+) -> dg.ScheduleDefinition:
     assert spec.schedule is not None
     schedule = spec.schedule
 
@@ -48,7 +50,7 @@ def build_fetch_schedule(spec: SourceSpec, job: dg.JobDefinition) -> dg.Schedule
         job=job,
         cron_schedule=schedule.cron,
         execution_timezone=schedule.timezone,
-        default_status=dg.DefaultScheduleStatus.RUNNING,
+        default_status=status,
         description=f"Fetches {spec.title} on '{schedule.cron}' ({schedule.timezone}).",
     )
     def fetch_schedule(context: dg.ScheduleEvaluationContext):

@@ -5,6 +5,7 @@ in the UI on its own, keeps its own cursor, and lives in the code location that 
 source, so a Pi only watches the sources it loads.
 """
 
+import time
 from collections.abc import Callable
 
 import dagster as dg
@@ -15,6 +16,9 @@ from harmonizer_dagster.core.landing import Landed, ScanState, s3_prefix, scan_f
 from harmonizer_dagster.core.spec import SourceSpec
 from harmonizer_dagster.orchestration.assets import partitions_for
 from harmonizer_dagster.orchestration.resources import LandingZone, S3Landing
+
+# Hashing big files takes a while; a sensor tick must end well within Dagster's 60 s limit.
+HASH_BUDGET_SECONDS = 30.0
 
 
 def landing_tick(
@@ -35,7 +39,14 @@ def landing_tick(
         return dg.SkipReason(f"landing area unreadable: {type(exc).__name__}")
     ready, next_state = state.advance(items)
     requests = []
-    for item in ready:
+    started = time.monotonic()
+    for position, item in enumerate(ready):
+        if time.monotonic() - started > HASH_BUDGET_SECONDS:
+            # Keep the tick inside Dagster's sensor timeout: the rest stay ready for the next tick.
+            for later in ready[position:]:
+                next_state.waiting[later.key] = later.signature
+            context.log.info(f"{spec.name}: {len(ready) - position} ready file(s) left for the next tick")
+            break
         try:
             fp = content_hash(item)
         except FileNotFoundError:
@@ -59,12 +70,12 @@ def landing_tick(
     )
 
 
-def build_folder_sensor(spec: SourceSpec, job, interval: int) -> dg.SensorDefinition:
+def build_folder_sensor(spec: SourceSpec, job, interval: int, status: dg.DefaultSensorStatus) -> dg.SensorDefinition:
     @dg.sensor(
         name=f"{spec.name}_landing_sensor",
         job=job,
         minimum_interval_seconds=interval,
-        default_status=dg.DefaultSensorStatus.RUNNING,
+        default_status=status,
         description=f"Starts a run for each new or changed file in the {spec.name} landing folder.",
     )
     def folder_sensor(context: dg.SensorEvaluationContext, landing: LandingZone):
@@ -79,12 +90,12 @@ def build_folder_sensor(spec: SourceSpec, job, interval: int) -> dg.SensorDefini
     return folder_sensor
 
 
-def build_s3_sensor(spec: SourceSpec, job, interval: int) -> dg.SensorDefinition:
+def build_s3_sensor(spec: SourceSpec, job, interval: int, status: dg.DefaultSensorStatus) -> dg.SensorDefinition:
     @dg.sensor(
         name=f"{spec.name}_s3_sensor",
         job=job,
         minimum_interval_seconds=interval,
-        default_status=dg.DefaultSensorStatus.RUNNING,
+        default_status=status,
         description=f"Starts a run for each new or changed object under the {spec.name} S3 prefix.",
     )
     def bucket_sensor(context: dg.SensorEvaluationContext, s3: S3Resource, s3_landing: S3Landing):

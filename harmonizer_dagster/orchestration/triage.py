@@ -79,7 +79,7 @@ def build_reprocess_job(specs: list[SourceSpec]) -> dg.JobDefinition:
     return reprocess_failed_records
 
 
-def build_report_asset(spec: SourceSpec) -> dg.AssetsDefinition:
+def build_report_asset(spec: SourceSpec, automatic: bool) -> dg.AssetsDefinition:
     @dg.asset(
         name=f"{spec.name}_dq_report",
         deps=[spec.name],
@@ -87,7 +87,7 @@ def build_report_asset(spec: SourceSpec) -> dg.AssetsDefinition:
         owners=[spec.owner],
         kinds={"markdown"},
         tags={"source": spec.name},
-        automation_condition=dg.AutomationCondition.eager(),
+        automation_condition=dg.AutomationCondition.eager() if automatic else None,
     )
     def report(warehouse: WarehouseResource) -> dg.MaterializeResult:
         markdown, figures = quality_report(warehouse.open(), spec)

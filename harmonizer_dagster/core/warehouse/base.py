@@ -19,7 +19,7 @@ from harmonizer_dagster.core.harmonization import ROW_HASH_COLUMN
 from harmonizer_dagster.core.reading import LINE_COLUMN
 from harmonizer_dagster.core.rules import FIX_SCHEMA, Rule, validate_rule
 from harmonizer_dagster.core.spec import SourceSpec
-from harmonizer_dagster.core.sql import quote_ident
+from harmonizer_dagster.core.sql import quote_ident, quote_literal
 from harmonizer_dagster.core.validation import FAILED_SCHEMA, ISSUE_SCHEMA
 from harmonizer_dagster.core.warehouse.tables import MIGRATIONS, canonical_columns, source_table_ddl
 
@@ -114,7 +114,7 @@ class Warehouse(ABC):
                 if version in applied:
                     continue
                 for statement in statements:
-                    s.execute(statement.format(schema=self.schema, schema_name=self.schema_name))
+                    s.execute(statement.format(schema=self.schema, schema_literal=quote_literal(self.schema)[1:-1]))
                 s.execute(
                     f"INSERT INTO {self.schema}.schema_migrations (version, description) VALUES (%s, %s)",
                     (version, description),
@@ -284,6 +284,7 @@ class Warehouse(ABC):
         with self.session() as s:
             counts = self._upsert(s, spec, staged.harmonized_files, staged.superseded_files)
             self._replace_version_rows(s, spec, staged, run_id)
+            self._restore_triage(s, staged.source_id)
             s.execute(
                 f"UPDATE {self.schema}.sources SET status = 'completed', import_completed_at = now(), "
                 "records_in_file = %s, records_processed = %s, records_imported = %s, records_failed = %s, "
@@ -305,21 +306,51 @@ class Warehouse(ABC):
             )
         return counts
 
+    def _restore_triage(self, s: Session, source_id: int) -> None:
+        s.execute(
+            f"UPDATE {self.schema}.data_quality_issues AS i SET resolution_status = p.resolution_status, "
+            "resolution_notes = p.resolution_notes, resolved_at = p.resolved_at, fix_rule_id = p.fix_rule_id "
+            "FROM _harmonizer_triaged AS p WHERE i.source_id = %s "
+            "AND i.source_line_number IS NOT DISTINCT FROM p.source_line_number "
+            "AND i.rule IS NOT DISTINCT FROM p.rule AND i.field_name IS NOT DISTINCT FROM p.field_name",
+            (source_id,),
+        )
+
     def publish_reprocessed(
-        self, spec: SourceSpec, harmonized_files: list[Path], superseded_files: list[Path], record_ids: list[str]
-    ) -> PublishCounts:
+        self,
+        spec: SourceSpec,
+        harmonized_files: list[Path],
+        superseded_files: list[Path],
+        record_ids: list[tuple[str, int]],
+    ) -> tuple[PublishCounts, int]:
         """Upserts dead-letter records that now pass and marks them reprocessed, atomically.
-        A row another file already wrote for the same key is left alone: a late fix of an
-        old record must not overwrite newer data."""
+        A row another file already wrote for the same key is left alone (a late fix of an old
+        record must not overwrite other data); such records stay pending, with the reason."""
+        keys = [quote_ident(k) for k in spec.natural_key]
+        joined = " AND ".join(f"t.{k} = s.{k}" for k in keys)
         with self.session() as s:
             counts = self._upsert(s, spec, harmonized_files, superseded_files, same_file_only=True)
-            if record_ids:
-                s.execute(
-                    f"UPDATE {self.schema}.failed_records SET reprocessed = TRUE, reprocessed_at = now() "
-                    f"WHERE CAST(record_id AS VARCHAR) IN ({', '.join(['%s'] * len(record_ids))})",
-                    record_ids,
+            written = {
+                row[0]
+                for row in s.execute(
+                    f"SELECT s.{quote_ident(LINE_COLUMN)} FROM _harmonizer_stage s JOIN {self.table(spec.name)} t "
+                    f"ON {joined} AND t.{ROW_HASH_COLUMN} = s.{ROW_HASH_COLUMN}"
                 )
-        return counts
+            }
+            for record_id, line in record_ids:
+                if line in written:
+                    s.execute(
+                        f"UPDATE {self.schema}.failed_records SET reprocessed = TRUE, reprocessed_at = now() "
+                        "WHERE CAST(record_id AS VARCHAR) = %s",
+                        (record_id,),
+                    )
+                else:
+                    s.execute(
+                        f"UPDATE {self.schema}.failed_records SET error_message = %s "
+                        "WHERE CAST(record_id AS VARCHAR) = %s",
+                        ("passes now, but its key holds data another file wrote: left for review", record_id),
+                    )
+        return counts, len(written)
 
     def _upsert(
         self,
@@ -365,6 +396,14 @@ class Warehouse(ABC):
 
     def _replace_version_rows(self, s: Session, spec: SourceSpec, staged: StagedPartition, run_id: str) -> None:
         """Re-publishing a version replaces its issues and failed records instead of doubling them."""
+        # Triage decisions on the version's issues outlive the reload that replaces the issues.
+        s.execute("DROP TABLE IF EXISTS _harmonizer_triaged")
+        s.execute(
+            "CREATE TEMPORARY TABLE _harmonizer_triaged AS SELECT source_line_number, rule, field_name, "
+            f"resolution_status, resolution_notes, resolved_at, fix_rule_id FROM {self.schema}.data_quality_issues "
+            "WHERE source_type = %s AND partition_key = %s AND file_hash = %s AND resolution_status <> 'pending'",
+            (spec.name, staged.partition_key, staged.file_hash),
+        )
         for table, columns, files in (
             ("data_quality_issues", ISSUE_COLUMNS, staged.issue_files),
             ("failed_records", FAILED_COLUMNS, staged.failed_files),

@@ -40,7 +40,7 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
         [
             "CREATE SEQUENCE IF NOT EXISTS {schema}.sources_source_id_seq",
             """CREATE TABLE IF NOT EXISTS {schema}.sources (
-                source_id BIGINT PRIMARY KEY DEFAULT nextval('{schema_name}.sources_source_id_seq'),
+                source_id BIGINT PRIMARY KEY DEFAULT nextval('{schema_literal}.sources_source_id_seq'),
                 source_type VARCHAR NOT NULL,
                 source_name VARCHAR NOT NULL,
                 source_version VARCHAR NOT NULL,
@@ -138,7 +138,7 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
         [
             "CREATE SEQUENCE IF NOT EXISTS {schema}.transformation_rules_rule_id_seq",
             """CREATE TABLE IF NOT EXISTS {schema}.transformation_rules (
-                rule_id BIGINT PRIMARY KEY DEFAULT nextval('{schema_name}.transformation_rules_rule_id_seq'),
+                rule_id BIGINT PRIMARY KEY DEFAULT nextval('{schema_literal}.transformation_rules_rule_id_seq'),
                 source_type VARCHAR NOT NULL,
                 field_name VARCHAR NOT NULL,
                 kind VARCHAR NOT NULL,

@@ -1,0 +1,189 @@
+"""The fleet, proven end to end on this machine: runs go to the Pi that serves their source,
+queue limits hold while 20 runs drain, and a backfill launched through the webserver's
+GraphQL API (the call the UI's backfill button makes) runs one run per file on the right Pi."""
+
+import collections
+import json
+import os
+import shutil
+
+import dagster as dg
+import psutil
+import psycopg
+import pytest
+
+from harmonizer_dagster_tests.conftest import SAMPLES_DIR
+from harmonizer_dagster_tests.fleet import Fleet, wait_for
+
+pytestmark = pytest.mark.postgres
+
+LAUNCH = """
+mutation($executionParams: ExecutionParams!) {
+  launchRun(executionParams: $executionParams) {
+    __typename
+    ... on LaunchRunSuccess { run { runId } }
+    ... on PythonError { message }
+  }
+}"""
+BACKFILL = """
+mutation($backfillParams: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $backfillParams) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on PythonError { message }
+  }
+}"""
+DONE = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
+
+
+@pytest.fixture(scope="module")
+def fleet(postgres_url, tmp_path_factory):
+    root = tmp_path_factory.mktemp("fleet")
+    landing = root / "landing"
+    shutil.copytree(SAMPLES_DIR, landing)
+    running = Fleet(root, postgres_url, landing).start()
+    saved = {k: os.environ.get(k) for k in running.env if k.startswith(("DAGSTER_", "HARMONIZER_"))}
+    os.environ.update({k: running.env[k] for k in saved})
+    try:
+        with dg.DagsterInstance.from_config(str(running.home)) as instance:
+            running.instance = instance
+            yield running
+    finally:
+        running.stop()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def launch(fleet, location: str, source: str, partition: str) -> str:
+    fleet.instance.add_dynamic_partitions(f"{source}_files", [partition])
+    result = fleet.graphql(
+        LAUNCH,
+        {
+            "executionParams": {
+                "selector": {
+                    "repositoryLocationName": location,
+                    "repositoryName": "__repository__",
+                    "jobName": f"load_{source}",
+                },
+                "executionMetadata": {"tags": [{"key": "dagster/partition", "value": partition}]},
+            }
+        },
+    )["launchRun"]
+    assert result["__typename"] == "LaunchRunSuccess", result
+    return result["run"]["runId"]
+
+
+def finished(fleet, run_ids) -> list[dg.DagsterRun]:
+    runs = [fleet.instance.get_run_by_id(run_id) for run_id in run_ids]
+    return runs if all(run.status in DONE for run in runs) else []
+
+
+def without_first_records(path, count: int) -> str:
+    """The file less its first records: distinct bytes for every copy."""
+    if path.suffix == ".json":
+        return json.dumps(json.loads(path.read_text())[count:])
+    lines = path.read_text().splitlines(keepends=True)
+    header = lines[:1] if path.suffix == ".csv" else []
+    return "".join(header + lines[len(header) + count :])
+
+
+def worker_ancestry(fleet, run_id: str) -> list[int] | None:
+    """The pids above the run's worker process, while it runs."""
+    for process in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if run_id in " ".join(process.info["cmdline"] or []):
+                return [parent.pid for parent in process.parents()]
+        except psutil.Error:
+            continue
+    return None
+
+
+def test_a_run_executes_in_the_process_tree_of_the_pi_serving_its_source(fleet):
+    for location, source, partition in (
+        ("pi-a", "business_registry", "registry_2026-Q3.csv"),
+        ("pi-b", "court_records", "court_2026-11-15.ndjson"),
+    ):
+        run_id = launch(fleet, location, source, partition)
+        ancestry = wait_for(lambda r=run_id: worker_ancestry(fleet, r), 120, f"the run worker of {run_id}", 0.05)
+        assert fleet.processes[location].pid in ancestry, f"{source} ran outside {location}'s code server"
+        other = "pi-b" if location == "pi-a" else "pi-a"
+        assert fleet.processes[other].pid not in ancestry
+        (run,) = wait_for(lambda r=run_id: finished(fleet, [r]), 180, f"run {run_id}")
+        assert run.status == dg.DagsterRunStatus.SUCCESS
+        assert run.tags["harmonizer/host"] == location
+
+
+def test_twenty_queued_runs_respect_the_source_and_host_limits(fleet):
+    jobs = []
+    for source, file, count in (
+        ("business_registry", "registry_2026-Q3.csv", 6),
+        ("court_records", "court_2026-11-15.ndjson", 7),
+        ("news_articles", "news_2026-11-20.json", 7),
+    ):
+        original = fleet.landing / source / file
+        for number in range(count):
+            copy = original.with_name(f"limits-{number}-{file}")
+            copy.write_text(without_first_records(original, number + 1))
+            jobs.append((("pi-a" if source == "business_registry" else "pi-b"), source, copy.name))
+    run_ids = [launch(fleet, *job) for job in jobs]
+
+    peak_per_source: collections.Counter = collections.Counter()
+    peak_per_host: collections.Counter = collections.Counter()
+
+    def sample():
+        started = fleet.instance.get_runs(dg.RunsFilter(run_ids=run_ids, statuses=[dg.DagsterRunStatus.STARTED]))
+        for key, peaks in (("source", peak_per_source), ("harmonizer/host", peak_per_host)):
+            for value, count in collections.Counter(run.tags[key] for run in started).items():
+                peaks[value] = max(peaks[value], count)
+        return finished(fleet, run_ids)
+
+    runs = wait_for(sample, 600, "twenty runs to drain", 0.25)
+    assert [run.status for run in runs] == [dg.DagsterRunStatus.SUCCESS] * 20
+    assert max(peak_per_source.values()) == 1, peak_per_source
+    assert max(peak_per_host.values()) <= 2, peak_per_host
+    assert peak_per_host["pi-b"] == 2, "pi-b ran its two sources side by side"
+
+
+def test_a_backfill_through_graphql_runs_each_file_on_the_right_pi(fleet):
+    source = "news_articles"
+    original = fleet.landing / source / "news_2026-11-20.json"
+    records = json.loads(original.read_text())
+    partitions = []
+    for day in (21, 22, 23):
+        name = f"news_2026-11-{day}.json"
+        (fleet.landing / source / name).write_text(json.dumps(records[: 10 + day]))
+        partitions.append(name)
+    fleet.instance.add_dynamic_partitions(f"{source}_files", partitions)
+    result = fleet.graphql(
+        BACKFILL,
+        {
+            "backfillParams": {
+                "selector": {
+                    "partitionSetName": f"load_{source}_partition_set",
+                    "repositorySelector": {"repositoryLocationName": "pi-b", "repositoryName": "__repository__"},
+                },
+                "partitionNames": partitions,
+            }
+        },
+    )["launchPartitionBackfill"]
+    assert result["__typename"] == "LaunchBackfillSuccess", result
+
+    def backfill_runs():
+        runs = fleet.instance.get_runs(dg.RunsFilter(tags={"dagster/backfill": result["backfillId"]}))
+        return runs if len(runs) == 3 and all(run.status in DONE for run in runs) else []
+
+    runs = wait_for(backfill_runs, 300, "the backfill's runs")
+    assert sorted(run.tags["dagster/partition"] for run in runs) == partitions
+    assert {run.status for run in runs} == {dg.DagsterRunStatus.SUCCESS}
+    assert {run.tags["harmonizer/host"] for run in runs} == {"pi-b"}
+    with psycopg.connect(fleet.env["HARMONIZER_WAREHOUSE_URL"]) as conn:
+        loaded = conn.execute(
+            "SELECT partition_key, records_in_file, records_imported FROM harmonizer.sources "
+            "WHERE status = 'completed' AND partition_key = ANY(%s) ORDER BY partition_key",
+            (partitions,),
+        ).fetchall()
+    # Two records of the first 30 are rejected (a missing headline, a bad timestamp).
+    assert loaded == [(name, 10 + day, 8 + day) for name, day in zip(partitions, (21, 22, 23), strict=True)]
