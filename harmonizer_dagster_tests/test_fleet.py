@@ -154,7 +154,7 @@ def test_a_backfill_through_graphql_runs_each_file_on_the_right_pi(fleet):
     partitions = []
     for day in (21, 22, 23):
         name = f"news_2026-11-{day}.json"
-        (fleet.landing / source / name).write_text(json.dumps(records[: 10 + day]))
+        (fleet.landing / source / name).write_text(json.dumps(records[:day]))
         partitions.append(name)
     fleet.instance.add_dynamic_partitions(f"{source}_files", partitions)
     result = fleet.graphql(
@@ -173,10 +173,15 @@ def test_a_backfill_through_graphql_runs_each_file_on_the_right_pi(fleet):
 
     def backfill_runs():
         runs = fleet.instance.get_runs(dg.RunsFilter(tags={"dagster/backfill": result["backfillId"]}))
-        return runs if len(runs) == 3 and all(run.status in DONE for run in runs) else []
+        partitions_seen = {run.tags["dagster/partition"] for run in runs}
+        return runs if len(partitions_seen) == 3 and all(run.status in DONE for run in runs) else []
 
-    runs = wait_for(backfill_runs, 300, "the backfill's runs")
-    assert sorted(run.tags["dagster/partition"] for run in runs) == partitions
+    try:
+        runs = wait_for(backfill_runs, 300, "the backfill's runs")
+    except AssertionError:
+        seen = [(r.job_name, r.status, dict(r.tags)) for r in fleet.instance.get_runs(limit=10)]
+        raise AssertionError(f"backfill {result['backfillId']} did not finish; latest runs: {seen}") from None
+    assert sorted(run.tags["dagster/partition"] for run in runs) == partitions, "one run per partition, no retries"
     assert {run.status for run in runs} == {dg.DagsterRunStatus.SUCCESS}
     assert {run.tags["harmonizer/host"] for run in runs} == {"pi-b"}
     with psycopg.connect(fleet.env["HARMONIZER_WAREHOUSE_URL"]) as conn:
@@ -185,5 +190,5 @@ def test_a_backfill_through_graphql_runs_each_file_on_the_right_pi(fleet):
             "WHERE status = 'completed' AND partition_key = ANY(%s) ORDER BY partition_key",
             (partitions,),
         ).fetchall()
-    # Two records of the first 30 are rejected (a missing headline, a bad timestamp).
-    assert loaded == [(name, 10 + day, 8 + day) for name, day in zip(partitions, (21, 22, 23), strict=True)]
+    # Two of the records are rejected (a missing headline, a bad timestamp).
+    assert loaded == [(name, day, day - 2) for name, day in zip(partitions, (21, 22, 23), strict=True)]
