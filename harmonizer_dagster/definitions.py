@@ -11,6 +11,7 @@ from pathlib import Path
 
 import dagster as dg
 from dagster_aws.s3 import S3Resource
+from dagster_aws.secretsmanager import SecretsManagerResource
 
 from harmonizer_dagster.core.settings import DEFAULTS, current
 from harmonizer_dagster.core.spec import SourceSpec, SpecError, load_specs
@@ -45,7 +46,14 @@ def flag(name: str) -> bool:
 
 def build_resources() -> dict[str, dg.ConfigurableResource]:
     return {
-        "warehouse": WarehouseResource(url=setting("HARMONIZER_WAREHOUSE_URL")),
+        "warehouse": WarehouseResource(
+            url=setting("HARMONIZER_WAREHOUSE_URL"),
+            secret_id=setting("HARMONIZER_WAREHOUSE_SECRET_ID"),
+            secrets=SecretsManagerResource(
+                endpoint_url=setting("HARMONIZER_SECRETS_ENDPOINT_URL") or None,
+                region_name=setting("AWS_DEFAULT_REGION", "us-east-1"),
+            ),
+        ),
         "landing": LandingZone(
             landing_dir=setting("HARMONIZER_LANDING_DIR"),
             staging_dir=setting("HARMONIZER_STAGING_DIR"),

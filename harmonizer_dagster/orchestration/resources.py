@@ -1,8 +1,12 @@
 """Resources: every external place the pipeline touches, configured from the environment."""
 
+import json
+import urllib.parse
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
+from dagster_aws.secretsmanager import SecretsManagerResource
 from pydantic import Field
 
 from harmonizer_dagster.core.notify import Alert, SmtpSettings, send_email, send_slack
@@ -14,13 +18,35 @@ class WarehouseResource(dg.ConfigurableResource):
     """The warehouse holding canonical tables, the sources registry and data-quality records."""
 
     url: str = Field(
+        default="",
         description="duckdb:///relative.duckdb, duckdb:////absolute.duckdb or postgresql://user@host/db. "
-        "Set HARMONIZER_WAREHOUSE_URL; default: the embedded DuckDB file .harmonizer/warehouse.duckdb."
+        "Set HARMONIZER_WAREHOUSE_URL; default: the embedded DuckDB file .harmonizer/warehouse.duckdb.",
     )
+    secret_id: str = Field(
+        default="",
+        description="An AWS Secrets Manager secret holding the URL, or RDS-style JSON (username, password, host, "
+        "port, dbname); takes precedence over `url` (HARMONIZER_WAREHOUSE_SECRET_ID).",
+    )
+    secrets: SecretsManagerResource = Field(default_factory=SecretsManagerResource)
     schema_name: str = Field(default="harmonizer", description="Schema that holds every table the project creates.")
 
     def open(self) -> Warehouse:
-        return open_warehouse(self.url, self.schema_name)
+        url = warehouse_url_from_secret(self.secrets.get_client(), self.secret_id) if self.secret_id else self.url
+        return open_warehouse(url, self.schema_name)
+
+
+def warehouse_url_from_secret(client: Any, secret_id: str) -> str:
+    """The warehouse URL kept in Secrets Manager; the secret's value is never logged."""
+    value = client.get_secret_value(SecretId=secret_id)["SecretString"]
+    try:
+        data = json.loads(value)
+    except json.JSONDecodeError:
+        return value.strip()
+    if "url" in data:
+        return data["url"]
+    password = urllib.parse.quote(str(data["password"]), safe="")
+    user = urllib.parse.quote(str(data["username"]), safe="")
+    return f"postgresql://{user}:{password}@{data['host']}:{data.get('port', 5432)}/{data.get('dbname', 'postgres')}"
 
 
 class LandingZone(dg.ConfigurableResource):
