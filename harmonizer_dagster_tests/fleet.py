@@ -83,23 +83,13 @@ class Fleet:
             "HARMONIZER_AUTOMATION": "off",
         }
         workspace = {"load_from": []}
-        for name, (address, sources) in PIS.items():
-            port = free_port(address)
-            self.ports[name] = port
-            self._spawn(
-                name,
-                self.code_server_command(name),
-                {
-                    "HARMONIZER_SOURCES": sources,
-                    "HARMONIZER_HOST": name,
-                    "HARMONIZER_STAGING_DIR": str(self.root / name / "staging"),
-                },
+        for name, (address, _) in PIS.items():
+            self.ports[name] = free_port(address)
+            self.start_pi(name)
+            workspace["load_from"].append(
+                {"grpc_server": {"host": address, "port": self.ports[name], "location_name": name}}
             )
-            workspace["load_from"].append({"grpc_server": {"host": address, "port": port, "location_name": name}})
         (self.root / "workspace.yaml").write_text(yaml.safe_dump(workspace))
-        for name in PIS:
-            address, _ = PIS[name]
-            wait_for(lambda a=address, p=self.ports[name]: _accepts(a, p), 120, f"code server {name}")
         self.ports["webserver"] = free_port()
         self._spawn("daemon", [str(BIN / "dagster-daemon"), "run", "-w", str(self.root / "workspace.yaml")], {})
         self._spawn(
@@ -118,9 +108,10 @@ class Fleet:
         wait_for(self._locations_loaded, 120, "the webserver to load both locations")
         return self
 
-    def code_server_command(self, name: str) -> list[str]:
-        address, _ = PIS[name]
-        return [
+    def start_pi(self, name: str) -> None:
+        """Starts (or restarts) a Pi's code server on its own loopback address and port."""
+        address, sources = PIS[name]
+        command = [
             str(BIN / "dagster"),
             "code-server",
             "start",
@@ -133,6 +124,13 @@ class Fleet:
             "--location-name",
             name,
         ]
+        extra = {
+            "HARMONIZER_SOURCES": sources,
+            "HARMONIZER_HOST": name,
+            "HARMONIZER_STAGING_DIR": str(self.root / name / "staging"),
+        }
+        self._spawn(name, command, extra)
+        wait_for(lambda: _accepts(address, self.ports[name]), 120, f"code server {name}")
 
     def _spawn(self, name: str, command: list[str], extra_env: dict[str, str]) -> None:
         log = (self.root / f"{name}.log").open("a")
