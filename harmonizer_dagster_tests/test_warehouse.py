@@ -187,3 +187,18 @@ def test_identifiers_from_files_are_quoted(warehouse, tmp_path):
 
 def test_samples_header_matches_the_registry_spec(specs):
     assert [c.source for c in specs["business_registry"].columns] == list(REGISTRY_HEADER.values())
+
+
+def test_reloading_an_older_file_never_overwrites_what_a_later_file_wrote(warehouse, specs, landing, tmp_path):
+    spec = specs["business_registry"]
+    load_file(spec, landing, Q3, warehouse, tmp_path / "s")
+    q4 = load_file(spec, landing, "registry_2026-Q4.csv.gz", warehouse, tmp_path / "s")
+    assert q4.records_updated == 49
+    after_q4 = warehouse.query("SELECT corp_number, status, _partition_key FROM {schema}.business_registry ORDER BY 1")
+    # A new rule makes Q3 worth loading again; its older values must not come back.
+    warehouse.add_rule(spec.name, "registered_agent", "map_value", {"from": "x", "to": "y"}, "", None)
+    again = load_file(spec, landing, Q3, warehouse, tmp_path / "s", run_id="reload")
+    assert not again.skipped and again.records_updated == 0
+    assert warehouse.query("SELECT corp_number, status, _partition_key FROM {schema}.business_registry ORDER BY 1") == (
+        after_q4
+    )

@@ -88,7 +88,7 @@ def reprocess(spec: SourceSpec, store: Warehouse, scratch_root: Path) -> Reproce
                     f"{quote_literal(str(superseded_path))} (FORMAT parquet)"
                 )
             counts, written = store.publish_reprocessed(
-                spec, [harmonized_path], [superseded_path], [tuple(row) for row in passing.rows()]
+                spec, str(partition_key), [harmonized_path], [superseded_path], [tuple(r) for r in passing.rows()]
             )
             totals["reprocessed"] += written
             totals["inserted"] += counts.inserted

@@ -16,8 +16,12 @@ PROVENANCE_COLUMNS = {
     "_partition_key": "string",
     LINE_COLUMN: "integer",
     ROW_HASH_COLUMN: "string",
+    "_arrival": "integer",
     "_loaded_at": "timestamp",
 }
+# Set by the warehouse when it writes a row, not staged with the harmonized data. `_arrival`
+# orders file versions: the registry id of the partition's first arrival.
+WAREHOUSE_ONLY_COLUMNS = ("_arrival", "_loaded_at")
 
 _TEXT_RULES = {
     "trim": "trim({v})",

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harmonizer_dagster.core.harmonization import ROW_HASH_COLUMN
+from harmonizer_dagster.core.harmonization import ROW_HASH_COLUMN, WAREHOUSE_ONLY_COLUMNS
 from harmonizer_dagster.core.reading import LINE_COLUMN
 from harmonizer_dagster.core.rules import FIX_SCHEMA, Rule, validate_rule
 from harmonizer_dagster.core.spec import SourceSpec
@@ -282,7 +282,8 @@ class Warehouse(ABC):
         """Upserts the canonical rows, replaces the version's issues and failed records and
         marks it completed, all in one transaction: a crash leaves the previous state intact."""
         with self.session() as s:
-            counts = self._upsert(s, spec, staged.harmonized_files, staged.superseded_files)
+            arrival = self._arrival(s, spec, staged.partition_key)
+            counts = self._upsert(s, spec, staged.harmonized_files, staged.superseded_files, arrival)
             self._replace_version_rows(s, spec, staged, run_id)
             self._restore_triage(s, staged.source_id)
             s.execute(
@@ -316,9 +317,19 @@ class Warehouse(ABC):
             (source_id,),
         )
 
+    def _arrival(self, s: Session, spec: SourceSpec, partition_key: str) -> int:
+        """When the partition first arrived: a reload of an older file must not overwrite rows
+        a file that arrived later wrote, while a corrected re-upload keeps its place."""
+        rows = s.execute(
+            f"SELECT min(source_id) FROM {self.schema}.sources WHERE source_type = %s AND partition_key = %s",
+            (spec.name, partition_key),
+        )
+        return int(rows[0][0] or 0)
+
     def publish_reprocessed(
         self,
         spec: SourceSpec,
+        partition_key: str,
         harmonized_files: list[Path],
         superseded_files: list[Path],
         record_ids: list[tuple[str, int]],
@@ -329,7 +340,8 @@ class Warehouse(ABC):
         keys = [quote_ident(k) for k in spec.natural_key]
         joined = " AND ".join(f"t.{k} = s.{k}" for k in keys)
         with self.session() as s:
-            counts = self._upsert(s, spec, harmonized_files, superseded_files, same_file_only=True)
+            arrival = self._arrival(s, spec, partition_key)
+            counts = self._upsert(s, spec, harmonized_files, superseded_files, arrival, same_file_only=True)
             written = {
                 row[0]
                 for row in s.execute(
@@ -358,18 +370,20 @@ class Warehouse(ABC):
         spec: SourceSpec,
         harmonized_files: list[Path],
         superseded_files: list[Path],
+        arrival: int,
         same_file_only: bool = False,
     ) -> PublishCounts:
-        """New keys inserted, changed rows updated, rows with an unchanged content hash untouched."""
-        columns = canonical_columns(spec)
-        names = [name for name, _ in columns if name != "_loaded_at"]
+        """New keys inserted, changed rows updated unless a later-arriving file wrote them,
+        rows with an unchanged content hash untouched."""
+        columns = [c for c in canonical_columns(spec) if c[0] not in WAREHOUSE_ONLY_COLUMNS]
+        names = [name for name, _ in columns]
         target = self.table(spec.name)
         keys = [quote_ident(k) for k in spec.natural_key]
         joined = " AND ".join(f"t.{k} = s.{k}" for k in keys)
-        changed = f"t.{ROW_HASH_COLUMN} <> s.{ROW_HASH_COLUMN}"
+        changed = f"t.{ROW_HASH_COLUMN} <> s.{ROW_HASH_COLUMN} AND coalesce(t._arrival, 0) <= {int(arrival)}"
         if same_file_only:
             changed += " AND t._file_hash = s._file_hash"
-        s.load_parquet("_harmonizer_stage", [c for c in columns if c[0] != "_loaded_at"], harmonized_files)
+        s.load_parquet("_harmonizer_stage", columns, harmonized_files)
         # Earlier occurrences of a key in the file lose, as the harmonize step recorded.
         s.load_parquet("_harmonizer_superseded", [("source_line_number", "BIGINT")], superseded_files)
         s.execute(
@@ -384,12 +398,12 @@ class Warehouse(ABC):
         )[0]
         assignments = ", ".join(f"{quote_ident(n)} = s.{quote_ident(n)}" for n in names if n not in spec.natural_key)
         s.execute(
-            f"UPDATE {target} AS t SET {assignments}, _loaded_at = now() FROM _harmonizer_stage AS s "
-            f"WHERE {joined} AND {changed}"
+            f"UPDATE {target} AS t SET {assignments}, _arrival = {int(arrival)}, _loaded_at = now() "
+            f"FROM _harmonizer_stage AS s WHERE {joined} AND {changed}"
         )
         column_list = ", ".join(quote_ident(n) for n in names)
         s.execute(
-            f"INSERT INTO {target} ({column_list}, _loaded_at) SELECT {column_list}, now() "
+            f"INSERT INTO {target} ({column_list}, _arrival, _loaded_at) SELECT {column_list}, {int(arrival)}, now() "
             f"FROM _harmonizer_stage s WHERE NOT EXISTS (SELECT 1 FROM {target} t WHERE {joined})"
         )
         return PublishCounts(int(inserted), int(updated), int(unchanged))
