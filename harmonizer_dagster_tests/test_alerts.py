@@ -9,7 +9,7 @@ import pytest
 from aiosmtpd.controller import Controller
 
 from harmonizer_dagster.definitions import build_definitions
-from harmonizer_dagster.orchestration.alerts import build_stall_sensor, run_failure_alerts
+from harmonizer_dagster.orchestration.alerts import build_stall_sensor, run_failure_alerts, run_success_alerts
 from harmonizer_dagster.orchestration.resources import Notifier
 
 
@@ -34,12 +34,13 @@ def smtp():
     controller.stop()
 
 
-def notifier(port: int) -> Notifier:
+def notifier(port: int, notify_success: bool = False) -> Notifier:
     return Notifier(
         smtp_host="127.0.0.1",
         smtp_port=port,
         sender="dagster@example.org",
         recipients="oncall@example.org, data@example.org",
+        notify_success=notify_success,
     )
 
 
@@ -85,3 +86,23 @@ def test_a_silent_started_run_is_reported_once(smtp):
         )
         sensor(again)
         assert len(inbox.messages) == 1, "a stalled run is reported once"
+
+
+def test_a_successful_run_is_announced_only_when_asked(smtp):
+    inbox, port = smtp
+    with dg.instance_for_test() as instance:
+        result = build_definitions().resolve_job_def("register_file_versions").execute_in_process(instance=instance)
+        success = next(e for e in result.all_events if e.event_type == dg.DagsterEventType.RUN_SUCCESS)
+
+        def evaluate(wanted: bool):
+            context = dg.build_run_status_sensor_context(
+                sensor_name="run_success_alerts",
+                dagster_event=success,
+                dagster_instance=instance,
+                dagster_run=result.dagster_run,
+            )
+            return run_success_alerts(context, notifier=notifier(port, notify_success=wanted))
+
+        assert isinstance(evaluate(False), dg.SkipReason) and inbox.messages == []
+        evaluate(True)
+    assert [m["Subject"] for _, m in inbox.messages] == ["[harmonizer] run succeeded: register_file_versions"]
