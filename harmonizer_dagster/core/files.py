@@ -70,16 +70,6 @@ def locate(landing_dir: Path, source: str, partition_key: str) -> FileVersion:
     return FileVersion(source, partition_key, str(landing_dir / source / safe_partition_key(partition_key)))
 
 
-def list_landing_files(landing_dir: Path, source: str) -> list[str]:
-    """Partition keys of every data file under the source's landing folder, sorted."""
-    folder = landing_dir / source
-    if not folder.is_dir():
-        return []
-    return sorted(
-        p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and not p.name.startswith((".", "_"))
-    )
-
-
 def fingerprint(path: Path) -> FileFingerprint:
     """Streams the file through SHA-256 in 1 MiB chunks: constant memory whatever its size."""
     digest = hashlib.sha256()

@@ -64,6 +64,15 @@ def latest_version(store: Warehouse, spec: SourceSpec, partition_key: str) -> Ve
     return Version(*numbers, extra_fields=tuple(extra.split(",")) if extra else ())
 
 
+def _link_issues(store: Warehouse, check_name: str, source_id: int, by: str, value: str) -> None:
+    """Points the version's row-level issues that a check counts at that check."""
+    assert by in ("rule", "field_name")
+    store.query(
+        f"UPDATE {{schema}}.data_quality_issues SET check_name = %s WHERE source_id = %s AND {by} = %s",
+        (check_name, source_id, value),
+    )
+
+
 def _reconciliation(store: Warehouse, spec: SourceSpec, key: str, v: Version) -> Evaluation:
     accounted = v.records_imported + v.records_failed + v.records_skipped
     counts = {
@@ -88,10 +97,7 @@ def _key_unique(store: Warehouse, spec: SourceSpec, key: str, v: Version) -> Eva
         f"SELECT (SELECT count(*) FROM (SELECT {keys} FROM {store.table(spec.name)} GROUP BY {keys} "
         f"HAVING count(*) > 1) d), (SELECT count(*) FROM {store.table(spec.name)})"
     )[0]
-    store.query(
-        "UPDATE {schema}.data_quality_issues SET check_name = %s WHERE source_id = %s AND rule = 'natural_key'",
-        ("natural_key_unique", v.source_id),
-    )
+    _link_issues(store, "natural_key_unique", v.source_id, "rule", "natural_key")
     return Evaluation(
         passed=duplicated == 0,
         observed=float(duplicated),
@@ -107,10 +113,7 @@ def _required_complete(store: Warehouse, spec: SourceSpec, key: str, v: Version)
     missing, rows = store.query(
         f"SELECT {nulls}, count(*) FROM {store.table(spec.name)} WHERE _file_hash = %s", (v.file_hash,)
     )[0]
-    store.query(
-        "UPDATE {schema}.data_quality_issues SET check_name = %s WHERE source_id = %s AND rule = 'not_nullable'",
-        ("required_fields_complete", v.source_id),
-    )
+    _link_issues(store, "required_fields_complete", v.source_id, "rule", "not_nullable")
     return Evaluation(
         passed=missing == 0,
         observed=float(missing),
@@ -128,10 +131,7 @@ def _pass_rate(column: str, threshold: float) -> Callable[[Warehouse, SourceSpec
             "WHERE source_id = %s AND field_name = %s",
             (v.source_id, column),
         )[0][0]
-        store.query(
-            "UPDATE {schema}.data_quality_issues SET check_name = %s WHERE source_id = %s AND field_name = %s",
-            (f"{column}_pass_rate", v.source_id, column),
-        )
+        _link_issues(store, f"{column}_pass_rate", v.source_id, "field_name", column)
         rate = 1.0 - failing / v.records_in_file if v.records_in_file else 1.0
         return Evaluation(
             passed=rate >= threshold,

@@ -11,7 +11,8 @@ from collections.abc import Sequence
 
 import dagster as dg
 
-from harmonizer_dagster.core.files import FileVersion, list_landing_files, locate
+from harmonizer_dagster.core.files import FileVersion, locate
+from harmonizer_dagster.core.landing import scan_folder
 from harmonizer_dagster.core.spec import SourceSpec
 from harmonizer_dagster.orchestration.assets import SourceOps, partitions_for
 from harmonizer_dagster.orchestration.resources import LandingZone, WarehouseResource
@@ -26,7 +27,11 @@ def _mapping_key(partition_key: str) -> str:
 
 def register_new_files(context: dg.OpExecutionContext, spec: SourceSpec, landing: LandingZone) -> list[str]:
     """Adds a dynamic partition for every landed file of the source that has none yet."""
-    keys = list_landing_files(landing.landing_path, spec.name)
+    # The same listing rules as the landing sensors: both must agree on what a landed file is.
+    try:
+        keys = [item.key for item in scan_folder(landing.landing_path, spec.name)]
+    except NotADirectoryError:
+        keys = []
     partitions = partitions_for(spec)
     known = set(context.instance.get_dynamic_partitions(partitions.name or spec.name))
     new = [k for k in keys if k not in known]
