@@ -2,10 +2,12 @@
 a code location serves exactly the sources assigned to its host."""
 
 import configparser
+import importlib
 import re
 import subprocess
 from pathlib import Path
 
+import dagster as dg
 import pytest
 import yaml
 
@@ -26,7 +28,7 @@ def unit(path: Path) -> configparser.ConfigParser:
 def test_pi_code_server_unit_serves_the_package_and_restarts():
     service = unit(DEPLOY / "pi" / "harmonizer-code-server.service")
     command = service["Service"]["ExecStart"]
-    assert command.startswith("/opt/harmonizer/venv/bin/dagster code-server start")
+    assert command.startswith("/opt/harmonizer/venv/bin/dagster api grpc"), "run monitoring asks it for its runs"
     assert "-m harmonizer_dagster" in command and "--location-name ${HARMONIZER_LOCATION}" in command
     assert service["Service"]["Restart"] == "on-failure"
     assert service["Service"]["KillMode"] == "control-group", "run workers stop with their code server"
@@ -81,6 +83,15 @@ def test_compose_and_helm_values_use_the_package():
         "every source is served by exactly one location"
     )
     assert values["runLauncher"]["type"] == "K8sRunLauncher"
+
+
+def test_the_production_instance_monitors_runs_through_the_code_servers():
+    instance = yaml.safe_load((DEPLOY.parent / "dagster.yaml").read_text())
+    launcher = instance["run_launcher"]
+    module = importlib.import_module(launcher["module"])
+    assert issubclass(getattr(module, launcher["class"]), dg.DefaultRunLauncher)
+    assert instance["run_monitoring"]["enabled"] and instance["run_retries"]["enabled"]
+    assert instance["run_monitoring"]["max_resume_run_attempts"] == 0, "lost runs are retried, not resumed"
 
 
 def test_no_secrets_in_deployment_files():

@@ -1,17 +1,20 @@
 """The fleet, proven end to end on this machine: runs go to the Pi that serves their source,
-queue limits hold while 20 runs drain, and a backfill launched through the webserver's
-GraphQL API (the call the UI's backfill button makes) runs one run per file on the right Pi."""
+queue limits hold while 20 runs drain, a backfill launched through the webserver's GraphQL
+API (the call the UI's backfill button makes) runs one run per file on the right Pi, a
+restarted Pi gets runs again, and a run whose Pi lost power is failed and retried whole."""
 
 import collections
 import json
 import os
 import shutil
+import time
 
 import dagster as dg
 import psutil
 import psycopg
 import pytest
 
+from harmonizer_dagster.core.samples import write_registry_csv
 from harmonizer_dagster_tests.conftest import SAMPLES_DIR
 from harmonizer_dagster_tests.fleet import Fleet, wait_for
 
@@ -30,6 +33,14 @@ mutation($backfillParams: LaunchBackfillParams!) {
   launchPartitionBackfill(backfillParams: $backfillParams) {
     __typename
     ... on LaunchBackfillSuccess { backfillId }
+    ... on PythonError { message }
+  }
+}"""
+REEXECUTE = """
+mutation($params: ReexecutionParams!) {
+  launchRunReexecution(reexecutionParams: $params) {
+    __typename
+    ... on LaunchRunSuccess { run { runId } }
     ... on PythonError { message }
   }
 }"""
@@ -201,3 +212,103 @@ def test_a_restarted_code_server_gets_runs_again_without_a_reload(fleet):
     assert fleet.processes["pi-b"].pid in ancestry, "the run went to the restarted code server"
     (run,) = wait_for(lambda: finished(fleet, [run_id]), 180, "the run")
     assert run.status == dg.DagsterRunStatus.SUCCESS
+
+
+def step_started(fleet, run_id: str, op_suffix: str) -> bool:
+    records = fleet.instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.STEP_START).records
+    return any(record.event_log_entry.step_key.endswith(op_suffix) for record in records)
+
+
+def load_state(fleet, partition: str) -> dict:
+    """What the warehouse holds of one file: its registry rows, and the rows and dead letters it wrote."""
+    with psycopg.connect(fleet.env["HARMONIZER_WAREHOUSE_URL"]) as conn:
+        versions = conn.execute(
+            "SELECT source_id, status, file_hash, records_in_file, records_imported, records_failed, "
+            "records_inserted, records_updated FROM harmonizer.sources "
+            "WHERE source_type = 'business_registry' AND partition_key = %s",
+            (partition,),
+        ).fetchall()
+        hashes = [version[2] for version in versions]
+        (rows,) = conn.execute(
+            "SELECT count(*) FROM harmonizer.business_registry WHERE _file_hash = ANY(%s)", (hashes,)
+        ).fetchone()
+        (duplicate_keys,) = conn.execute(
+            "SELECT count(*) - count(DISTINCT corp_number) FROM harmonizer.business_registry"
+        ).fetchone()
+        (dead_letters,) = conn.execute(
+            "SELECT count(*) FROM harmonizer.failed_records WHERE source_id = ANY(%s)",
+            ([version[0] for version in versions],),
+        ).fetchone()
+    return {"versions": versions, "rows": rows, "duplicate_keys": duplicate_keys, "dead_letters": dead_letters}
+
+
+def lose_power_mid_upsert(fleet, partition: str, seed: int) -> tuple[str, dict, float]:
+    """Loads a large registry file on pi-a and kills the Pi once the upsert has begun."""
+    expected = write_registry_csv(fleet.landing / "business_registry" / partition, 400_000, seed=seed)
+    run_id = launch(fleet, "pi-a", "business_registry", partition)
+    wait_for(lambda: step_started(fleet, run_id, "_upsert"), 300, "the upsert step to start", 0.05)
+    fleet.kill("pi-a")  # its code server and every run worker under it
+    killed_at = time.time()
+    assert fleet.instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.STARTED
+    state = load_state(fleet, partition)
+    (version,) = state["versions"]
+    # One transaction per file: either the whole file is in, or none of it.
+    assert state["rows"] == (version[6] + version[7] if version[1] == "completed" else 0), state
+    return run_id, expected, killed_at
+
+
+def marked_failed(fleet, run_id: str, killed_at: float, bound_seconds: float, reason: str) -> None:
+    (run,) = wait_for(lambda: finished(fleet, [run_id]), 120, "the lost run to be marked failed")
+    detected_after = time.time() - killed_at
+    assert run.status == dg.DagsterRunStatus.FAILURE
+    (failure,) = fleet.instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.RUN_FAILURE).records
+    assert reason in failure.event_log_entry.message
+    assert detected_after < bound_seconds, f"the lost run was noticed only after {detected_after:.0f}s"
+
+
+def assert_loaded_whole(fleet, partition: str, expected: dict) -> None:
+    state = load_state(fleet, partition)
+    (version,) = state["versions"]
+    assert version[1] == "completed"
+    assert (version[3], version[4], version[5]) == (
+        expected["records_in_file"],
+        expected["records_imported"],
+        expected["records_failed"],
+    )
+    assert state["rows"] == version[6] + version[7] > 0
+    assert state["duplicate_keys"] == 0
+    assert state["dead_letters"] == expected["records_failed"]
+
+
+def test_a_pi_rebooting_mid_run_fails_the_run_and_the_automatic_retry_loads_the_file_whole(fleet):
+    partition = "registry_2027-Q1.csv"
+    run_id, expected, killed_at = lose_power_mid_upsert(fleet, partition, seed=2027)
+    time.sleep(3)
+    fleet.start_pi("pi-a")  # power is back; systemd starts the code server again
+    # Its code server answers without the run: noticed at the next monitoring poll.
+    marked_failed(fleet, run_id, killed_at, 60, "no longer runs it")
+
+    def retry_done():
+        retries = fleet.instance.get_runs(dg.RunsFilter(tags={"dagster/parent_run_id": run_id}))
+        return retries if retries and retries[0].status in DONE else []
+
+    (retry,) = wait_for(retry_done, 300, "the automatic retry")
+    assert retry.status == dg.DagsterRunStatus.SUCCESS
+    assert retry.tags["dagster/partition"] == partition
+    assert_loaded_whole(fleet, partition, expected)
+
+
+def test_a_pi_down_for_good_fails_its_run_within_the_unreachable_timeout(fleet):
+    partition = "registry_2027-Q2.csv"
+    run_id, expected, killed_at = lose_power_mid_upsert(fleet, partition, seed=2028)
+    timeout = fleet.config["run_launcher"]["config"]["unreachable_timeout_seconds"]
+    marked_failed(fleet, run_id, killed_at, timeout + 30, "unreachable")
+    # Once the Pi is back, the UI's "re-execute from failure" completes the file.
+    fleet.start_pi("pi-a")
+    wait_for(fleet._locations_loaded, 120, "pi-a to be loaded again")
+    result = fleet.graphql(REEXECUTE, {"params": {"parentRunId": run_id, "strategy": "FROM_FAILURE"}})
+    payload = result["launchRunReexecution"]
+    assert payload["__typename"] == "LaunchRunSuccess", payload
+    (rerun,) = wait_for(lambda: finished(fleet, [payload["run"]["runId"]]), 300, "the re-execution")
+    assert rerun.status == dg.DagsterRunStatus.SUCCESS
+    assert_loaded_whole(fleet, partition, expected)
