@@ -1,10 +1,13 @@
-"""`harmonizer`: terminal helpers around the warehouse: a summary, and data-quality triage
-(the Dagster UI and CLI do the running)."""
+"""`harmonizer`: terminal helpers around the warehouse: a summary, data-quality triage, and
+starting Dagster processes with secrets from AWS Secrets Manager (the Dagster UI and CLI do
+the running)."""
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
+from harmonizer_dagster.core.secrets import database_login, read_secret
 from harmonizer_dagster.core.settings import current
 from harmonizer_dagster.core.spec import load_specs
 from harmonizer_dagster.core.triage import ACTIONS, Selection, act, render, summarize
@@ -73,6 +76,38 @@ def dq(args: argparse.Namespace) -> int:
     return 0
 
 
+# The Dagster instance file (dagster.yaml) reads its PostgreSQL login from these variables.
+INSTANCE_LOGIN_VARIABLES = {
+    "host": "DAGSTER_PG_HOST",
+    "port": "DAGSTER_PG_PORT",
+    "username": "DAGSTER_PG_USER",
+    "password": "DAGSTER_PG_PASSWORD",
+    "dbname": "DAGSTER_PG_DB",
+}
+
+
+def with_secrets(command: list[str]) -> int:
+    """Replaces this process with `command`. When HARMONIZER_INSTANCE_SECRET_ID is set, its
+    environment holds the instance's PostgreSQL login read from that secret, so the password is
+    kept in no file and printed nowhere; otherwise the environment's DAGSTER_PG_* apply."""
+    if not command:
+        print("with-secrets: name the command to run after --", file=sys.stderr)
+        return 2
+    secret_id = os.environ.get("HARMONIZER_INSTANCE_SECRET_ID", "").strip()
+    if not secret_id:
+        os.execvp(command[0], command)
+    from dagster_aws.secretsmanager.secrets import construct_secretsmanager_client
+
+    client = construct_secretsmanager_client(
+        max_attempts=5,
+        region_name=os.environ.get("AWS_DEFAULT_REGION") or None,
+        endpoint_url=os.environ.get("HARMONIZER_SECRETS_ENDPOINT_URL") or None,
+    )
+    login = database_login(read_secret(client, secret_id))
+    env = os.environ | {variable: login[field] for field, variable in INSTANCE_LOGIN_VARIABLES.items()}
+    os.execvpe(command[0], command, env)
+
+
 def _add_selection(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--id", action="append", help="an issue id (repeatable)")
     parser.add_argument("--type", help="issue type, e.g. invalid_zip_code")
@@ -104,9 +139,17 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("disable-rule", "enable-rule"):
         toggle = dq_commands.add_parser(name, help=f"{name.split('-')[0]} a transformation rule")
         toggle.add_argument("rule_id", type=int)
+    secrets = commands.add_parser(
+        "with-secrets",
+        help="run a Dagster process (webserver, daemon, code server) with the instance's PostgreSQL login "
+        "from AWS Secrets Manager: harmonizer with-secrets -- dagster-daemon run ...",
+    )
+    secrets.add_argument("cmd", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     if args.command == "summary":
         return summary()
+    if args.command == "with-secrets":
+        return with_secrets(args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd)
     return dq(args)
 
 

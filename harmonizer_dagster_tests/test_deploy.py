@@ -15,6 +15,7 @@ from harmonizer_dagster.core.spec import SpecError
 from harmonizer_dagster.definitions import build_definitions
 
 DEPLOY = Path(__file__).parent.parent / "deploy"
+WITH_SECRETS = "/opt/harmonizer/venv/bin/harmonizer with-secrets -- "
 SECRET_LIKE = re.compile(r"(?<![A-Za-z])(password|secret|token)\s*[:=]\s*(?!<|\$|\{|set-|from |$)(\S+)", re.IGNORECASE)
 
 
@@ -28,7 +29,7 @@ def unit(path: Path) -> configparser.ConfigParser:
 def test_pi_code_server_unit_serves_the_package_and_restarts():
     service = unit(DEPLOY / "pi" / "harmonizer-code-server.service")
     command = service["Service"]["ExecStart"]
-    assert command.startswith("/opt/harmonizer/venv/bin/dagster api grpc"), "run monitoring asks it for its runs"
+    assert command.startswith(WITH_SECRETS + "/opt/harmonizer/venv/bin/dagster api grpc"), "monitoring asks it for runs"
     assert "-m harmonizer_dagster" in command and "--location-name ${HARMONIZER_LOCATION}" in command
     assert service["Service"]["Restart"] == "on-failure"
     assert service["Service"]["KillMode"] == "control-group", "run workers stop with their code server"
@@ -61,6 +62,7 @@ def test_install_script_is_valid_bash():
 def test_central_units_and_workspace():
     for name in ("dagster-webserver.service", "dagster-daemon.service"):
         command = unit(DEPLOY / "central" / name)["Service"]["ExecStart"]
+        assert command.startswith(WITH_SECRETS), "the instance login may come from Secrets Manager"
         assert "-w /etc/harmonizer/workspace.yaml" in command
     assert "-h 127.0.0.1" in unit(DEPLOY / "central" / "dagster-webserver.service")["Service"]["ExecStart"], (
         "the webserver is only reachable through the authenticating proxy"
@@ -73,7 +75,7 @@ def test_central_units_and_workspace():
 def test_compose_and_helm_values_use_the_package():
     compose = yaml.safe_load((DEPLOY / "central" / "docker-compose.yml").read_text())
     assert {"postgres", "webserver", "daemon", "proxy"} <= set(compose["services"])
-    assert compose["services"]["daemon"]["command"][:2] == ["dagster-daemon", "run"]
+    assert compose["services"]["daemon"]["command"][:5] == ["harmonizer", "with-secrets", "--", "dagster-daemon", "run"]
     assert "basic_auth" in (DEPLOY / "central" / "Caddyfile").read_text()
     values = yaml.safe_load((DEPLOY / "k8s" / "values.yaml").read_text())
     deployments = values["dagster-user-deployments"]["deployments"]

@@ -1,7 +1,8 @@
 """The fleet, proven end to end on this machine: runs go to the Pi that serves their source,
 queue limits hold while 20 runs drain, a backfill launched through the webserver's GraphQL
 API (the call the UI's backfill button makes) runs one run per file on the right Pi, a
-restarted Pi gets runs again, and a run whose Pi lost power is failed and retried whole."""
+restarted Pi gets runs again, a run whose Pi lost power is failed and retried whole, and the
+central webserver's UI shows what the Pis serve."""
 
 import collections
 import json
@@ -17,6 +18,7 @@ import pytest
 from harmonizer_dagster.core.samples import write_registry_csv
 from harmonizer_dagster_tests.conftest import SAMPLES_DIR
 from harmonizer_dagster_tests.fleet import Fleet, wait_for
+from harmonizer_dagster_tests.ui import PARTITION, check_source_pages
 
 pytestmark = pytest.mark.postgres
 
@@ -312,3 +314,12 @@ def test_a_pi_down_for_good_fails_its_run_within_the_unreachable_timeout(fleet):
     (rerun,) = wait_for(lambda: finished(fleet, [payload["run"]["runId"]]), 300, "the re-execution")
     assert rerun.status == dg.DagsterRunStatus.SUCCESS
     assert_loaded_whole(fleet, partition, expected)
+
+
+def test_the_central_ui_shows_a_pis_asset_with_its_ops_metadata_and_checks(fleet):
+    registry = dg.AssetRecordsFilter(asset_key=dg.AssetKey("business_registry"), asset_partitions=[PARTITION])
+    if not fleet.instance.fetch_materializations(registry, limit=1).records:
+        run_id = launch(fleet, "pi-a", "business_registry", PARTITION)
+        (run,) = wait_for(lambda: finished(fleet, [run_id]), 180, "the registry load")
+        assert run.status == dg.DagsterRunStatus.SUCCESS
+    check_source_pages(f"http://127.0.0.1:{fleet.ports['webserver']}", "pi-a", "fleet-ui")

@@ -1,8 +1,12 @@
-"""Warehouse credentials from AWS Secrets Manager (a real endpoint over HTTP, moto's server),
-never shown in logs or metadata."""
+"""Warehouse and instance credentials from AWS Secrets Manager (a real endpoint over HTTP,
+moto's server), never shown in logs or metadata."""
 
 import json
+import os
+import subprocess
+import sys
 import uuid
+from pathlib import Path
 
 import boto3
 import dagster as dg
@@ -17,29 +21,25 @@ pytestmark = pytest.mark.postgres
 PASSWORD = "s3cr3t-" + uuid.uuid4().hex[:8]
 
 
+def rds_secret(endpoint: str, postgres_url: str, role: str, dbname: str) -> str:
+    """Stores the login as RDS writes it; returns the secret's name."""
+    info = psycopg.conninfo.conninfo_to_dict(postgres_url)
+    client = boto3.client("secretsmanager", endpoint_url=endpoint, region_name="us-east-1")
+    name = f"harmonizer/{role}"
+    login = {"username": role, "password": PASSWORD, "host": info["host"], "port": int(info.get("port", 5432))}
+    client.create_secret(Name=name, SecretString=json.dumps({**login, "dbname": dbname}))
+    return name
+
+
 @pytest.fixture
 def secret(s3_endpoint, s3_bucket, postgres_url):
     """An RDS-style secret for a login role with a password, on the test PostgreSQL server."""
     role = f"harmonizer_{uuid.uuid4().hex[:8]}"
-    info = psycopg.conninfo.conninfo_to_dict(postgres_url)
+    dbname = psycopg.conninfo.conninfo_to_dict(postgres_url)["dbname"]
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{PASSWORD}'")
-        conn.execute(f'GRANT ALL ON DATABASE "{info["dbname"]}" TO {role}')
-    client = boto3.client("secretsmanager", endpoint_url=s3_endpoint, region_name="us-east-1")
-    name = f"harmonizer/warehouse/{uuid.uuid4().hex[:8]}"
-    client.create_secret(
-        Name=name,
-        SecretString=json.dumps(
-            {
-                "username": role,
-                "password": PASSWORD,
-                "host": info["host"],
-                "port": int(info.get("port", 5432)),
-                "dbname": info["dbname"],
-            }
-        ),
-    )
-    yield name, role
+        conn.execute(f'GRANT ALL ON DATABASE "{dbname}" TO {role}')
+    yield rds_secret(s3_endpoint, postgres_url, role, dbname), role
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         conn.execute("DROP SCHEMA IF EXISTS harmonizer_secret_test CASCADE")
         conn.execute(f"REASSIGN OWNED BY {role} TO CURRENT_USER")
@@ -76,3 +76,64 @@ def test_a_run_with_a_secret_warehouse_logs_no_secret(secret, s3_endpoint, monke
         assert result.success
         logged = [str(record) for record in instance.all_logs(result.run_id)]
     assert logged and not any(PASSWORD in line for line in logged)
+
+
+@pytest.fixture
+def instance_secret(s3_endpoint, s3_bucket, postgres_url):
+    """A login role owning a database of its own for Dagster's storage, and its RDS-style secret."""
+    role = f"dagster_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{PASSWORD}'")
+        conn.execute(f'CREATE DATABASE "{role}" OWNER {role}')
+    yield rds_secret(s3_endpoint, postgres_url, role, role), role
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{role}" WITH (FORCE)')
+        conn.execute(f"DROP ROLE {role}")
+
+
+def test_dagster_processes_get_the_instance_login_from_secrets_manager(
+    instance_secret, s3_endpoint, postgres_url, tmp_path
+):
+    name, role = instance_secret
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text((Path(__file__).parent.parent / "dagster.yaml").read_text())
+    env = {key: value for key, value in os.environ.items() if not key.startswith("DAGSTER_PG_")}
+    env |= {
+        "DAGSTER_HOME": str(home),
+        "HARMONIZER_INSTANCE_SECRET_ID": name,
+        "HARMONIZER_SECRETS_ENDPOINT_URL": s3_endpoint,
+    }
+    bin_dir = Path(sys.executable).parent
+    started = subprocess.run(
+        [str(bin_dir / "harmonizer"), "with-secrets", "--", str(bin_dir / "dagster"), "instance", "info"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert started.returncode == 0, started.stderr
+    assert "PostgresRunStorage" in started.stdout
+    assert PASSWORD not in started.stdout + started.stderr
+    with psycopg.connect(postgres_url.rsplit("/", 1)[0] + "/" + role) as conn:
+        owners = {owner for (owner,) in conn.execute("SELECT tableowner FROM pg_tables WHERE tablename = 'runs'")}
+    assert owners == {role}, "Dagster's storage was created with the login from the secret"
+
+
+def test_without_a_secret_id_dagster_processes_keep_the_login_from_the_environment(monkeypatch):
+    monkeypatch.delenv("HARMONIZER_INSTANCE_SECRET_ID", raising=False)
+    monkeypatch.setenv("DAGSTER_PG_USER", "from-the-environment")
+    started = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "harmonizer"),
+            "with-secrets",
+            "--",
+            sys.executable,
+            "-c",
+            "import os; print(os.environ['DAGSTER_PG_USER'])",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert started.stdout.strip() == "from-the-environment"

@@ -1,6 +1,5 @@
-"""The UI a user sees, in a real headless Chromium (Debian's, driven by Playwright; no browser
-download): the source asset's four ops, and a loaded partition's metadata and checks.
-Screenshots are kept in test-artifacts/."""
+"""The UI over the embedded instance (`dagster dev`'s setup): the source asset's four ops, and
+a loaded partition's metadata and checks. The same pages over the fleet are in test_fleet."""
 
 import os
 import shutil
@@ -12,30 +11,12 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from playwright.sync_api import sync_playwright
 
 from harmonizer_dagster.definitions import build_definitions
 from harmonizer_dagster_tests.fleet import free_port, wait_for
+from harmonizer_dagster_tests.ui import PARTITION, check_source_pages
 
 REPO = Path(__file__).parent.parent
-ARTIFACTS = REPO / "test-artifacts"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-sync",
-    "--disable-background-networking",
-    "--disable-component-update",
-]
-Q3 = "registry_2026-Q3.csv"
-OPS = [
-    "business_registry_hash",
-    "business_registry_validate",
-    "business_registry_harmonize",
-    "business_registry_upsert",
-]
 
 
 def _up(url: str) -> bool:
@@ -54,9 +35,9 @@ def webserver(environment, monkeypatch, tmp_path):
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     monkeypatch.setenv("HARMONIZER_AUTOMATION", "off")
     with dg.DagsterInstance.from_config(str(home)) as instance:
-        instance.add_dynamic_partitions("business_registry_files", [Q3])
+        instance.add_dynamic_partitions("business_registry_files", [PARTITION])
         job = build_definitions().resolve_job_def("load_business_registry")
-        assert job.execute_in_process(instance=instance, partition_key=Q3).success
+        assert job.execute_in_process(instance=instance, partition_key=PARTITION).success
     port = free_port()
     process = subprocess.Popen(
         [
@@ -82,36 +63,5 @@ def webserver(environment, monkeypatch, tmp_path):
         process.wait()
 
 
-def open_page(page, url: str) -> None:
-    page.goto(url)
-    page.wait_for_timeout(3000)
-    skip = page.get_by_role("button", name="Skip")  # the first-visit newsletter prompt
-    if skip.count():
-        skip.click()
-
-
 def test_the_ui_shows_the_four_ops_and_a_partitions_metadata_and_checks(webserver):
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1600, "height": 1000})
-
-        open_page(page, f"{webserver}/locations/harmonizer_dagster/jobs/load_business_registry")
-        page.get_by_text("View as Asset Graph").click()
-        page.get_by_text("Explode graphs").click()
-        page.wait_for_timeout(2000)
-        assert [op for op in OPS if op in page.content()] == OPS
-        page.screenshot(path=str(ARTIFACTS / "ui-ops.png"))
-
-        open_page(page, f"{webserver}/assets/business_registry?view=partitions&partition={Q3}")
-        text = page.inner_text("body")
-        for shown in ("records_in_file", "1006", "inserted", "rejected", "file_hash", "dagster/row_count"):
-            assert shown in text, shown
-        page.screenshot(path=str(ARTIFACTS / "ui-partition.png"), full_page=True)
-
-        open_page(page, f"{webserver}/assets/business_registry?view=checks")
-        text = page.inner_text("body")
-        for check in ("row_count_reconciliation", "natural_key_unique", "home_office_zip_pass_rate"):
-            assert check in text, check
-        page.screenshot(path=str(ARTIFACTS / "ui-checks.png"))
-        browser.close()
+    check_source_pages(webserver, "harmonizer_dagster", "ui")

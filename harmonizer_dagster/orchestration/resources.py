@@ -1,9 +1,6 @@
 """Resources: every external place the pipeline touches, configured from the environment."""
 
-import json
-import urllib.parse
 from pathlib import Path
-from typing import Any
 
 import dagster as dg
 from dagster_aws.secretsmanager import SecretsManagerResource
@@ -11,6 +8,7 @@ from pydantic import Field
 
 from harmonizer_dagster.core.notify import Alert, SmtpSettings, send_email, send_slack
 from harmonizer_dagster.core.pipeline import DEFAULT_BATCH_ROWS
+from harmonizer_dagster.core.secrets import database_url, read_secret
 from harmonizer_dagster.core.warehouse import Warehouse, open_warehouse
 
 
@@ -31,22 +29,8 @@ class WarehouseResource(dg.ConfigurableResource):
     schema_name: str = Field(default="harmonizer", description="Schema that holds every table the project creates.")
 
     def open(self) -> Warehouse:
-        url = warehouse_url_from_secret(self.secrets.get_client(), self.secret_id) if self.secret_id else self.url
+        url = database_url(read_secret(self.secrets.get_client(), self.secret_id)) if self.secret_id else self.url
         return open_warehouse(url, self.schema_name)
-
-
-def warehouse_url_from_secret(client: Any, secret_id: str) -> str:
-    """The warehouse URL kept in Secrets Manager; the secret's value is never logged."""
-    value = client.get_secret_value(SecretId=secret_id)["SecretString"]
-    try:
-        data = json.loads(value)
-    except json.JSONDecodeError:
-        return value.strip()
-    if "url" in data:
-        return data["url"]
-    password = urllib.parse.quote(str(data["password"]), safe="")
-    user = urllib.parse.quote(str(data["username"]), safe="")
-    return f"postgresql://{user}:{password}@{data['host']}:{data.get('port', 5432)}/{data.get('dbname', 'postgres')}"
 
 
 class LandingZone(dg.ConfigurableResource):

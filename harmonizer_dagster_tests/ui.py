@@ -1,0 +1,66 @@
+"""What a user sees in the UI, checked in a real headless Chromium (Debian's, driven by
+Playwright with its executable path; no browser is ever downloaded). Screenshots are kept in
+test-artifacts/."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from playwright.sync_api import Page, sync_playwright
+
+ARTIFACTS = Path(__file__).parent.parent / "test-artifacts"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+# Without the background-networking flags Chromium keeps dialling out, which a closed network refuses.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-sync",
+    "--disable-background-networking",
+    "--disable-component-update",
+]
+PARTITION = "registry_2026-Q3.csv"
+OPS = [
+    "business_registry_hash",
+    "business_registry_validate",
+    "business_registry_harmonize",
+    "business_registry_upsert",
+]
+
+
+def open_page(page: Page, url: str) -> None:
+    page.goto(url)
+    page.wait_for_timeout(3000)
+    skip = page.get_by_role("button", name="Skip")  # the first-visit newsletter prompt
+    if skip.count():
+        skip.click()
+
+
+def check_source_pages(webserver: str, location: str, screenshot_prefix: str) -> None:
+    """The registry asset's four ops, the loaded partition's metadata, and its checks."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1600, "height": 1000})
+
+        open_page(page, f"{webserver}/locations/{location}/jobs/load_business_registry")
+        page.get_by_text("View as Asset Graph").click()
+        page.get_by_text("Explode graphs").click()
+        page.wait_for_timeout(2000)
+        assert [op for op in OPS if op in page.content()] == OPS
+        page.screenshot(path=str(ARTIFACTS / f"{screenshot_prefix}-ops.png"))
+
+        open_page(page, f"{webserver}/assets/business_registry?view=partitions&partition={PARTITION}")
+        text = page.inner_text("body")
+        for shown in ("records_in_file", "1006", "inserted", "rejected", "file_hash", "dagster/row_count"):
+            assert shown in text, shown
+        page.screenshot(path=str(ARTIFACTS / f"{screenshot_prefix}-partition.png"), full_page=True)
+
+        open_page(page, f"{webserver}/assets/business_registry?view=checks")
+        text = page.inner_text("body")
+        for check in ("row_count_reconciliation", "natural_key_unique", "home_office_zip_pass_rate"):
+            assert check in text, check
+        page.screenshot(path=str(ARTIFACTS / f"{screenshot_prefix}-checks.png"))
+        browser.close()
