@@ -95,7 +95,8 @@ def assigned_specs() -> list[SourceSpec]:
 
 def build_definitions() -> dg.Definitions:
     specs = assigned_specs()
-    # Runs carry the host that serves them, so the instance's per-host limit applies.
+    # Runs carry the host that serves them, so the instance's per-host limit applies: jobs
+    # through their tags, runs of the implicit asset job through their assets' tags.
     host_tags = {"harmonizer/host": os.environ["HARMONIZER_HOST"]} if os.environ.get("HARMONIZER_HOST") else {}
     ops = {spec.name: build_source_ops(spec) for spec in specs}
     load_jobs = {spec.name: build_source_job(spec, host_tags) for spec in specs}
@@ -107,7 +108,7 @@ def build_definitions() -> dg.Definitions:
     if os.environ.get("HARMONIZER_S3_BUCKET"):
         sensors += [build_s3_sensor(spec, load_jobs[spec.name], interval, sensor_status) for spec in specs]
     fetch_jobs = {spec.name: build_fetch_job(spec, host_tags) for spec in specs if spec.schedule}
-    assets = {spec.name: build_source_asset(spec, ops[spec.name]) for spec in specs}
+    assets = {spec.name: build_source_asset(spec, ops[spec.name], host_tags) for spec in specs}
     # A source whose next version is overdue is flagged: the legacy "no file this quarter" check.
     freshness_checks = [
         check
@@ -125,8 +126,8 @@ def build_definitions() -> dg.Definitions:
     return dg.Definitions(
         assets=[
             *assets.values(),
-            *(build_published_asset(spec) for spec in specs),
-            *(build_report_asset(spec, automatic) for spec in specs),
+            *(build_published_asset(spec, host_tags) for spec in specs),
+            *(build_report_asset(spec, automatic, host_tags) for spec in specs),
         ],
         asset_checks=[*quality_checks, *freshness_checks],
         jobs=[

@@ -70,17 +70,18 @@ def fleet(postgres_url, tmp_path_factory):
                 os.environ[key] = value
 
 
-def launch(fleet, location: str, source: str, partition: str) -> str:
+def launch(fleet, location: str, source: str, partition: str, from_asset_page: bool = False) -> str:
+    """Launches one file's load as the UI does: from the source's job, or from the asset's page
+    (Dagster's implicit asset job, which carries no tags of its own)."""
     fleet.instance.add_dynamic_partitions(f"{source}_files", [partition])
+    selector = {"repositoryLocationName": location, "repositoryName": "__repository__", "jobName": f"load_{source}"}
+    if from_asset_page:
+        selector |= {"jobName": "__ASSET_JOB", "assetSelection": [{"path": [source]}]}
     result = fleet.graphql(
         LAUNCH,
         {
             "executionParams": {
-                "selector": {
-                    "repositoryLocationName": location,
-                    "repositoryName": "__repository__",
-                    "jobName": f"load_{source}",
-                },
+                "selector": selector,
                 "executionMetadata": {"tags": [{"key": "dagster/partition", "value": partition}]},
             }
         },
@@ -141,22 +142,41 @@ def test_twenty_queued_runs_respect_the_source_and_host_limits(fleet):
             copy = original.with_name(f"limits-{number}-{file}")
             copy.write_text(without_first_records(original, number + 1))
             jobs.append((("pi-a" if source == "business_registry" else "pi-b"), source, copy.name))
-    run_ids = [launch(fleet, *job) for job in jobs]
+    runs, peak_per_source, peak_per_host = drain(fleet, [launch(fleet, *job) for job in jobs])
+    assert [run.status for run in runs] == [dg.DagsterRunStatus.SUCCESS] * 20
+    assert max(peak_per_source.values()) == 1, peak_per_source
+    assert max(peak_per_host.values()) <= 2, peak_per_host
 
+
+def drain(fleet, run_ids: list[str]) -> tuple[list[dg.DagsterRun], collections.Counter, collections.Counter]:
+    """Waits for the runs to finish, sampling how many ran at once per source and per host."""
     peak_per_source: collections.Counter = collections.Counter()
     peak_per_host: collections.Counter = collections.Counter()
 
     def sample():
         started = fleet.instance.get_runs(dg.RunsFilter(run_ids=run_ids, statuses=[dg.DagsterRunStatus.STARTED]))
         for key, peaks in (("source", peak_per_source), ("harmonizer/host", peak_per_host)):
-            for value, count in collections.Counter(run.tags[key] for run in started).items():
+            for value, count in collections.Counter(run.tags.get(key) for run in started).items():
                 peaks[value] = max(peaks[value], count)
         return finished(fleet, run_ids)
 
-    runs = wait_for(sample, 600, "twenty runs to drain", 0.25)
-    assert [run.status for run in runs] == [dg.DagsterRunStatus.SUCCESS] * 20
-    assert max(peak_per_source.values()) == 1, peak_per_source
-    assert max(peak_per_host.values()) <= 2, peak_per_host
+    return wait_for(sample, 600, f"{len(run_ids)} runs to drain", 0.1), peak_per_source, peak_per_host
+
+
+def test_runs_launched_from_the_asset_page_are_held_by_the_source_limit(fleet):
+    """Dagster's implicit asset job has no tags: its runs inherit the asset's source and host."""
+    original = fleet.landing / "business_registry" / "registry_2026-Q3.csv"
+    partitions = []
+    for number in range(3):
+        copy = original.with_name(f"asset-page-{number}-{original.name}")
+        copy.write_text(without_first_records(original, 10 + number))
+        partitions.append(copy.name)
+    run_ids = [launch(fleet, "pi-a", "business_registry", p, from_asset_page=True) for p in partitions]
+    runs, peak_per_source, _ = drain(fleet, run_ids)
+    assert {run.job_name for run in runs} == {"__ASSET_JOB"}
+    assert all(run.tags["source"] == "business_registry" and run.tags["harmonizer/host"] == "pi-a" for run in runs)
+    assert [run.status for run in runs] == [dg.DagsterRunStatus.SUCCESS] * 3
+    assert peak_per_source == {"business_registry": 1}
 
 
 def test_a_backfill_through_graphql_runs_each_file_on_the_right_pi(fleet):

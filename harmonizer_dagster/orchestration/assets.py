@@ -149,7 +149,7 @@ def build_source_ops(spec: SourceSpec) -> SourceOps:
     return SourceOps(hash_op, validate_op, harmonize_op, upsert_op)
 
 
-def build_source_asset(spec: SourceSpec, ops: SourceOps) -> dg.AssetsDefinition:
+def build_source_asset(spec: SourceSpec, ops: SourceOps, host_tags: dict[str, str]) -> dg.AssetsDefinition:
     @dg.graph_asset(
         name=spec.name,
         partitions_def=partitions_for(spec),
@@ -161,7 +161,8 @@ def build_source_asset(spec: SourceSpec, ops: SourceOps) -> dg.AssetsDefinition:
             "natural_key": ", ".join(spec.natural_key),
             "spec_file": str(spec.path.name) if spec.path else "",
         },
-        tags={"source": spec.name},
+        # Runs of the asset's page and of asset backfills inherit these (see run_coordinator.py).
+        tags={"source": spec.name, **host_tags},
     )
     def source_asset():
         return ops.upsert(ops.harmonize(ops.validate(ops.hash())))
@@ -169,7 +170,7 @@ def build_source_asset(spec: SourceSpec, ops: SourceOps) -> dg.AssetsDefinition:
     return source_asset
 
 
-def build_published_asset(spec: SourceSpec) -> dg.AssetsDefinition:
+def build_published_asset(spec: SourceSpec, host_tags: dict[str, str]) -> dg.AssetsDefinition:
     """The file versions consumers may rely on: a partition is published only once the
     source's blocking checks passed in the same run, which the UI shows as a skipped step."""
 
@@ -180,7 +181,8 @@ def build_published_asset(spec: SourceSpec) -> dg.AssetsDefinition:
         description=f"File versions of {spec.title} that passed every blocking data-quality check.",
         owners=[spec.owner],
         kinds={"sql"},
-        tags={"source": spec.name},
+        # Runs of the asset's page and of asset backfills inherit these (see run_coordinator.py).
+        tags={"source": spec.name, **host_tags},
     )
     def published(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
         store = warehouse.open()

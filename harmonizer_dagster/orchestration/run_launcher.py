@@ -40,7 +40,7 @@ class CodeServerRunLauncher(DefaultRunLauncher):
     ):
         super().__init__(inst_data=inst_data)
         self.unreachable_timeout_seconds = unreachable_timeout_seconds
-        # When each code server (host:port) was first found unreachable, while it stays so.
+        # Per run: since when its code server has not answered, while it stays so.
         self._unreachable_since: dict[str, float] = {}
 
     @classmethod
@@ -76,15 +76,17 @@ class CodeServerRunLauncher(DefaultRunLauncher):
                 CanCancelExecutionRequest(run_id=run.run_id), timeout=GRPC_TIMEOUT_SECONDS
             )
         except DagsterUserCodeUnreachableError:
-            down_for = time.time() - self._unreachable_since.setdefault(server, time.time())
+            now = time.time()
+            down_for = now - self._unreachable_since.setdefault(run.run_id, now)
             if down_for < self.unreachable_timeout_seconds:
                 return CheckRunHealthResult(
                     WorkerStatus.RUNNING, f"code server {server} unreachable for {down_for:.0f}s", transient=True
                 )
+            del self._unreachable_since[run.run_id]
             return CheckRunHealthResult(
                 WorkerStatus.FAILED, f"code server {server} unreachable for {down_for:.0f}s: its run worker is lost"
             )
-        self._unreachable_since.pop(server, None)
+        self._unreachable_since.pop(run.run_id, None)
         # The server holds a run it can cancel exactly while the run's worker process is alive.
         if deserialize_value(reply, CanCancelExecutionResult).can_cancel:
             return CheckRunHealthResult(WorkerStatus.RUNNING)

@@ -79,14 +79,14 @@ def build_reprocess_job(specs: list[SourceSpec]) -> dg.JobDefinition:
     return reprocess_failed_records
 
 
-def build_report_asset(spec: SourceSpec, automatic: bool) -> dg.AssetsDefinition:
+def build_report_asset(spec: SourceSpec, automatic: bool, host_tags: dict[str, str]) -> dg.AssetsDefinition:
     @dg.asset(
         name=f"{spec.name}_dq_report",
         deps=[spec.name],
         description=f"Open data-quality issues, check pass rates and trend for {spec.title}.",
         owners=[spec.owner],
         kinds={"markdown"},
-        tags={"source": spec.name},
+        tags={"source": spec.name, **host_tags},
         automation_condition=dg.AutomationCondition.eager() if automatic else None,
     )
     def report(warehouse: WarehouseResource) -> dg.MaterializeResult:
