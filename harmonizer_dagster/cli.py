@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from harmonizer_dagster.core.secrets import database_login, read_secret
+from harmonizer_dagster.core.secrets import database_login, environment_variables, read_secret
 from harmonizer_dagster.core.settings import current
 from harmonizer_dagster.core.spec import load_specs
 from harmonizer_dagster.core.triage import ACTIONS, Selection, act, render, summarize
@@ -87,24 +87,33 @@ INSTANCE_LOGIN_VARIABLES = {
 
 
 def with_secrets(command: list[str]) -> int:
-    """Replaces this process with `command`. When HARMONIZER_INSTANCE_SECRET_ID is set, its
-    environment holds the instance's PostgreSQL login read from that secret, so the password is
-    kept in no file and printed nowhere; otherwise the environment's DAGSTER_PG_* apply."""
+    """Replaces this process with `command`, adding to its environment what AWS Secrets Manager
+    holds: the instance's PostgreSQL login (HARMONIZER_INSTANCE_SECRET_ID, RDS-style JSON) and
+    further variables such as API keys (HARMONIZER_ENV_SECRET_ID, JSON of names to values).
+    The values are kept in no file and printed nowhere. With neither set, `command` runs as is."""
     if not command:
         print("with-secrets: name the command to run after --", file=sys.stderr)
         return 2
-    secret_id = os.environ.get("HARMONIZER_INSTANCE_SECRET_ID", "").strip()
-    if not secret_id:
-        os.execvp(command[0], command)
-    from dagster_aws.secretsmanager.secrets import construct_secretsmanager_client
+    instance_secret = os.environ.get("HARMONIZER_INSTANCE_SECRET_ID", "").strip()
+    env_secret = os.environ.get("HARMONIZER_ENV_SECRET_ID", "").strip()
+    env = dict(os.environ)
+    if instance_secret or env_secret:
+        from dagster_aws.secretsmanager.secrets import construct_secretsmanager_client
 
-    client = construct_secretsmanager_client(
-        max_attempts=5,
-        region_name=os.environ.get("AWS_DEFAULT_REGION") or None,
-        endpoint_url=os.environ.get("HARMONIZER_SECRETS_ENDPOINT_URL") or None,
-    )
-    login = database_login(read_secret(client, secret_id))
-    env = os.environ | {variable: login[field] for field, variable in INSTANCE_LOGIN_VARIABLES.items()}
+        client = construct_secretsmanager_client(
+            max_attempts=5,
+            region_name=os.environ.get("AWS_DEFAULT_REGION") or None,
+            endpoint_url=os.environ.get("HARMONIZER_SECRETS_ENDPOINT_URL") or None,
+        )
+        try:
+            if instance_secret:
+                login = database_login(read_secret(client, instance_secret))
+                env |= {variable: login[field] for field, variable in INSTANCE_LOGIN_VARIABLES.items()}
+            if env_secret:
+                env |= environment_variables(read_secret(client, env_secret))
+        except ValueError as error:
+            print(f"with-secrets: {error}", file=sys.stderr)
+            return 2
     os.execvpe(command[0], command, env)
 
 

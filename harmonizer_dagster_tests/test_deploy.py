@@ -85,6 +85,12 @@ def test_compose_and_helm_values_use_the_package():
         "every source is served by exactly one location"
     )
     assert values["runLauncher"]["type"] == "K8sRunLauncher"
+    coordinator = values["dagsterDaemon"]["runCoordinator"]["config"]["customRunCoordinator"]
+    instance = yaml.safe_load((DEPLOY.parent / "dagster.yaml").read_text())["run_coordinator"]
+    assert (coordinator["module"], coordinator["class"]) == (instance["module"], instance["class"])
+    assert coordinator["config"]["tag_concurrency_limits"] == instance["config"]["tag_concurrency_limits"]
+    images = {values[name]["image"]["repository"] for name in ("dagsterWebserver", "dagsterDaemon")}
+    assert images == {d["image"]["repository"] for d in deployments}, "they import the project's coordinator"
 
 
 def test_the_production_instance_monitors_runs_through_the_code_servers():

@@ -1,6 +1,7 @@
 """Warehouse and instance credentials from AWS Secrets Manager (a real endpoint over HTTP,
 moto's server), never shown in logs or metadata."""
 
+import hashlib
 import json
 import os
 import subprocess
@@ -123,17 +124,32 @@ def test_dagster_processes_get_the_instance_login_from_secrets_manager(
 def test_without_a_secret_id_dagster_processes_keep_the_login_from_the_environment(monkeypatch):
     monkeypatch.delenv("HARMONIZER_INSTANCE_SECRET_ID", raising=False)
     monkeypatch.setenv("DAGSTER_PG_USER", "from-the-environment")
-    started = subprocess.run(
-        [
-            str(Path(sys.executable).parent / "harmonizer"),
-            "with-secrets",
-            "--",
-            sys.executable,
-            "-c",
-            "import os; print(os.environ['DAGSTER_PG_USER'])",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    monkeypatch.delenv("HARMONIZER_ENV_SECRET_ID", raising=False)
+    started = run_with_secrets(sys.executable, "-c", "import os; print(os.environ['DAGSTER_PG_USER'])")
+    assert started.returncode == 0, started.stderr
     assert started.stdout.strip() == "from-the-environment"
+
+
+def run_with_secrets(*command: str) -> subprocess.CompletedProcess:
+    harmonizer = str(Path(sys.executable).parent / "harmonizer")
+    return subprocess.run([harmonizer, "with-secrets", "--", *command], capture_output=True, text=True, timeout=120)
+
+
+def test_api_keys_reach_dagster_processes_from_secrets_manager(s3_endpoint, s3_bucket, monkeypatch):
+    webhook = "https://hooks.slack.invalid/services/" + uuid.uuid4().hex
+    client = boto3.client("secretsmanager", endpoint_url=s3_endpoint, region_name="us-east-1")
+    name = f"harmonizer/env/{uuid.uuid4().hex[:8]}"
+    client.create_secret(Name=name, SecretString=json.dumps({"HARMONIZER_SLACK_WEBHOOK_URL": webhook}))
+    monkeypatch.delenv("HARMONIZER_INSTANCE_SECRET_ID", raising=False)
+    monkeypatch.setenv("HARMONIZER_ENV_SECRET_ID", name)
+    monkeypatch.setenv("HARMONIZER_SECRETS_ENDPOINT_URL", s3_endpoint)
+    variable = "os.environ['HARMONIZER_SLACK_WEBHOOK_URL']"
+    digest = f"import hashlib, os; print(hashlib.sha256({variable}.encode()).hexdigest())"
+    started = run_with_secrets(sys.executable, "-c", digest)
+    assert started.returncode == 0, started.stderr
+    assert started.stdout.strip() == hashlib.sha256(webhook.encode()).hexdigest()
+
+    client.put_secret_value(SecretId=name, SecretString=json.dumps({"not a name": "x"}))
+    refused = run_with_secrets(sys.executable, "-c", "print('started')")
+    assert refused.returncode == 2 and "started" not in refused.stdout
+    assert "invalid environment variables: not a name" in refused.stderr

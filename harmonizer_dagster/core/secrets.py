@@ -1,11 +1,14 @@
-"""Database logins kept in AWS Secrets Manager: a plain URL, JSON with a `url`, or the JSON that
-RDS writes (username, password, host, port, dbname). Secret values are never logged."""
+"""Secrets kept in AWS Secrets Manager: database logins (a plain URL, JSON with a `url`, or the
+JSON that RDS writes: username, password, host, port, dbname) and environment variables (JSON
+of names to values, for API keys such as the Slack webhook). Secret values are never logged."""
 
 import json
+import re
 import urllib.parse
 from typing import Any
 
 LOGIN_FIELDS = ("username", "password", "host", "port", "dbname")
+VARIABLE_NAME = re.compile(r"[A-Z][A-Z0-9_]*")
 
 
 def read_secret(client: Any, secret_id: str) -> str:
@@ -35,3 +38,17 @@ def database_url(value: str) -> str:
     login = database_login(value)
     user, password = (urllib.parse.quote(login[k], safe="") for k in ("username", "password"))
     return f"postgresql://{user}:{password}@{login['host']}:{login['port']}/{login['dbname']}"
+
+
+def environment_variables(value: str) -> dict[str, str]:
+    """The variables a secret holds as a JSON object of names to values."""
+    try:
+        data = json.loads(value)
+    except json.JSONDecodeError:
+        data = None
+    if not isinstance(data, dict):
+        raise ValueError("the secret is not a JSON object of environment variable names to values")
+    bad = sorted(name for name in data if not VARIABLE_NAME.fullmatch(name))
+    if bad:
+        raise ValueError(f"the secret names invalid environment variables: {', '.join(bad)}")
+    return {name: str(variable) for name, variable in data.items()}
