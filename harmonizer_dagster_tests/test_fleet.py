@@ -22,30 +22,25 @@ from harmonizer_dagster_tests.ui import PARTITION, check_source_pages
 
 pytestmark = pytest.mark.postgres
 
-LAUNCH = """
-mutation($executionParams: ExecutionParams!) {
-  launchRun(executionParams: $executionParams) {
+
+def mutation(field: str, argument: str, params_type: str, success: str) -> str:
+    """A GraphQL mutation as the UI sends it, taking `$params` and answering its success fields."""
+    return f"""
+mutation($params: {params_type}!) {{
+  {field}({argument}: $params) {{
     __typename
-    ... on LaunchRunSuccess { run { runId } }
-    ... on PythonError { message }
-  }
-}"""
-BACKFILL = """
-mutation($backfillParams: LaunchBackfillParams!) {
-  launchPartitionBackfill(backfillParams: $backfillParams) {
-    __typename
-    ... on LaunchBackfillSuccess { backfillId }
-    ... on PythonError { message }
-  }
-}"""
-REEXECUTE = """
-mutation($params: ReexecutionParams!) {
-  launchRunReexecution(reexecutionParams: $params) {
-    __typename
-    ... on LaunchRunSuccess { run { runId } }
-    ... on PythonError { message }
-  }
-}"""
+    {success}
+    ... on PythonError {{ message }}
+  }}
+}}"""
+
+
+LAUNCHED = "... on LaunchRunSuccess { run { runId } }"
+LAUNCH = mutation("launchRun", "executionParams", "ExecutionParams", LAUNCHED)
+REEXECUTE = mutation("launchRunReexecution", "reexecutionParams", "ReexecutionParams", LAUNCHED)
+BACKFILL = mutation(
+    "launchPartitionBackfill", "backfillParams", "LaunchBackfillParams", "... on LaunchBackfillSuccess { backfillId }"
+)
 DONE = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
 
 
@@ -80,7 +75,7 @@ def launch(fleet, location: str, source: str, partition: str, from_asset_page: b
     result = fleet.graphql(
         LAUNCH,
         {
-            "executionParams": {
+            "params": {
                 "selector": selector,
                 "executionMetadata": {"tags": [{"key": "dagster/partition", "value": partition}]},
             }
@@ -192,7 +187,7 @@ def test_a_backfill_through_graphql_runs_each_file_on_the_right_pi(fleet):
     result = fleet.graphql(
         BACKFILL,
         {
-            "backfillParams": {
+            "params": {
                 "selector": {
                     "partitionSetName": f"load_{source}_partition_set",
                     "repositorySelector": {"repositoryLocationName": "pi-b", "repositoryName": "__repository__"},

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import polars as pl
+import pytest
 
 from harmonizer_dagster.core.files import locate
 from harmonizer_dagster.core.pipeline import harmonize_step, hash_step, upsert_step, validate_step
@@ -82,3 +83,27 @@ def test_interrupted_batch_leftovers_are_discarded(tmp_path):
     assert stage.prepare() == 1
     assert [p.name for p in stage.files("accepted")] == ["accepted-000000.parquet"]
     assert not list((tmp_path / "validate").glob("*.tmp"))
+
+
+def test_an_upsert_repeated_after_another_run_published_the_file_changes_nothing(specs, landing, tmp_path):
+    """Re-executing a failed run from failure after its automatic retry already loaded the file."""
+    spec = specs["news_articles"]
+    store = open_warehouse(f"duckdb:///{tmp_path / 'w.duckdb'}")
+    store.migrate([spec])
+    hashed = hash_step(spec, locate(landing, spec.name, "news_2026-11-20.json"), store, tmp_path / "staging", "a")
+    validate_step(spec, hashed)
+    harmonize_step(spec, hashed)
+    first = upsert_step(spec, hashed, store, "retry")
+    again = upsert_step(spec, hashed, store, "re-execution")
+    assert (again.records_imported, again.table_rows) == (first.records_imported, first.table_rows) != (0, 0)
+    assert store.query("SELECT count(*) FROM {schema}.sources")[0][0] == 1
+
+
+def test_an_upsert_without_staged_outputs_or_a_published_version_fails_clearly(specs, landing, tmp_path):
+    spec = specs["news_articles"]
+    store = open_warehouse(f"duckdb:///{tmp_path / 'w.duckdb'}")
+    store.migrate([spec])
+    hashed = hash_step(spec, locate(landing, spec.name, "news_2026-11-20.json"), store, tmp_path / "staging", "a")
+    with pytest.raises(RuntimeError, match="staged outputs are missing"):
+        upsert_step(spec, hashed, store, "a")
+    assert store.query("SELECT count(*) FROM {schema}.news_articles")[0][0] == 0

@@ -320,6 +320,9 @@ def upsert_step(spec: SourceSpec, hashed: HashedVersion, warehouse: Warehouse, r
     harmonized = staging.StepStage(root / "harmonize")
     validate_summary, harmonize_summary = validated.summary(), harmonized.summary()
     if validate_summary is None or harmonize_summary is None:
+        # Another run (say an automatic retry) published this version and removed its staging.
+        if warehouse.version_counts(hashed.source_id) is not None:
+            return _recorded_result(spec, hashed, warehouse)
         raise RuntimeError(f"{hashed.partition_key}: staged outputs are missing; re-run validate and harmonize")
     issue_files = validated.files("issues") + harmonized.files("issues")
     staged = StagedPartition(
