@@ -15,7 +15,7 @@ from dagster_aws.secretsmanager import SecretsManagerResource
 
 from harmonizer_dagster.core.settings import DEFAULTS, current
 from harmonizer_dagster.core.spec import SourceSpec, SpecError, load_specs
-from harmonizer_dagster.orchestration.alerts import build_stall_sensor, run_failure_alerts, run_success_alerts
+from harmonizer_dagster.orchestration.alerts import build_alert_sensors
 from harmonizer_dagster.orchestration.assets import build_published_asset, build_source_asset, build_source_ops
 from harmonizer_dagster.orchestration.checks import build_quality_checks
 from harmonizer_dagster.orchestration.jobs import build_ingest_jobs, build_register_job, build_source_job
@@ -81,12 +81,15 @@ def build_resources() -> dict[str, dg.ConfigurableResource]:
 
 
 def assigned_specs() -> list[SourceSpec]:
-    """The sources this code location serves: all of them, or those named in HARMONIZER_SOURCES.
-    On the fleet each Pi serves its own share, so every source asset has exactly one owner."""
+    """The sources this code location serves: all of them, those named in HARMONIZER_SOURCES,
+    or none (`none`: the fleet's central location, which only alerts and triages). On the fleet
+    each Pi serves its own share, so every source asset has exactly one owner."""
     specs = load_specs(Path(current("HARMONIZER_SOURCES_DIR")))
     wanted = [name.strip() for name in os.environ.get("HARMONIZER_SOURCES", "").split(",") if name.strip()]
     if not wanted:
         return specs
+    if wanted == ["none"]:
+        return []
     unknown = sorted(set(wanted) - {spec.name for spec in specs})
     if unknown:
         raise SpecError(f"HARMONIZER_SOURCES names unknown sources: {', '.join(unknown)}")
@@ -133,16 +136,16 @@ def build_definitions() -> dg.Definitions:
         jobs=[
             *load_jobs.values(),
             *fetch_jobs.values(),
-            build_register_job(specs),
-            *build_ingest_jobs(specs, ops),
+            *([build_register_job(specs), *build_ingest_jobs(specs, ops), build_reprocess_job(specs)] if specs else []),
             triage_issues,
-            build_reprocess_job(specs),
         ],
         sensors=[
             *sensors,
-            run_failure_alerts,
-            run_success_alerts,
-            build_stall_sensor(int(current("HARMONIZER_STALL_MINUTES")), host_tags.get("harmonizer/host")),
+            *build_alert_sensors(
+                current("HARMONIZER_ALERTS").strip().lower(),
+                int(current("HARMONIZER_STALL_MINUTES")),
+                host_tags.get("harmonizer/host"),
+            ),
         ],
         schedules=[
             build_fetch_schedule(spec, fetch_jobs[spec.name], schedule_status)

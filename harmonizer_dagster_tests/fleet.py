@@ -1,5 +1,6 @@
 """A fleet on one machine: a PostgreSQL-backed instance, two code servers standing in for two
-Pis on their own loopback addresses, the daemon and the webserver, all real processes.
+Pis on their own loopback addresses, the daemon and the webserver, all real processes, and
+the central machine's own code location (no sources; fleet-wide alerts to a real SMTP inbox).
 
 Every process is started in its own session and stopped with its whole process group, and
 only processes this harness started are ever signalled.
@@ -27,6 +28,7 @@ import yaml
 REPO = Path(__file__).parent.parent
 BIN = Path(sys.executable).parent
 PIS = {"pi-a": ("127.0.0.2", "business_registry"), "pi-b": ("127.0.0.3", "court_records,news_articles")}
+CENTRAL = "central"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -50,6 +52,7 @@ class Fleet:
     root: Path
     server_url: str  # a PostgreSQL server the harness may create databases on
     landing: Path
+    smtp_port: int
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
 
@@ -81,8 +84,14 @@ class Fleet:
             "HARMONIZER_WAREHOUSE_URL": self.database_url(self.databases["warehouse"]),
             "HARMONIZER_LANDING_DIR": str(self.landing),
             "HARMONIZER_AUTOMATION": "off",
+            # The central location, which the webserver and daemon load from the package.
+            "HARMONIZER_SOURCES": "none",
+            "HARMONIZER_ALERTS": "fleet",
+            "HARMONIZER_SMTP_HOST": "127.0.0.1",
+            "HARMONIZER_SMTP_PORT": str(self.smtp_port),
+            "HARMONIZER_ALERT_TO": "oncall@example.org",
         }
-        workspace = {"load_from": []}
+        workspace = {"load_from": [{"python_module": {"module_name": "harmonizer_dagster", "location_name": CENTRAL}}]}
         for name, (address, _) in PIS.items():
             self.ports[name] = free_port(address)
             self.start_pi(name)
@@ -126,6 +135,7 @@ class Fleet:
         ]
         extra = {
             "HARMONIZER_SOURCES": sources,
+            "HARMONIZER_ALERTS": "off",
             "HARMONIZER_HOST": name,
             "HARMONIZER_STAGING_DIR": str(self.root / name / "staging"),
         }
@@ -181,7 +191,7 @@ class Fleet:
         except OSError:
             return False
         entries = data["workspaceOrError"]["locationEntries"]
-        return len(entries) == len(PIS) and all(
+        return len(entries) == len(PIS) + 1 and all(
             e["loadStatus"] == "LOADED" and e["locationOrLoadError"]["__typename"] == "RepositoryLocation"
             for e in entries
         )

@@ -1,37 +1,22 @@
 """Failures reach an inbox: a real SMTP server on loopback receives the alert e-mails."""
 
-import socket
 import time
-from email import message_from_bytes
 
 import dagster as dg
 import pytest
-from aiosmtpd.controller import Controller
 
 from harmonizer_dagster.definitions import build_definitions
-from harmonizer_dagster.orchestration.alerts import build_stall_sensor, run_failure_alerts, run_success_alerts
+from harmonizer_dagster.orchestration.alerts import build_alert_sensors, build_stall_sensor
 from harmonizer_dagster.orchestration.resources import Notifier
+from harmonizer_dagster_tests.inbox import smtp_server
 
-
-class Inbox:
-    def __init__(self):
-        self.messages = []
-
-    async def handle_DATA(self, server, session, envelope):
-        self.messages.append((envelope.rcpt_tos, message_from_bytes(envelope.content)))
-        return "250 OK"
+run_failure_alerts, run_success_alerts, _ = build_alert_sensors("location", stall_minutes=30, host=None)
 
 
 @pytest.fixture
 def smtp():
-    inbox = Inbox()
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    controller = Controller(inbox, hostname="127.0.0.1", port=port)
-    controller.start()
-    yield inbox, port
-    controller.stop()
+    with smtp_server() as server:
+        yield server
 
 
 def notifier(port: int, notify_success: bool = False) -> Notifier:
@@ -80,7 +65,7 @@ def test_a_silent_started_run_is_reported_once(smtp):
         time.sleep(0.1)
         context = dg.build_sensor_context(instance=instance, resources={"notifier": notifier(port)})
         sensor(context)
-        assert [m["Subject"] for _, m in inbox.messages] == ["[harmonizer] run stalled: register_file_versions"]
+        assert inbox.subjects() == ["[harmonizer] run stalled: register_file_versions"]
         again = dg.build_sensor_context(
             instance=instance, cursor=context.cursor, resources={"notifier": notifier(port)}
         )
@@ -105,4 +90,4 @@ def test_a_successful_run_is_announced_only_when_asked(smtp):
 
         assert isinstance(evaluate(False), dg.SkipReason) and inbox.messages == []
         evaluate(True)
-    assert [m["Subject"] for _, m in inbox.messages] == ["[harmonizer] run succeeded: register_file_versions"]
+    assert inbox.subjects() == ["[harmonizer] run succeeded: register_file_versions"]

@@ -68,8 +68,13 @@ def test_central_units_and_workspace():
         "the webserver is only reachable through the authenticating proxy"
     )
     workspace = yaml.safe_load((DEPLOY / "central" / "workspace.yaml").read_text())
-    locations = [entry["grpc_server"]["location_name"] for entry in workspace["load_from"]]
-    assert len(locations) == len(set(locations)) >= 2
+    pis = [entry["grpc_server"]["location_name"] for entry in workspace["load_from"] if "grpc_server" in entry]
+    central = [entry["python_module"] for entry in workspace["load_from"] if "python_module" in entry]
+    assert len(pis) == len(set(pis)) >= 2
+    assert [(c["module_name"], c["location_name"]) for c in central] == [("harmonizer_dagster", "central")]
+    settings = (DEPLOY / "central" / "central.env.example").read_text().splitlines()
+    assert {"HARMONIZER_SOURCES=none", "HARMONIZER_ALERTS=fleet"} <= set(settings)
+    assert "HARMONIZER_ALERTS=off" in (DEPLOY / "pi" / "harmonizer.env.example").read_text().splitlines()
 
 
 def test_compose_and_helm_values_use_the_package():
@@ -81,9 +86,11 @@ def test_compose_and_helm_values_use_the_package():
     deployments = values["dagster-user-deployments"]["deployments"]
     assert all(d["dagsterApiGrpcArgs"] == ["-m", "harmonizer_dagster"] for d in deployments)
     served = [env["value"] for d in deployments for env in d["env"] if env["name"] == "HARMONIZER_SOURCES"]
-    assert sorted(",".join(served).split(",")) == ["business_registry", "court_records", "news_articles"], (
-        "every source is served by exactly one location"
-    )
+    assert sorted(",".join(s for s in served if s != "none").split(",")) == [
+        "business_registry",
+        "court_records",
+        "news_articles",
+    ], "every source is served by exactly one location"
     assert values["runLauncher"]["type"] == "K8sRunLauncher"
     coordinator = values["dagsterDaemon"]["runCoordinator"]["config"]["customRunCoordinator"]
     instance = yaml.safe_load((DEPLOY.parent / "dagster.yaml").read_text())["run_coordinator"]
@@ -119,3 +126,16 @@ def test_a_location_serves_only_its_assigned_sources_and_tags_its_host(monkeypat
     monkeypatch.setenv("HARMONIZER_SOURCES", "court_records,nope")
     with pytest.raises(SpecError, match="unknown sources: nope"):
         build_definitions()
+
+
+def test_the_central_location_serves_no_source_and_a_pi_can_leave_alerts_to_it(monkeypatch):
+    monkeypatch.setenv("HARMONIZER_SOURCES", "none")
+    monkeypatch.setenv("HARMONIZER_ALERTS", "fleet")
+    central = build_definitions()
+    assert not list(central.resolve_asset_graph().get_all_asset_keys())
+    assert {job.name for job in central.resolve_all_job_defs()} == {"triage_issues"}
+    assert {s.name for s in central.sensors} == {"run_failure_alerts", "run_success_alerts", "stalled_run_alerts"}
+    monkeypatch.setenv("HARMONIZER_SOURCES", "court_records")
+    monkeypatch.setenv("HARMONIZER_ALERTS", "off")
+    pi = build_definitions()
+    assert not {"run_failure_alerts", "run_success_alerts", "stalled_run_alerts"} & {s.name for s in pi.sensors}

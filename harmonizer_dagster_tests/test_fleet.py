@@ -18,6 +18,7 @@ import pytest
 from harmonizer_dagster.core.samples import write_registry_csv
 from harmonizer_dagster_tests.conftest import SAMPLES_DIR
 from harmonizer_dagster_tests.fleet import Fleet, wait_for
+from harmonizer_dagster_tests.inbox import smtp_server
 from harmonizer_dagster_tests.ui import PARTITION, check_source_pages
 
 pytestmark = pytest.mark.postgres
@@ -49,20 +50,22 @@ def fleet(postgres_url, tmp_path_factory):
     root = tmp_path_factory.mktemp("fleet")
     landing = root / "landing"
     shutil.copytree(SAMPLES_DIR, landing)
-    running = Fleet(root, postgres_url, landing).start()
-    saved = {k: os.environ.get(k) for k in running.env if k.startswith(("DAGSTER_", "HARMONIZER_"))}
-    os.environ.update({k: running.env[k] for k in saved})
-    try:
-        with dg.DagsterInstance.from_config(str(running.home)) as instance:
-            running.instance = instance
-            yield running
-    finally:
-        running.stop()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    with smtp_server() as (inbox, smtp_port):
+        running = Fleet(root, postgres_url, landing, smtp_port).start()
+        running.inbox = inbox
+        saved = {k: os.environ.get(k) for k in running.env if k.startswith(("DAGSTER_", "HARMONIZER_"))}
+        os.environ.update({k: running.env[k] for k in saved})
+        try:
+            with dg.DagsterInstance.from_config(str(running.home)) as instance:
+                running.instance = instance
+                yield running
+        finally:
+            running.stop()
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
 
 
 def launch(fleet, location: str, source: str, partition: str, from_asset_page: bool = False) -> str:
@@ -320,6 +323,9 @@ def test_a_pi_down_for_good_fails_its_run_within_the_unreachable_timeout(fleet):
     run_id, expected, killed_at = lose_power_mid_upsert(fleet, partition, seed=2028)
     timeout = fleet.config["run_launcher"]["config"]["unreachable_timeout_seconds"]
     marked_failed(fleet, run_id, killed_at, timeout + 30, "unreachable")
+    # The Pi's own sensors are down with it: the central location announces the failure.
+    alert = wait_for(lambda: [m for _, m in fleet.inbox.messages if run_id in m.get_payload()], 90, "the alert")
+    assert alert[0]["Subject"] == "[harmonizer] run failed: load_business_registry"
     # Once the Pi is back, the UI's "re-execute from failure" completes the file.
     fleet.start_pi("pi-a")
     wait_for(fleet._locations_loaded, 120, "pi-a to be loaded again")

@@ -19,6 +19,9 @@ DEFAULTS = {
     "HARMONIZER_AUTOMATION": "on",
     # Minutes without a single event before a started run is reported as stalled.
     "HARMONIZER_STALL_MINUTES": "30",
+    # Whose runs this location's alert sensors watch: "location" (its own), "fleet" (every
+    # location's: the central machine's location), "off" (a Pi, when the central one alerts).
+    "HARMONIZER_ALERTS": "location",
 }
 
 

@@ -8,36 +8,55 @@ import dagster as dg
 from harmonizer_dagster.core.notify import Alert
 from harmonizer_dagster.orchestration.resources import Notifier
 
+ALERT_SCOPES = ("location", "fleet", "off")
+
 
 def _describe(run: dg.DagsterRun) -> str:
     tags = {k: v for k, v in run.tags.items() if k in ("source", "dagster/partition", "harmonizer/host")}
     return f"job {run.job_name}, run {run.run_id}, tags {tags}"
 
 
-@dg.run_failure_sensor(
-    name="run_failure_alerts",
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    description="E-mails (and posts to Slack) every failed run.",
-)
-def run_failure_alerts(context: dg.RunFailureSensorContext, notifier: Notifier):
-    error = context.failure_event.message or "no message"
-    alert = Alert(
-        f"[harmonizer] run failed: {context.dagster_run.job_name}", f"{_describe(context.dagster_run)}\n\n{error}"
+def build_alert_sensors(scope: str, stall_minutes: int, host: str | None) -> list[dg.SensorDefinition]:
+    """The alert sensors of this code location, by HARMONIZER_ALERTS:
+    `location` watches this location's runs (a single machine); `fleet` watches every
+    location's runs, for the central machine's location, which stays up when a Pi does not;
+    `off` leaves alerting to that central location (the Pis)."""
+    if scope not in ALERT_SCOPES:
+        raise ValueError(f"HARMONIZER_ALERTS must be one of {', '.join(ALERT_SCOPES)}, not {scope!r}")
+    if scope == "off":
+        return []
+    fleet = scope == "fleet"
+
+    @dg.run_failure_sensor(
+        name="run_failure_alerts",
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        monitor_all_code_locations=fleet,
+        description="E-mails (and posts to Slack) every failed run.",
     )
-    delivered = notifier.send(alert)
-    context.log.info(f"failure of {context.dagster_run.run_id} announced via {delivered or 'nothing configured'}")
+    def run_failure_alerts(context: dg.RunFailureSensorContext, notifier: Notifier):
+        error = context.failure_event.message or "no message"
+        alert = Alert(
+            f"[harmonizer] run failed: {context.dagster_run.job_name}", f"{_describe(context.dagster_run)}\n\n{error}"
+        )
+        delivered = notifier.send(alert)
+        context.log.info(f"failure of {context.dagster_run.run_id} announced via {delivered or 'nothing configured'}")
 
+    @dg.run_status_sensor(
+        name="run_success_alerts",
+        run_status=dg.DagsterRunStatus.SUCCESS,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        monitor_all_code_locations=fleet,
+        description="Announces successful runs when HARMONIZER_NOTIFY_SUCCESS is true.",
+    )
+    def run_success_alerts(context: dg.RunStatusSensorContext, notifier: Notifier):
+        if not notifier.notify_success:
+            return dg.SkipReason("success notifications are off")
+        notifier.send(
+            Alert(f"[harmonizer] run succeeded: {context.dagster_run.job_name}", _describe(context.dagster_run))
+        )
+        return None
 
-@dg.run_status_sensor(
-    name="run_success_alerts",
-    run_status=dg.DagsterRunStatus.SUCCESS,
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Announces successful runs when HARMONIZER_NOTIFY_SUCCESS is true.",
-)
-def run_success_alerts(context: dg.RunStatusSensorContext, notifier: Notifier):
-    if not notifier.notify_success:
-        return dg.SkipReason("success notifications are off")
-    notifier.send(Alert(f"[harmonizer] run succeeded: {context.dagster_run.job_name}", _describe(context.dagster_run)))
+    return [run_failure_alerts, run_success_alerts, build_stall_sensor(stall_minutes, None if fleet else host)]
 
 
 def build_stall_sensor(stall_minutes: int, host: str | None) -> dg.SensorDefinition:
@@ -53,7 +72,7 @@ def build_stall_sensor(stall_minutes: int, host: str | None) -> dg.SensorDefinit
     )
     def stalled_run_alerts(context: dg.SensorEvaluationContext, notifier: Notifier):
         reported = set(json.loads(context.cursor or "[]"))
-        # On the fleet each location watches its own host's runs, so a stall is reported once.
+        # A Pi's location watches its own host's runs; the fleet's central location watches all.
         tags = {"harmonizer/host": host} if host else None
         started = context.instance.get_run_records(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED], tags=tags))
         still_running = {record.dagster_run.run_id for record in started}
