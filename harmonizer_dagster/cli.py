@@ -88,9 +88,10 @@ INSTANCE_LOGIN_VARIABLES = {
 
 def with_secrets(command: list[str]) -> int:
     """Replaces this process with `command`, adding to its environment what AWS Secrets Manager
-    holds: the instance's PostgreSQL login (HARMONIZER_INSTANCE_SECRET_ID, RDS-style JSON) and
-    further variables such as API keys (HARMONIZER_ENV_SECRET_ID, JSON of names to values).
-    The values are kept in no file and printed nowhere. With neither set, `command` runs as is."""
+    holds: the instance's PostgreSQL login (HARMONIZER_INSTANCE_SECRET_ID, RDS-style JSON; the
+    fields it has replace their DAGSTER_PG_* variables) and further variables such as API keys
+    (HARMONIZER_ENV_SECRET_ID, JSON of names to values). The values are kept in no file and
+    printed nowhere. With neither set, `command` runs as is."""
     if not command:
         print("with-secrets: name the command to run after --", file=sys.stderr)
         return 2
@@ -98,23 +99,29 @@ def with_secrets(command: list[str]) -> int:
     env_secret = os.environ.get("HARMONIZER_ENV_SECRET_ID", "").strip()
     env = dict(os.environ)
     if instance_secret or env_secret:
+        from botocore.exceptions import BotoCoreError, ClientError
         from dagster_aws.secretsmanager.secrets import construct_secretsmanager_client
 
         client = construct_secretsmanager_client(
             max_attempts=5,
-            region_name=os.environ.get("AWS_DEFAULT_REGION") or None,
+            region_name=os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
             endpoint_url=os.environ.get("HARMONIZER_SECRETS_ENDPOINT_URL") or None,
         )
         try:
             if instance_secret:
                 login = database_login(read_secret(client, instance_secret))
-                env |= {variable: login[field] for field, variable in INSTANCE_LOGIN_VARIABLES.items()}
+                env |= {INSTANCE_LOGIN_VARIABLES[field]: value for field, value in login.items()}
             if env_secret:
                 env |= environment_variables(read_secret(client, env_secret))
-        except ValueError as error:
+        except (ValueError, BotoCoreError, ClientError) as error:
+            # botocore's messages name the secret and the failure, never its value.
             print(f"with-secrets: {error}", file=sys.stderr)
             return 2
-    os.execvpe(command[0], command, env)
+    try:
+        os.execvpe(command[0], command, env)
+    except OSError as error:
+        print(f"with-secrets: cannot run {command[0]}: {error.strerror}", file=sys.stderr)
+        return 2
 
 
 def _add_selection(parser: argparse.ArgumentParser) -> None:

@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
-from email import message_from_bytes
-from email.message import Message
+from email import message_from_bytes, policy
+from email.message import EmailMessage
 
 from aiosmtpd.controller import Controller
+
+from harmonizer_dagster_tests.fleet import free_port
 
 
 class Inbox:
     def __init__(self):
-        self.messages: list[tuple[list[str], Message]] = []
+        self.messages: list[tuple[list[str], EmailMessage]] = []
 
     async def handle_DATA(self, server, session, envelope):
-        self.messages.append((envelope.rcpt_tos, message_from_bytes(envelope.content)))
+        # The modern policy decodes bodies (get_content), whatever their transfer encoding.
+        self.messages.append((envelope.rcpt_tos, message_from_bytes(envelope.content, policy=policy.default)))
         return "250 OK"
 
     def subjects(self) -> list[str]:
@@ -27,9 +29,7 @@ class Inbox:
 def smtp_server() -> Iterator[tuple[Inbox, int]]:
     """The inbox and the port its server listens on at 127.0.0.1."""
     inbox = Inbox()
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     controller = Controller(inbox, hostname="127.0.0.1", port=port)
     controller.start()
     try:

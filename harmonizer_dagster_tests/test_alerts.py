@@ -49,7 +49,7 @@ def test_a_failed_run_is_emailed(smtp, monkeypatch, tmp_path):
     recipients, message = inbox.messages[0]
     assert recipients == ["oncall@example.org", "data@example.org"]
     assert message["Subject"] == "[harmonizer] run failed: load_business_registry"
-    body = message.get_payload()
+    body = message.get_content()
     assert result.run_id in body and "missing.csv" in body
 
 

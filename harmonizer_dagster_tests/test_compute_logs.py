@@ -51,8 +51,9 @@ def test_step_output_goes_to_the_s3_bucket_when_one_is_configured(s3_bucket, s3_
 def test_step_output_stays_under_dagster_home_without_a_bucket(tmp_path, monkeypatch):
     monkeypatch.delenv("HARMONIZER_COMPUTE_LOG_BUCKET", raising=False)
     home = home_with_production_compute_logs(tmp_path)
-    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    # Another folder than the instance's own, whose storage Dagster's default would use.
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "elsewhere"))
     with dg.DagsterInstance.from_config(str(home)) as instance:
         manager = instance.compute_log_manager
         assert isinstance(manager, LocalComputeLogManager)
-        assert Path(manager._base_dir) == home / "storage"
+        assert Path(manager._base_dir) == tmp_path / "elsewhere" / "storage"

@@ -98,6 +98,9 @@ def test_compose_and_helm_values_use_the_package():
     assert coordinator["config"]["tag_concurrency_limits"] == instance["config"]["tag_concurrency_limits"]
     images = {values[name]["image"]["repository"] for name in ("dagsterWebserver", "dagsterDaemon")}
     assert images == {d["image"]["repository"] for d in deployments}, "they import the project's coordinator"
+    assert "pip install --no-cache-dir '.[k8s]'" in (DEPLOY / "central" / "Dockerfile").read_text(), (
+        "the image has the K8sRunLauncher"
+    )
 
 
 def test_the_production_instance_monitors_runs_through_the_code_servers():

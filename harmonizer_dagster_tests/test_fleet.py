@@ -324,7 +324,7 @@ def test_a_pi_down_for_good_fails_its_run_within_the_unreachable_timeout(fleet):
     timeout = fleet.config["run_launcher"]["config"]["unreachable_timeout_seconds"]
     marked_failed(fleet, run_id, killed_at, timeout + 30, "unreachable")
     # The Pi's own sensors are down with it: the central location announces the failure.
-    alert = wait_for(lambda: [m for _, m in fleet.inbox.messages if run_id in m.get_payload()], 90, "the alert")
+    alert = wait_for(lambda: [m for _, m in fleet.inbox.messages if run_id in m.get_content()], 90, "the alert")
     assert alert[0]["Subject"] == "[harmonizer] run failed: load_business_registry"
     # Once the Pi is back, the UI's "re-execute from failure" completes the file.
     fleet.start_pi("pi-a")

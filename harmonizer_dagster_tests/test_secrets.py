@@ -92,6 +92,13 @@ def instance_secret(s3_endpoint, s3_bucket, postgres_url):
         conn.execute(f"DROP ROLE {role}")
 
 
+def run_with_secrets(*command: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    harmonizer = str(Path(sys.executable).parent / "harmonizer")
+    return subprocess.run(
+        [harmonizer, "with-secrets", "--", *command], env=env, capture_output=True, text=True, timeout=120
+    )
+
+
 def test_dagster_processes_get_the_instance_login_from_secrets_manager(
     instance_secret, s3_endpoint, postgres_url, tmp_path
 ):
@@ -105,14 +112,7 @@ def test_dagster_processes_get_the_instance_login_from_secrets_manager(
         "HARMONIZER_INSTANCE_SECRET_ID": name,
         "HARMONIZER_SECRETS_ENDPOINT_URL": s3_endpoint,
     }
-    bin_dir = Path(sys.executable).parent
-    started = subprocess.run(
-        [str(bin_dir / "harmonizer"), "with-secrets", "--", str(bin_dir / "dagster"), "instance", "info"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    started = run_with_secrets(str(Path(sys.executable).parent / "dagster"), "instance", "info", env=env)
     assert started.returncode == 0, started.stderr
     assert "PostgresRunStorage" in started.stdout
     assert PASSWORD not in started.stdout + started.stderr
@@ -130,11 +130,6 @@ def test_without_a_secret_id_dagster_processes_keep_the_login_from_the_environme
     assert started.stdout.strip() == "from-the-environment"
 
 
-def run_with_secrets(*command: str) -> subprocess.CompletedProcess:
-    harmonizer = str(Path(sys.executable).parent / "harmonizer")
-    return subprocess.run([harmonizer, "with-secrets", "--", *command], capture_output=True, text=True, timeout=120)
-
-
 def test_api_keys_reach_dagster_processes_from_secrets_manager(s3_endpoint, s3_bucket, monkeypatch):
     webhook = "https://hooks.slack.invalid/services/" + uuid.uuid4().hex
     client = boto3.client("secretsmanager", endpoint_url=s3_endpoint, region_name="us-east-1")
@@ -149,7 +144,32 @@ def test_api_keys_reach_dagster_processes_from_secrets_manager(s3_endpoint, s3_b
     assert started.returncode == 0, started.stderr
     assert started.stdout.strip() == hashlib.sha256(webhook.encode()).hexdigest()
 
-    client.put_secret_value(SecretId=name, SecretString=json.dumps({"not a name": "x"}))
+    # A secret may not change which code runs.
+    client.put_secret_value(SecretId=name, SecretString=json.dumps({"PATH": "/tmp", "HARMONIZER_X": "1"}))
     refused = run_with_secrets(sys.executable, "-c", "print('started')")
     assert refused.returncode == 2 and "started" not in refused.stdout
-    assert "invalid environment variables: not a name" in refused.stderr
+    assert (
+        refused.stderr.strip()
+        == "with-secrets: the secret names variables not starting with HARMONIZER_ or DAGSTER_PG_: PATH"
+    )
+
+
+def test_a_login_secret_replaces_only_the_fields_it_holds(s3_endpoint, s3_bucket, monkeypatch):
+    client = boto3.client("secretsmanager", endpoint_url=s3_endpoint, region_name="us-east-1")
+    name = f"harmonizer/login/{uuid.uuid4().hex[:8]}"
+    client.create_secret(Name=name, SecretString=json.dumps({"username": "dagster", "password": PASSWORD}))
+    monkeypatch.setenv("HARMONIZER_INSTANCE_SECRET_ID", name)
+    monkeypatch.delenv("HARMONIZER_ENV_SECRET_ID", raising=False)
+    monkeypatch.setenv("HARMONIZER_SECRETS_ENDPOINT_URL", s3_endpoint)
+    monkeypatch.setenv("DAGSTER_PG_HOST", "db.lan")
+    monkeypatch.setenv("DAGSTER_PG_DB", "dagster_prod")
+    shown = "import os; print(*(os.environ[k] for k in ('DAGSTER_PG_USER', 'DAGSTER_PG_HOST', 'DAGSTER_PG_DB')))"
+    started = run_with_secrets(sys.executable, "-c", shown)
+    assert started.returncode == 0, started.stderr
+    assert started.stdout.split() == ["dagster", "db.lan", "dagster_prod"]
+
+    missing = run_with_secrets(
+        sys.executable, "-c", "print('started')", env={**os.environ, "HARMONIZER_INSTANCE_SECRET_ID": "nope"}
+    )
+    assert missing.returncode == 2 and "started" not in missing.stdout
+    assert missing.stderr.startswith("with-secrets: ") and "Traceback" not in missing.stderr

@@ -1,5 +1,6 @@
 """Where what a step prints (stdout, stderr) is kept: in S3 when HARMONIZER_COMPUTE_LOG_BUCKET
-is set, so the central webserver shows what a step printed on a Pi; else under $DAGSTER_HOME.
+is set, so the central webserver shows what a step printed on a Pi; else under `base_dir`
+(the instance file passes $DAGSTER_HOME).
 
 The instance's `compute_logs` names this class; it only picks one of Dagster's own managers,
 because an instance file cannot say "S3 if a variable is set" by itself. Set the same variables
@@ -9,11 +10,11 @@ on the central machine and on every Pi: the Pis write the logs, the webserver re
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from dagster import Field, StringSource
 from dagster._core.storage.compute_log_manager import ComputeLogManager
 from dagster._core.storage.local_compute_log_manager import LocalComputeLogManager
 from dagster._serdes.config_class import ConfigurableClass, ConfigurableClassData
@@ -28,11 +29,11 @@ class ComputeLogStorage(ComputeLogManager, ConfigurableClass):
 
     @classmethod
     def config_type(cls) -> dict[str, Any]:
-        return {}
+        return {"base_dir": Field(StringSource, description="Folder under which logs are kept or staged.")}
 
     @classmethod
     def from_config_value(cls, inst_data: ConfigurableClassData, config_value: Mapping[str, Any]) -> ComputeLogManager:
-        home = Path(os.environ.get("DAGSTER_HOME") or tempfile.gettempdir())
+        home = Path(config_value["base_dir"])
         bucket = os.environ.get("HARMONIZER_COMPUTE_LOG_BUCKET", "").strip()
         if not bucket:
             return LocalComputeLogManager(str(home / "storage"), inst_data=inst_data)

@@ -5,8 +5,9 @@ The default launcher cannot tell that a run's worker died with its Pi: such a ru
 STARTED until the maximum runtime. Here run monitoring asks the code server that launched the
 run (recorded in the run's `dagster/grpc_info` tag) whether it still executes it. A server that
 answers without the run lost it (it was restarted, and systemd stopped its run workers with it);
-a server that does not answer for `unreachable_timeout_seconds` is taken for dead. Either way
-the run is marked failed and run retries launch it again.
+a run whose server has not answered, and which has written no event, for
+`unreachable_timeout_seconds` is taken for dead (a busy Pi that still writes events is not).
+Either way the run is marked failed and run retries launch it again.
 
 Code servers run as `dagster api grpc`: `dagster code-server start` proxies to a child server
 that it replaces on a code reload, which would then answer for runs it never held.
@@ -77,14 +78,20 @@ class CodeServerRunLauncher(DefaultRunLauncher):
             )
         except DagsterUserCodeUnreachableError:
             now = time.time()
+            self._forget_runs_unreachable_before(now - 2 * self.unreachable_timeout_seconds)
             down_for = now - self._unreachable_since.setdefault(run.run_id, now)
-            if down_for < self.unreachable_timeout_seconds:
+            silent_for = now - self._last_event_time(run.run_id)
+            if min(down_for, silent_for) < self.unreachable_timeout_seconds:
                 return CheckRunHealthResult(
-                    WorkerStatus.RUNNING, f"code server {server} unreachable for {down_for:.0f}s", transient=True
+                    WorkerStatus.RUNNING,
+                    f"code server {server} unreachable for {down_for:.0f}s, last event {silent_for:.0f}s ago",
+                    transient=True,
                 )
             del self._unreachable_since[run.run_id]
             return CheckRunHealthResult(
-                WorkerStatus.FAILED, f"code server {server} unreachable for {down_for:.0f}s: its run worker is lost"
+                WorkerStatus.FAILED,
+                f"code server {server} unreachable for {down_for:.0f}s and no event for {silent_for:.0f}s: "
+                "its run worker is lost",
             )
         self._unreachable_since.pop(run.run_id, None)
         # The server holds a run it can cancel exactly while the run's worker process is alive.
@@ -93,3 +100,13 @@ class CodeServerRunLauncher(DefaultRunLauncher):
         return CheckRunHealthResult(
             WorkerStatus.NOT_FOUND, f"code server {server} no longer runs it: it restarted and the run worker is lost"
         )
+
+    def _last_event_time(self, run_id: str) -> float:
+        latest = self._instance.get_records_for_run(run_id, limit=1, ascending=False).records
+        return latest[0].timestamp if latest else 0.0
+
+    def _forget_runs_unreachable_before(self, cutoff: float) -> None:
+        """Entries this old belong to runs that ended while their server was silent."""
+        for run_id, since in list(self._unreachable_since.items()):
+            if since < cutoff:
+                del self._unreachable_since[run_id]
