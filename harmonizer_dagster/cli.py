@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     secrets = commands.add_parser(
         "with-secrets",
         help="run a Dagster process (webserver, daemon, code server) with the instance's PostgreSQL login "
-        "from AWS Secrets Manager: harmonizer with-secrets -- dagster-daemon run ...",
+        "and API keys from AWS Secrets Manager: harmonizer with-secrets -- dagster-daemon run ...",
     )
     secrets.add_argument("cmd", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
