@@ -4,10 +4,11 @@ test-artifacts/."""
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
-from playwright.sync_api import Page, sync_playwright
+from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 ARTIFACTS = Path(__file__).parent.parent / "test-artifacts"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -30,12 +31,36 @@ OPS = [
 ]
 
 
+# Dagster's UI opens dialogs of its own that come and go with the date, the instance and the
+# browser's storage (the community/newsletter prompt, announcements). Any of them would
+# intercept the clicks below, so every open overlay is dismissed before each action.
+OVERLAY = ".bp5-overlay.bp5-overlay-open"
+DISMISS_BUTTONS = re.compile(r"^(Skip|Dismiss|Close|Got it|Not now|No thanks|Maybe later|Done)$", re.IGNORECASE)
+
+
+def dismiss_overlays(page: Page) -> None:
+    """Closes whatever dialog is open: its own dismiss button when it has one, else Escape."""
+    dialog = page.locator(OVERLAY).last
+    for button in (dialog.get_by_role("button", name=DISMISS_BUTTONS), dialog.locator(".bp5-dialog-close-button")):
+        if button.count():
+            button.first.click()
+            return
+    page.keyboard.press("Escape")
+
+
+def new_page(browser: Browser) -> Page:
+    # No storage is pre-seeded: a fresh instance shows the community prompt, so every run
+    # proves that the handler gets such dialogs out of the way.
+    page = browser.new_page(viewport={"width": 1600, "height": 1000})
+    page.add_locator_handler(page.locator(OVERLAY).first, lambda: dismiss_overlays(page))
+    return page
+
+
 def open_page(page: Page, url: str) -> None:
     page.goto(url)
     page.wait_for_timeout(3000)
-    skip = page.get_by_role("button", name="Skip")  # the first-visit newsletter prompt
-    if skip.count():
-        skip.click()
+    # An auto-waiting assertion runs the handler first, so what follows sees the page itself.
+    expect(page.locator(OVERLAY)).to_have_count(0)
 
 
 def check_source_pages(webserver: str, location: str, screenshot_prefix: str) -> None:
@@ -43,7 +68,7 @@ def check_source_pages(webserver: str, location: str, screenshot_prefix: str) ->
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1600, "height": 1000})
+        page = new_page(browser)
 
         open_page(page, f"{webserver}/locations/{location}/jobs/load_business_registry")
         page.get_by_text("View as Asset Graph").click()
