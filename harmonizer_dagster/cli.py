@@ -3,14 +3,28 @@ starting Dagster processes with secrets from AWS Secrets Manager (the Dagster UI
 the running)."""
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
 
-from harmonizer_dagster.core.secrets import database_login, environment_variables, read_secret
+import duckdb
+import psycopg
+
+from harmonizer_dagster.core.secrets import database_login, environment_variables, read_secret, redact, secret_values
 from harmonizer_dagster.core.settings import current
-from harmonizer_dagster.core.spec import load_specs
-from harmonizer_dagster.core.triage import ACTIONS, Selection, act, render, summarize
+from harmonizer_dagster.core.spec import SpecError, load_specs
+from harmonizer_dagster.core.triage import (
+    ACTIONS,
+    ISSUE_COLUMNS,
+    Selection,
+    act,
+    escaped,
+    list_issues,
+    render,
+    render_page,
+    summarize,
+)
 from harmonizer_dagster.core.warehouse import open_warehouse
 from harmonizer_dagster.core.warehouse.duckdb import DuckDBWarehouse
 
@@ -18,6 +32,10 @@ from harmonizer_dagster.core.warehouse.duckdb import DuckDBWarehouse
 def summary() -> int:
     """Where the results are, and what each source's files came to."""
     store = open_warehouse(current("HARMONIZER_WAREHOUSE_URL"))
+    if isinstance(store, DuckDBWarehouse) and not Path(store.path).is_file():
+        # Opening it would create an empty one, folder and all: a summary only reads.
+        path = Path(store.path).resolve()
+        raise FileNotFoundError(f"no warehouse at {path}: nothing loaded yet, or HARMONIZER_WAREHOUSE_URL is wrong")
     location = f"DuckDB file {Path(store.path).resolve()}" if isinstance(store, DuckDBWarehouse) else store.description
     print(f"Warehouse: {location}, schema {store.schema_name}")
     rows = store.query(
@@ -28,11 +46,28 @@ def summary() -> int:
     for source, key, status, *counts in rows:
         print(f"{source:<20} {key:<28} {status:<10} " + " ".join(f"{c or 0:>8}" for c in counts))
     print("\nTables:")
-    for spec in load_specs(Path(current("HARMONIZER_SOURCES_DIR"))):
+    catalog = load_specs(Path(current("HARMONIZER_SOURCES_DIR")), strict=False)
+    for spec in catalog:
         total = store.query(f"SELECT count(*) FROM {store.table(spec.name)}")[0][0]
         print(f"  {store.schema_name}.{spec.name}: {total} rows")
     for table in ("data_quality_issues", "failed_records"):
         print(f"  {store.schema_name}.{table}: {store.query(f'SELECT count(*) FROM {{schema}}.{table}')[0][0]} rows")
+    if catalog.errors:
+        raise SpecError.combine(catalog.errors)
+    return 0
+
+
+def check_specs(folder: Path) -> int:
+    """Lists every error of every spec in `folder` at once, each with file, field and line, so
+    one run finds all there is to fix before the code location is reloaded."""
+    catalog = load_specs(folder, strict=False)
+    for error in catalog.errors:
+        print(error)
+    if catalog.errors:
+        broken = len({error.file for error in catalog.errors})
+        print(f"{len(catalog.errors)} error(s) in {broken} spec(s); {len(catalog.specs)} specs OK")
+        return 1
+    print(f"{len(catalog.specs)} specs OK")
     return 0
 
 
@@ -43,6 +78,7 @@ def _selection(args: argparse.Namespace, status: str | None = "pending") -> Sele
         source=args.source,
         partition_key=args.partition,
         field_name=args.field,
+        severity=args.severity,
         status=status,
     )
 
@@ -50,18 +86,27 @@ def _selection(args: argparse.Namespace, status: str | None = "pending") -> Sele
 def dq(args: argparse.Namespace) -> int:
     store = open_warehouse(current("HARMONIZER_WAREHOUSE_URL"))
     if args.dq_command == "list":
-        print(render(summarize(store, _selection(args, None if args.status == "all" else args.status), args.examples)))
+        selection = _selection(args, None if args.status == "all" else args.status)
+        page = list_issues(store, selection, args.page, args.limit)
+        if args.format == "json":
+            print(json.dumps({"total": page.total, "page": page.page, "limit": page.limit, "issues": page.rows}))
+        elif args.format == "tsv":
+            for row in [ISSUE_COLUMNS, *([row[c] for c in ISSUE_COLUMNS] for row in page.rows)]:
+                print("\t".join("" if value is None else escaped(str(value)) for value in row))
+        else:
+            print(render(summarize(store, selection, args.examples)) + "\n\n" + render_page(page))
     elif args.dq_command == "resolve":
         outcome = act(
             store,
             _selection(args),
             args.action,
             args.note,
+            specs=load_specs(Path(current("HARMONIZER_SOURCES_DIR"))),
             pad_to_width=args.pad_to_width,
             date_format=args.date_format,
             map_to=args.map_to,
         )
-        print(f"{args.action}: {outcome['issues']} issue(s) updated; rules created: {outcome['rules'] or 'none'}")
+        print(outcome.message())
     elif args.dq_command == "rules":
         for rule_id, source, field, kind, params, enabled in store.query(
             "SELECT rule_id, source_type, field_name, kind, params, enabled FROM {schema}.transformation_rules "
@@ -130,20 +175,52 @@ def _add_selection(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--source", help="source name")
     parser.add_argument("--partition", help="file version (partition key)")
     parser.add_argument("--field", help="canonical column name")
+    parser.add_argument("--severity", choices=("error", "warning"))
+
+
+# Failures a person can act on from their message alone: no traceback unless asked for.
+EXPECTED_ERRORS = (OSError, ValueError, duckdb.Error, psycopg.Error)
+
+
+def report(command: str, error: Exception) -> None:
+    """Prints a failure on one line (a spec error: a line per problem), passwords masked."""
+    if isinstance(error, SpecError):
+        lines = str(error).splitlines()
+    else:
+        lines = [next(iter(str(error).strip().splitlines()), type(error).__name__)]
+        if not isinstance(error, EXPECTED_ERRORS):
+            lines = [f"unexpected {type(error).__name__}: {lines[0]} (rerun with --verbose for the traceback)"]
+    secrets = secret_values(os.environ)
+    for line in lines:
+        print(f"harmonizer {command}: {redact(line, secrets)}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="harmonizer", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="on failure, show the full traceback")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("summary", help="print where the results are and what each loaded file came to")
+    check = commands.add_parser(
+        "check-specs", help="validate the source specs, listing every error with its file, field and line"
+    )
+    check.add_argument(
+        "folder", nargs="?", type=Path, help="the folder of specs (default: HARMONIZER_SOURCES_DIR, else the shipped)"
+    )
     dq_parser = commands.add_parser("dq", help="data-quality triage")
     dq_commands = dq_parser.add_subparsers(dest="dq_command", required=True)
-    listing = dq_commands.add_parser("list", help="issues grouped by type, with counts and examples")
+    listing = dq_commands.add_parser(
+        "list", help="issues grouped by type (counts, distinct examples), then the issues themselves, a page at a time"
+    )
     _add_selection(listing)
     listing.add_argument(
         "--status", default="pending", help="pending (default), resolved, ignored, auto_fix, ... or all"
     )
-    listing.add_argument("--examples", type=int, default=3)
+    listing.add_argument("--examples", type=int, default=3, help="distinct example values per group")
+    listing.add_argument("--limit", type=int, default=50, help="issues per page (default 50)")
+    listing.add_argument("--page", type=int, default=1, help="which page of issues to show (default 1)")
+    listing.add_argument(
+        "--format", choices=("table", "tsv", "json"), default="table", help="tsv and json: the page of issues only"
+    )
     resolve = dq_commands.add_parser("resolve", help="resolve, ignore or fix the selected pending issues")
     _add_selection(resolve)
     resolve.add_argument("--action", required=True, choices=sorted(ACTIONS))
@@ -162,11 +239,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     secrets.add_argument("cmd", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
-    if args.command == "summary":
-        return summary()
-    if args.command == "with-secrets":
-        return with_secrets(args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd)
-    return dq(args)
+    try:
+        if args.command == "summary":
+            return summary()
+        if args.command == "check-specs":
+            return check_specs(args.folder or Path(current("HARMONIZER_SOURCES_DIR")))
+        if args.command == "with-secrets":
+            return with_secrets(args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd)
+        return dq(args)
+    except Exception as error:
+        if args.verbose:
+            raise
+        report(args.command, error)
+        return 1
 
 
 if __name__ == "__main__":

@@ -6,15 +6,17 @@ new user runs everything with no server and no configuration.
 """
 
 import os
+from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
+from typing import NoReturn
 
 import dagster as dg
 from dagster_aws.s3 import S3Resource
 from dagster_aws.secretsmanager import SecretsManagerResource
 
 from harmonizer_dagster.core.settings import DEFAULTS, current
-from harmonizer_dagster.core.spec import SourceSpec, SpecError, load_specs
+from harmonizer_dagster.core.spec import SpecCatalog, SpecError, load_specs
 from harmonizer_dagster.orchestration.alerts import build_alert_sensors
 from harmonizer_dagster.orchestration.assets import build_published_asset, build_source_asset, build_source_ops
 from harmonizer_dagster.orchestration.checks import build_quality_checks
@@ -80,24 +82,58 @@ def build_resources() -> dict[str, dg.ConfigurableResource]:
     }
 
 
-def assigned_specs() -> list[SourceSpec]:
+# Dagster's logger: its processes print it, formatted like their own messages, where an operator looks.
+logger = dg.get_dagster_logger("harmonizer")
+
+
+def assigned_specs() -> SpecCatalog:
     """The sources this code location serves: all of them, those named in HARMONIZER_SOURCES,
     or none (`none`: the fleet's central location, which only alerts and triages). On the fleet
-    each Pi serves its own share, so every source asset has exactly one owner."""
-    specs = load_specs(Path(current("HARMONIZER_SOURCES_DIR")))
+    each Pi serves its own share, so every source asset has exactly one owner.
+
+    A broken spec takes out only its own source: the healthy ones load, and the catalog's
+    errors, logged here when the location loads, go to `spec_error_sensor` for the UI."""
+    catalog = load_specs(Path(current("HARMONIZER_SOURCES_DIR")), strict=False)
     wanted = [name.strip() for name in os.environ.get("HARMONIZER_SOURCES", "").split(",") if name.strip()]
-    if not wanted:
-        return specs
     if wanted == ["none"]:
-        return []
-    unknown = sorted(set(wanted) - {spec.name for spec in specs})
-    if unknown:
-        raise SpecError(f"HARMONIZER_SOURCES names unknown sources: {', '.join(unknown)}")
-    return [spec for spec in specs if spec.name in wanted]
+        return SpecCatalog(())
+    specs, errors = catalog.specs, catalog.errors
+    if wanted:
+        unknown = sorted(set(wanted) - {spec.name for spec in specs})
+        if unknown:
+            message = f"HARMONIZER_SOURCES names unknown sources: {', '.join(unknown)}"
+            if not errors:
+                raise SpecError(message)
+            # A broken spec may declare them: report both and serve the rest.
+            errors = (*errors, SpecError(f"{message}; a broken spec may declare them"))
+        specs = tuple(spec for spec in specs if spec.name in wanted)
+    for error in errors:
+        logger.error("Source spec error, its source is left out of this code location: %s", error)
+    return SpecCatalog(specs, errors)
+
+
+def spec_error_sensor(errors: Sequence[SpecError]) -> dg.SensorDefinition:
+    """Shows broken specs in the Dagster UI, where the asset graph cannot (their sources are not
+    in it): the `spec_errors` sensor's description lists every error with file, field and line,
+    and each of its ticks fails with that list, so Overview > Automation shows it failing until
+    the specs are fixed and the code location reloaded. It starts no runs."""
+    report = "\n".join(str(error) for error in errors)
+
+    @dg.sensor(
+        name="spec_errors",
+        description=f"Source specs left out of this code location:\n{report}",
+        minimum_interval_seconds=300,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+    )
+    def spec_errors(context: dg.SensorEvaluationContext) -> NoReturn:
+        raise SpecError(report)
+
+    return spec_errors
 
 
 def build_definitions() -> dg.Definitions:
-    specs = assigned_specs()
+    catalog = assigned_specs()
+    specs = list(catalog.specs)
     # Runs carry the host that serves them, so the instance's per-host limit applies: jobs
     # through their tags, runs of the implicit asset job through their assets' tags.
     host_tags = {"harmonizer/host": os.environ["HARMONIZER_HOST"]} if os.environ.get("HARMONIZER_HOST") else {}
@@ -125,6 +161,17 @@ def build_definitions() -> dg.Definitions:
         sensors.append(
             dg.build_sensor_for_freshness_checks(freshness_checks=freshness_checks, default_status=sensor_status)
         )
+    if specs and automatic:
+        # Dagster's implicit automation sensor starts stopped; declared here it runs, so each
+        # source's report is refreshed after every load without a click.
+        sensors.append(
+            dg.AutomationConditionSensorDefinition(
+                "default_automation_condition_sensor",
+                target=dg.AssetSelection.all(),
+                default_status=sensor_status,
+                description="Refreshes assets with an automation condition (the data-quality reports).",
+            )
+        )
     quality_checks = [check for spec in specs for check in build_quality_checks(spec)]
     return dg.Definitions(
         assets=[
@@ -141,6 +188,7 @@ def build_definitions() -> dg.Definitions:
         ],
         sensors=[
             *sensors,
+            *([spec_error_sensor(catalog.errors)] if catalog.errors else []),
             *build_alert_sensors(
                 current("HARMONIZER_ALERTS").strip().lower(),
                 int(current("HARMONIZER_STALL_MINUTES")),

@@ -1,4 +1,5 @@
-"""The documented command lines, run for real: `dagster job execute` and `dagster asset materialize`."""
+"""The documented command lines, run for real: `dagster job execute` and `dagster asset materialize`,
+and `harmonizer`'s answers to the failures a person can act on."""
 
 import os
 import shutil
@@ -10,6 +11,10 @@ import dagster as dg
 import duckdb
 import psycopg
 import pytest
+
+from harmonizer_dagster.cli import main
+from harmonizer_dagster.core.secrets import redact, secret_values
+from harmonizer_dagster_tests.conftest import SOURCES_DIR
 
 REPO = Path(__file__).parent.parent
 DAGSTER = str(Path(sys.executable).parent / "dagster")
@@ -92,3 +97,73 @@ def test_smoke_job_on_the_production_instance_and_postgres_warehouse(base_env, p
         assert loaded == [("business_registry", 2), ("court_records", 1), ("news_articles", 1)]
         assert conn.execute("SELECT count(*) FROM harmonizer.business_registry").fetchone() == (999,)
         conn.execute("DROP SCHEMA harmonizer CASCADE")
+
+
+def harmonizer(capsys, *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_check_specs_lists_every_error_of_every_spec_at_once(tmp_path, capsys):
+    shutil.copy(SOURCES_DIR / "court_records.yaml", tmp_path)
+    registry = (SOURCES_DIR / "business_registry.yaml").read_text()
+    (tmp_path / "business_registry.yaml").write_text(registry.replace("format: csv", "format: xlsx\ncolour: red", 1))
+    (tmp_path / "news.yml").write_text("name: news\nowner: [unclosed\n")
+    code, out, err = harmonizer(capsys, "check-specs", str(tmp_path))
+    assert (code, err) == (1, "")
+    assert out.splitlines() == [
+        f"{tmp_path / 'business_registry.yaml'}, line 6: field 'format': 'xlsx' is not one of csv, json, ndjson",
+        f"{tmp_path / 'business_registry.yaml'}, line 7: field 'colour': unknown field",
+        f"{tmp_path / 'news.yml'}, line 3: not valid YAML: expected ',' or ']', but got '<stream end>'",
+        "3 error(s) in 2 spec(s); 1 specs OK",
+    ]
+
+
+def test_check_specs_checks_the_configured_folder_by_default(monkeypatch, capsys):
+    monkeypatch.delenv("HARMONIZER_SOURCES_DIR", raising=False)
+    assert harmonizer(capsys, "check-specs") == (0, "3 specs OK\n", "")
+    monkeypatch.setenv("HARMONIZER_SOURCES_DIR", "/no/such/folder")
+    missing = "harmonizer check-specs: /no/such/folder: sources folder does not exist\n"
+    assert harmonizer(capsys, "check-specs") == (1, "", missing)
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("postgresql://nobody:s3cret-pw@127.0.0.1:1/x", 'connection failed: connection to server at "127.0.0.1"'),
+        # The driver quotes the offending part of a malformed URL: here, the password.
+        ("postgresql://nobody:s3cret pw@127.0.0.1:1/x", 'unexpected spaces found in "***"'),
+        ("mysql://nobody:s3cret-pw@db/x", "warehouse URL must start with duckdb:// or postgresql://"),
+    ],
+)
+def test_an_unusable_warehouse_is_one_line_without_the_password(monkeypatch, capsys, url, expected):
+    monkeypatch.setenv("HARMONIZER_WAREHOUSE_URL", url)
+    code, out, err = harmonizer(capsys, "summary")
+    assert code == 1
+    assert len(err.splitlines()) == 1 and err.startswith(f"harmonizer summary: {expected}")
+    assert "s3cret" not in out + err and "Traceback" not in err
+
+
+def test_a_missing_duckdb_file_is_reported_not_created(monkeypatch, capsys, tmp_path):
+    missing = tmp_path / "nowhere" / "warehouse.duckdb"
+    monkeypatch.setenv("HARMONIZER_WAREHOUSE_URL", f"duckdb:///{missing}")
+    code, _, err = harmonizer(capsys, "summary")
+    assert (code, err.splitlines()) == (
+        1,
+        [f"harmonizer summary: no warehouse at {missing}: nothing loaded yet, or HARMONIZER_WAREHOUSE_URL is wrong"],
+    )
+    assert not missing.parent.exists()
+
+
+def test_verbose_shows_the_traceback(monkeypatch):
+    monkeypatch.setenv("HARMONIZER_WAREHOUSE_URL", "postgresql://nobody@127.0.0.1:1/x")
+    with pytest.raises(psycopg.OperationalError):
+        main(["--verbose", "summary"])
+
+
+def test_redact_masks_passwords_in_urls_keyword_strings_and_the_environment():
+    secrets = secret_values({"HARMONIZER_WAREHOUSE_URL": "postgresql://u:p%40ss word@h/x", "SMTP_PASSWORD": "hunter22"})
+    assert secrets == {"p%40ss word", "p@ss word", "hunter22"}
+    text = "postgresql://u:p%40ss word@h/x; password='a b' host=h; https://app:tok3n@s3.local/b; p@ss word; hunter22"
+    assert redact(text, secrets) == "postgresql://u:***@h/x; password=*** host=h; https://app:***@s3.local/b; ***; ***"

@@ -1,6 +1,7 @@
 """Landing sensors on a real folder and a real S3 endpoint; the runs they request land rows."""
 
 import json
+import logging
 import shutil
 
 import dagster as dg
@@ -29,8 +30,12 @@ def environment(monkeypatch, tmp_path):
     return drop
 
 
-def tick(sensor, instance, cursor, **resources):
+def tick(sensor, instance, cursor, log: list[str] | None = None, **resources):
     context = dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources)
+    if log is not None:
+        handler = logging.Handler()
+        handler.emit = lambda record: log.append(record.getMessage())
+        context.log.addHandler(handler)
     result = sensor(context)
     if isinstance(result, dg.SensorResult):
         # build_sensor_context does not apply partition requests: apply them as the daemon would.
@@ -131,10 +136,23 @@ def test_file_deleted_between_listing_and_hashing_is_skipped(specs, instance, en
     cursor = json.dumps({"handled": {}, "waiting": {i.key: i.signature for i in listing}})
     context = dg.build_sensor_context(instance=instance, cursor=cursor)
     result = landing_tick(
-        context, specs[SOURCE], lambda: listing, lambda item: fingerprint(environment / SOURCE / item.key)
+        context, specs[SOURCE], lambda _: listing, lambda item: fingerprint(environment / SOURCE / item.key)
     )
     assert result.run_requests == []
     assert json.loads(result.cursor)["handled"] == {}
+
+
+def test_hidden_files_are_reported_once_and_never_loaded(specs, instance, environment, landing, tmp_path):
+    sensor = folder_sensor(specs)
+    landing_zone = LandingZone(landing_dir=str(environment), staging_dir=str(tmp_path / "staging"))
+    shutil.copy(landing / SOURCE / Q3, environment / SOURCE / ".registry_2026-Q3.csv.part")
+    cursor, log = None, []
+    for _ in range(3):
+        result, cursor = tick(sensor, instance, cursor, log, landing=landing_zone)
+        assert result.run_requests == []
+    reports = [message for message in log if ".registry_2026-Q3.csv.part ignored" in message]
+    assert len(reports) == 1, reports
+    assert "starts with '.'" in reports[0] and "rename it to load it" in reports[0]
 
 
 def test_s3_sensor_requests_runs_that_stream_objects_into_the_warehouse(

@@ -1,24 +1,39 @@
 #!/usr/bin/env bash
-# Installs the project in .venv and runs the main job over the shipped samples on the
-# embedded default: SQLite-backed Dagster instance, DuckDB warehouse, no server needed.
+# Installs the project in .venv and runs the main job, `ingest_landing`, over the shipped samples
+# on the embedded default: SQLite-backed Dagster instance, DuckDB warehouse, no server needed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python="${PYTHON:-python3}"
-[ -x .venv/bin/python ] || "$python" -m venv .venv
-.venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e '.[dev]'
-# The test suite's UI test drives Debian's Chromium (Playwright never downloads a browser).
-if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
-  if [ "$(id -u)" = 0 ]; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
-  else
-    echo "note: the UI test needs Chromium: sudo apt-get install chromium"
-  fi
+mkdir -p .harmonizer
+echo "Installing harmonizer_dagster into .venv (log: .harmonizer/install.log) ..."
+if ! scripts/install.sh >.harmonizer/install.log 2>&1; then
+  tail -n 40 .harmonizer/install.log
+  echo "the install failed; its whole log is .harmonizer/install.log" >&2
+  exit 1
 fi
-export DAGSTER_HOME="${DAGSTER_HOME:-$PWD/.dagster_home}"
-mkdir -p "$DAGSTER_HOME"
-[ -f "$DAGSTER_HOME/dagster.yaml" ] || cp deploy/local/dagster.yaml "$DAGSTER_HOME/dagster.yaml"
-.venv/bin/dagster job execute -m harmonizer_dagster -j ingest_landing
+
+# Dagster's commands read .env from the folder they start in. With DAGSTER_HOME set there,
+# every command the README shows uses this embedded instance, never the production
+# dagster.yaml at the top level (which needs PostgreSQL).
+home="$([ -f .env ] && sed -n 's/^DAGSTER_HOME=//p' .env | tail -n 1 || true)"
+if [ -z "$home" ]; then
+  home="$PWD/.dagster_home"
+  echo "DAGSTER_HOME=$home" >> .env
+fi
+mkdir -p "$home"
+[ -f "$home/dagster.yaml" ] || cp deploy/local/dagster.yaml "$home/dagster.yaml"
+
+log=.harmonizer/quickstart.log
+echo "Running the main job, ingest_landing, over the shipped samples (log: $log) ..."
+if ! DAGSTER_HOME="$home" .venv/bin/dagster job execute -m harmonizer_dagster -j ingest_landing >"$log" 2>&1; then
+  tail -n 40 "$log"
+  echo "ingest_landing failed; its whole log is $log" >&2
+  exit 1
+fi
 .venv/bin/harmonizer summary
-echo
-echo "Dagster runs and materializations: $DAGSTER_HOME (see them with: DAGSTER_HOME=$DAGSTER_HOME .venv/bin/dagster dev)"
+cat <<NEXT
+
+Next, from this folder:
+  .venv/bin/dagster dev                 the UI, on http://127.0.0.1:3000 (Dagster instance: $home)
+  .venv/bin/harmonizer dq list          open data-quality issues, with their ids
+  scripts/test.sh                       the tests
+NEXT

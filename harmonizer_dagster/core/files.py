@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -107,13 +108,21 @@ def fingerprint_s3(client: Any, uri: str, copy_to: Path | None = None) -> FileFi
     return FileFingerprint(digest.hexdigest(), size, response["LastModified"].astimezone(UTC))
 
 
-def version_key(strategy: str, fp: FileFingerprint) -> str:
-    """The source version a file belongs to, as the legacy loaders named it."""
-    when = fp.modified_at
+def version_key(strategy: str, fp: FileFingerprint, file_name: str = "", pattern: str | None = None) -> str:
+    """The source version a file belongs to, as the legacy loaders named it: what its name
+    states when the spec says how to read it, else its modification time (or its content)."""
+    named = re.search(pattern, file_name) if pattern else None
+    if named and named.groupdict().get("version"):
+        return named["version"]
+    if strategy == "content_hash":
+        return fp.file_hash[:16]
+    stated = {k: int(v) for k, v in (named.groupdict() if named else {}).items() if v and v.isdigit()}
+    if "year" not in stated:  # the name states no date: the modification time does
+        when = fp.modified_at
+        stated = {"year": when.year, "month": when.month, "day": when.day}
+    year, month, day = stated["year"], stated.get("month", 1), stated.get("day", 1)
     if strategy == "quarterly":
-        return f"{when.year}-Q{(when.month - 1) // 3 + 1}"
+        return f"{year}-Q{stated.get('quarter') or (month - 1) // 3 + 1}"
     if strategy == "monthly":
-        return f"{when.year}-{when.month:02d}"
-    if strategy == "daily":
-        return when.strftime("%Y-%m-%d")
-    return fp.file_hash[:16]
+        return f"{year}-{month:02d}"
+    return f"{year}-{month:02d}-{day:02d}"

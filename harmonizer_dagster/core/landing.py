@@ -8,6 +8,7 @@ of old files costs one listing.
 
 from __future__ import annotations
 
+import difflib
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -25,22 +26,33 @@ class Landed:
     signature: str
 
 
+@dataclass(frozen=True)
+class Ignored:
+    """A landed file or folder that is not loaded, and why: so the caller can say so."""
+
+    key: str
+    reason: str
+
+
 @dataclass
 class ScanState:
-    """What the previous scans saw: handled files, and files waiting to be seen unchanged."""
+    """What the previous scans saw: handled files, files waiting to be seen unchanged, and the
+    ignored names already reported (each is reported once, not at every scan)."""
 
     handled: dict[str, str] = field(default_factory=dict)
     waiting: dict[str, str] = field(default_factory=dict)
+    ignored: list[str] = field(default_factory=list)
 
     @classmethod
     def parse(cls, cursor: str | None) -> ScanState:
         if not cursor:
             return cls()
         data = json.loads(cursor)
-        return cls(handled=data.get("handled", {}), waiting=data.get("waiting", {}))
+        return cls(handled=data.get("handled", {}), waiting=data.get("waiting", {}), ignored=data.get("ignored", []))
 
     def dump(self) -> str:
-        return json.dumps({"handled": self.handled, "waiting": self.waiting}, sort_keys=True, separators=(",", ":"))
+        state = {"handled": self.handled, "waiting": self.waiting, "ignored": self.ignored}
+        return json.dumps(state, sort_keys=True, separators=(",", ":"))
 
     def advance(self, listing: Iterable[Landed]) -> tuple[list[Landed], ScanState]:
         """Returns the files ready now, and the state to keep if they are all handled."""
@@ -63,24 +75,63 @@ def usable_key(key: str) -> bool:
     return bool(key) and not any(part in key for part in INVALID_KEY_PARTS) and not key.startswith(("_", "."))
 
 
-def scan_folder(landing_dir: Path, source: str) -> list[Landed]:
-    """Every file under the source's folder; raises OSError when the folder is unreadable."""
+def scan_folder(landing_dir: Path, source: str, ignored: list[Ignored] | None = None) -> list[Landed]:
+    """Every file under the source's folder; raises OSError when the folder is unreadable.
+
+    Hidden and temporary names (starting with '.' or '_', e.g. partial uploads) and names no
+    partition key can hold are skipped; each is added to `ignored`, a skipped folder once."""
     folder = landing_dir / source
     listing = []
+    skipped = ignored if ignored is not None else []
     for path in sorted(folder.rglob("*")):
         key = path.relative_to(folder).as_posix()
-        if not usable_key(key) or any(part.startswith((".", "_")) for part in Path(key).parts):
+        parts = Path(key).parts
+        hidden = next((i for i, part in enumerate(parts) if part.startswith((".", "_"))), None)
+        if hidden is not None:
+            if hidden == len(parts) - 1:  # the topmost hidden part: what lies below it goes unreported
+                what, effect = ("folder", "nothing in it is loaded") if path.is_dir() else ("file", "it is not loaded")
+                skipped.append(
+                    Ignored(
+                        key,
+                        f"its name starts with '{path.name[0]}', which marks a hidden or temporary {what} "
+                        f"(a partial upload, say): {effect}; rename it to load it",
+                    )
+                )
             continue
         try:
+            if not usable_key(key):
+                raise ValueError(f"{key!r} holds '...', a tab, a line break or a NUL, which a partition key cannot")
             safe_partition_key(key)
             stat = path.stat()
-        except (ValueError, FileNotFoundError):
+        except ValueError as exc:
+            skipped.append(Ignored(key, str(exc)))
+            continue
+        except FileNotFoundError:  # deleted while the folder was listed
             continue
         if path.is_file():
             listing.append(Landed(key, f"{stat.st_size}:{stat.st_mtime_ns}"))
     if not folder.is_dir():
         raise NotADirectoryError(f"{folder} does not exist or is not a folder")
     return listing
+
+
+def nearest_keys(key: str, known: Iterable[str], count: int = 5) -> list[str]:
+    """The `count` known keys most like `key`, closest first, however far: a message about a
+    mistyped or renamed file then names the ones meant."""
+    return difflib.get_close_matches(key, list(known), n=count, cutoff=0)
+
+
+def missing_file_message(landing_dir: Path, source: str, key: str) -> str:
+    """Why a partition of `source` cannot be loaded when its file is not in the landing folder,
+    naming the nearest keys that are, so the person who typed or registered it can act."""
+    folder = landing_dir / source
+    try:
+        known = [item.key for item in scan_folder(landing_dir, source)]
+    except OSError:
+        return f"{source}: no file {key}: the landing folder {folder} does not exist or cannot be read"
+    if not known:
+        return f"{source}: no file {key} in {folder}, which holds no files"
+    return f"{source}: no file {key} in {folder}; nearest known keys: {', '.join(nearest_keys(key, known))}"
 
 
 def scan_s3(client: Any, bucket: str, prefix: str) -> list[Landed]:

@@ -23,12 +23,12 @@ import pyarrow as pa
 from harmonizer_dagster.core import staging
 from harmonizer_dagster.core.files import FileVersion, fingerprint, fingerprint_s3, version_key
 from harmonizer_dagster.core.harmonization import duplicate_key_sql, harmonize_sql
-from harmonizer_dagster.core.reading import LINE_COLUMN, ReadResult, read_batches
+from harmonizer_dagster.core.reading import LINE_COLUMN, ReadResult, UnreliableParse, read_batches
 from harmonizer_dagster.core.rules import Rule, apply_rules
 from harmonizer_dagster.core.rules import fingerprint as rules_fingerprint
 from harmonizer_dagster.core.spec import SourceSpec
 from harmonizer_dagster.core.sql import quote_literal
-from harmonizer_dagster.core.validation import FAILED_SCHEMA, ISSUE_SCHEMA, SpecValidator
+from harmonizer_dagster.core.validation import FAILED_SCHEMA, ISSUE_SCHEMA, NUL_SHOWN_AS, SpecValidator
 from harmonizer_dagster.core.warehouse import StagedPartition, Warehouse
 
 DEFAULT_BATCH_ROWS = 5_000
@@ -103,7 +103,7 @@ def hash_step(
         fp = fingerprint_s3(s3_client, file.location, download)
     else:
         fp = fingerprint(file.path)
-    version = version_key(spec.version_strategy, fp)
+    version = version_key(spec.version_strategy, fp, file.file_name, spec.version_pattern)
     rules = warehouse.active_rules(spec.name)
     processing = rules_fingerprint(rules, repr(dataclasses.replace(spec, path=None)))
     stage_dir = staging.staging_dir(staging_root, spec.name, file.partition_key, fp.file_hash, processing)
@@ -168,6 +168,30 @@ def validate_step(spec: SourceSpec, hashed: HashedVersion, batch_rows: int = DEF
     if hashed.skipped or stage.summary() is not None:
         return stage.summary() or {}
     done = stage.prepare(batch_rows)
+    try:
+        result = _validate_batches(spec, hashed, stage, batch_rows, done, line_by_line=False)
+    except UnreliableParse:
+        # DuckDB lost track of a quote: drop what it parsed and read the file line by line.
+        staging.remove(stage.directory)
+        result = _validate_batches(spec, hashed, stage, batch_rows, stage.prepare(batch_rows), line_by_line=True)
+    stage.write_final(_file_level_findings(spec, stage.files("accepted"), result))
+    summary = {
+        "records_parsed": _count(stage.files("accepted")) + _count(stage.files("failed")) - len(result.malformed),
+        "records_malformed": len(result.malformed),
+        "records_accepted": _count(stage.files("accepted")),
+        "records_failed": _count(stage.files("failed")),
+        "issues": _count(stage.files("issues")),
+        "fixes_applied": _count(stage.files("fixes")),
+        "extra_fields": result.extra_fields,
+        "batch_rows": batch_rows,
+    }
+    return stage.finish(summary)
+
+
+def _validate_batches(
+    spec: SourceSpec, hashed: HashedVersion, stage: staging.StepStage, batch_rows: int, done: int, line_by_line: bool
+) -> ReadResult:
+    """Stages the validated batches after the `done` ones; returns what the read found."""
     validator = SpecValidator(spec)
     result = ReadResult()
     pending: list[pa.RecordBatch] = []
@@ -190,24 +214,13 @@ def validate_step(spec: SourceSpec, hashed: HashedVersion, batch_rows: int = DEF
             )
         pending.clear()
 
-    for batch in read_batches(spec, Path(hashed.path), batch_rows, result, done):
+    for batch in read_batches(spec, Path(hashed.path), batch_rows, result, done, line_by_line):
         pending.append(batch)
         if len(pending) == _batches_per_call(batch_rows):
             flush()
     if pending:
         flush()
-    stage.write_final(_file_level_findings(spec, stage.files("accepted"), result))
-    summary = {
-        "records_parsed": _count(stage.files("accepted")) + _count(stage.files("failed")) - len(result.malformed),
-        "records_malformed": len(result.malformed),
-        "records_accepted": _count(stage.files("accepted")),
-        "records_failed": _count(stage.files("failed")),
-        "issues": _count(stage.files("issues")),
-        "fixes_applied": _count(stage.files("fixes")),
-        "extra_fields": result.extra_fields,
-        "batch_rows": batch_rows,
-    }
-    return stage.finish(summary)
+    return result
 
 
 def _file_level_findings(spec: SourceSpec, accepted: list[Path], result: ReadResult) -> dict[str, pl.DataFrame]:
@@ -230,7 +243,7 @@ def _file_level_findings(spec: SourceSpec, accepted: list[Path], result: ReadRes
                 "issue_type": ["malformed_record"] * len(result.malformed),
                 "severity": ["error"] * len(result.malformed),
                 "field_name": [None] * len(result.malformed),
-                "invalid_value": [m.raw_text for m in result.malformed],
+                "invalid_value": [m.raw_text.replace("\x00", NUL_SHOWN_AS) for m in result.malformed],
                 "expected_format": [f"line {m.line}: {m.error}" for m in result.malformed],
                 "rule": ["parse"] * len(result.malformed),
             },

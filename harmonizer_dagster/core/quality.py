@@ -13,6 +13,7 @@ from typing import Any
 
 from harmonizer_dagster.core.spec import SourceSpec
 from harmonizer_dagster.core.sql import quote_ident
+from harmonizer_dagster.core.validation import NUL_RULE
 from harmonizer_dagster.core.warehouse import Warehouse
 
 # A typed column whose values fail their type this often was probably retyped upstream.
@@ -126,10 +127,11 @@ def _required_complete(store: Warehouse, spec: SourceSpec, key: str, v: Version)
 
 def _pass_rate(column: str, threshold: float) -> Callable[[Warehouse, SourceSpec, str, Version], Evaluation]:
     def evaluate(store: Warehouse, spec: SourceSpec, key: str, v: Version) -> Evaluation:
+        # A value only cleaned of NUL bytes is still valid: its warning is not a failure.
         failing = store.query(
             "SELECT count(DISTINCT source_line_number) FROM {schema}.data_quality_issues "
-            "WHERE source_id = %s AND field_name = %s",
-            (v.source_id, column),
+            "WHERE source_id = %s AND field_name = %s AND rule <> %s",
+            (v.source_id, column, NUL_RULE),
         )[0][0]
         _link_issues(store, f"{column}_pass_rate", v.source_id, "field_name", column)
         rate = 1.0 - failing / v.records_in_file if v.records_in_file else 1.0

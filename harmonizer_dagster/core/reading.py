@@ -2,15 +2,25 @@
 
 DuckDB does the parsing for every format (CSV, JSON array, NDJSON, gzip), so memory stays
 bounded by the batch size and malformed CSV lines are captured instead of aborting the file.
+No input is lost without a word: a CSV whose quoting DuckDB cannot follow is read again line
+by line in Python, a byte the declared encoding cannot decode fails the file naming where it
+is, and a byte-order mark decides the encoding whatever the spec says.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import gzip
-from collections.abc import Iterator
+import io
+import shutil
+import tempfile
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import duckdb
 import pyarrow as pa
@@ -19,10 +29,26 @@ from harmonizer_dagster.core.spec import SourceSpec
 from harmonizer_dagster.core.sql import quote_ident, quote_literal
 
 LINE_COLUMN = "_source_line"
+CHUNK_BYTES = 1 << 20
+SNIFF_BYTES = 1 << 16
+BYTE_ORDER_MARKS = (
+    (codecs.BOM_UTF8, "utf-8"),
+    (codecs.BOM_UTF16_LE, "utf-16-le"),
+    (codecs.BOM_UTF16_BE, "utf-16-be"),
+)
+# A spec's encodings as Python codecs, and the ones DuckDB decodes itself: its "utf-16" is
+# little-endian only (a big-endian file reads as no rows), so such a file is transcoded first.
+SPEC_CODECS = {"utf-8": "utf-8", "utf-16": "utf-16-le", "latin-1": "latin-1"}
+DUCKDB_ENCODINGS = {"utf-8": "utf-8", "utf-16-le": "utf-16", "latin-1": "latin-1"}
 
 
 class SourceFormatError(ValueError):
     """The file cannot be read as its spec declares (missing columns, broken JSON...)."""
+
+
+class UnreliableParse(Exception):
+    """DuckDB met a quote that never closes: it may then skip the lines after it without a
+    reject, so its rows cannot be trusted and the file must be read again line by line."""
 
 
 @dataclass
@@ -44,12 +70,122 @@ def _compression(spec: SourceSpec) -> str:
     return {"auto": "auto", "none": "none", "gzip": "gzip"}[spec.compression]
 
 
-def _csv_header(spec: SourceSpec, path: Path) -> list[str]:
+@dataclass(frozen=True)
+class _Source:
+    """The bytes a CSV is read from (the landed file, or its UTF-8 transcoding) and their codec."""
+
+    path: Path
+    gzipped: bool
+    codec: str
+
+    def open(self) -> IO[str]:
+        return io.TextIOWrapper(_open_bytes(self.path, self.gzipped), encoding=self.codec, newline="")
+
+
+def _open_bytes(path: Path, gzipped: bool) -> IO[bytes]:
+    return gzip.open(path, "rb") if gzipped else path.open("rb")
+
+
+def _first_undecodable(source: _Source) -> tuple[int, int] | None:
+    """The offset and line of the first byte the codec cannot decode, in one streamed pass."""
+    decoder = codecs.getincrementaldecoder(source.codec)()
+    offset, line = 0, 1
+    with _open_bytes(source.path, source.gzipped) as handle:
+        while True:
+            chunk = handle.read(CHUNK_BYTES)
+            pending = decoder.getstate()[0]  # the start of a character split across chunks
+            try:
+                line += decoder.decode(chunk, final=not chunk).count("\n")
+            except UnicodeDecodeError as exc:
+                valid = (pending + chunk)[: exc.start].decode(source.codec)
+                return offset - len(pending) + exc.start, line + valid.count("\n")
+            if not chunk:
+                return None
+            offset += len(chunk)
+
+
+def _encoding_error(spec: SourceSpec, name: str, source: _Source, line: int | None = None) -> SourceFormatError:
+    """Names the first byte the file's encoding cannot decode, and the spec field to change."""
+    found = _first_undecodable(source)
+    decompressed = " of the decompressed data" if source.gzipped else ""
+    where = f"line {line}" if found is None else f"byte {found[0]}{decompressed} (line {found[1]})"
+    spec_file = spec.path.name if spec.path else f"the {spec.name} spec"
+    return SourceFormatError(
+        f"{name}: {where} is not valid {source.codec}; set `encoding:` in {spec_file} to the file's encoding "
+        "(latin-1, utf-16) or `auto`"
+    )
+
+
+def _sniffed_codec(spec: SourceSpec, path: Path, gzipped: bool) -> str:
+    """The file's encoding: a byte-order mark decides whatever the spec says, then the spec.
+
+    `auto` stays dependency-free on purpose: for the three encodings a spec can name, the NUL
+    bytes UTF-16 puts in ASCII text and a strict UTF-8 pass over the whole file (streamed)
+    decide exactly, where a statistical detector such as charset-normalizer guesses."""
+    with _open_bytes(path, gzipped) as handle:
+        head = handle.read(SNIFF_BYTES)
+    for mark, codec in BYTE_ORDER_MARKS:
+        if head.startswith(mark):
+            return codec
+    if spec.encoding != "auto":
+        return SPEC_CODECS[spec.encoding]
+    if head[1::2].count(0) > len(head) // 4:
+        return "utf-16-le"
+    if head[0::2].count(0) > len(head) // 4:
+        return "utf-16-be"
+    return "utf-8" if _first_undecodable(_Source(path, gzipped, "utf-8")) is None else "latin-1"
+
+
+@contextmanager
+def _decoded(spec: SourceSpec, path: Path) -> Iterator[_Source]:
+    """The CSV as DuckDB can read it: as landed, or transcoded to UTF-8 in a temporary file
+    (streamed, so memory stays constant) when DuckDB cannot decode its encoding."""
     gzipped = spec.compression == "gzip" or (spec.compression == "auto" and path.suffix == ".gz")
-    opener = gzip.open if gzipped else open
-    encoding = "utf-8-sig" if spec.encoding == "utf-8" else spec.encoding  # Excel exports start with a BOM
-    with opener(path, "rt", encoding=encoding, newline="") as handle:
-        return next(csv.reader(handle, delimiter=spec.delimiter), [])
+    landed = _Source(path, gzipped, _sniffed_codec(spec, path, gzipped))
+    if landed.codec in DUCKDB_ENCODINGS:
+        yield landed
+        return
+    with tempfile.TemporaryDirectory(prefix="harmonizer-") as folder:
+        target = Path(folder) / "transcoded.csv"
+        try:
+            with landed.open() as text, target.open("w", encoding="utf-8", newline="") as out:
+                shutil.copyfileobj(text, out, CHUNK_BYTES)
+        except UnicodeDecodeError:
+            raise _encoding_error(spec, path.name, landed) from None
+        yield _Source(target, False, "utf-8")
+
+
+def _csv_header(spec: SourceSpec, name: str, source: _Source) -> list[str]:
+    """The header's column names. A header that is not one cleanly quoted line would swallow
+    data rows, and duplicated names are ambiguous: both are refused, naming the line."""
+    try:
+        with source.open() as handle:
+            line = handle.readline().removeprefix("\ufeff")
+    except UnicodeDecodeError:
+        raise _encoding_error(spec, name, source) from None
+    if "\x00" in line:
+        spec_file = spec.path.name if spec.path else f"the {spec.name} spec"
+        raise SourceFormatError(
+            f"{name} line 1: the header holds NUL bytes, as UTF-16 without a byte-order mark does; "
+            f"set `encoding: utf-16` (or `auto`) in {spec_file}"
+        )
+    try:
+        header = next(csv.reader([line], delimiter=spec.delimiter, strict=True), [])
+    except csv.Error as exc:
+        if line.count('"') % 2:
+            fields = next(csv.reader([line], delimiter=spec.delimiter))
+            raise SourceFormatError(
+                f"{name} line 1: the header has an unterminated quote in column {len(fields)} "
+                f'("{fields[-1].rstrip()[:30]}...); a header must be one line with every quote closed'
+            ) from exc
+        raise SourceFormatError(f"{name} line 1: the header cannot be parsed: {exc}") from exc
+    first_position: dict[str, int] = {}
+    for position, column in enumerate(header, start=1):
+        if first_position.setdefault(column, position) != position:
+            raise SourceFormatError(
+                f"{name} line 1: column {column!r} appears twice (columns {first_position[column]} and {position})"
+            )
+    return header
 
 
 def _check_json_keys(spec: SourceSpec, path: Path, json_format: str, result: ReadResult) -> None:
@@ -69,20 +205,16 @@ def _check_json_keys(spec: SourceSpec, path: Path, json_format: str, result: Rea
     result.extra_fields = sorted(present - {c.source for c in spec.columns})
 
 
-def _query(spec: SourceSpec, path: Path, result: ReadResult) -> str:
+def _query(spec: SourceSpec, path: Path, result: ReadResult, source: _Source | None, header: list[str]) -> str:
+    """The DuckDB query of the file's spec columns; `source` and `header` are a CSV's."""
     wanted = [c.source for c in spec.columns]
-    if spec.format == "csv":
-        header = _csv_header(spec, path)
-        missing = [name for name in wanted if name not in header]
-        if missing:
-            raise SourceFormatError(f"{path.name}: missing columns {missing}; the file has {header}")
-        result.extra_fields = [name for name in header if name not in wanted]
+    if source is not None:
         columns = ", ".join(f"{quote_literal(name)}: 'VARCHAR'" for name in header)
         scan = (
-            f"read_csv({quote_literal(str(path))}, header=true, auto_detect=false, columns={{{columns}}}, "
+            f"read_csv({quote_literal(str(source.path))}, header=true, auto_detect=false, columns={{{columns}}}, "
             f"delim={quote_literal(spec.delimiter)}, quote='\"', escape='\"', "
-            f"encoding={quote_literal(spec.encoding)}, compression={quote_literal(_compression(spec))}, "
-            "store_rejects=true)"
+            f"encoding={quote_literal(DUCKDB_ENCODINGS[source.codec])}, "
+            f"compression={quote_literal('gzip' if source.gzipped else 'none')}, store_rejects=true)"
         )
     else:
         json_format = "array" if spec.format == "json" else "newline_delimited"
@@ -97,41 +229,189 @@ def _query(spec: SourceSpec, path: Path, result: ReadResult) -> str:
 
 
 def read_batches(
-    spec: SourceSpec, path: Path, batch_rows: int, result: ReadResult, skip_batches: int = 0
+    spec: SourceSpec,
+    path: Path,
+    batch_rows: int,
+    result: ReadResult,
+    skip_batches: int = 0,
+    line_by_line: bool = False,
 ) -> Iterator[pa.RecordBatch]:
     """Yields batches of exactly `batch_rows` rows (the last may be shorter), each with the
     1-based record number in `_source_line`. The first `skip_batches` batches are parsed
-    but not yielded, which is how a resumed step skips work it already checkpointed."""
+    but not yielded, which is how a resumed step skips work it already checkpointed.
+
+    A CSV with a quote that never closes raises UnreliableParse once DuckDB has scanned it:
+    discard what was yielded and read it again with `line_by_line=True`."""
+    if spec.format != "csv":
+        yield from _batched(
+            _scanned(spec, path, lambda: _query(spec, path, result, None, []), batch_rows), batch_rows, skip_batches
+        )
+        return
+    with _decoded(spec, path) as source:
+        header = _csv_header(spec, path.name, source)
+        wanted = [c.source for c in spec.columns]
+        missing = [name for name in wanted if name not in header]
+        if missing:
+            raise SourceFormatError(f"{path.name}: missing columns {missing}; the file has {header}")
+        result.extra_fields = [name for name in header if name not in wanted]
+        if line_by_line:
+            batches = _parsed_lines(spec, path.name, source, header, batch_rows, result)
+        else:
+            batches = _scanned(
+                spec,
+                path,
+                lambda: _query(spec, path, result, source, header),
+                batch_rows,
+                lambda con: _rejects(con, spec, path.name, source, result),
+            )
+        yield from _batched(batches, batch_rows, skip_batches)
+
+
+def _scanned(
+    spec: SourceSpec,
+    path: Path,
+    query: Callable[[], str],
+    batch_rows: int,
+    after: Callable[[duckdb.DuckDBPyConnection], None] | None = None,
+) -> Iterator[pa.RecordBatch]:
+    """DuckDB's batches of the query (built inside, as building it may read the file); `after`
+    then inspects the finished scan."""
     con = duckdb.connect(config={"threads": 2, "memory_limit": "512MB"})
     try:
         try:
-            reader = con.sql(_query(spec, path, result)).to_arrow_reader(batch_rows)
-            pending: list[pa.RecordBatch] = []
-            pending_rows = 0
-            emitted = 0
-            for batch in reader:
-                pending.append(batch)
-                pending_rows += batch.num_rows
-                while pending_rows >= batch_rows:
-                    table = pa.Table.from_batches(pending)
-                    chunk, rest = table.slice(0, batch_rows), table.slice(batch_rows)
-                    if emitted >= skip_batches:
-                        yield _numbered(chunk, emitted * batch_rows)
-                    emitted += 1
-                    pending, pending_rows = rest.to_batches(), rest.num_rows
-            if pending_rows and emitted >= skip_batches:
-                yield _numbered(pa.Table.from_batches(pending), emitted * batch_rows)
+            yield from con.sql(query()).to_arrow_reader(batch_rows)
         except duckdb.Error as exc:
             raise SourceFormatError(f"{path.name}: cannot be read as {spec.format}: {exc}") from exc
-        if spec.format == "csv":
-            # DuckDB reports one error per missing or extra column: one record per line here.
-            rows = con.sql(
-                "SELECT line, any_value(csv_line), string_agg(error_message, '; ') FROM reject_errors "
-                "GROUP BY line ORDER BY line"
-            ).fetchall()
-            result.malformed = [MalformedRecord(int(line), text or "", message) for line, text, message in rows]
+        if after is not None:
+            after(con)
     finally:
         con.close()
+
+
+def _rejects(con: duckdb.DuckDBPyConnection, spec: SourceSpec, name: str, source: _Source, result: ReadResult) -> None:
+    """Turns the lines DuckDB rejected into malformed records, one per line whatever its number
+    of errors; an undecodable byte fails the file, and a runaway quote asks for a careful re-read."""
+    rows = con.sql(
+        "SELECT line, any_value(csv_line), string_agg(error_message, '; '), "
+        "bool_or(error_type = 'INVALID ENCODING'), bool_or(error_type = 'UNQUOTED VALUE') "
+        "FROM reject_errors GROUP BY line ORDER BY line"
+    ).fetchall()
+    for line, _, _, undecodable, _ in rows:
+        if undecodable:
+            raise _encoding_error(spec, name, source, int(line))
+    for line, _, _, _, unquoted in rows:
+        if unquoted:
+            raise UnreliableParse(f"{name} line {line}: a quote does not close where a value ends")
+    result.malformed = [MalformedRecord(int(line), text or "", message) for line, text, message, _, _ in rows]
+
+
+def _batched(batches: Iterator[pa.RecordBatch], batch_rows: int, skip_batches: int) -> Iterator[pa.RecordBatch]:
+    """Re-cuts batches of any size into numbered batches of exactly `batch_rows` rows."""
+    pending: list[pa.RecordBatch] = []
+    pending_rows = 0
+    emitted = 0
+    for batch in batches:
+        pending.append(batch)
+        pending_rows += batch.num_rows
+        while pending_rows >= batch_rows:
+            table = pa.Table.from_batches(pending)
+            chunk, rest = table.slice(0, batch_rows), table.slice(batch_rows)
+            if emitted >= skip_batches:
+                yield _numbered(chunk, emitted * batch_rows)
+            emitted += 1
+            pending, pending_rows = rest.to_batches(), rest.num_rows
+    if pending_rows and emitted >= skip_batches:
+        yield _numbered(pa.Table.from_batches(pending), emitted * batch_rows)
+
+
+class _Lines:
+    """A text file's physical lines for csv.reader, tracking the line a record begins on; the
+    lines a broken record swallowed can be given back to be read again."""
+
+    def __init__(self, handle: IO[str]):
+        self.handle = handle
+        self.number = 1
+        self.taken: list[str] = []
+        self.again: deque[str] = deque()
+
+    def __iter__(self) -> _Lines:
+        return self
+
+    def __next__(self) -> str:
+        line = self.again.popleft() if self.again else next(self.handle)
+        self.taken.append(line)
+        return line
+
+    def end_record(self) -> str:
+        """The record's text; the next record begins on the line after it."""
+        text = "".join(self.taken)
+        self.number += len(self.taken)
+        self.taken.clear()
+        return text
+
+    def end_at_first_line(self) -> str:
+        """The record's first line, which becomes a record of its own; the lines after it are read again."""
+        first, *rest = self.taken
+        self.again.extendleft(reversed(rest))
+        self.number += 1
+        self.taken.clear()
+        return first
+
+
+def _quote_error(exc: csv.Error) -> str:
+    """What csv's message about a record means for the line it began on."""
+    if str(exc) == "unexpected end of data":
+        return "unterminated quote: the quoted value does not close before the end of the file"
+    if str(exc).startswith("field larger than field limit"):
+        return f"unterminated quote: the quoted value runs past {csv.field_size_limit():,} characters"
+    return f"misplaced quote: {exc}"
+
+
+def _parsed_lines(
+    spec: SourceSpec, name: str, source: _Source, header: list[str], batch_rows: int, result: ReadResult
+) -> Iterator[pa.RecordBatch]:
+    """The CSV parsed in Python record by record, for a file DuckDB cannot follow. A line whose
+    quote does not close where a value ends is one malformed record and parsing resumes on the
+    next line, so every line is either a record or recorded; line numbers are physical lines.
+    A quoted value longer than csv's field limit (131,072 characters) counts as a quote that
+    never closes, which bounds what a runaway quote can hold in memory."""
+    positions = [header.index(c.source) for c in spec.columns]
+    names = [c.name for c in spec.columns]
+    values: list[list[str | None]] = [[] for _ in positions]
+    rows = 0
+    try:
+        with source.open() as handle:
+            lines = _Lines(handle)
+            next(lines, None)  # the header, already checked
+            lines.end_record()
+            reader = csv.reader(lines, delimiter=spec.delimiter, strict=True)
+            while True:
+                start = lines.number
+                try:
+                    fields = next(reader, None)
+                except csv.Error as exc:
+                    text = lines.end_at_first_line().rstrip("\r\n")
+                    result.malformed.append(MalformedRecord(start, text, _quote_error(exc)))
+                    continue
+                if fields is None:
+                    break
+                text = lines.end_record()
+                if not fields:
+                    continue  # a blank line, which DuckDB skips too
+                if len(fields) != len(header):
+                    message = f"Expected Number of Columns: {len(header)} Found: {len(fields)}"
+                    result.malformed.append(MalformedRecord(start, text.rstrip("\r\n"), message))
+                    continue
+                for column, position in zip(values, positions, strict=True):
+                    column.append(fields[position] or None)
+                rows += 1
+                if rows == batch_rows:
+                    yield pa.record_batch(values, names=names)
+                    values, rows = [[] for _ in positions], 0
+    except UnicodeDecodeError:
+        raise _encoding_error(spec, name, source) from None
+    if rows:
+        yield pa.record_batch(values, names=names)
 
 
 def _numbered(table: pa.Table, first_index: int) -> pa.RecordBatch:

@@ -4,7 +4,9 @@ variables (JSON of names to values, for API keys such as the Slack webhook). Sec
 are never logged."""
 
 import json
+import re
 import urllib.parse
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 LOGIN_FIELDS = ("username", "password", "host", "port", "dbname")
@@ -62,3 +64,38 @@ def environment_variables(value: str) -> dict[str, str]:
         allowed = " or ".join(ALLOWED_VARIABLE_PREFIXES)
         raise ValueError(f"the secret names variables not starting with {allowed}: {', '.join(refused)}")
     return {name: str(variable) for name, variable in data.items()}
+
+
+# The password in user:password@ of any URL, and in libpq's password=... keyword strings.
+URL_PASSWORD = re.compile(r"(?P<head>\b[a-z][a-z0-9+.-]*://[^:@/\s]*:)[^@\s]+@", re.IGNORECASE)
+KEYWORD_PASSWORD = re.compile(r"(?P<head>\bpassword\s*=\s*)(?:'(?:[^'\\]|\\.)*'|[^\s&;]+)", re.IGNORECASE)
+# Environment variables whose whole value is a secret.
+SECRET_NAME_PARTS = ("PASSWORD", "TOKEN", "SECRET_ACCESS_KEY", "WEBHOOK")
+# Shorter values are not masked: blanking every "ab" would make a message unreadable.
+MIN_SECRET_LENGTH = 4
+
+
+def secret_values(environ: Mapping[str, str]) -> set[str]:
+    """What a message must not show of the environment: the passwords in its URLs, as written
+    and decoded (drivers quote fragments of a malformed URL), and variables named like secrets."""
+    values = set()
+    for name, value in environ.items():
+        if any(part in name.upper() for part in SECRET_NAME_PARTS):
+            values.add(value)
+        if "://" in value:
+            try:
+                password = urllib.parse.urlsplit(value.strip()).password
+            except ValueError:
+                continue
+            if password:
+                values |= {password, urllib.parse.unquote(password)}
+    return {value for value in values if len(value) >= MIN_SECRET_LENGTH}
+
+
+def redact(text: str, secrets: Iterable[str] = ()) -> str:
+    """`text` with every URL's password, libpq's `password=...` and the given secret values
+    masked, for messages printed where anyone may read or paste them."""
+    for secret in sorted(secrets, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    text = URL_PASSWORD.sub(r"\g<head>***@", text)
+    return KEYWORD_PASSWORD.sub(r"\g<head>***", text)

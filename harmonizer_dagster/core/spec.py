@@ -1,17 +1,18 @@
 """Source specs: one YAML file declares everything the pipeline needs to know about a source.
 
 Parsing is strict on purpose: a typo in a spec must fail when the code location loads,
-naming the file and the field, not silently skip a rule in production.
+naming the file, the field and its line, not silently skip a rule in production. A broken
+spec rejects only its own source: `load_specs` returns the healthy specs with the errors.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import polars as pl
@@ -19,7 +20,8 @@ import yaml
 
 FORMATS = ("csv", "json", "ndjson")
 COMPRESSIONS = ("auto", "none", "gzip")
-ENCODINGS = ("utf-8", "utf-16", "latin-1")
+# `auto` detects UTF-8, UTF-16 or Latin-1 per file (see reading.py); a byte-order mark always decides.
+ENCODINGS = ("utf-8", "utf-16", "latin-1", "auto")
 TYPES = ("string", "integer", "decimal", "boolean", "date", "timestamp")
 SEVERITIES = ("warning", "error")
 VERSION_STRATEGIES = ("quarterly", "monthly", "daily", "content_hash")
@@ -41,10 +43,29 @@ NAMED_FORMATS = {
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 DEFAULT_DATE_FORMATS = ("%Y-%m-%d",)
 DEFAULT_TIMESTAMP_FORMATS = ("%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S")
+T = TypeVar("T")
 
 
 class SpecError(ValueError):
-    """A spec file is invalid; the message names the file and the field."""
+    """A spec file is invalid. The message names the file, the field and its line, so a person
+    can go and fix it; `problems` holds every error found in the file (this one alone unless
+    several were collected, see `combine`)."""
+
+    def __init__(self, message: str, *, file: str | None = None, field: str = "", line: int | None = None):
+        self.file, self.field, self.line = file, field, line
+        self.problems: tuple[SpecError, ...] = (self,)
+        where = f"{file}, line {line}" if file and line else file
+        text = f"field '{field}': {message}" if field else message
+        super().__init__(f"{where}: {text}" if where else text)
+
+    @classmethod
+    def combine(cls, problems: Sequence[SpecError]) -> SpecError:
+        """One error standing for several, listing them one a line, for callers that stop at the first."""
+        if len(problems) == 1:
+            return problems[0]
+        error = cls("\n".join(str(p) for p in problems))
+        error.problems = tuple(problems)
+        return error
 
 
 @dataclass(frozen=True)
@@ -111,6 +132,10 @@ class SourceSpec:
     natural_key: tuple[str, ...]
     columns: tuple[Column, ...]
     version_strategy: str = "content_hash"
+    # Reads the version from the file name: a regular expression with named groups `version`,
+    # or `year` with `quarter`, `month` and `day` as the strategy needs. Files whose name does
+    # not match fall back to their modification time.
+    version_pattern: str | None = None
     compression: str = "auto"
     encoding: str = "utf-8"
     delimiter: str = ","
@@ -128,12 +153,28 @@ class SourceSpec:
 
 
 class _Reader:
-    """Reads one mapping of a spec, tracking the dotted path for error messages."""
+    """Reads one mapping of a spec, tracking the dotted path and its line for error messages.
 
-    def __init__(self, data: Any, where: str, file: str):
+    So that one pass reports every error it can, errors that leave a usable value (an optional
+    field of the wrong type or not among its choices falls back to its default; an unknown
+    field is ignored) are recorded in `errors`, shared with the sub-readers, and reading goes
+    on. Errors without one (a required field missing, a malformed check) are raised; `each`
+    records those per column or check. Anything recorded rejects the spec in `parse_spec`.
+    """
+
+    def __init__(
+        self,
+        data: Any,
+        where: str,
+        file: str,
+        lines: Mapping[str, int] | None = None,
+        errors: list[SpecError] | None = None,
+    ):
+        self.where, self.file, self.lines = where, file, lines or {}
+        self.errors: list[SpecError] = [] if errors is None else errors
         if not isinstance(data, Mapping):
-            raise SpecError(f"{file}: {where or 'top level'} must be a mapping")
-        self.data, self.where, self.file = dict(data), where, file
+            raise self.fail("", "must be a mapping" if where else "the top level must be a mapping")
+        self.data = dict(data)
         self.used: set[str] = set()
 
     def _path(self, key: str) -> str:
@@ -141,8 +182,30 @@ class _Reader:
             return self.where
         return f"{self.where}.{key}" if self.where else key
 
+    def line(self, path: str) -> int | None:
+        """The line of the field at `path`, or of its nearest enclosing field when it is missing."""
+        while path:
+            if path in self.lines:
+                return self.lines[path]
+            path = path[: path.rindex("[")] if path.endswith("]") and "[" in path else path.rpartition(".")[0]
+        return None
+
     def fail(self, key: str, message: str) -> SpecError:
-        return SpecError(f"{self.file}: field '{self._path(key)}': {message}")
+        path = self._path(key)
+        return SpecError(message, file=self.file, field=path, line=self.line(path))
+
+    def record(self, error: SpecError) -> None:
+        """Keeps `error` for the report, unless its field has one already (this one would follow from it)."""
+        if all(known.field != error.field for known in self.errors):
+            self.errors.append(error)
+
+    def _reject(self, key: str, message: str, default: Any) -> Any:
+        """Raises, or, when there is a default to go on with, records the error and returns the default."""
+        error = self.fail(key, message)
+        if default is None:
+            raise error
+        self.record(error)
+        return default
 
     def get(self, key: str, default: Any = None, *, required: bool = False, kind: type | tuple = object) -> Any:
         self.used.add(key)
@@ -152,22 +215,33 @@ class _Reader:
             return default
         value = self.data[key]
         if not isinstance(value, kind) or (isinstance(value, bool) and kind in (int, float)):
-            raise self.fail(key, f"must be {getattr(kind, '__name__', kind)}, got {type(value).__name__}")
+            return self._reject(key, f"must be {getattr(kind, '__name__', kind)}, got {type(value).__name__}", default)
         return value
 
     def choice(self, key: str, choices: tuple[str, ...], default: str | None = None) -> str:
         value = self.get(key, default, required=default is None, kind=str)
         if value not in choices:
-            raise self.fail(key, f"'{value}' is not one of {', '.join(choices)}")
+            # Any choice will do to read on with: the recorded error rejects the spec anyway.
+            return self._reject(key, f"'{value}' is not one of {', '.join(choices)}", default or choices[0])
         return value
 
     def sub(self, key: str, value: Any) -> _Reader:
-        return _Reader(value, self._path(key), self.file)
+        return _Reader(value, self._path(key), self.file, self.lines, self.errors)
+
+    def each(self, items: Iterable[tuple[str, Any]], parse: Callable[[str, _Reader], T]) -> tuple[T, ...]:
+        """Parses every (key, mapping) item with its own reader; a failing item is recorded and left
+        out, so the items after it are still checked."""
+        parsed = []
+        for key, value in items:
+            try:
+                parsed.append(parse(key, self.sub(key, value)))
+            except SpecError as error:
+                self.record(error)
+        return tuple(parsed)
 
     def finish(self) -> None:
-        unknown = sorted(set(self.data) - self.used)
-        if unknown:
-            raise self.fail(unknown[0], "unknown field")
+        for key in sorted(set(self.data) - self.used, key=str):
+            self.record(self.fail(str(key), "unknown field"))
 
 
 def _parse_check(r: _Reader, column: Column) -> Check:
@@ -266,8 +340,8 @@ def _parse_column(name: str, r: _Reader, natural_key: tuple[str, ...]) -> Column
     harmonize = r.get("harmonize", [], kind=list)
     for i, rule in enumerate(harmonize):
         if rule not in HARMONIZE_RULES:
-            raise r.fail(
-                f"harmonize[{i}]", f"unknown harmonization rule '{rule}' (known: {', '.join(HARMONIZE_RULES)})"
+            r.record(
+                r.fail(f"harmonize[{i}]", f"unknown harmonization rule '{rule}' (known: {', '.join(HARMONIZE_RULES)})")
             )
     formats = r.get("formats", [], kind=list)
     if formats and col_type not in ("date", "timestamp"):
@@ -283,7 +357,7 @@ def _parse_column(name: str, r: _Reader, natural_key: tuple[str, ...]) -> Column
         harmonize=tuple(harmonize),
     )
     checks = r.get("checks", [], kind=list)
-    parsed = tuple(_parse_check(r.sub(f"checks[{i}]", c), column) for i, c in enumerate(checks))
+    parsed = r.each(((f"checks[{i}]", c) for i, c in enumerate(checks)), lambda _, c: _parse_check(c, column))
     r.finish()
     return Column(**{**column.__dict__, "checks": parsed})
 
@@ -314,9 +388,20 @@ def _parse_schedule(r: _Reader) -> Schedule:
     return Schedule(cron=cron, timezone=timezone, fetch=fetch)
 
 
-def parse_spec(data: Any, file: str = "<spec>") -> SourceSpec:
-    """Builds a SourceSpec from parsed YAML, raising SpecError naming `file` and the field."""
-    r = _Reader(data, "", file)
+def parse_spec(data: Any, file: str = "<spec>", lines: Mapping[str, int] | None = None) -> SourceSpec:
+    """Builds a SourceSpec from parsed YAML. SpecError lists every error found, each naming `file`,
+    the field and, given the `lines` of the fields (see `load_spec`), its line."""
+    r = _Reader(data, "", file, lines)
+    try:
+        spec = _parse_source(r, file)
+    except SpecError as error:
+        r.record(error)
+    if r.errors:
+        raise SpecError.combine(sorted(r.errors, key=lambda e: e.line or 0))
+    return spec
+
+
+def _parse_source(r: _Reader, file: str) -> SourceSpec:
     name = r.get("name", required=True, kind=str)
     if not NAME_PATTERN.match(name):
         raise r.fail("name", "must be lower_snake_case")
@@ -326,11 +411,11 @@ def parse_spec(data: Any, file: str = "<spec>") -> SourceSpec:
         raise r.fail("natural_key", "needs at least one column")
     columns_data = r.get("columns", required=True, kind=dict)
     columns_reader = r.sub("columns", columns_data)
-    columns = tuple(
-        _parse_column(str(col_name), columns_reader.sub(str(col_name), col_data or {}), natural_key)
-        for col_name, col_data in columns_data.items()
+    columns = columns_reader.each(
+        ((str(col_name), col_data or {}) for col_name, col_data in columns_data.items()),
+        lambda col_name, c: _parse_column(col_name, c, natural_key),
     )
-    names = {c.name for c in columns}
+    names = {str(col_name) for col_name in columns_data}  # a broken column is reported once, as itself
     for key in natural_key:
         if key not in names:
             raise r.fail("natural_key", f"'{key}' is not a declared column")
@@ -347,6 +432,7 @@ def parse_spec(data: Any, file: str = "<spec>") -> SourceSpec:
         encoding=r.choice("encoding", ENCODINGS, "utf-8"),
         delimiter=r.get("delimiter", ",", kind=str),
         version_strategy=r.choice("version_strategy", VERSION_STRATEGIES, "content_hash"),
+        version_pattern=r.get("version_pattern", None, kind=str),
         natural_key=natural_key,
         columns=columns,
         schedule=_parse_schedule(r.sub("schedule", r.get("schedule", kind=dict))) if "schedule" in r.data else None,
@@ -357,26 +443,109 @@ def parse_spec(data: Any, file: str = "<spec>") -> SourceSpec:
         raise r.fail("delimiter", "must be a single character")
     if spec.format != "csv" and spec.encoding != "utf-8":
         raise r.fail("encoding", "JSON sources must be utf-8")
+    if spec.version_pattern is not None:
+        problem = version_pattern_problem(spec.version_pattern, spec.version_strategy)
+        if problem:
+            r.record(r.fail("version_pattern", problem))
     r.finish()
     return spec
 
 
-def load_spec(path: Path) -> SourceSpec:
+# The named groups a version pattern needs for each strategy, unless it has a `version` group.
+VERSION_GROUPS = {"quarterly": {"year"}, "monthly": {"year", "month"}, "daily": {"year", "month", "day"}}
+
+
+def version_pattern_problem(pattern: str, strategy: str) -> str | None:
+    """Why a version pattern cannot name versions for the strategy, or None when it can."""
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        groups = set(re.compile(pattern).groupindex)
+    except re.error as error:
+        return f"not a valid regular expression: {error}"
+    if "version" in groups:
+        return None
+    if strategy == "content_hash":
+        return "a content_hash version comes from the bytes: name a group `version` or choose another strategy"
+    needed = VERSION_GROUPS[strategy] | ({"quarter"} if strategy == "quarterly" and "month" not in groups else set())
+    missing = sorted(needed - groups)
+    return f"needs the named group(s) {', '.join(missing)} for {strategy} versions" if missing else None
+
+
+def _field_lines(node: yaml.Node | None, prefix: str = "") -> dict[str, int]:
+    """The line of every field of a composed YAML document, keyed by its path as error
+    messages spell it (`columns.price.checks[0].min`)."""
+    lines: dict[str, int] = {}
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            path = f"{prefix}.{key.value}" if prefix else str(key.value)
+            lines[path] = key.start_mark.line + 1
+            lines |= _field_lines(value, path)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            lines[f"{prefix}[{i}]"] = item.start_mark.line + 1
+            lines |= _field_lines(item, f"{prefix}[{i}]")
+    return lines
+
+
+def _read(path: Path) -> tuple[Any, dict[str, int]]:
+    """A spec file's YAML, and the line of each of its fields for error messages."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"is not UTF-8 text (byte {exc.start})", file=str(path)) from exc
+    except OSError as exc:
+        raise SpecError(f"cannot be read: {exc.strerror}", file=str(path)) from exc
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        data = None if node is None else loader.construct_document(node)
     except yaml.YAMLError as exc:
-        raise SpecError(f"{path}: not valid YAML: {exc}") from exc
-    return parse_spec(data, str(path))
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise SpecError(f"not valid YAML: {problem}", file=str(path), line=mark and mark.line + 1) from exc
+    finally:
+        loader.dispose()
+    return data, _field_lines(node)
 
 
-def load_specs(directory: Path) -> list[SourceSpec]:
-    """Loads every *.yaml / *.yml spec in `directory`, sorted by source name."""
+def load_spec(path: Path) -> SourceSpec:
+    """Reads one spec file; SpecError lists every error found in it, each with its field and line."""
+    data, lines = _read(path)
+    return parse_spec(data, str(path), lines)
+
+
+@dataclass(frozen=True)
+class SpecCatalog:
+    """The specs of a sources folder that are valid, sorted by source name, and one error per
+    problem in the others. Iterating a catalog yields its specs."""
+
+    specs: tuple[SourceSpec, ...]
+    errors: tuple[SpecError, ...] = ()
+
+    def __iter__(self) -> Iterator[SourceSpec]:
+        return iter(self.specs)
+
+
+def load_specs(directory: Path, *, strict: bool = True) -> SpecCatalog:
+    """Loads every *.yaml / *.yml spec in `directory`. Strict, any error raises a SpecError listing
+    them all; otherwise the broken specs are left out and their errors returned with the valid
+    ones, so one broken file does not take every source down."""
     if not directory.is_dir():
         raise SpecError(f"{directory}: sources folder does not exist")
-    specs = [load_spec(p) for p in sorted(directory.glob("*.y*ml"))]
-    seen: dict[str, Path | None] = {}
-    for spec in specs:
-        if spec.name in seen:
-            raise SpecError(f"{spec.path}: field 'name': '{spec.name}' is already declared in {seen[spec.name]}")
-        seen[spec.name] = spec.path
-    return sorted(specs, key=lambda s: s.name)
+    specs: list[SourceSpec] = []
+    errors: list[SpecError] = []
+    seen: dict[str, Path] = {}
+    for path in sorted(directory.glob("*.y*ml")):
+        try:
+            data, lines = _read(path)
+            spec = parse_spec(data, str(path), lines)
+            if spec.name in seen:
+                message = f"'{spec.name}' is already declared in {seen[spec.name]}"
+                raise SpecError(message, file=str(path), field="name", line=lines.get("name"))
+        except SpecError as error:
+            errors.extend(error.problems)
+            continue
+        seen[spec.name] = path
+        specs.append(spec)
+    if strict and errors:
+        raise SpecError.combine(errors)
+    return SpecCatalog(tuple(sorted(specs, key=lambda s: s.name)), tuple(errors))

@@ -19,6 +19,10 @@ from harmonizer_dagster.core.reading import LINE_COLUMN
 from harmonizer_dagster.core.spec import Check, Column, SourceSpec
 
 NOT_NULLABLE = "not_nullable"
+# Stripping NUL bytes alters a value, so each altered value is reported under this rule. An
+# issue shows them as this symbol: PostgreSQL text cannot hold a NUL.
+NUL_RULE = "nul_bytes"
+NUL_SHOWN_AS = "\u2400"
 TRUE_WORDS = ("true", "t", "yes", "y", "1")
 FALSE_WORDS = ("false", "f", "no", "n", "0")
 
@@ -163,6 +167,7 @@ class SpecValidator:
     def clean(raw: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
         """Trimmed text values with blanks as nulls; the form every rule judges."""
         # NUL bytes are stripped: PostgreSQL text cannot hold them, and both warehouses must agree.
+        # `validate` reports every value this alters.
         return raw.with_columns(
             pl.col(c).str.replace_all("\x00", "", literal=True).str.strip_chars().replace("", None) for c in columns
         )
@@ -192,6 +197,9 @@ class SpecValidator:
             pl.int_range(pl.len(), dtype=pl.Int64).alias("index"),
             *[pl.col(c.name) for c in self.spec.columns],
         ).unpivot(index="index", variable_name="column", value_name="invalid_value")
+        altered = values.filter(pl.col("invalid_value").str.contains("\x00", literal=True))
+        if altered.height:
+            values = values.with_columns(pl.col("invalid_value").str.replace_all("\x00", NUL_SHOWN_AS, literal=True))
         issues = issues.join(values, on=["index", "column"], how="left")
         # A value that breaks an error rule needs no further warning about the same field.
         errors_per_field = issues.filter(pl.col("severity") == "error").select("index", "column").unique()
@@ -233,6 +241,22 @@ class SpecValidator:
             "expected_format",
             pl.col("check").alias("rule"),
         )
+        altered_frame = altered.join(
+            cleaned.select(pl.col("_row").alias("index"), LINE_COLUMN, self.record_id().alias("record_id")), on="index"
+        ).select(
+            pl.col(LINE_COLUMN).alias("source_line_number"),
+            pl.col("record_id").alias("source_record_id"),
+            pl.lit("altered_value").alias("issue_type"),
+            pl.lit("warning").alias("severity"),
+            pl.col("column").alias("field_name"),
+            pl.col("invalid_value").str.replace_all("\x00", NUL_SHOWN_AS, literal=True),
+            pl.lit(f"no NUL bytes: the ones shown as {NUL_SHOWN_AS} were removed from the stored value").alias(
+                "expected_format"
+            ),
+            pl.lit(NUL_RULE).alias("rule"),
+        )
         return ValidatedBatch(
-            accepted=accepted, issues=issue_frame.cast(ISSUE_SCHEMA), failed=failed.cast(FAILED_SCHEMA)
+            accepted=accepted,
+            issues=pl.concat([issue_frame.cast(ISSUE_SCHEMA), altered_frame.cast(ISSUE_SCHEMA)]),
+            failed=failed.cast(FAILED_SCHEMA),
         )

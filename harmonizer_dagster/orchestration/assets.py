@@ -7,6 +7,7 @@ import dagster as dg
 from dagster_aws.s3 import S3Resource
 
 from harmonizer_dagster.core.files import FileVersion, locate
+from harmonizer_dagster.core.landing import missing_file_message
 from harmonizer_dagster.core.pipeline import (
     HashedVersion,
     UpsertResult,
@@ -59,10 +60,9 @@ def _metadata(spec: SourceSpec, hashed: HashedVersion, result: UpsertResult) -> 
         "table_row_count": result.table_rows,
         "dagster/column_schema": column_schema(spec),
     }
-    if hashed.skipped:
-        return {**metadata, "skipped_because": hashed.skipped_because}
-    return {
-        **metadata,
+    # A skipped version shows what its earlier load recorded, so its latest materialization
+    # still tells the figures.
+    metadata |= {
         "dagster/row_count": result.records_imported,
         "records_in_file": result.records_in_file,
         "inserted": result.records_inserted,
@@ -71,8 +71,11 @@ def _metadata(spec: SourceSpec, hashed: HashedVersion, result: UpsertResult) -> 
         "rejected": result.records_failed,
         "duplicates_skipped": result.records_skipped,
         "issues_recorded": result.issues,
-        "rows_per_second": dg.MetadataValue.float(round(result.records_in_file / max(result.duration_s, 1e-6), 1)),
     }
+    if hashed.skipped:
+        return {**metadata, "skipped_because": hashed.skipped_because}
+    rate = result.records_in_file / max(result.duration_s, 1e-6)
+    return {**metadata, "rows_per_second": dg.MetadataValue.float(round(rate, 1))}
 
 
 def build_source_ops(spec: SourceSpec) -> SourceOps:
@@ -94,7 +97,7 @@ def build_source_ops(spec: SourceSpec) -> SourceOps:
         # Inside the asset the partition names the file; the ingest jobs pass it in.
         target = file or locate(landing.landing_path, spec.name, context.partition_key)
         if not target.is_s3 and not target.path.is_file():
-            raise dg.Failure(f"{spec.name}: no file {target.partition_key} in {target.path.parent}")
+            raise dg.Failure(missing_file_message(landing.landing_path, spec.name, target.partition_key))
         store = warehouse.open()
         store.migrate([spec])
         client = s3.get_client() if target.is_s3 else None
@@ -185,15 +188,10 @@ def build_published_asset(spec: SourceSpec, host_tags: dict[str, str]) -> dg.Ass
         tags={"source": spec.name, **host_tags},
     )
     def published(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
-        store = warehouse.open()
-        rows = store.query(
-            "UPDATE {schema}.sources SET published_at = now() WHERE source_id = (SELECT max(source_id) "
-            "FROM {schema}.sources WHERE source_type = %s AND partition_key = %s "
-            "AND status IN ('completed', 'skipped')) RETURNING source_id, file_hash",
-            (spec.name, context.partition_key),
-        )
-        if not rows:
+        published_version = warehouse.open().mark_published(spec.name, context.partition_key)
+        if not published_version:
             raise dg.Failure(f"{context.partition_key} has no completed load to publish")
-        return dg.MaterializeResult(metadata={"source_id": rows[0][0], "file_hash": rows[0][1]})
+        source_id, file_hash = published_version
+        return dg.MaterializeResult(metadata={"source_id": source_id, "file_hash": file_hash})
 
     return published

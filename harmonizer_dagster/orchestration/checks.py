@@ -5,15 +5,36 @@ Every evaluation is also written to the `data_quality_checks` table, with the sa
 """
 
 import warnings
+from typing import Any
 
 import dagster as dg
 
-from harmonizer_dagster.core.quality import QualityCheck, checks_for, run_check
+from harmonizer_dagster.core.quality import Evaluation, QualityCheck, checks_for, run_check
 from harmonizer_dagster.core.spec import SourceSpec
+from harmonizer_dagster.core.warehouse import Warehouse
 from harmonizer_dagster.orchestration.assets import partitions_for
 from harmonizer_dagster.orchestration.resources import WarehouseResource
 
 SEVERITIES = {"error": dg.AssetCheckSeverity.ERROR, "warning": dg.AssetCheckSeverity.WARN}
+
+
+def _result_fields(check: QualityCheck, evaluation: Evaluation) -> dict[str, Any]:
+    """What the UI shows of an evaluation: the same figures as its data_quality_checks row."""
+    metadata = {
+        "observed_value": evaluation.observed,
+        "threshold": evaluation.threshold,
+        "message": evaluation.message,
+        **{
+            name: value if isinstance(value, int | float) else ", ".join(value) or "none"
+            for name, value in evaluation.counts.items()
+        },
+    }
+    return {
+        "passed": evaluation.passed,
+        "severity": SEVERITIES[check.severity],
+        "description": evaluation.message,
+        "metadata": {k: v for k, v in metadata.items() if v is not None},
+    }
 
 
 def _asset_check(spec: SourceSpec, check: QualityCheck) -> dg.AssetChecksDefinition:
@@ -25,24 +46,33 @@ def _asset_check(spec: SourceSpec, check: QualityCheck) -> dg.AssetChecksDefinit
         partitions_def=partitions_for(spec),
     )
     def evaluate(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource) -> dg.AssetCheckResult:
-        result = run_check(warehouse.open(), spec, check, context.partition_key, context.run.run_id)
-        metadata = {
-            "observed_value": result.observed,
-            "threshold": result.threshold,
-            "message": result.message,
-            **{
-                name: value if isinstance(value, int | float) else ", ".join(value) or "none"
-                for name, value in result.counts.items()
-            },
-        }
-        return dg.AssetCheckResult(
-            passed=result.passed,
-            severity=SEVERITIES[check.severity],
-            description=result.message,
-            metadata={k: v for k, v in metadata.items() if v is not None},
-        )
+        evaluation = run_check(warehouse.open(), spec, check, context.partition_key, context.run.run_id)
+        return dg.AssetCheckResult(**_result_fields(check, evaluation))
 
     return evaluate
+
+
+def evaluate_all_checks(
+    context: dg.OpExecutionContext, store: Warehouse, spec: SourceSpec, partition_key: str
+) -> list[str]:
+    """Runs every check of a file version from an op (the ingest jobs), reporting each as the
+    asset check it is, so the UI and data_quality_checks show the same as for the asset.
+    Returns the blocking checks that failed."""
+    blocking_failures = []
+    for check in checks_for(spec):
+        evaluation = run_check(store, spec, check, partition_key, context.run_id)
+        context.log_event(
+            dg.AssetCheckEvaluation(  # type: ignore[arg-type]  # log_event accepts check evaluations
+                asset_key=dg.AssetKey(spec.name),
+                check_name=check.name,
+                partition=partition_key,
+                blocking=check.severity == "error",
+                **_result_fields(check, evaluation),
+            )
+        )
+        if check.severity == "error" and not evaluation.passed:
+            blocking_failures.append(check.name)
+    return blocking_failures
 
 
 def build_quality_checks(spec: SourceSpec) -> list[dg.AssetChecksDefinition]:

@@ -12,10 +12,13 @@ from collections.abc import Sequence
 import dagster as dg
 
 from harmonizer_dagster.core.files import FileVersion, locate
-from harmonizer_dagster.core.landing import scan_folder
+from harmonizer_dagster.core.landing import Ignored, scan_folder
+from harmonizer_dagster.core.pipeline import HashedVersion
 from harmonizer_dagster.core.spec import SourceSpec
 from harmonizer_dagster.orchestration.assets import SourceOps, partitions_for
+from harmonizer_dagster.orchestration.checks import evaluate_all_checks
 from harmonizer_dagster.orchestration.resources import LandingZone, WarehouseResource
+from harmonizer_dagster.orchestration.triage import report_metadata
 
 MANIFEST = "manifest.json"
 
@@ -28,16 +31,19 @@ def _mapping_key(partition_key: str) -> str:
 def register_new_files(context: dg.OpExecutionContext, spec: SourceSpec, landing: LandingZone) -> list[str]:
     """Adds a dynamic partition for every landed file of the source that has none yet."""
     # The same listing rules as the landing sensors: both must agree on what a landed file is.
+    ignored: list[Ignored] = []
     try:
-        keys = [item.key for item in scan_folder(landing.landing_path, spec.name)]
+        keys = [item.key for item in scan_folder(landing.landing_path, spec.name, ignored)]
     except NotADirectoryError:
         keys = []
+    for item in ignored:
+        context.log.info(f"{spec.name}: {item.key} ignored: {item.reason}")
     partitions = partitions_for(spec)
     known = set(context.instance.get_dynamic_partitions(partitions.name or spec.name))
     new = [k for k in keys if k not in known]
     if new:
         context.instance.add_dynamic_partitions(partitions.name or spec.name, new)
-    context.log.info(f"{spec.name}: {len(keys)} file(s) landed, {len(new)} newly registered")
+    context.log.info(f"{spec.name}: {len(keys)} file(s) landed, {len(new)} newly registered, {len(ignored)} ignored")
     return keys
 
 
@@ -103,17 +109,82 @@ def _expected_counts_op(specs: Sequence[SourceSpec]) -> dg.OpDefinition:
     return check_expected_counts
 
 
+def _checks_op(spec: SourceSpec) -> dg.OpDefinition:
+    @dg.op(
+        name=f"{spec.name}_checks",
+        # The upsert's output lives in the warehouse, not in an IO manager: this op follows it
+        # and takes the file version from the harmonize step.
+        ins={"hashed": dg.In(HashedVersion), "upserted": dg.In(dg.Nothing)},
+        out={"checked": dg.Out(str), "passed": dg.Out(str, is_required=False)},
+        tags={"source": spec.name},
+        description="Evaluates the source's asset checks on the loaded file; passes it on only if no "
+        "blocking check failed.",
+    )
+    def run_checks(context: dg.OpExecutionContext, warehouse: WarehouseResource, hashed: HashedVersion):
+        failures = evaluate_all_checks(context, warehouse.open(), spec, hashed.partition_key)
+        yield dg.Output(hashed.partition_key, "checked")
+        if failures:
+            context.log.warning(f"{hashed.partition_key} is not published: blocking check(s) failed: {failures}")
+        else:
+            yield dg.Output(hashed.partition_key, "passed")
+
+    return run_checks
+
+
+def _publish_op(spec: SourceSpec) -> dg.OpDefinition:
+    @dg.op(
+        name=f"{spec.name}_publish",
+        tags={"source": spec.name},
+        description="Publishes a file version that passed every blocking check, as the published asset does.",
+    )
+    def publish(context: dg.OpExecutionContext, warehouse: WarehouseResource, partition_key: str) -> None:
+        published = warehouse.open().mark_published(spec.name, partition_key)
+        if not published:
+            raise dg.Failure(f"{partition_key} has no completed load to publish")
+        context.log_event(
+            dg.AssetMaterialization(
+                asset_key=f"{spec.name}_published",
+                partition=partition_key,
+                metadata={"source_id": published[0], "file_hash": published[1]},
+            )
+        )
+
+    return publish
+
+
+def _report_op(spec: SourceSpec) -> dg.OpDefinition:
+    @dg.op(
+        name=f"{spec.name}_report",
+        ins={"checked": dg.In(list[str])},
+        tags={"source": spec.name},
+        description="Refreshes the source's data-quality report once its files are loaded.",
+    )
+    def report(context: dg.OpExecutionContext, warehouse: WarehouseResource, checked: list[str]) -> None:
+        metadata = report_metadata(warehouse.open(), spec)
+        context.log_event(dg.AssetMaterialization(asset_key=f"{spec.name}_dq_report", metadata=metadata))
+
+    return report
+
+
 def build_ingest_jobs(specs: Sequence[SourceSpec], ops: dict[str, SourceOps]) -> list[dg.JobDefinition]:
-    """`ingest_landing` loads every landed file; `smoke_test` does the same, then checks the manifest."""
+    """`ingest_landing` loads every landed file; `smoke_test` does the same, then checks the manifest.
+
+    Each file goes through the asset's four ops, then its asset checks and publication, and
+    each source's report is refreshed: loading through a job counts exactly as materializing."""
     discover = {spec.name: _discover_op(spec) for spec in specs}
+    checks = {spec.name: _checks_op(spec) for spec in specs}
+    publish = {spec.name: _publish_op(spec) for spec in specs}
+    report = {spec.name: _report_op(spec) for spec in specs}
+
+    def load_one(spec: SourceSpec, file):
+        source_ops = ops[spec.name]
+        hashed = source_ops.harmonize(source_ops.validate(source_ops.hash(file)))
+        checked, passed = checks[spec.name](hashed=hashed, upserted=source_ops.upsert(hashed))
+        publish[spec.name](passed)
+        return checked
 
     def pipeline(spec: SourceSpec):
-        source_ops = ops[spec.name]
-        return (
-            discover[spec.name]()
-            .map(lambda f: source_ops.upsert(source_ops.harmonize(source_ops.validate(source_ops.hash(f)))))
-            .collect()
-        )
+        return report[spec.name](discover[spec.name]().map(lambda file: load_one(spec, file)).collect())
 
     @dg.graph(name="ingest_landing")
     def ingest_landing():
@@ -125,7 +196,10 @@ def build_ingest_jobs(specs: Sequence[SourceSpec], ops: dict[str, SourceOps]) ->
         _expected_counts_op(specs)(**{spec.name: pipeline(spec) for spec in specs})
 
     return [
-        ingest_landing.to_job(description="Ingests every file in the landing zone, source by source."),
+        ingest_landing.to_job(
+            description="Ingests every file in the landing zone, source by source, with the asset checks, "
+            "publication and reports a materialization gets."
+        ),
         smoke_test.to_job(
             description="Ingests the landing zone, then fails unless every count matches its manifest.json "
             "(the CI smoke test over the shipped samples)."

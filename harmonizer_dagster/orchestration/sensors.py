@@ -12,7 +12,7 @@ import dagster as dg
 from dagster_aws.s3 import S3Resource
 
 from harmonizer_dagster.core.files import FileFingerprint, fingerprint, fingerprint_s3
-from harmonizer_dagster.core.landing import Landed, ScanState, s3_prefix, scan_folder, scan_s3
+from harmonizer_dagster.core.landing import Ignored, Landed, ScanState, s3_prefix, scan_folder, scan_s3
 from harmonizer_dagster.core.spec import SourceSpec
 from harmonizer_dagster.orchestration.assets import partitions_for
 from harmonizer_dagster.orchestration.resources import LandingZone, S3Landing
@@ -24,7 +24,7 @@ HASH_BUDGET_SECONDS = 30.0
 def landing_tick(
     context: dg.SensorEvaluationContext,
     spec: SourceSpec,
-    listing: Callable[[], list[Landed]],
+    listing: Callable[[list[Ignored]], list[Landed]],
     content_hash: Callable[[Landed], FileFingerprint],
 ) -> dg.SensorResult | dg.SkipReason:
     """One evaluation: register ready files as partitions and request a run for each.
@@ -32,13 +32,19 @@ def landing_tick(
     The run key is the content hash, so the same bytes never start a second run whatever
     the file is called, while a corrected re-upload under the same name does."""
     state = ScanState.parse(context.cursor)
+    ignored: list[Ignored] = []
     try:
-        items = listing()
+        items = listing(ignored)
     except Exception as exc:  # an unreachable folder or bucket must not lose the cursor
         context.log.warning(f"{spec.name}: landing area unreadable, tick skipped: {exc}")
         return dg.SkipReason(f"landing area unreadable: {type(exc).__name__}")
     ready, next_state = state.advance(items)
-    requests = []
+    for item in ignored:
+        if item.key not in state.ignored:
+            context.log.warning(f"{spec.name}: {item.key} ignored: {item.reason}")
+    next_state.ignored = sorted(item.key for item in ignored)
+    requests: list[dg.RunRequest] = []
+    already_loaded: list[str] = []
     started = time.monotonic()
     for position, item in enumerate(ready):
         if time.monotonic() - started > HASH_BUDGET_SECONDS:
@@ -53,6 +59,10 @@ def landing_tick(
             context.log.info(f"{spec.name}: {item.key} disappeared before it could be hashed")
             continue
         next_state.handled[item.key] = item.signature
+        if _materialized_with(context.instance, spec, item.key, fp.file_hash):
+            # Loaded already, say by `ingest_landing` before the daemon first ran: no second run.
+            already_loaded.append(item.key)
+            continue
         requests.append(
             dg.RunRequest(
                 partition_key=item.key,
@@ -60,14 +70,25 @@ def landing_tick(
                 tags={"harmonizer/file_hash": fp.file_hash},
             )
         )
-    partitions = partitions_for(spec)
+    if already_loaded:
+        context.log.info(f"{spec.name}: already loaded with the same content, no run: {', '.join(already_loaded)}")
+    keys = [*already_loaded, *(str(r.partition_key) for r in requests)]
     return dg.SensorResult(
         run_requests=requests,
-        dynamic_partitions_requests=[partitions.build_add_request([r.partition_key for r in requests])]
-        if requests
-        else [],
+        dynamic_partitions_requests=[partitions_for(spec).build_add_request(keys)] if keys else [],
         cursor=next_state.dump(),
     )
+
+
+def _materialized_with(instance: dg.DagsterInstance, spec: SourceSpec, partition_key: str, file_hash: str) -> bool:
+    """Whether the partition's latest materialization is of exactly these bytes."""
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(spec.name), asset_partitions=[partition_key]), limit=1
+    ).records
+    if not records or records[0].asset_materialization is None:
+        return False
+    recorded = records[0].asset_materialization.metadata.get("file_hash")
+    return recorded is not None and recorded.value == file_hash
 
 
 def build_folder_sensor(spec: SourceSpec, job, interval: int, status: dg.DefaultSensorStatus) -> dg.SensorDefinition:
@@ -83,7 +104,7 @@ def build_folder_sensor(spec: SourceSpec, job, interval: int, status: dg.Default
         return landing_tick(
             context,
             spec,
-            lambda: scan_folder(landing.landing_path, spec.name),
+            lambda ignored: scan_folder(landing.landing_path, spec.name, ignored),
             lambda item: fingerprint(folder / item.key),
         )
 
@@ -103,7 +124,7 @@ def build_s3_sensor(spec: SourceSpec, job, interval: int, status: dg.DefaultSens
         return landing_tick(
             context,
             spec,
-            lambda: scan_s3(client, s3_landing.bucket, s3_prefix(s3_landing.prefix, spec.name)),
+            lambda _: scan_s3(client, s3_landing.bucket, s3_prefix(s3_landing.prefix, spec.name)),
             lambda item: fingerprint_s3(client, item.key),
         )
 

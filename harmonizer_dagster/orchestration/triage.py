@@ -1,13 +1,19 @@
 """The data-quality workflow in the Dagster UI: triage job, dead-letter reprocessing, and a
 per-source report asset."""
 
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
 import dagster as dg
 from pydantic import Field
 
 from harmonizer_dagster.core.dead_letters import reprocess
 from harmonizer_dagster.core.report import quality_report
-from harmonizer_dagster.core.spec import SourceSpec
+from harmonizer_dagster.core.settings import current
+from harmonizer_dagster.core.spec import SourceSpec, load_specs
 from harmonizer_dagster.core.triage import Selection, act, render, summarize
+from harmonizer_dagster.core.warehouse import Warehouse
 from harmonizer_dagster.orchestration.resources import LandingZone, WarehouseResource
 
 
@@ -44,13 +50,21 @@ def triage_selected_issues(context: dg.OpExecutionContext, config: TriageConfig,
         selection,
         config.action,
         config.note,
+        # Every spec, not only this location's sources: the fleet's central location triages all.
+        specs=load_specs(Path(current("HARMONIZER_SOURCES_DIR"))),
         pad_to_width=config.pad_to_width,
         date_format=config.date_format,
         map_to=config.map_to,
     )
-    context.log.info(f"{config.action}: {outcome['issues']} issue(s) updated, rules created: {outcome['rules']}")
-    context.add_output_metadata({"issues_updated": outcome["issues"], "rules_created": str(outcome["rules"])})
-    return outcome
+    context.log.info(outcome.message())
+    context.add_output_metadata(
+        {
+            "issues_updated": outcome.issues,
+            "issues_not_fixed": outcome.unfixed,
+            "rules_created": str(outcome.rules),
+        }
+    )
+    return asdict(outcome)
 
 
 @dg.job(description="Resolve, ignore or fix data-quality issues selected by id, type, source, file or field.")
@@ -90,7 +104,12 @@ def build_report_asset(spec: SourceSpec, automatic: bool, host_tags: dict[str, s
         automation_condition=dg.AutomationCondition.eager() if automatic else None,
     )
     def report(warehouse: WarehouseResource) -> dg.MaterializeResult:
-        markdown, figures = quality_report(warehouse.open(), spec)
-        return dg.MaterializeResult(metadata={"report": dg.MetadataValue.md(markdown), **figures})
+        return dg.MaterializeResult(metadata=report_metadata(warehouse.open(), spec))
 
     return report
+
+
+def report_metadata(store: Warehouse, spec: SourceSpec) -> dict[str, Any]:
+    """The report asset's metadata, also logged by the ingest jobs after they load a source."""
+    markdown, figures = quality_report(store, spec)
+    return {"report": dg.MetadataValue.md(markdown), **figures}

@@ -232,6 +232,16 @@ class Warehouse(ABC):
         )
         return self.version_counts(rows[0][0]) if rows else None
 
+    def mark_published(self, source_type: str, partition_key: str) -> tuple[int, str] | None:
+        """Stamps the partition's latest finished load as published; its id and hash, or None."""
+        rows = self.query(
+            "UPDATE {schema}.sources SET published_at = now() WHERE source_id = (SELECT max(source_id) "
+            "FROM {schema}.sources WHERE source_type = %s AND partition_key = %s "
+            "AND status IN ('completed', 'skipped')) RETURNING source_id, file_hash",
+            (source_type, partition_key),
+        )
+        return (int(rows[0][0]), str(rows[0][1])) if rows else None
+
     @contextmanager
     def failure_recorded(self, source_id: int) -> Iterator[None]:
         """Marks the version failed, with the error, when the wrapped work raises."""

@@ -1,0 +1,82 @@
+"""`harmonizer dq`, run through the CLI's entry point on every warehouse, as a data steward would."""
+
+import json
+from collections.abc import Iterator
+
+import pytest
+
+from harmonizer_dagster.cli import main
+from harmonizer_dagster.core.warehouse import Warehouse, open_warehouse
+from harmonizer_dagster_tests.conftest import WAREHOUSES, load_file, warehouse_url
+
+SOURCE = "business_registry"
+Q3 = "registry_2026-Q3.csv"
+
+
+@pytest.fixture(params=WAREHOUSES)
+def loaded(request, monkeypatch, specs, landing, tmp_path) -> Iterator[Warehouse]:
+    """The Q3 registry sample loaded into the warehouse the CLI reads (its default schema)."""
+    url = warehouse_url(request.param, tmp_path, request)
+    monkeypatch.setenv("HARMONIZER_WAREHOUSE_URL", url)
+    store = open_warehouse(url)
+    load_file(specs[SOURCE], landing, Q3, store, tmp_path / "s")
+    yield store
+    if request.param == "postgres":
+        store.query("DROP SCHEMA IF EXISTS harmonizer CASCADE")
+
+
+def harmonizer(capsys, *args: str) -> str:
+    assert main(list(args)) == 0
+    return capsys.readouterr().out
+
+
+def ids(store: Warehouse, condition: str = "TRUE") -> set[str]:
+    rows = store.query(f"SELECT CAST(issue_id AS VARCHAR) FROM {{schema}}.data_quality_issues WHERE {condition}")
+    return {issue_id for (issue_id,) in rows}
+
+
+def test_list_pages_through_the_issues_by_id(loaded, capsys):
+    everything = ids(loaded)
+    pages = [harmonizer(capsys, "dq", "list", "--limit", "12", "--page", str(page)) for page in (1, 2, 3)]
+    assert "showing 1-12 of 30; next: --page 2" in pages[0]
+    assert "showing 13-24 of 30; next: --page 3" in pages[1]
+    assert pages[2].rstrip().endswith("showing 25-30 of 30")
+    shown = [{i for i in everything if i in page} for page in pages]
+    assert [len(s) for s in shown] == [12, 12, 6] and set.union(*shown) == everything
+    assert "Data Quality Issues (30 selected)" in pages[0] and "duplicate_key (6 issues)" in pages[0]
+    assert 'fails "a value is required"' in pages[0] and "expected a value is required" not in pages[0]
+
+
+def test_list_filters(loaded, capsys):
+    out = harmonizer(capsys, "dq", "list", "--severity", "error", "--field", "home_office_zip", "--partition", Q3)
+    wanted = ids(loaded, "severity = 'error' AND field_name = 'home_office_zip'")
+    assert len(wanted) == 4 and {i for i in ids(loaded) if i in out} == wanted
+    assert out.rstrip().endswith("showing 1-4 of 4")
+    # Three issues share one value: the group's examples show it once, the table each issue.
+    dates = harmonizer(capsys, "dq", "list", "--type", "invalid_date", "--source", SOURCE)
+    assert (dates.count("'02/30/2020'"), dates.count("02/30/2020")) == (1, 4)
+    assert "No issues match." in harmonizer(capsys, "dq", "list", "--source", "court_records")
+
+
+def test_list_as_json_and_tsv(loaded, capsys):
+    listing = json.loads(harmonizer(capsys, "dq", "list", "--format", "json", "--limit", "5", "--severity", "error"))
+    assert (listing["total"], len(listing["issues"])) == (12, 5)
+    assert {row["issue_id"] for row in listing["issues"]} <= ids(loaded, "severity = 'error'")
+    lines = harmonizer(capsys, "dq", "list", "--format", "tsv", "--type", "missing_required_field").splitlines()
+    assert lines[0].split("\t")[:3] == ["issue_id", "severity", "issue_type"]
+    assert len(lines) == 6 and all(line.split("\t")[7] == "" for line in lines[1:]), "no value is an empty field"
+
+
+def test_auto_fix_leaves_what_padding_cannot_fix_pending(loaded, capsys):
+    out = harmonizer(
+        capsys, "dq", "resolve", "--type", "invalid_zip_code", "--action", "auto_fix", "--pad-to-width", "5"
+    )
+    rule_id = loaded.query("SELECT rule_id FROM {schema}.transformation_rules")[0][0]
+    assert out.strip() == (
+        "auto_fix: 12 issue(s) fixed; 4 could not be fixed by padding to 5 and stay pending "
+        f"(e.g. AB317, AB345, AB350); rules created: {rule_id}"
+    )
+    pending = harmonizer(capsys, "dq", "list", "--type", "invalid_zip_code")
+    assert pending.rstrip().endswith("showing 1-4 of 4") and "AB350" in pending
+    fixed = harmonizer(capsys, "dq", "list", "--status", "auto_fix")
+    assert fixed.rstrip().endswith("showing 1-12 of 12") and "AB" not in fixed
