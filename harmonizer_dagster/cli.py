@@ -3,6 +3,7 @@ starting Dagster processes with secrets from AWS Secrets Manager (the Dagster UI
 the running)."""
 
 import argparse
+import getpass
 import json
 import os
 import sys
@@ -21,6 +22,7 @@ from harmonizer_dagster.core.triage import (
     act,
     escaped,
     list_issues,
+    list_rules,
     render,
     render_page,
     summarize,
@@ -83,7 +85,19 @@ def _selection(args: argparse.Namespace, status: str | None = "pending") -> Sele
     )
 
 
+def serve(args: argparse.Namespace) -> int:
+    """The triage page (harmonizer_dagster.web) on the warehouse every other process uses."""
+    import uvicorn
+
+    from harmonizer_dagster.web.app import Settings, create_app
+
+    uvicorn.run(create_app(Settings.from_environment()), host=args.host, port=args.port, root_path=args.root_path)
+    return 0
+
+
 def dq(args: argparse.Namespace) -> int:
+    if args.dq_command == "serve":
+        return serve(args)
     store = open_warehouse(current("HARMONIZER_WAREHOUSE_URL"))
     if args.dq_command == "list":
         selection = _selection(args, None if args.status == "all" else args.status)
@@ -105,14 +119,15 @@ def dq(args: argparse.Namespace) -> int:
             pad_to_width=args.pad_to_width,
             date_format=args.date_format,
             map_to=args.map_to,
+            actor=getpass.getuser(),
         )
         print(outcome.message())
     elif args.dq_command == "rules":
-        for rule_id, source, field, kind, params, enabled in store.query(
-            "SELECT rule_id, source_type, field_name, kind, params, enabled FROM {schema}.transformation_rules "
-            "ORDER BY rule_id"
-        ):
-            print(f"{rule_id:>5} {'on ' if enabled else 'off'} {source}.{field}: {kind} {params}")
+        for rule in list_rules(store):
+            print(
+                f"{rule.rule_id:>5} {'on ' if rule.enabled else 'off'} {rule.source}.{rule.field_name}: "
+                f"{rule.kind} {rule.params} ({rule.fixed} value(s) fixed)"
+            )
     elif args.dq_command in ("disable-rule", "enable-rule"):
         if not store.set_rule_enabled(args.rule_id, args.dq_command == "enable-rule"):
             print(f"no rule {args.rule_id}", file=sys.stderr)
@@ -232,6 +247,14 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("disable-rule", "enable-rule"):
         toggle = dq_commands.add_parser(name, help=f"{name.split('-')[0]} a transformation rule")
         toggle.add_argument("rule_id", type=int)
+    web = dq_commands.add_parser("serve", help="serve the triage page (grouped issues, records, rules, dead letters)")
+    web.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback, behind the proxy)")
+    web.add_argument("--port", type=int, default=8090)
+    web.add_argument(
+        "--root-path",
+        default=current("HARMONIZER_DQ_ROOT_PATH"),
+        help="the path prefix the proxy serves the page under, e.g. /dq (default: HARMONIZER_DQ_ROOT_PATH)",
+    )
     secrets = commands.add_parser(
         "with-secrets",
         help="run a Dagster process (webserver, daemon, code server) with the instance's PostgreSQL login "

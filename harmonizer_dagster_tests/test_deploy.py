@@ -103,6 +103,26 @@ def test_compose_and_helm_values_use_the_package():
     )
 
 
+def test_the_triage_page_is_served_behind_the_proxy_under_dq():
+    service = unit(DEPLOY / "central" / "harmonizer-dq.service")["Service"]
+    assert service["ExecStart"].startswith(WITH_SECRETS + "/opt/harmonizer/venv/bin/harmonizer dq serve")
+    assert "--host 127.0.0.1" in service["ExecStart"], "reachable only through the authenticating proxy"
+    assert service["EnvironmentFile"] == "/etc/harmonizer/central.env" and service["Restart"] == "on-failure"
+    settings = (DEPLOY / "central" / "central.env.example").read_text().splitlines()
+    assert {"HARMONIZER_DQ_ROOT_PATH=/dq", "HARMONIZER_DAGSTER_URL=http://127.0.0.1:3000"} <= set(settings)
+    caddy = (DEPLOY / "central" / "Caddyfile").read_text()
+    assert "handle_path /dq/*" in caddy and "header_up X-Forwarded-User {http.auth.user.id}" in caddy
+    assert caddy.index("basic_auth") < caddy.index("handle_path /dq/*"), "the page is behind the password too"
+    compose = yaml.safe_load((DEPLOY / "central" / "docker-compose.yml").read_text())
+    dq = compose["services"]["dq"]
+    assert dq["command"][:6] == ["harmonizer", "with-secrets", "--", "harmonizer", "dq", "serve"]
+    assert dq["environment"]["HARMONIZER_DQ_ROOT_PATH"] == "/dq" and "ports" not in dq, "only the proxy reaches it"
+    assert compose["services"]["proxy"]["environment"]["HARMONIZER_DQ"] == "dq:8090"
+    block = yaml.safe_load((DEPLOY / "k8s" / "values.yaml").read_text())["harmonizerDq"]
+    assert block["command"][:3] == ["harmonizer", "dq", "serve"]
+    assert {"name": "HARMONIZER_DQ_ROOT_PATH", "value": "/dq"} in block["env"]
+
+
 def test_the_production_instance_monitors_runs_through_the_code_servers():
     instance = yaml.safe_load((DEPLOY.parent / "dagster.yaml").read_text())
     launcher = instance["run_launcher"]

@@ -1,5 +1,6 @@
 """`harmonizer dq`, run through the CLI's entry point on every warehouse, as a data steward would."""
 
+import getpass
 import json
 from collections.abc import Iterator
 
@@ -80,3 +81,7 @@ def test_auto_fix_leaves_what_padding_cannot_fix_pending(loaded, capsys):
     assert pending.rstrip().endswith("showing 1-4 of 4") and "AB350" in pending
     fixed = harmonizer(capsys, "dq", "list", "--status", "auto_fix")
     assert fixed.rstrip().endswith("showing 1-12 of 12") and "AB" not in fixed
+    assert loaded.query(
+        "SELECT DISTINCT resolved_by FROM {schema}.data_quality_issues WHERE resolution_status = 'auto_fix'"
+    ) == [(getpass.getuser(),)], "the CLI records the OS user"
+    assert "(0 value(s) fixed)" in harmonizer(capsys, "dq", "rules"), "until a load applies the rule"

@@ -102,3 +102,41 @@ def reprocess(spec: SourceSpec, store: Warehouse, scratch_root: Path) -> Reproce
         inserted=totals["inserted"],
         updated=totals["updated"],
     )
+
+
+# A dead-letter listing's columns, in the order the page shows them.
+FAILED_COLUMNS = (
+    "record_id",
+    "source_type",
+    "partition_key",
+    "source_line_number",
+    "source_record_id",
+    "error_type",
+    "error_message",
+    "record_data",
+    "reprocessed",
+)
+
+
+def list_failed(
+    store: Warehouse, source: str | None = None, reprocessed: bool | None = False, page: int = 1, limit: int = 50
+) -> tuple[list[dict], int]:
+    """One page of failed records (pending ones by default) and how many match: the database
+    sorts and cuts, as for issues."""
+    if page < 1 or limit < 1:
+        raise ValueError("page and limit must be at least 1")
+    clauses, params = ["TRUE"], []
+    if source is not None:
+        clauses.append("source_type = %s")
+        params.append(source)
+    if reprocessed is not None:
+        clauses.append("reprocessed = %s")
+        params.append(reprocessed)
+    where = " AND ".join(clauses)
+    total = store.query(f"SELECT count(*) FROM {{schema}}.failed_records WHERE {where}", params)[0][0]
+    rows = store.query(
+        f"SELECT CAST(record_id AS VARCHAR), {', '.join(FAILED_COLUMNS[1:])} FROM {{schema}}.failed_records "
+        f"WHERE {where} ORDER BY source_type, partition_key, source_line_number, record_id LIMIT %s OFFSET %s",
+        [*params, limit, (page - 1) * limit],
+    )
+    return [dict(zip(FAILED_COLUMNS, row, strict=True)) for row in rows], int(total)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from harmonizer_dagster.core.spec import SourceSpec
 from harmonizer_dagster.core.triage import Selection, summarize
 from harmonizer_dagster.core.warehouse import Warehouse
@@ -54,3 +56,61 @@ def quality_report(store: Warehouse, spec: SourceSpec, versions: int = 5) -> tup
         "versions_loaded": len(recent),
     }
     return "\n".join(lines) + "\n", figures
+
+
+@dataclass(frozen=True)
+class SourceOverview:
+    """A source at a glance: its latest file version, what that came to, and what is open."""
+
+    source: str
+    version: str
+    partition_key: str
+    status: str
+    counts: dict[str, int]
+    checks_passed: int
+    checks_run: int
+    open_issues: int
+    dead_letters: int
+
+
+def overview(store: Warehouse) -> list[SourceOverview]:
+    """Every source the registry knows, by name, with figures from one pass over each table."""
+    with store.session() as s:
+        latest = s.execute(
+            "SELECT source_type, source_version, partition_key, status, records_in_file, records_imported, "
+            f"records_failed, records_skipped, source_id FROM {store.schema}.sources WHERE source_id IN "
+            f"(SELECT max(source_id) FROM {store.schema}.sources GROUP BY source_type) ORDER BY source_type"
+        )
+        checks = {
+            source_id: (int(passed), int(total))
+            for source_id, passed, total in s.execute(
+                "SELECT source_id, count(*) FILTER (WHERE passed), count(*) "
+                f"FROM {store.schema}.data_quality_checks GROUP BY source_id"
+            )
+        }
+        open_issues = dict(
+            s.execute(
+                f"SELECT source_type, count(*) FROM {store.schema}.data_quality_issues "
+                "WHERE resolution_status = 'pending' GROUP BY source_type"
+            )
+        )
+        dead = dict(
+            s.execute(
+                f"SELECT source_type, count(*) FROM {store.schema}.failed_records WHERE NOT reprocessed "
+                "GROUP BY source_type"
+            )
+        )
+    names = ("in_file", "imported", "failed", "skipped")
+    return [
+        SourceOverview(
+            source,
+            version,
+            key,
+            status,
+            dict(zip(names, (int(c or 0) for c in counts), strict=True)),
+            *checks.get(source_id, (0, 0)),
+            int(open_issues.get(source, 0)),
+            int(dead.get(source, 0)),
+        )
+        for source, version, key, status, *counts, source_id in latest
+    ]

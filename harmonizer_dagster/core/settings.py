@@ -22,6 +22,14 @@ DEFAULTS = {
     # Whose runs this location's alert sensors watch: "location" (its own), "fleet" (every
     # location's: the central machine's location), "off" (a Pi, when the central one alerts).
     "HARMONIZER_ALERTS": "location",
+    # The Dagster webserver the triage page launches re-materializations through (GraphQL).
+    "HARMONIZER_DAGSTER_URL": "http://127.0.0.1:3000",
+    # Where a steward's browser reaches that webserver (behind the proxy); empty: the same URL.
+    "HARMONIZER_DAGSTER_UI_URL": "",
+    # The path prefix the proxy serves the triage page under, e.g. /dq; empty: the root.
+    "HARMONIZER_DQ_ROOT_PATH": "",
+    # Signs the triage page's session cookie (CSRF token, messages); empty: random per process.
+    "HARMONIZER_DQ_SECRET": "",
 }
 
 

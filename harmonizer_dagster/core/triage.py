@@ -19,6 +19,7 @@ import polars as pl
 from harmonizer_dagster.core.reading import LINE_COLUMN
 from harmonizer_dagster.core.rules import Rule, apply_rules
 from harmonizer_dagster.core.spec import SourceSpec
+from harmonizer_dagster.core.sql import quote_ident
 from harmonizer_dagster.core.validation import SpecValidator
 from harmonizer_dagster.core.warehouse import Warehouse
 
@@ -250,8 +251,10 @@ def act(
     pad_to_width: int | None = None,
     date_format: str | None = None,
     map_to: str | None = None,
+    actor: str | None = None,
 ) -> Outcome:
-    """Applies a triage action to the selected issues; returns what changed.
+    """Applies a triage action to the selected issues; returns what changed. `actor` (who acted:
+    the web page's authenticated user, the CLI's OS user) is kept with each issue it changes.
 
     auto_fix needs one of pad_to_width, date_format or map_to (map_to maps every selected
     invalid value to it); manual_fix needs map_to, the corrected value. A fix is checked against
@@ -263,8 +266,8 @@ def act(
     if action not in FIXES:
         changed = store.query(
             "UPDATE {schema}.data_quality_issues SET resolution_status = %s, resolution_notes = %s, "
-            f"resolved_at = now(), fix_rule_id = NULL WHERE {where} RETURNING issue_id",
-            [ACTIONS[action], note or None, *params],
+            f"resolved_at = now(), resolved_by = %s, fix_rule_id = NULL WHERE {where} RETURNING issue_id",
+            [ACTIONS[action], note or None, actor, *params],
         )
         return Outcome(action, len(changed))
     if action == "manual_fix" and map_to is None:
@@ -289,7 +292,7 @@ def act(
             rule_ids[key] = store.add_rule(source, field_name, kind, rule_params, note, issue_type)
         fixed_keys.append((source, field_name, issue_type, check, value, rule_ids[key]))
         fixed += int(count)
-    _mark_fixed(store, where, params, fixed_keys, ACTIONS[action], note)
+    _mark_fixed(store, where, params, fixed_keys, ACTIONS[action], note, actor)
     unfixed = [c for c in candidates if (c[0], c[1], c[3], c[4]) not in repaired]
     return Outcome(
         action,
@@ -352,7 +355,13 @@ def _repaired(candidates: list[tuple], specs: dict[str, SourceSpec], fix: Fix) -
 
 
 def _mark_fixed(
-    store: Warehouse, where: str, params: list[Any], fixed_keys: list[tuple], status: str, note: str
+    store: Warehouse,
+    where: str,
+    params: list[Any],
+    fixed_keys: list[tuple],
+    status: str,
+    note: str,
+    actor: str | None,
 ) -> None:
     """Marks the selected issues with a repaired value, each with the rule that repairs it, in
     one transaction. (No RETURNING: DuckDB takes seconds to return 100k ids; the candidates
@@ -362,10 +371,137 @@ def _mark_fixed(
             chunk = fixed_keys[start : start + UPDATE_BATCH]
             s.execute(
                 f"UPDATE {store.schema}.data_quality_issues SET resolution_status = %s, resolution_notes = %s, "
-                "resolved_at = now(), fix_rule_id = v.rule_id FROM (VALUES "
+                "resolved_at = now(), resolved_by = %s, fix_rule_id = v.rule_id FROM (VALUES "
                 + ", ".join(["(%s, %s, %s, %s, %s, %s)"] * len(chunk))
                 + ") AS v(fixed_source, fixed_field, fixed_type, fixed_check, fixed_value, rule_id) "
                 f"WHERE {where} AND source_type = v.fixed_source AND field_name = v.fixed_field "
                 "AND issue_type = v.fixed_type AND rule = v.fixed_check AND invalid_value = v.fixed_value",
-                [status, note or None, *[value for key in chunk for value in key], *params],
+                [status, note or None, actor, *[value for key in chunk for value in key], *params],
             )
+
+
+# The issue filters a page offers, by the name each goes by, and the column it selects on.
+FACETS = {
+    "source": "source_type",
+    "partition": "partition_key",
+    "field": "field_name",
+    "severity": "severity",
+    "status": "resolution_status",
+}
+
+
+def facets(store: Warehouse, limit: int = 500) -> dict[str, list[str]]:
+    """The values each filter can take, as the issues hold them, so a steward picks rather than types."""
+    with store.session() as s:
+        return {
+            name: [
+                value
+                for (value,) in s.execute(
+                    f"SELECT DISTINCT {column} FROM {store.schema}.data_quality_issues WHERE {column} IS NOT NULL "
+                    "ORDER BY 1 LIMIT %s",
+                    [limit],
+                )
+            ]
+            for name, column in FACETS.items()
+        }
+
+
+@dataclass(frozen=True)
+class RuleSummary:
+    """A learned rule and how many values it has changed on the loads since it was made."""
+
+    rule_id: int
+    source: str
+    field_name: str
+    kind: str
+    params: str
+    enabled: bool
+    note: str | None
+    issue_type: str | None
+    created_at: Any
+    fixed: int
+
+
+def list_rules(store: Warehouse) -> list[RuleSummary]:
+    """Every transformation rule, oldest first, with its count of applied fixes."""
+    rows = store.query(
+        "SELECT r.rule_id, r.source_type, r.field_name, r.kind, r.params, r.enabled, r.note, "
+        "r.created_from_issue_type, r.created_at, coalesce(f.fixed, 0) FROM {schema}.transformation_rules r "
+        "LEFT JOIN (SELECT rule_id, count(*) AS fixed FROM {schema}.applied_fixes GROUP BY rule_id) f "
+        "ON f.rule_id = r.rule_id ORDER BY r.rule_id"
+    )
+    return [RuleSummary(*row[:-1], int(row[-1])) for row in rows]
+
+
+def fixed_partitions(store: Warehouse, rule_ids: Iterable[int]) -> dict[str, list[str]]:
+    """Per source, the file versions with issues these rules fixed: the partitions whose
+    re-materialization applies the rules to the warehouse."""
+    ids = [int(rule_id) for rule_id in rule_ids]
+    if not ids:
+        return {}
+    partitions: dict[str, list[str]] = defaultdict(list)
+    for source, partition_key in store.query(
+        "SELECT DISTINCT source_type, partition_key FROM {schema}.data_quality_issues "
+        f"WHERE fix_rule_id IN ({', '.join(['%s'] * len(ids))}) ORDER BY 1, 2",
+        ids,
+    ):
+        partitions[source].append(partition_key)
+    return dict(partitions)
+
+
+# What the record view shows of an issue beyond a listing's columns.
+DETAIL_COLUMNS = (*ISSUE_COLUMNS, "rule", "resolution_notes", "resolved_at", "resolved_by", "fix_rule_id")
+
+
+@dataclass(frozen=True)
+class IssueRecord:
+    """One issue with its record: every issue raised on the same line, and the record itself,
+    from the dead letters when it was rejected, else from the source's table."""
+
+    issue: dict[str, Any]
+    issues: list[dict[str, Any]]
+    record: dict[str, Any] | str | None
+    origin: str
+
+
+def issue_record(store: Warehouse, issue_id: str, specs: Iterable[SourceSpec] = ()) -> IssueRecord | None:
+    """The issue `issue_id` with its record, or None when there is no such issue."""
+    columns = f"CAST(issue_id AS VARCHAR), {', '.join(DETAIL_COLUMNS[1:])}"
+    found = store.query(
+        f"SELECT {columns}, source_id, file_hash FROM {{schema}}.data_quality_issues "
+        "WHERE CAST(issue_id AS VARCHAR) = %s",
+        [issue_id],
+    )
+    if not found:
+        return None
+    *values, source_id, file_hash = found[0]
+    issue = dict(zip(DETAIL_COLUMNS, values, strict=True))
+    line = issue["source_line_number"]
+    if line is None:
+        return IssueRecord(issue, [issue], None, "")
+    siblings = store.query(
+        f"SELECT {columns} FROM {{schema}}.data_quality_issues WHERE source_id = %s AND source_line_number = %s "
+        "ORDER BY severity, field_name, rule",
+        [source_id, line],
+    )
+    issues = [dict(zip(DETAIL_COLUMNS, row, strict=True)) for row in siblings]
+    failed = store.query(
+        "SELECT record_data FROM {schema}.failed_records WHERE source_id = %s AND source_line_number = %s LIMIT 1",
+        [source_id, line],
+    )
+    if failed:
+        try:
+            return IssueRecord(issue, issues, json.loads(failed[0][0]), "failed_records")
+        except json.JSONDecodeError:
+            return IssueRecord(issue, issues, failed[0][0], "failed_records")
+    spec = next((spec for spec in specs if spec.name == issue["source_type"]), None)
+    if spec is None:
+        return IssueRecord(issue, issues, None, "")
+    names = [c.name for c in spec.columns]
+    rows = store.query(
+        f"SELECT {', '.join(quote_ident(n) for n in names)} FROM {store.table(spec.name)} "
+        f"WHERE _file_hash = %s AND {quote_ident(LINE_COLUMN)} = %s LIMIT 1",
+        [file_hash, line],
+    )
+    record = dict(zip(names, rows[0], strict=True)) if rows else None
+    return IssueRecord(issue, issues, record, f"{store.schema_name}.{spec.name}" if rows else "")

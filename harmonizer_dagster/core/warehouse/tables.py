@@ -166,6 +166,11 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             "ALTER TABLE {schema}.sources ADD COLUMN processing_fingerprint VARCHAR",
         ],
     ),
+    (
+        5,
+        "who triaged an issue",
+        ["ALTER TABLE {schema}.data_quality_issues ADD COLUMN resolved_by VARCHAR"],
+    ),
 ]
 
 
