@@ -33,6 +33,10 @@ def daemon(tmp_path, landing):
     home = tmp_path / "dagster_home"
     home.mkdir()
     shutil.copy(REPO / "deploy" / "local" / "dagster.yaml", home / "dagster.yaml")
+    # Create the SQLite storages before the daemon starts: the test reads them while it runs,
+    # and two processes creating one at once can both stamp its schema version.
+    with dg.DagsterInstance.from_config(str(home)):
+        pass
     drop = tmp_path / "drop"
     (drop / SOURCE).mkdir(parents=True)
     env = {

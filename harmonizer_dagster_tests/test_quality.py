@@ -31,6 +31,10 @@ def test_every_check_passes_on_the_clean_sample(warehouse, specs, landing, tmp_p
         "schema_drift",
         "home_office_zip_pass_rate",
         "email_pass_rate",
+        "volume_change",
+        "null_rate_drift",
+        "rejected_rate_drift",
+        "key_churn",
     }
     assert {name: r.passed for name, r in results.items()} == dict.fromkeys(results, True)
     history = warehouse.query(

@@ -7,6 +7,7 @@ caller (the Dagster layer turns it into an asset check result with the same figu
 from __future__ import annotations
 
 import json
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +40,7 @@ class Version:
     records_imported: int
     records_failed: int
     records_skipped: int
+    records_inserted: int
     extra_fields: tuple[str, ...]
 
 
@@ -54,7 +56,7 @@ def latest_version(store: Warehouse, spec: SourceSpec, partition_key: str) -> Ve
     # A file identical to one already loaded is judged by that load.
     rows = store.query(
         "SELECT source_id, file_hash, records_in_file, records_imported, records_failed, records_skipped, "
-        "extra_fields FROM {schema}.sources WHERE status = 'completed' AND source_id = ("
+        "records_inserted, extra_fields FROM {schema}.sources WHERE status = 'completed' AND source_id = ("
         "SELECT coalesce(duplicate_of_source_id, source_id) FROM {schema}.sources WHERE source_type = %s "
         "AND partition_key = %s AND status IN ('completed', 'skipped') ORDER BY source_id DESC LIMIT 1)",
         (spec.name, partition_key),
@@ -171,6 +173,240 @@ def _schema_drift(store: Warehouse, spec: SourceSpec, key: str, v: Version) -> E
     )
 
 
+@dataclass(frozen=True)
+class EarlierVersion:
+    """The registry counts of a version an anomaly check compares with."""
+
+    source_id: int
+    records_in_file: int
+    records_imported: int
+    records_failed: int
+
+
+NO_EARLIER = "no earlier version to compare with"
+
+
+def earlier_versions(store: Warehouse, spec: SourceSpec, v: Version, limit: int) -> list[EarlierVersion]:
+    """The latest completed load of each of the `limit` partitions that arrived before the judged
+    version's partition, the most recent first. Arrival is a partition's first registration, as
+    the upsert orders versions; a partition's own earlier loads and skipped duplicates are left out."""
+    rows = store.query(
+        "WITH partitions AS (SELECT partition_key, min(source_id) AS arrival, "
+        "max(source_id) FILTER (WHERE status = 'completed') AS latest "
+        "FROM {schema}.sources WHERE source_type = %s GROUP BY partition_key) "
+        "SELECT s.source_id, s.records_in_file, s.records_imported, s.records_failed "
+        "FROM partitions p JOIN {schema}.sources s ON s.source_id = p.latest "
+        "WHERE p.arrival < (SELECT p2.arrival FROM partitions p2 JOIN {schema}.sources v "
+        "ON v.partition_key = p2.partition_key WHERE v.source_id = %s) "
+        "ORDER BY p.arrival DESC LIMIT %s",
+        (spec.name, v.source_id, limit),
+    )
+    return [EarlierVersion(*(int(n or 0) for n in row)) for row in rows]
+
+
+def _median(values: list[float]) -> float:
+    return float(statistics.median(values))
+
+
+def _volume_change(threshold: float, versions: int) -> Callable[[Warehouse, SourceSpec, str, Version], Evaluation]:
+    def evaluate(store: Warehouse, spec: SourceSpec, key: str, v: Version) -> Evaluation:
+        earlier = earlier_versions(store, spec, v, versions)
+        if not earlier:
+            return Evaluation(True, None, threshold, NO_EARLIER)
+        baseline = _median([e.records_in_file for e in earlier])
+        change = (v.records_in_file - baseline) / max(baseline, 1.0)  # an empty baseline is one record
+        return Evaluation(
+            passed=abs(change) <= threshold,
+            observed=round(change, 6),
+            threshold=threshold,
+            message=f"{v.records_in_file} records in the file, {change:+.1%} against the median of "
+            f"{len(earlier)} earlier version(s) ({baseline:.12g}; a change of at most {threshold:.0%} expected)",
+            counts={
+                "records_in_file": v.records_in_file,
+                "ratio": round(v.records_in_file / max(baseline, 1.0), 6),
+                "baseline": baseline,
+                "previous": earlier[0].records_in_file,
+                "versions_compared": len(earlier),
+            },
+        )
+
+    return evaluate
+
+
+def _rejected_rate(threshold: float, versions: int) -> Callable[[Warehouse, SourceSpec, str, Version], Evaluation]:
+    def evaluate(store: Warehouse, spec: SourceSpec, key: str, v: Version) -> Evaluation:
+        earlier = [e for e in earlier_versions(store, spec, v, versions) if e.records_in_file]
+        if not earlier:
+            return Evaluation(True, None, threshold, NO_EARLIER)
+        rate = v.records_failed / v.records_in_file if v.records_in_file else 0.0
+        baseline = _median([e.records_failed / e.records_in_file for e in earlier])
+        increase = rate - baseline
+        return Evaluation(
+            passed=increase <= threshold,
+            observed=round(increase, 6),
+            threshold=threshold,
+            message=f"{rate:.2%} of records rejected ({v.records_failed} of {v.records_in_file}) against "
+            f"{baseline:.2%} in the median of {len(earlier)} earlier version(s) (a rise of at most "
+            f"{threshold:.2%} expected)",
+            counts={
+                "rejected_rate": round(rate, 6),
+                "baseline": round(baseline, 6),
+                "records_failed": v.records_failed,
+                "records_in_file": v.records_in_file,
+                "versions_compared": len(earlier),
+            },
+        )
+
+    return evaluate
+
+
+def _null_rate_drift(threshold: float, versions: int) -> Callable[[Warehouse, SourceSpec, str, Version], Evaluation]:
+    """One check for every column, naming the columns over the threshold: a column emptied
+    upstream shows as one failing check on the partition, not one of a dozen, and the UI lists
+    as many checks per source whatever its width.
+
+    A version's null rates are estimated from the rows it wrote. An unchanged record keeps the
+    row (and provenance) of the file that wrote it first, so the rows a version writes are its
+    new and changed records only; its unchanged ones hold the same values as before. So the rise
+    of a column's null rate is the nulls in the written rows beyond the baseline's share of them,
+    over the records imported: exact for a column that empties (every record holding a value
+    changes), and zero for a file repeating the previous one. Each version's rates are kept in
+    this check's `counts`, which later versions read: rows may since have been overwritten.
+    Required columns are left out: a record missing one is rejected (see rejected_rate_drift)."""
+
+    def evaluate(store: Warehouse, spec: SourceSpec, key: str, v: Version) -> Evaluation:
+        nullable = [c.name for c in spec.columns if not c.required]
+        counted = ", ".join(f"count(*) FILTER (WHERE {quote_ident(c)} IS NULL)" for c in nullable)
+        written, *nulls = store.query(
+            f"SELECT count(*){', ' if counted else ''}{counted} FROM {store.table(spec.name)} WHERE _file_hash = %s",
+            (v.file_hash,),
+        )[0]
+        earlier = earlier_versions(store, spec, v, versions)
+        baseline = _baseline_null_rates(store, spec, [e.source_id for e in earlier])
+        rates, increases = {}, {}
+        for column, count in zip(nullable, nulls, strict=True):
+            if column in baseline and v.records_imported:
+                increases[column] = (count - baseline[column] * written) / v.records_imported
+                rates[column] = round(min(max(baseline[column] + increases[column], 0.0), 1.0), 6)
+            elif written:
+                rates[column] = round(count / written, 6)
+        counts: dict[str, Any] = {"null_rates": rates, "rows_written": int(written)}
+        if not increases:
+            if not earlier:
+                message = NO_EARLIER
+            elif not baseline:
+                message = "the earlier versions have no recorded null rates to compare with"
+            else:
+                message = "no record imported: no null rate to compare"
+            return Evaluation(True, None, threshold, message, counts)
+        over = sorted(c for c, rise in increases.items() if rise > threshold)
+        worst = max(increases, key=lambda c: increases[c])
+        counts |= {"baseline_null_rates": {c: round(baseline[c], 6) for c in increases}, "columns_over": over}
+        described = ", ".join(f"{c} from {baseline[c]:.1%} to {rates[c]:.1%}" for c in over)
+        return Evaluation(
+            passed=not over,
+            observed=round(increases[worst], 6),
+            threshold=threshold,
+            message=f"null rate rose by more than {threshold:.0%}: {described}"
+            if over
+            else f"no column's null rate rose by more than {threshold:.0%} (largest rise: {worst}, "
+            f"{increases[worst]:+.1%})",
+            counts=counts,
+        )
+
+    return evaluate
+
+
+def _baseline_null_rates(store: Warehouse, spec: SourceSpec, earlier: list[int]) -> dict[str, float]:
+    """Each column's median null rate over the earlier versions, from their latest recorded evaluations."""
+    if not earlier:
+        return {}
+    recorded: dict[int, dict[str, float]] = {}
+    for source_id, counts in store.query(
+        "SELECT source_id, counts FROM {schema}.data_quality_checks WHERE asset = %s AND check_name = %s "
+        f"AND source_id IN ({', '.join(['%s'] * len(earlier))}) ORDER BY evaluated_at",
+        (spec.name, "null_rate_drift", *earlier),
+    ):
+        recorded[int(source_id)] = json.loads(counts).get("null_rates", {})
+    columns = {c for rates in recorded.values() for c in rates}
+    return {c: _median([rates[c] for rates in recorded.values() if c in rates]) for c in columns}
+
+
+def _key_churn(threshold: float, _versions: int) -> Callable[[Warehouse, SourceSpec, str, Version], Evaluation]:
+    """Compares the version's natural keys with the previous version's from registry counts alone,
+    so it costs nothing on a million-row file. The upsert counts the keys no earlier load wrote
+    (inserted) and those it re-delivered (imported - inserted); unchanged records keep an older
+    file's provenance, so the table cannot tell which version delivered a key. New keys are the
+    inserted ones; dropped keys are the previous version's not re-delivered. Exact for feeds that
+    deliver a full snapshot each version, loaded once; a key absent from the previous version but
+    loaded before (by an older version, or this partition's own earlier load) counts as neither
+    new nor dropped, so both shares are lower bounds."""
+
+    def evaluate(store: Warehouse, spec: SourceSpec, key: str, v: Version) -> Evaluation:
+        earlier = earlier_versions(store, spec, v, 1)
+        if not earlier:
+            return Evaluation(True, None, threshold, NO_EARLIER)
+        previous = earlier[0].records_imported
+        new = v.records_inserted
+        dropped = max(previous - (v.records_imported - new), 0)
+        new_share = new / v.records_imported if v.records_imported else 0.0
+        dropped_share = dropped / previous if previous else 0.0
+        observed = max(new_share, dropped_share)
+        return Evaluation(
+            passed=observed <= threshold,
+            observed=round(observed, 6),
+            threshold=threshold,
+            message=f"{new_share:.1%} of the {v.records_imported} keys are new, {dropped_share:.1%} of the previous "
+            f"version's {previous} keys are gone (at most {threshold:.0%} expected)",
+            counts={
+                "new_keys": new,
+                "dropped_keys": dropped,
+                "keys": v.records_imported,
+                "previous_keys": previous,
+            },
+        )
+
+    return evaluate
+
+
+def _anomaly_checks(spec: SourceSpec) -> list[QualityCheck]:
+    """The checks comparing a version with the earlier ones, for the thresholds the spec sets."""
+    a = spec.anomalies
+    if a is None:
+        return []
+    declared = [
+        (
+            "volume_change",
+            a.volume_change,
+            "The number of records stays within {:.0%} of the median of the earlier versions.",
+            _volume_change,
+        ),
+        (
+            "null_rate_drift",
+            a.null_rate_increase,
+            "No column's share of nulls rises more than {:.0%} over the earlier versions.",
+            _null_rate_drift,
+        ),
+        (
+            "rejected_rate_drift",
+            a.rejected_rate_increase,
+            "The share of rejected records rises no more than {:.0%} over the earlier versions.",
+            _rejected_rate,
+        ),
+        (
+            "key_churn",
+            a.key_churn,
+            "At most {:.0%} of natural keys are new, or gone, since the previous version.",
+            _key_churn,
+        ),
+    ]
+    return [
+        QualityCheck(name, a.severity, description.format(threshold), build(threshold, a.baseline_versions))
+        for name, threshold, description, build in declared
+        if threshold is not None
+    ]
+
+
 def checks_for(spec: SourceSpec) -> list[QualityCheck]:
     """The checks a spec implies. Removed columns need no check: the file fails to load."""
     checks = [
@@ -204,7 +440,7 @@ def checks_for(spec: SourceSpec) -> list[QualityCheck]:
                     _pass_rate(column.name, threshold),
                 )
             )
-    return checks
+    return checks + _anomaly_checks(spec)
 
 
 def run_check(store: Warehouse, spec: SourceSpec, check: QualityCheck, partition_key: str, run_id: str) -> Evaluation:

@@ -124,6 +124,19 @@ class Schedule:
 
 
 @dataclass(frozen=True)
+class Anomalies:
+    """Thresholds of the checks comparing a file version with the previous versions of its
+    source; a threshold of None turns its check off."""
+
+    baseline_versions: int = 5  # the baseline is the median of this many previous versions
+    volume_change: float | None = 0.5  # relative change of records in the file
+    null_rate_increase: float | None = 0.2  # absolute rise of a column's share of nulls
+    rejected_rate_increase: float | None = 0.05  # absolute rise of the share of rejected records
+    key_churn: float | None = 0.5  # share of natural keys new to, or dropped since, the previous version
+    severity: str = "warning"  # warnings do not block publication
+
+
+@dataclass(frozen=True)
 class SourceSpec:
     name: str
     title: str
@@ -142,6 +155,9 @@ class SourceSpec:
     description: str = ""
     schedule: Schedule | None = None
     freshness_hours: int | None = None  # a new version is expected at least this often
+    # None when `anomalies: false`. Kept out of the repr, which fingerprints how files are
+    # processed: thresholds only change how versions are judged, not what gets loaded.
+    anomalies: Anomalies | None = field(default=Anomalies(), repr=False)
     path: Path | None = field(default=None, compare=False)
 
     def column(self, name: str) -> Column:
@@ -388,6 +404,30 @@ def _parse_schedule(r: _Reader) -> Schedule:
     return Schedule(cron=cron, timezone=timezone, fetch=fetch)
 
 
+def _parse_anomalies(r: _Reader, value: bool | dict) -> Anomalies | None:
+    """`anomalies: false` turns the checks off, `true` or a mapping (each field optional) on."""
+    if value is False:
+        return None
+    a = r.sub("anomalies", {} if value is True else value)
+    defaults = Anomalies()
+    thresholds: dict[str, float | None] = {}
+    for name in ("volume_change", "null_rate_increase", "rejected_rate_increase", "key_churn"):
+        default = getattr(defaults, name)
+        threshold = a.get(name, default, kind=(int, float, type(None)))
+        ceiling = float("inf") if name == "volume_change" else 1.0  # a volume may more than double
+        if isinstance(threshold, bool) or (threshold is not None and not 0 <= threshold <= ceiling):
+            bounds = "at least 0" if name == "volume_change" else "between 0 and 1"
+            a.record(a.fail(name, f"must be a number {bounds}, or null to turn the check off"))
+            threshold = default
+        thresholds[name] = None if threshold is None else float(threshold)
+    versions = a.get("baseline_versions", defaults.baseline_versions, kind=int)
+    if versions < 1:
+        a.record(a.fail("baseline_versions", "must be at least 1"))
+    severity = a.choice("severity", SEVERITIES, defaults.severity)
+    a.finish()
+    return Anomalies(baseline_versions=max(versions, 1), severity=severity, **thresholds)
+
+
 def parse_spec(data: Any, file: str = "<spec>", lines: Mapping[str, int] | None = None) -> SourceSpec:
     """Builds a SourceSpec from parsed YAML. SpecError lists every error found, each naming `file`,
     the field and, given the `lines` of the fields (see `load_spec`), its line."""
@@ -437,6 +477,7 @@ def _parse_source(r: _Reader, file: str) -> SourceSpec:
         columns=columns,
         schedule=_parse_schedule(r.sub("schedule", r.get("schedule", kind=dict))) if "schedule" in r.data else None,
         freshness_hours=r.get("freshness_hours", None, kind=int),
+        anomalies=_parse_anomalies(r, r.get("anomalies", True, kind=(bool, dict))),
         path=Path(file),
     )
     if len(spec.delimiter) != 1:

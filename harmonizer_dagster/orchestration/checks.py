@@ -18,16 +18,22 @@ from harmonizer_dagster.orchestration.resources import WarehouseResource
 SEVERITIES = {"error": dg.AssetCheckSeverity.ERROR, "warning": dg.AssetCheckSeverity.WARN}
 
 
+def _metadata_value(value: Any) -> Any:
+    """A figure as is, a mapping (say, null rates by column) as JSON, a list as its items."""
+    if isinstance(value, int | float):
+        return value
+    if isinstance(value, dict):
+        return dg.MetadataValue.json(value)
+    return ", ".join(value) or "none"
+
+
 def _result_fields(check: QualityCheck, evaluation: Evaluation) -> dict[str, Any]:
     """What the UI shows of an evaluation: the same figures as its data_quality_checks row."""
     metadata = {
         "observed_value": evaluation.observed,
         "threshold": evaluation.threshold,
         "message": evaluation.message,
-        **{
-            name: value if isinstance(value, int | float) else ", ".join(value) or "none"
-            for name, value in evaluation.counts.items()
-        },
+        **{name: _metadata_value(value) for name, value in evaluation.counts.items()},
     }
     return {
         "passed": evaluation.passed,
