@@ -12,6 +12,12 @@ Cases, each in a process of its own so its peak RSS is its own:
   f  a second run of the same, unchanged file into the DuckDB warehouse of (a), next to
      hashing the file alone
   checks  every data-quality check of the file loaded by (a): at most 20% of (a)
+  dlt  the peer tool: dlt (the `bench` extra) loading pyarrow batches of the file with
+     write_disposition="merge" and primary key corp_number, into DuckDB and into PostgreSQL
+--threads 1,2 runs (a) and (b) once per core count: the child is pinned to that many cores
+(sched_setaffinity) and told the count through POLARS_MAX_THREADS and HARMONIZER_THREADS;
+every other case runs on all cores. Results are kept in <data-dir>/results_<rows>.json, so a
+10M-row memory run (--only pipeline_duckdb --rows 10000000) is compared with the 1M-row run.
 PostgreSQL: HARMONIZER_BENCH_POSTGRES_URL (default postgresql://postgres@127.0.0.1:5432/postgres);
 the benchmark creates and drops a database of its own.
 """
@@ -21,13 +27,17 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import operator
 import os
 import re
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 import psycopg
 
@@ -38,9 +48,19 @@ from harmonizer_dagster.core.samples import write_registry_csv
 from harmonizer_dagster.core.settings import DEFAULTS
 from harmonizer_dagster.core.spec import load_specs
 from harmonizer_dagster.core.warehouse import open_warehouse
+from harmonizer_dagster.core.warehouse.duckdb import THREADS_VARIABLE
 
 ROW_LOOP_ROWS = 100_000
 DATABASE = "harmonizer_bench"
+ALL_CORES = len(os.sched_getaffinity(0))
+COMPARISONS: dict[str, Callable[[float, float], bool]] = {
+    ">=": operator.ge,
+    ">": operator.gt,
+    "<=": operator.le,
+    "<": operator.lt,
+}
+# Cases run once per --threads core count; the others run on all cores.
+SCALED_CASES = ("pipeline_duckdb", "ctas_duckdb")
 
 
 def registry_spec():
@@ -60,7 +80,7 @@ def run_pipeline(file: Path, url: str, work: Path) -> int:
 def run_ctas(file: Path, work: Path) -> int:
     import duckdb
 
-    with duckdb.connect(str(work / "ctas.duckdb")) as con:
+    with duckdb.connect(str(work / "ctas.duckdb"), config={"threads": os.environ[THREADS_VARIABLE]}) as con:
         con.execute(f"CREATE OR REPLACE TABLE registry AS SELECT * FROM read_csv('{file}')")
         return con.execute("SELECT count(*) FROM registry").fetchone()[0]
 
@@ -137,6 +157,36 @@ def run_executemany(file: Path, url: str) -> int:
         return count
 
 
+def run_dlt_merge(file: Path, destination: Any, work: Path) -> int:
+    """The peer: dlt merging the file, read as pyarrow batches of text columns, on corp_number."""
+    import dlt
+    import pyarrow as pa
+    import pyarrow.csv as pa_csv
+
+    with file.open(newline="") as handle:
+        header = next(csv.reader(handle))
+    columns = [re.sub(r"\W", "_", h.lower()) for h in header]
+    count = 0
+
+    @dlt.resource(name="registry", write_disposition="merge", primary_key="corp_number")
+    def registry() -> Iterator[pa.RecordBatch]:
+        nonlocal count
+        reader = pa_csv.open_csv(
+            file,
+            read_options=pa_csv.ReadOptions(column_names=columns, skip_rows=1, block_size=32 << 20),
+            convert_options=pa_csv.ConvertOptions(column_types=dict.fromkeys(columns, pa.string())),
+        )
+        for batch in reader:
+            count += batch.num_rows
+            yield batch
+
+    pipeline = dlt.pipeline(
+        pipeline_name="bench", destination=destination, dataset_name="dlt_merge", pipelines_dir=str(work / "dlt")
+    )
+    pipeline.run(registry())
+    return count
+
+
 def run_case(case: str, file: Path, url: str, work: Path) -> int:
     if case == "pipeline_duckdb":
         return run_pipeline(file, f"duckdb:///{work / 'pipeline.duckdb'}", work)
@@ -158,29 +208,122 @@ def run_case(case: str, file: Path, url: str, work: Path) -> int:
         return run_pipeline(file, url, work)
     if case == "executemany_postgres":
         return run_executemany(file, url)
+    if case == "dlt_merge_duckdb":
+        import dlt
+
+        return run_dlt_merge(file, dlt.destinations.duckdb(str(work / "dlt.duckdb")), work)
+    if case == "dlt_merge_postgres":
+        import dlt
+
+        parts = urlsplit(url)
+        if parts.password is None:  # dlt insists on a password, which trust or peer authentication ignores
+            url = parts._replace(
+                netloc=f"{parts.username or 'postgres'}:unused@{parts.hostname or 'localhost'}:{parts.port or 5432}"
+            ).geturl()
+        return run_dlt_merge(file, dlt.destinations.postgres(url), work)
     raise ValueError(case)
 
 
-def measure(case: str, file: Path, url: str, work: Path) -> dict:
-    """Runs one case in a child process; wall time and that child's own peak RSS (VmHWM, which,
-    unlike getrusage, does not inherit the parent's high-water mark across fork and exec)."""
+def measure(case: str, cores: int, file: Path, url: str, work: Path) -> dict:
+    """Runs one case in a child process pinned to `cores` cores; wall time and that child's own
+    peak RSS (VmHWM, which, unlike getrusage, does not inherit the parent's high-water mark
+    across fork and exec)."""
+    if cores != ALL_CORES:
+        work = work / f"cores_{cores}"
+        work.mkdir(exist_ok=True)
+    allowed = sorted(os.sched_getaffinity(0))[:cores]
     started = time.perf_counter()
     child = subprocess.Popen(
         [sys.executable, __file__, "--case", case, "--file", str(file), "--work", str(work)],
-        env={**os.environ, "HARMONIZER_BENCH_DB_URL": url},
+        env={
+            **os.environ,
+            "HARMONIZER_BENCH_DB_URL": url,
+            "POLARS_MAX_THREADS": str(cores),
+            THREADS_VARIABLE: str(cores),
+            "RUNTIME__DLTHUB_TELEMETRY": "false",
+            "RUNTIME__LOG_LEVEL": "ERROR",
+        },
         stdout=subprocess.PIPE,
+        preexec_fn=lambda: os.sched_setaffinity(0, allowed),
     )
     assert child.stdout is not None
     output = json.loads(child.stdout.read())
     if child.wait() != 0:
         raise SystemExit(f"case {case} failed")
     seconds = time.perf_counter() - started
-    return {"case": case, "seconds": seconds, "rows": output["rows"], "peak_rss_mb": output["peak_rss_kb"] / 1024}
+    return {
+        "case": case,
+        "cores": cores,
+        "seconds": seconds,
+        "rows": output["rows"],
+        "peak_rss_mb": output["peak_rss_kb"] / 1024,
+    }
 
 
 def peak_rss_kb() -> int:
     status = Path("/proc/self/status").read_text()
     return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1))
+
+
+def key(case: str, cores: int = ALL_CORES) -> str:
+    return f"{case}@{cores}"
+
+
+def print_targets(results: dict[str, dict], rows: int, data_dir: Path, one_core: int | None) -> None:
+    """Each target the issue set, with its measured value, for the cases this run has."""
+    r = results
+
+    def speed(x: str, y: str) -> float:
+        """How many times faster x ran than y."""
+        return r[y]["seconds"] / r[x]["seconds"]
+
+    def rate(x: str, y: str) -> float:
+        """How many times more rows per second x loaded than y (they load different row counts)."""
+        return r[x]["rows_per_s"] / r[y]["rows_per_s"]
+
+    def show(
+        label: str, needs: tuple[str, ...], value: Callable[[], float], unit: str, goal: str, limit: float
+    ) -> None:
+        """Prints the value, the goal (`goal` is a comparison: >=, >, <=, <) and whether it is met,
+        when the run has every case of `needs`."""
+        if all(n in r for n in needs):
+            measured = value()
+            met = COMPARISONS[goal](measured, limit)
+            print(f"  {label:<52} {measured:>12,.2f} {unit:<6} [{goal} {limit:,g}] {'ok' if met else 'MISSED'}")
+
+    a, b, d = key("pipeline_duckdb"), key("ctas_duckdb"), key("pipeline_postgres")
+    dd, dp = key("dlt_merge_duckdb"), key("dlt_merge_postgres")
+    c, e, f, h, checks = (
+        key(n) for n in ("row_loop_postgres", "executemany_postgres", "rerun_duckdb", "hash_only", "checks_duckdb")
+    )
+    print("\ntargets:")
+    show("(a) pipeline vs (b) bare DuckDB CTAS, speed", (a, b), lambda: speed(a, b), "x", ">=", 0.5)
+    if one_core is not None:
+        a1, b1 = key("pipeline_duckdb", one_core), key("ctas_duckdb", one_core)
+        show(f"(a) vs (b) on {one_core} core(s), speed", (a1, b1), lambda: speed(a1, b1), "x", ">=", 0.5)
+        show(f"(a) on {ALL_CORES} cores vs on {one_core}, speed", (a, a1), lambda: speed(a, a1), "x", ">=", 1.6)
+    show("(a) pipeline vs dlt merge into DuckDB, speed", (a, dd), lambda: speed(a, dd), "x", ">", 1)
+    show("(d) pipeline vs dlt merge into PostgreSQL, speed", (d, dp), lambda: speed(d, dp), "x", ">", 1)
+    show("(d) first load into PostgreSQL", (d,), lambda: r[d]["rows_per_s"], "rows/s", ">=", 100_000)
+    show("(a) pipeline vs (c) row-by-row loader, rows/s", (a, c), lambda: rate(a, c), "x", ">=", 10)
+    show("(d) pipeline vs (e) executemany upsert, rows/s", (d, e), lambda: rate(d, e), "x", ">=", 5)
+    show("(f) unchanged re-run vs hashing alone, time", (f, h), lambda: 1 / speed(f, h), "x", "<=", 1.1)
+    show("all checks vs (a), time", (checks, a), lambda: 1 / speed(checks, a), "x", "<=", 0.2)
+    show("(a) peak RSS", (a,), lambda: r[a]["peak_rss_mb"], "MiB", "<", 1024)
+    for other in sorted(data_dir.glob("results_*.json")):
+        other_rows, kept = int(other.stem.split("_")[1]), json.loads(other.read_text()).get(a)
+        if other_rows != rows and kept is not None and a in r:
+            (small_rows, small), (large_rows, large) = sorted(
+                [(other_rows, kept["peak_rss_mb"]), (rows, r[a]["peak_rss_mb"])]
+            )
+            show(
+                f"(a) peak RSS at {large_rows:,} vs {small_rows:,} rows",
+                (a,),
+                lambda ratio=large / small: ratio,
+                "x",
+                "<=",
+                1.5,
+            )
 
 
 def main() -> None:
@@ -189,6 +332,10 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=Path(__file__).parent / "data")
     parser.add_argument("--skip-postgres", action="store_true")
     parser.add_argument("--only", help="comma-separated cases to run, e.g. pipeline_duckdb for a 10M-row memory check")
+    parser.add_argument(
+        "--threads",
+        help=f"comma-separated core counts for (a) and (b), at most {ALL_CORES} (default: 1 and all; all with --only)",
+    )
     parser.add_argument("--case", help=argparse.SUPPRESS)
     parser.add_argument("--file", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
@@ -198,6 +345,8 @@ def main() -> None:
         print(json.dumps({"rows": rows, "peak_rss_kb": peak_rss_kb()}))
         return
 
+    threads = args.threads or (str(ALL_CORES) if args.only else f"1,{ALL_CORES}")
+    core_counts = sorted({min(int(n), ALL_CORES) for n in threads.split(",")}, reverse=True)
     file = args.data_dir / f"registry_{args.rows}.csv"
     if not file.exists():
         print(f"generating {file} ...", flush=True)
@@ -209,45 +358,35 @@ def main() -> None:
 
     admin_url = os.environ.get("HARMONIZER_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
     url = admin_url.rsplit("/", 1)[0] + "/" + DATABASE
-    cases = ["pipeline_duckdb", "checks_duckdb", "ctas_duckdb", "hash_only", "rerun_duckdb"]
+    cases = ["pipeline_duckdb", "checks_duckdb", "ctas_duckdb", "hash_only", "rerun_duckdb", "dlt_merge_duckdb"]
     if not args.skip_postgres:
         with psycopg.connect(admin_url, autocommit=True) as conn:
             conn.execute(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
             conn.execute(f"CREATE DATABASE {DATABASE}")
-        cases += ["row_loop_postgres", "pipeline_postgres", "executemany_postgres"]
-
+        cases += ["row_loop_postgres", "pipeline_postgres", "executemany_postgres", "dlt_merge_postgres"]
     if args.only:
         cases = [c for c in cases if c in args.only.split(",")]
-    print(f"{file.name}: {size_mb:.0f} MiB, {args.rows:,} generated rows (plus duplicates)\n")
-    print(f"{'case':<22} {'rows':>10} {'seconds':>9} {'rows/s':>10} {'peak RSS MiB':>13}")
+    runs = [(case, ALL_CORES) for case in cases]
+    runs += [(case, n) for n in core_counts if n != ALL_CORES for case in SCALED_CASES if case in cases]
+
+    print(f"{file.name}: {size_mb:.0f} MiB, {args.rows:,} generated rows (plus duplicates), {ALL_CORES} cores\n")
+    print(f"{'case':<22} {'cores':>5} {'rows':>10} {'seconds':>9} {'rows/s':>10} {'peak RSS MiB':>13}")
     results = {}
-    for case in cases:
-        result = measure(case, file, url, work)
-        results[case] = result
+    for case, cores in runs:
+        result = measure(case, cores, file, url, work)
+        results[key(case, cores)] = result
         rows = result["rows"] if case not in ("hash_only", "rerun_duckdb", "checks_duckdb") else args.rows
         result["rows_per_s"] = rows / result["seconds"]
         print(
-            f"{case:<22} {rows:>10,} {result['seconds']:>9.2f} {result['rows_per_s']:>10,.0f} "
+            f"{case:<22} {cores:>5} {rows:>10,} {result['seconds']:>9.2f} {result['rows_per_s']:>10,.0f} "
             f"{result['peak_rss_mb']:>13.0f}",
             flush=True,
         )
+    kept = args.data_dir / f"results_{args.rows}.json"
+    kept.write_text(json.dumps({**(json.loads(kept.read_text()) if kept.exists() else {}), **results}, indent=1))
+    print_targets(results, args.rows, args.data_dir, min(core_counts) if min(core_counts) != ALL_CORES else None)
 
-    if args.only:
-        return
-    print("\nratios (targets in brackets):")
-    a, b = results["pipeline_duckdb"], results["ctas_duckdb"]
-    print(f"  (a) pipeline vs (b) bare DuckDB CTAS: {b['seconds'] / a['seconds']:.2f}x the speed [> 1]")
-    print(
-        f"  (f) unchanged re-run vs hashing alone: {results['rerun_duckdb']['seconds']:.2f}s vs "
-        f"{results['hash_only']['seconds']:.2f}s [re-run costs no more than hashing]"
-    )
-    print(f"  (a) peak RSS: {a['peak_rss_mb']:.0f} MiB [< 1024]")
-    checks = results["checks_duckdb"]["seconds"]
-    print(f"  all checks vs (a): {checks:.2f}s, {checks / a['seconds']:.0%} of the pipeline [<= 20%]")
     if not args.skip_postgres:
-        c, d, e = results["row_loop_postgres"], results["pipeline_postgres"], results["executemany_postgres"]
-        print(f"  (a) pipeline vs (c) row-by-row loader: {a['rows_per_s'] / c['rows_per_s']:.1f}x rows/s [>= 10]")
-        print(f"  (d) pipeline vs (e) executemany upsert: {d['rows_per_s'] / e['rows_per_s']:.1f}x rows/s [>= 5]")
         with psycopg.connect(admin_url, autocommit=True) as conn:
             conn.execute(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
     shutil.rmtree(work, ignore_errors=True)

@@ -116,11 +116,16 @@ def test_report_lists_open_issues_and_check_history(warehouse, specs, landing, t
 def test_triage_decisions_survive_a_reload(warehouse, specs, landing, tmp_path):
     spec = specs[SOURCE]
     load_file(spec, landing, Q3, warehouse, tmp_path / "s")
-    act(warehouse, Selection(issue_type="duplicate_key"), "ignore", "known upstream quirk")
+    act(warehouse, Selection(issue_type="duplicate_key"), "ignore", "known upstream quirk", actor="dana")
     # An unrelated rule changes the fingerprint, so the same file is loaded again.
     warehouse.add_rule(SOURCE, "registered_agent", "map_value", {"from": "x", "to": "y"}, "", None)
     assert not load_file(spec, landing, Q3, warehouse, tmp_path / "s", run_id="reload").skipped
     assert statuses(warehouse, "duplicate_key") == {"ignored": 6}
+    kept = warehouse.query(
+        "SELECT DISTINCT resolved_by, resolution_notes FROM {schema}.data_quality_issues WHERE issue_type = %s",
+        ("duplicate_key",),
+    )
+    assert kept == [("dana", "known upstream quirk")], "who triaged, and why, survive the reload"
 
 
 def test_a_fixed_dead_letter_never_overwrites_another_files_row(warehouse, specs, landing, tmp_path):

@@ -5,6 +5,8 @@ Everything is a SQL expression over a whole batch; there is no per-row Python.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from harmonizer_dagster.core.reading import LINE_COLUMN
 from harmonizer_dagster.core.spec import Column, SourceSpec
 from harmonizer_dagster.core.sql import quote_ident, quote_literal
@@ -23,31 +25,41 @@ PROVENANCE_COLUMNS = {
 # orders file versions: the registry id of the partition's first arrival.
 WAREHOUSE_ONLY_COLUMNS = ("_arrival", "_loaded_at")
 
+
+@dataclass(frozen=True)
+class _TextRule:
+    """A text rule as SQL of the value `{v}`. `shared` values (SQL of `{v}`) are computed once per
+    value in a layer before `result`, which names them: a regular expression runs once, not
+    once per use."""
+
+    result: str
+    shared: dict[str, str] = field(default_factory=dict)
+
+
 _TEXT_RULES = {
-    "trim": "trim({v})",
-    "collapse_whitespace": r"regexp_replace({v}, '\s+', ' ', 'g')",
-    "lowercase": "lower({v})",
-    "uppercase": "upper({v})",
-    "email": "lower(trim({v}))",
+    "trim": _TextRule("trim({v})"),
+    # Most values have no run of whitespace: the cheap match spares them the replace.
+    "collapse_whitespace": _TextRule(
+        r"CASE WHEN regexp_matches({v}, '\s\s|[\t\n\f\r]') THEN regexp_replace({v}, '\s+', ' ', 'g') ELSE {v} END"
+    ),
+    "lowercase": _TextRule("lower({v})"),
+    "uppercase": _TextRule("upper({v})"),
+    "email": _TextRule("lower(trim({v}))"),
     # Digits only; 4 digits lost a leading zero, 9 digits are ZIP+4 without the dash.
-    "us_zip": (
-        "CASE WHEN regexp_full_match(regexp_replace({v}, '[\\s-]', '', 'g'), '\\d{{4}}') "
-        "THEN '0' || regexp_replace({v}, '[\\s-]', '', 'g') "
-        "WHEN regexp_full_match(regexp_replace({v}, '[\\s-]', '', 'g'), '\\d{{9}}') "
-        "THEN substr(regexp_replace({v}, '[\\s-]', '', 'g'), 1, 5) || '-' "
-        "|| substr(regexp_replace({v}, '[\\s-]', '', 'g'), 6, 4) "
-        "ELSE trim({v}) END"
+    "us_zip": _TextRule(
+        "CASE WHEN regexp_full_match({zip}, '\\d{{4}}') THEN '0' || {zip} "
+        "WHEN regexp_full_match({zip}, '\\d{{9}}') THEN substr({zip}, 1, 5) || '-' || substr({zip}, 6, 4) "
+        "ELSE trim({v}) END",
+        {"zip": "regexp_replace({v}, '[\\s-]', '', 'g')"},
     ),
     # North American numbers by default; anything else must already carry its country code.
     # A number that cannot be made E.164 keeps its text (validation has flagged it).
-    "phone_e164": (
-        "CASE WHEN length(regexp_replace({v}, '\\D', '', 'g')) = 10 "
-        "THEN '+1' || regexp_replace({v}, '\\D', '', 'g') "
-        "WHEN length(regexp_replace({v}, '\\D', '', 'g')) = 11 AND regexp_replace({v}, '\\D', '', 'g') LIKE '1%' "
-        "THEN '+' || regexp_replace({v}, '\\D', '', 'g') "
-        "WHEN trim({v}) LIKE '+%' AND length(regexp_replace({v}, '\\D', '', 'g')) BETWEEN 8 AND 15 "
-        "THEN '+' || regexp_replace({v}, '\\D', '', 'g') "
-        "ELSE trim({v}) END"
+    "phone_e164": _TextRule(
+        "CASE WHEN length({digits}) = 10 THEN '+1' || {digits} "
+        "WHEN length({digits}) = 11 AND {digits} LIKE '1%' THEN '+' || {digits} "
+        "WHEN trim({v}) LIKE '+%' AND length({digits}) BETWEEN 8 AND 15 THEN '+' || {digits} "
+        "ELSE trim({v}) END",
+        {"digits": "regexp_replace({v}, '\\D', '', 'g')"},
     ),
 }
 
@@ -69,11 +81,28 @@ def _typed(column: Column, value: str) -> str:
     return value
 
 
-def column_expression(column: Column) -> str:
-    value = quote_ident(column.name)
-    for rule in column.harmonize:
-        value = _TEXT_RULES[rule].format(v=value)
-    return _typed(column, value)
+def _text_rules_sql(spec: SourceSpec, relation: str) -> str:
+    """SELECT applying each column's text rules in order, one rule per layer: a layer computes
+    the values its rules share, the next one replaces the columns with the rules' results."""
+    sql = f"SELECT * FROM {relation}"
+    for depth in range(max((len(c.harmonize) for c in spec.columns), default=0)):
+        rules = {c.name: _TEXT_RULES[c.harmonize[depth]] for c in spec.columns if depth < len(c.harmonize)}
+        shared = {
+            f"{name}#{key}": expression.format(v=quote_ident(name))
+            for name, rule in rules.items()
+            for key, expression in rule.shared.items()
+        }
+        if shared:
+            added = ", ".join(f"{expression} AS {quote_ident(alias)}" for alias, expression in shared.items())
+            sql = f"SELECT *, {added} FROM ({sql})"
+        results = ", ".join(
+            rule.result.format(v=quote_ident(name), **{key: quote_ident(f"{name}#{key}") for key in rule.shared})
+            + f" AS {quote_ident(name)}"
+            for name, rule in rules.items()
+        )
+        dropped = f"EXCLUDE ({', '.join(quote_ident(alias) for alias in shared)}) " if shared else ""
+        sql = f"SELECT * {dropped}REPLACE ({results}) FROM ({sql})"
+    return sql
 
 
 def harmonize_sql(spec: SourceSpec, relation: str, file_hash: str, partition_key: str) -> str:
@@ -82,21 +111,28 @@ def harmonize_sql(spec: SourceSpec, relation: str, file_hash: str, partition_key
     The row hash covers canonical values only, so an unchanged record re-delivered in a
     later file is recognised as unchanged whatever file or line it came from.
     """
-    canonical = [f"{column_expression(c)} AS {quote_ident(c.name)}" for c in spec.columns]
+    canonical = [f"{_typed(c, quote_ident(c.name))} AS {quote_ident(c.name)}" for c in spec.columns]
     hashed = ", ".join(f"coalesce(CAST({quote_ident(c.name)} AS VARCHAR), chr(0))" for c in spec.columns)
     return (
-        f"WITH canonical AS (SELECT {', '.join(canonical)}, {quote_ident(LINE_COLUMN)} FROM {relation}) "
+        f"WITH text AS ({_text_rules_sql(spec, relation)}), "
+        f"canonical AS (SELECT {', '.join(canonical)}, {quote_ident(LINE_COLUMN)} FROM text) "
         f"SELECT *, {quote_literal(file_hash)} AS _file_hash, {quote_literal(partition_key)} AS _partition_key, "
         f"sha256(concat_ws(chr(31), {hashed})) AS {ROW_HASH_COLUMN} FROM canonical"
     )
 
 
 def duplicate_key_sql(spec: SourceSpec, relation: str) -> str:
-    """Rows superseded by a later row with the same natural key: the last occurrence wins."""
-    keys = ", ".join(quote_ident(k) for k in spec.natural_key)
-    record_id = " || '|' || ".join(f"coalesce(CAST({quote_ident(k)} AS VARCHAR), '')" for k in spec.natural_key)
+    """Rows superseded by a later row with the same natural key: the last occurrence wins.
+
+    Keys are grouped once and only the repeated ones are joined back: cheaper than windows
+    over every row. NULL keys group together, as they would in a window's partition."""
+    keys = [quote_ident(k) for k in spec.natural_key]
+    line = quote_ident(LINE_COLUMN)
+    record_id = " || '|' || ".join(f"coalesce(CAST(r.{k} AS VARCHAR), '')" for k in keys)
+    matches = " AND ".join(f"r.{k} IS NOT DISTINCT FROM kept.{k}" for k in keys)
     return (
-        f"SELECT {quote_ident(LINE_COLUMN)} AS source_line_number, {record_id} AS source_record_id, "
-        f"max({quote_ident(LINE_COLUMN)}) OVER (PARTITION BY {keys}) AS kept_line "
-        f"FROM {relation} QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY {quote_ident(LINE_COLUMN)} DESC) > 1"
+        f"WITH kept AS (SELECT {', '.join(keys)}, max({line}) AS kept_line FROM {relation} "
+        f"GROUP BY {', '.join(keys)} HAVING count(*) > 1) "
+        f"SELECT r.{line} AS source_line_number, {record_id} AS source_record_id, kept.kept_line "
+        f"FROM {relation} AS r JOIN kept ON {matches} WHERE r.{line} < kept.kept_line"
     )

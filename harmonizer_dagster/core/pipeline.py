@@ -12,7 +12,11 @@ import json
 import os
 import time
 import uuid
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +36,15 @@ from harmonizer_dagster.core.validation import FAILED_SCHEMA, ISSUE_SCHEMA, NUL_
 from harmonizer_dagster.core.warehouse import StagedPartition, Warehouse
 
 DEFAULT_BATCH_ROWS = 5_000
-# Rows handed to one vectorized call: per-call overhead (pandera, DuckDB) dwarfs per-row cost
-# at 5,000 rows. Outputs are still checkpointed batch by batch.
-ROWS_PER_CALL = 50_000
+# Batches handed to one vectorized call and staged as one file per output: per-call overhead
+# (polars, DuckDB, a Parquet file) dwarfs per-row cost at 5,000 rows, and a killed step redoes
+# at most one group. Groups of big batches are capped in rows, which bounds memory.
+GROUP_BATCHES = 10
+ROWS_PER_GROUP = 50_000
+# Groups in work at once. polars and DuckDB release the GIL, so on two cores one group is
+# read while others are checked or harmonized and written; memory holds WORKERS + 1 groups
+# besides the one being read.
+WORKERS = 2
 
 
 @dataclass(frozen=True)
@@ -154,12 +164,31 @@ def _count(files: list[Path]) -> int:
     return int(pl.scan_parquet(files).select(pl.len()).collect().item()) if files else 0
 
 
-def _batches_per_call(batch_rows: int) -> int:
-    return max(1, ROWS_PER_CALL // batch_rows)
+def _batches_per_group(batch_rows: int) -> int:
+    return max(1, min(GROUP_BATCHES, ROWS_PER_GROUP // batch_rows))
 
 
-def _batch_of(line: pl.Expr, batch_rows: int) -> pl.Expr:
-    return (line - 1) // batch_rows
+Group = tuple[int, int, Callable[[], dict[str, pl.DataFrame]]]
+
+
+def _stage_groups(stage: staging.StepStage, groups: Iterable[Group]) -> None:
+    """Runs each group's (first batch, batch count, work) on WORKERS threads, which also write
+    its files; marks the groups done in order, so a resumed step finds no gap."""
+
+    def run(first: int, count: int, work: Callable[[], dict[str, pl.DataFrame]]) -> None:
+        stage.write_files(first, work(), count)
+
+    with ThreadPoolExecutor(WORKERS) as pool:
+        pending: deque[tuple[int, int, Future[None]]] = deque()
+        for first, count, work in groups:
+            pending.append((first, count, pool.submit(run, first, count, work)))
+            while len(pending) > WORKERS or (pending and pending[0][2].done()):
+                done_first, done_count, future = pending.popleft()
+                future.result()
+                stage.mark(done_first, done_count)
+        for done_first, done_count, future in pending:
+            future.result()
+            stage.mark(done_first, done_count)
 
 
 def validate_step(spec: SourceSpec, hashed: HashedVersion, batch_rows: int = DEFAULT_BATCH_ROWS) -> dict[str, Any]:
@@ -194,33 +223,30 @@ def _validate_batches(
     """Stages the validated batches after the `done` ones; returns what the read found."""
     validator = SpecValidator(spec)
     result = ReadResult()
-    pending: list[pa.RecordBatch] = []
 
-    def flush() -> None:
-        # One vectorized call for several batches, then one checkpoint per batch. Learned
-        # rules fix raw values first, so a fixed value is judged like any other.
-        raw, fixes = apply_rules(pl.from_arrow(pa.Table.from_batches(pending)), list(hashed.rules))
-        checked = validator.validate(raw.to_arrow())
-        first = (pending[0][LINE_COLUMN][0].as_py() - 1) // batch_rows
-        for index in range(first, first + len(pending)):
-            stage.write_batch(
-                index,
-                {
-                    "accepted": checked.accepted.filter(_batch_of(pl.col(LINE_COLUMN), batch_rows) == index),
-                    "issues": checked.issues.filter(_batch_of(pl.col("source_line_number"), batch_rows) == index),
-                    "failed": checked.failed.filter(_batch_of(pl.col("source_line_number"), batch_rows) == index),
-                    "fixes": fixes.filter(_batch_of(pl.col("source_line_number"), batch_rows) == index),
-                },
-            )
-        pending.clear()
+    def check(batches: list[pa.RecordBatch]) -> dict[str, pl.DataFrame]:
+        # Learned rules fix raw values first, so a fixed value is judged like any other.
+        raw, fixes = apply_rules(pl.from_arrow(pa.Table.from_batches(batches)), list(hashed.rules))
+        checked = validator.validate(raw)
+        return {"accepted": checked.accepted, "issues": checked.issues, "failed": checked.failed, "fixes": fixes}
 
-    for batch in read_batches(spec, Path(hashed.path), batch_rows, result, done, line_by_line):
-        pending.append(batch)
-        if len(pending) == _batches_per_call(batch_rows):
-            flush()
-    if pending:
-        flush()
+    def groups() -> Iterator[Group]:
+        pending: list[pa.RecordBatch] = []
+        batches = read_batches(spec, Path(hashed.path), batch_rows, result, done, line_by_line)
+        for batch in batches:
+            pending.append(batch)
+            if len(pending) == _batches_per_group(batch_rows):
+                yield _first_batch(pending, batch_rows), len(pending), partial(check, pending)
+                pending = []
+        if pending:
+            yield _first_batch(pending, batch_rows), len(pending), partial(check, pending)
+
+    _stage_groups(stage, groups())
     return result
+
+
+def _first_batch(batches: list[pa.RecordBatch], batch_rows: int) -> int:
+    return (batches[0][LINE_COLUMN][0].as_py() - 1) // batch_rows
 
 
 def _file_level_findings(spec: SourceSpec, accepted: list[Path], result: ReadResult) -> dict[str, pl.DataFrame]:
@@ -280,25 +306,31 @@ def harmonize_step(spec: SourceSpec, hashed: HashedVersion) -> dict[str, Any]:
     stage = staging.StepStage(Path(hashed.stage_dir) / "harmonize")
     if hashed.skipped or stage.summary() is not None:
         return stage.summary() or {}
-    done = stage.prepare()
     validated = staging.StepStage(Path(hashed.stage_dir) / "validate")
     validate_summary = validated.summary()
     if validate_summary is None:
         raise RuntimeError(f"{hashed.partition_key}: validate has not finished; run it first")
-    batch_rows = validate_summary["batch_rows"]
-    accepted = validated.files("accepted")
-    connection = duckdb.connect(config={"threads": 2, "memory_limit": "512MB"})
-    try:
-        per_call = _batches_per_call(batch_rows)
-        for first in range(done, len(accepted), per_call):
-            group = accepted[first : first + per_call]
-            relation = f"read_parquet([{', '.join(quote_literal(str(p)) for p in group)}])"
-            rows = connection.sql(harmonize_sql(spec, relation, hashed.file_hash, hashed.partition_key))
+    done = stage.prepare(validate_summary["batch_rows"])
+    # A group's query needs little; finding duplicate keys holds every key of the file, and
+    # DuckDB fills its limit before it spills: the limit is what this step's memory grows by.
+    connection = duckdb.connect(config={"threads": 2, "memory_limit": "256MB"})
+
+    def harmonize(path: Path) -> dict[str, pl.DataFrame]:
+        # A cursor per call: DuckDB runs one query per cursor, all in the connection's database.
+        with connection.cursor() as cursor:
+            relation = f"read_parquet({quote_literal(str(path))})"
+            rows = cursor.sql(harmonize_sql(spec, relation, hashed.file_hash, hashed.partition_key))
             frame = pl.from_arrow(rows.to_arrow_table())
-            assert isinstance(frame, pl.DataFrame)
-            for index in range(first, first + len(group)):
-                batch = frame.filter(_batch_of(pl.col(LINE_COLUMN), batch_rows) == index)
-                stage.write_batch(index, {"harmonized": batch})
+        assert isinstance(frame, pl.DataFrame)
+        return {"harmonized": frame}
+
+    try:
+        # Each validated group is harmonized as one group: the two steps checkpoint the same batches.
+        groups = []
+        for first, last, path in validated.batch_files("accepted"):
+            if last >= done:
+                groups.append((first, last + 1 - first, partial(harmonize, path)))
+        _stage_groups(stage, groups)
         harmonized = stage.files("harmonized")
         duplicates = pl.DataFrame(schema=ISSUE_SCHEMA)
         if harmonized:
@@ -318,7 +350,7 @@ def harmonize_step(spec: SourceSpec, hashed: HashedVersion) -> dict[str, Any]:
                 pl.lit("natural_key").alias("rule"),
             ).cast(ISSUE_SCHEMA)
         # The superseded lines are what the upsert leaves out: the rule is applied once, here.
-        stage.write_batch(len(accepted), {"issues": duplicates, "superseded": duplicates.select("source_line_number")})
+        stage.write_final({"issues": duplicates, "superseded": duplicates.select("source_line_number")})
     finally:
         connection.close()
     return stage.finish({"records_harmonized": _count(harmonized), "records_duplicate": duplicates.height})

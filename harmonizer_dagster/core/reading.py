@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import IO
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 
 from harmonizer_dagster.core.spec import SourceSpec
@@ -415,5 +416,6 @@ def _parsed_lines(
 
 
 def _numbered(table: pa.Table, first_index: int) -> pa.RecordBatch:
-    lines = pa.array(range(first_index + 1, first_index + table.num_rows + 1), type=pa.int64())
+    # numpy builds the numbers without a Python int each: this runs on the reading thread.
+    lines = pa.array(np.arange(first_index + 1, first_index + table.num_rows + 1, dtype=np.int64))
     return table.append_column(LINE_COLUMN, lines).combine_chunks().to_batches()[0]

@@ -4,16 +4,28 @@ Values are judged after trimming, and empty strings count as missing: both panda
 polars readers disagree on what an empty CSV field is, so the pipeline decides once here.
 Every failed rule becomes a row-level issue; rows failing an error-severity rule are
 rejected with their raw record, warnings pass through.
+
+The pandera schema is the declaration, but `DataFrameSchema.validate` collects once per
+check and once per non-nullable column. Measured on 50,000 registry rows (2 cores):
+`validate(lazy=True)` 155 ms; each check's own function (a `select` on the same LazyFrame)
+concatenated horizontally and collected once 133 ms; one `select` of every check's
+expression, collected once, 100 ms (245 ms without common-subexpression elimination). The
+one select is used: polars then computes shared sub-expressions once (a date is parsed once
+for its type and range checks), and the issue bookkeeping after it touches only the rows
+that failed something.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime
+from functools import partial
 
 import pandera.polars as pa
 import polars as pl
 import pyarrow as pa_arrow
+from pandera.api.polars.types import PolarsData
 
 from harmonizer_dagster.core.reading import LINE_COLUMN
 from harmonizer_dagster.core.spec import Check, Column, SourceSpec
@@ -87,8 +99,9 @@ def _literal(column: Column, bound: str) -> pl.Expr:
     return pl.lit(float(bound))
 
 
-def _check_expression(column: Column, check: Check, value: pl.Expr) -> pl.Expr:
-    """True where the value passes; missing values pass (`required` handles them)."""
+def _check_expression(column: Column, check: Check, value: pl.Expr, typed: pl.Expr) -> pl.Expr:
+    """True where the value passes; missing values pass (`required` handles them). `typed` is
+    the value parsed as the column's type (`parsed_value`)."""
     if check.kind == "pattern":
         passed = value.str.contains(check.pattern or "")
     elif check.kind == "allowed_values":
@@ -97,11 +110,8 @@ def _check_expression(column: Column, check: Check, value: pl.Expr) -> pl.Expr:
         else:
             passed = value.is_in(list(check.allowed_values))
     elif check.kind == "range":
-        typed = (
-            parsed_value(column, value).cast(pl.Float64)
-            if column.type in ("integer", "decimal")
-            else (parsed_value(column, value))
-        )
+        if column.type in ("integer", "decimal"):
+            typed = typed.cast(pl.Float64)
         passed = pl.lit(True)
         if check.minimum is not None:
             passed = passed & (typed >= _literal(column, check.minimum))
@@ -113,12 +123,27 @@ def _check_expression(column: Column, check: Check, value: pl.Expr) -> pl.Expr:
     return value.is_null() | passed.fill_null(True)
 
 
-def _pandera_check(column: Column, expression_of, name: str) -> pa.Check:
-    return pa.Check(
-        lambda data: data.lazyframe.select(expression_of(pl.col(data.key))),
-        name=name,
-        error=name,
-    )
+Expression = Callable[[pl.Expr, pl.Expr], pl.Expr]
+
+
+def _passes(data: PolarsData, expression: Expression, parse: Callable[[pl.Expr], pl.Expr]) -> pl.LazyFrame:
+    """A pandera check function: true where the column's value passes."""
+    value = pl.col(data.key)
+    return data.lazyframe.select(expression(value, parse(value)))
+
+
+def _pandera_check(column: Column, expression: Expression, name: str) -> pa.Check:
+    # The expression (of the value and its typed form) is the check's statistic, so the validator
+    # can evaluate every check in one select, parsing each value once.
+    return pa.Check(_passes, name=name, error=name, expression=expression, parse=partial(parsed_value, column))
+
+
+def _typed_name(column: str) -> str:
+    return f"{column}:typed"
+
+
+def _any(columns: list[str]) -> pl.Expr:
+    return pl.any_horizontal(columns) if columns else pl.lit(False)
 
 
 class SpecValidator:
@@ -126,6 +151,7 @@ class SpecValidator:
 
     def __init__(self, spec: SourceSpec):
         self.spec = spec
+        self.columns = [c.name for c in spec.columns]
         self.rules: dict[tuple[str, str], Rule] = {}
         columns = {}
         for column in spec.columns:
@@ -141,9 +167,7 @@ class SpecValidator:
                     else (f"{column.type} as " + " or ".join(column.parse_formats))
                 )
                 self.rules[(column.name, name)] = Rule(column.name, f"invalid_{column.type}", "error", expected)
-                checks.append(
-                    _pandera_check(column, lambda v, c=column: v.is_null() | parsed_value(c, v).is_not_null(), name)
-                )
+                checks.append(_pandera_check(column, lambda v, t: v.is_null() | t.is_not_null(), name))
             for index, check in enumerate(column.checks):
                 if check.kind == "unique":
                     continue
@@ -151,85 +175,128 @@ class SpecValidator:
                 self.rules[(column.name, name)] = Rule(
                     column.name, check.issue_type, check.severity, check.expected_format
                 )
-                checks.append(_pandera_check(column, lambda v, c=column, k=check: _check_expression(c, k, v), name))
+                checks.append(
+                    _pandera_check(column, lambda v, t, c=column, k=check: _check_expression(c, k, v, t), name)
+                )
             columns[column.name] = pa.Column(pl.Utf8, nullable=not column.required, checks=checks)
         self.schema = pa.DataFrameSchema(columns, strict=False)
+        self._compile_failures()
+
+    def _compile_failures(self) -> None:
+        """One boolean column per rule of the schema, true where a value fails it, as pandera
+        judges: a non-nullable column fails on nulls, a check's null outcome passes if it ignores NA.
+        Checks read each value's typed form from a column computed once (`typed`)."""
+        failures, keys = [], []
+        self.typed = [parsed_value(c, pl.col(c.name)).alias(_typed_name(c.name)) for c in self.spec.columns]
+        for name, column in self.schema.columns.items():
+            value = pl.col(name)
+            if not column.nullable:
+                failures.append(value.is_null())
+                keys.append((name, NOT_NULLABLE))
+            for check in column.checks:
+                passed = check.statistics["expression"](value, pl.col(_typed_name(name)))
+                passed = passed.fill_null(check.ignore_na)
+                failures.append(passed.not_())
+                keys.append((name, check.name))
+        self.rule_columns = [f"_rule{i}" for i in range(len(keys))]
+        self.error_columns = [
+            r for r, k in zip(self.rule_columns, keys, strict=True) if self.rules[k].severity == "error"
+        ]
+        self.failures = [f.alias(r) for f, r in zip(failures, self.rule_columns, strict=True)]
         self.rule_frame = pl.DataFrame(
-            [{"column": col, "check": check, **rule.__dict__} for (col, check), rule in self.rules.items()]
+            [
+                {"rule_key": r, "column": column, "check": check, **self.rules[(column, check)].__dict__}
+                for r, (column, check) in zip(self.rule_columns, keys, strict=True)
+            ]
         )
 
-    def raw(self, batch: pa_arrow.RecordBatch | pa_arrow.Table) -> pl.DataFrame:
-        frame = pl.from_arrow(batch)
+    def raw(self, batch: pa_arrow.RecordBatch | pa_arrow.Table | pl.DataFrame) -> pl.DataFrame:
+        frame = batch if isinstance(batch, pl.DataFrame) else pl.from_arrow(batch)
         assert isinstance(frame, pl.DataFrame)
-        return frame.with_columns(pl.col(c.name).cast(pl.Utf8) for c in self.spec.columns)
+        return frame.with_columns(pl.col(c).cast(pl.Utf8) for c in self.columns)
 
     @staticmethod
-    def clean(raw: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
+    def clean(columns: list[str], with_nul: list[str]) -> list[pl.Expr]:
         """Trimmed text values with blanks as nulls; the form every rule judges."""
         # NUL bytes are stripped: PostgreSQL text cannot hold them, and both warehouses must agree.
-        # `validate` reports every value this alters.
-        return raw.with_columns(
-            pl.col(c).str.replace_all("\x00", "", literal=True).str.strip_chars().replace("", None) for c in columns
-        )
+        # `validate` reports every value this alters. Only columns holding one pay for the replace.
+        cleaned = []
+        for c in columns:
+            value = pl.col(c).str.replace_all("\x00", "", literal=True) if c in with_nul else pl.col(c)
+            value = value.str.strip_chars()
+            cleaned.append(pl.when(value != "").then(value).alias(c))
+        return cleaned
 
     def record_id(self) -> pl.Expr:
         """The natural key as one text value: how an issue points back at its record."""
         keys = [pl.col(k).fill_null("") for k in self.spec.natural_key]
         return pl.concat_str(keys, separator="|") if len(keys) > 1 else keys[0]
 
-    def validate(self, batch: pa_arrow.RecordBatch | pa_arrow.Table) -> ValidatedBatch:
-        raw = self.raw(batch)
-        cleaned = self.clean(raw, [c.name for c in self.spec.columns]).with_row_index("_row")
-        try:
-            self.schema.validate(cleaned, lazy=True)
-            failures = pl.DataFrame(schema={"column": pl.Utf8, "check": pl.Utf8, "index": pl.Int64})
-        except pa.errors.SchemaErrors as errors:
-            failures = errors.failure_cases.select(pl.col("column"), pl.col("check"), pl.col("index").cast(pl.Int64))
-        unknown = failures.join(self.rule_frame, on=["column", "check"], how="anti")
-        if unknown.height:
-            raise RuntimeError(f"validation failed outside the spec's rules: {unknown.head(5).to_dicts()}")
-
-        issues = failures.join(self.rule_frame, on=["column", "check"]).join(
-            cleaned.select("_row", LINE_COLUMN, self.record_id().alias("record_id")), left_on="index", right_on="_row"
+    def validate(self, batch: pa_arrow.RecordBatch | pa_arrow.Table | pl.DataFrame) -> ValidatedBatch:
+        """Every rule of every row in one polars plan; issues and rejects from the rows that failed one."""
+        raw = self.raw(batch).with_row_index("_row")
+        found = raw.select(pl.col(c).str.contains("\x00", literal=True).any() for c in self.columns).row(0)
+        with_nul = [c for c, has in zip(self.columns, found, strict=True) if has]
+        checked = (
+            raw.lazy()
+            .with_columns(
+                _any([pl.col(c).str.contains("\x00", literal=True).fill_null(False) for c in with_nul]).alias("_nul")
+            )
+            .with_columns(self.clean(self.columns, with_nul))
+            .with_columns(self.typed)
+            .with_columns(self.failures)
+            .drop(_typed_name(c) for c in self.columns)
+            .collect()
         )
+        rejected = _any(self.error_columns)
+        accepted = checked.filter(~rejected).drop("_row", "_nul", *self.rule_columns)
+        # The few rows that failed a rule or lost a NUL byte, with how issues point back at them.
+        flagged = checked.filter(_any(self.rule_columns) | pl.col("_nul"))
+        located = flagged.select("_row", LINE_COLUMN, self.record_id().alias("record_id"), rejected.alias("_rejected"))
+        failures = (
+            flagged.select("_row", *self.rule_columns)
+            .unpivot(index="_row", variable_name="rule_key")
+            .filter(pl.col("value"))
+            .join(self.rule_frame, on="rule_key")
+        )
+        flagged_raw = raw.join(flagged.select("_row"), on="_row", how="semi")
         # The offending value, untrimmed, is what the triager needs to see.
-        values = raw.select(
-            pl.int_range(pl.len(), dtype=pl.Int64).alias("index"),
-            *[pl.col(c.name) for c in self.spec.columns],
-        ).unpivot(index="index", variable_name="column", value_name="invalid_value")
+        values = flagged_raw.unpivot(on=self.columns, index="_row", variable_name="column", value_name="invalid_value")
         altered = values.filter(pl.col("invalid_value").str.contains("\x00", literal=True))
-        if altered.height:
-            values = values.with_columns(pl.col("invalid_value").str.replace_all("\x00", NUL_SHOWN_AS, literal=True))
-        issues = issues.join(values, on=["index", "column"], how="left")
+        shown = values.with_columns(pl.col("invalid_value").str.replace_all("\x00", NUL_SHOWN_AS, literal=True))
+        issues = failures.join(shown, on=["_row", "column"], how="left").join(located, on="_row")
         # A value that breaks an error rule needs no further warning about the same field.
-        errors_per_field = issues.filter(pl.col("severity") == "error").select("index", "column").unique()
+        errors_per_field = issues.filter(pl.col("severity") == "error").select("_row", "column").unique()
         issues = pl.concat(
             [
                 issues.filter(pl.col("severity") == "error"),
-                issues.filter(pl.col("severity") != "error").join(errors_per_field, on=["index", "column"], how="anti"),
+                issues.filter(pl.col("severity") != "error").join(errors_per_field, on=["_row", "column"], how="anti"),
             ]
-        ).sort("index", "column", "check")
-
-        rejected_rows = errors_per_field.select("index").unique()
-        accepted = cleaned.join(rejected_rows, left_on="_row", right_on="index", how="anti").drop("_row")
+        ).sort("_row", "column", "check")
 
         messages = (
             issues.filter(pl.col("severity") == "error")
-            .group_by("index", maintain_order=True)
+            .group_by("_row", maintain_order=True)
             .agg(pl.format("{}: {}", pl.col("field_name"), pl.col("issue_type")).str.join("; ").alias("error_message"))
         )
-        record_data = raw.select(
-            pl.int_range(pl.len(), dtype=pl.Int64).alias("index"),
-            pl.col(LINE_COLUMN).alias("source_line_number"),
-            cleaned.select(self.record_id()).to_series().alias("source_record_id"),
+        record_data = flagged_raw.select(
+            "_row",
             pl.struct([pl.col(c.name).alias(c.source) for c in self.spec.columns])
             .struct.json_encode()
             .alias("record_data"),
         )
         failed = (
-            record_data.join(messages, on="index")
-            .with_columns(pl.lit("validation_error").alias("error_type"))
-            .select(list(FAILED_SCHEMA))
+            located.filter(pl.col("_rejected"))
+            .join(record_data, on="_row")
+            .join(messages, on="_row")
+            .sort("_row")
+            .select(
+                pl.col(LINE_COLUMN).alias("source_line_number"),
+                pl.col("record_id").alias("source_record_id"),
+                "record_data",
+                pl.lit("validation_error").alias("error_type"),
+                "error_message",
+            )
         )
         issue_frame = issues.select(
             pl.col(LINE_COLUMN).alias("source_line_number"),
@@ -241,9 +308,7 @@ class SpecValidator:
             "expected_format",
             pl.col("check").alias("rule"),
         )
-        altered_frame = altered.join(
-            cleaned.select(pl.col("_row").alias("index"), LINE_COLUMN, self.record_id().alias("record_id")), on="index"
-        ).select(
+        altered_frame = altered.join(located, on="_row").select(
             pl.col(LINE_COLUMN).alias("source_line_number"),
             pl.col("record_id").alias("source_record_id"),
             pl.lit("altered_value").alias("issue_type"),

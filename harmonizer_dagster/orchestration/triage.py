@@ -55,6 +55,8 @@ def triage_selected_issues(context: dg.OpExecutionContext, config: TriageConfig,
         pad_to_width=config.pad_to_width,
         date_format=config.date_format,
         map_to=config.map_to,
+        # OSS Dagster knows no user: the run that acted is what the issue can point back to.
+        actor=f"dagster run {context.run_id}",
     )
     context.log.info(outcome.message())
     context.add_output_metadata(

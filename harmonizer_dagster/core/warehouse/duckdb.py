@@ -5,6 +5,7 @@ DuckDB admits one process per file, so connections are never held between calls.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,8 +13,12 @@ from typing import Any
 
 import duckdb
 
+from harmonizer_dagster.core.reading import LINE_COLUMN
 from harmonizer_dagster.core.sql import quote_ident, quote_literal
 from harmonizer_dagster.core.warehouse.base import Session, Warehouse
+
+# Cores the engine may use (a benchmark or a shared host sets it); unset means all of them.
+THREADS_VARIABLE = "HARMONIZER_THREADS"
 
 
 class DuckDBSession(Session):
@@ -24,20 +29,36 @@ class DuckDBSession(Session):
         cursor = self.connection.execute(sql.replace("%s", "?"), list(params))
         return cursor.fetchall() if cursor.description else []
 
-    def load_parquet(self, table: str, columns: list[tuple[str, str]], files: list[Path]) -> None:
-        definition = ", ".join(f"{quote_ident(name)} {kind}" for name, kind in columns)
-        self.connection.execute(f"CREATE OR REPLACE TEMPORARY TABLE {quote_ident(table)} ({definition})")
-        if files:
-            names = ", ".join(quote_ident(name) for name, _ in columns)
-            paths = ", ".join(quote_literal(str(f)) for f in files)
-            self.connection.execute(
-                f"INSERT INTO {quote_ident(table)} ({names}) SELECT {names} FROM read_parquet([{paths}])"
+    def load_parquet(
+        self, table: str, columns: list[tuple[str, str]], files: list[Path], superseded: Sequence[Path] = ()
+    ) -> None:
+        # A view, not a copy: each statement reading it scans the Parquet files in place, which
+        # is cheaper than writing every staged row into a temporary table first.
+        typed = ", ".join(f"CAST({quote_ident(name)} AS {kind}) AS {quote_ident(name)}" for name, kind in columns)
+        relation = f"SELECT {typed} FROM {_parquet(files)}" if files else _empty(columns)
+        if files and superseded:
+            relation += (
+                f" AS f WHERE NOT EXISTS (SELECT 1 FROM {_parquet(superseded)} AS d "
+                f"WHERE d.source_line_number = f.{quote_ident(LINE_COLUMN)})"
             )
+        self.connection.execute(f"CREATE OR REPLACE TEMPORARY VIEW {quote_ident(table)} AS {relation}")
+
+    def modify(self, sql: str, params: Sequence[Any] = ()) -> int:
+        return int(self.connection.execute(sql.replace("%s", "?"), list(params)).fetchone()[0])
+
+
+def _parquet(files: Sequence[Path]) -> str:
+    return f"read_parquet([{', '.join(quote_literal(str(f)) for f in files)}])"
+
+
+def _empty(columns: list[tuple[str, str]]) -> str:
+    return "SELECT " + ", ".join(f"CAST(NULL AS {kind}) AS {quote_ident(name)}" for name, kind in columns) + " LIMIT 0"
 
 
 class DuckDBWarehouse(Warehouse):
     # DuckDB keeps index (ART) nodes in memory: a 10M-key primary key does not fit a Pi.
     key_index = False
+    row_id = "rowid"
 
     def __init__(self, path: Path, schema: str = "harmonizer", memory_limit: str = "400MB"):
         super().__init__(schema)
@@ -51,7 +72,10 @@ class DuckDBWarehouse(Warehouse):
     @contextmanager
     def session(self) -> Iterator[DuckDBSession]:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        connection = duckdb.connect(str(self.path), config={"memory_limit": self.memory_limit})
+        config = {"memory_limit": self.memory_limit}
+        if threads := os.environ.get(THREADS_VARIABLE):
+            config["threads"] = threads
+        connection = duckdb.connect(str(self.path), config=config)
         try:
             connection.execute("BEGIN TRANSACTION")
             yield DuckDBSession(connection)

@@ -167,7 +167,7 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
         ],
     ),
     (
-        5,
+        4,
         "who triaged an issue",
         ["ALTER TABLE {schema}.data_quality_issues ADD COLUMN resolved_by VARCHAR"],
     ),
