@@ -45,10 +45,9 @@ from harmonizer_dagster.core.files import FileVersion, fingerprint
 from harmonizer_dagster.core.pipeline import harmonize_step, hash_step, upsert_step, validate_step
 from harmonizer_dagster.core.quality import checks_for, run_check
 from harmonizer_dagster.core.samples import write_registry_csv
-from harmonizer_dagster.core.settings import DEFAULTS
+from harmonizer_dagster.core.settings import DEFAULTS, engine_threads
 from harmonizer_dagster.core.spec import load_specs
 from harmonizer_dagster.core.warehouse import open_warehouse
-from harmonizer_dagster.core.warehouse.duckdb import THREADS_VARIABLE
 
 ROW_LOOP_ROWS = 100_000
 DATABASE = "harmonizer_bench"
@@ -80,7 +79,7 @@ def run_pipeline(file: Path, url: str, work: Path) -> int:
 def run_ctas(file: Path, work: Path) -> int:
     import duckdb
 
-    with duckdb.connect(str(work / "ctas.duckdb"), config={"threads": os.environ[THREADS_VARIABLE]}) as con:
+    with duckdb.connect(str(work / "ctas.duckdb"), config={"threads": engine_threads()}) as con:
         con.execute(f"CREATE OR REPLACE TABLE registry AS SELECT * FROM read_csv('{file}')")
         return con.execute("SELECT count(*) FROM registry").fetchone()[0]
 
@@ -239,7 +238,7 @@ def measure(case: str, cores: int, file: Path, url: str, work: Path) -> dict:
             **os.environ,
             "HARMONIZER_BENCH_DB_URL": url,
             "POLARS_MAX_THREADS": str(cores),
-            THREADS_VARIABLE: str(cores),
+            "HARMONIZER_THREADS": str(cores),
             "RUNTIME__DLTHUB_TELEMETRY": "false",
             "RUNTIME__LOG_LEVEL": "ERROR",
         },

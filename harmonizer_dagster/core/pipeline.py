@@ -30,6 +30,7 @@ from harmonizer_dagster.core.harmonization import duplicate_key_sql, harmonize_s
 from harmonizer_dagster.core.reading import LINE_COLUMN, ReadResult, UnreliableParse, read_batches
 from harmonizer_dagster.core.rules import Rule, apply_rules
 from harmonizer_dagster.core.rules import fingerprint as rules_fingerprint
+from harmonizer_dagster.core.settings import engine_threads
 from harmonizer_dagster.core.spec import SourceSpec
 from harmonizer_dagster.core.sql import quote_literal
 from harmonizer_dagster.core.validation import FAILED_SCHEMA, ISSUE_SCHEMA, NUL_SHOWN_AS, SpecValidator
@@ -313,7 +314,7 @@ def harmonize_step(spec: SourceSpec, hashed: HashedVersion) -> dict[str, Any]:
     done = stage.prepare(validate_summary["batch_rows"])
     # A group's query needs little; finding duplicate keys holds every key of the file, and
     # DuckDB fills its limit before it spills: the limit is what this step's memory grows by.
-    connection = duckdb.connect(config={"threads": 2, "memory_limit": "256MB"})
+    connection = duckdb.connect(config={"threads": engine_threads(), "memory_limit": "256MB"})
 
     def harmonize(path: Path) -> dict[str, pl.DataFrame]:
         # A cursor per call: DuckDB runs one query per cursor, all in the connection's database.

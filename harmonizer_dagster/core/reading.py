@@ -26,6 +26,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
+from harmonizer_dagster.core.settings import engine_threads
 from harmonizer_dagster.core.spec import SourceSpec
 from harmonizer_dagster.core.sql import quote_ident, quote_literal
 
@@ -277,7 +278,7 @@ def _scanned(
 ) -> Iterator[pa.RecordBatch]:
     """DuckDB's batches of the query (built inside, as building it may read the file); `after`
     then inspects the finished scan."""
-    con = duckdb.connect(config={"threads": 2, "memory_limit": "512MB"})
+    con = duckdb.connect(config={"threads": engine_threads(), "memory_limit": "512MB"})
     try:
         try:
             yield from con.sql(query()).to_arrow_reader(batch_rows)

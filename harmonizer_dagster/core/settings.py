@@ -36,3 +36,10 @@ DEFAULTS = {
 def current(name: str) -> str:
     """The value in force: the environment's, else the embedded default."""
     return os.environ.get(name, DEFAULTS[name])
+
+
+def engine_threads() -> int:
+    """Threads a load may keep busy: HARMONIZER_THREADS, else the cores this process may run
+    on. More threads than cores only make DuckDB's and polars' workers wait on each other."""
+    configured = os.environ.get("HARMONIZER_THREADS", "").strip()
+    return max(1, int(configured)) if configured else len(os.sched_getaffinity(0))

@@ -5,7 +5,6 @@ DuckDB admits one process per file, so connections are never held between calls.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,11 +13,9 @@ from typing import Any
 import duckdb
 
 from harmonizer_dagster.core.reading import LINE_COLUMN
+from harmonizer_dagster.core.settings import engine_threads
 from harmonizer_dagster.core.sql import quote_ident, quote_literal
 from harmonizer_dagster.core.warehouse.base import Session, Warehouse
-
-# Cores the engine may use (a benchmark or a shared host sets it); unset means all of them.
-THREADS_VARIABLE = "HARMONIZER_THREADS"
 
 
 class DuckDBSession(Session):
@@ -72,9 +69,7 @@ class DuckDBWarehouse(Warehouse):
     @contextmanager
     def session(self) -> Iterator[DuckDBSession]:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        config = {"memory_limit": self.memory_limit}
-        if threads := os.environ.get(THREADS_VARIABLE):
-            config["threads"] = threads
+        config = {"memory_limit": self.memory_limit, "threads": engine_threads()}
         connection = duckdb.connect(str(self.path), config=config)
         try:
             connection.execute("BEGIN TRANSACTION")
