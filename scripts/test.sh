@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The test suite: installs the project when .venv is missing, and Debian's Chromium for the UI
 # tests when it is missing (Playwright drives it; no browser is ever downloaded). They start
-# what else they need, PostgreSQL included. Arguments go to pytest.
+# what else they need, PostgreSQL included. Arguments go to pytest. Test files run two at a
+# time (most of the suite waits on servers, daemons and browsers); -n 0 runs them one by one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ -x .venv/bin/pytest ] || scripts/install.sh
+# A venv from before a new test tool was added is brought up to date too.
+.venv/bin/python -c "import pytest, xdist, playwright" 2>/dev/null || scripts/install.sh
 if ! command -v chromium >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "Installing Debian's Chromium for the UI tests ..."
@@ -14,4 +16,4 @@ if ! command -v chromium >/dev/null 2>&1; then
     exit 1
   fi
 fi
-exec .venv/bin/python -m pytest "$@"
+exec .venv/bin/python -m pytest -n 2 --dist loadfile "$@"
