@@ -37,6 +37,15 @@ def free_port(host: str = "127.0.0.1") -> int:
         return probe.getsockname()[1]
 
 
+def answers(url: str) -> bool:
+    """Whether a server answers the URL with 200: what waiting for a webserver polls."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):
     deadline = time.time() + timeout
     while time.time() < deadline:

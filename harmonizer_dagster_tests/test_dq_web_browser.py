@@ -10,7 +10,6 @@ import re
 import signal
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 
 import dagster as dg
@@ -19,7 +18,7 @@ from playwright.sync_api import expect, sync_playwright
 
 from harmonizer_dagster.core.warehouse import open_warehouse
 from harmonizer_dagster_tests.conftest import load_file
-from harmonizer_dagster_tests.fleet import free_port, wait_for
+from harmonizer_dagster_tests.fleet import answers, free_port, wait_for
 from harmonizer_dagster_tests.ui import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, PARTITION, new_page
 
 BIN = Path(sys.executable).parent
@@ -31,14 +30,6 @@ INSTANCE = """run_coordinator:
 telemetry:
   enabled: false
 """
-
-
-def _up(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
 
 
 def _serve(command: list[str], log: Path, cwd: Path) -> subprocess.Popen:
@@ -82,8 +73,8 @@ def servers(environment, monkeypatch, tmp_path):
             _serve([str(BIN / "harmonizer"), "dq", "serve", "--port", str(page_port)], tmp_path / "dq.log", tmp_path),
         ]
         try:
-            wait_for(lambda: _up(f"http://127.0.0.1:{page_port}/"), 60, "the triage page")
-            wait_for(lambda: _up(f"http://127.0.0.1:{dagster_port}/server_info"), 120, "the Dagster webserver")
+            wait_for(lambda: answers(f"http://127.0.0.1:{page_port}/"), 60, "the triage page")
+            wait_for(lambda: answers(f"http://127.0.0.1:{dagster_port}/server_info"), 120, "the Dagster webserver")
             yield f"http://127.0.0.1:{page_port}", instance
         finally:
             for process in processes:

@@ -6,25 +6,16 @@ import shutil
 import signal
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 
 import dagster as dg
 import pytest
 
 from harmonizer_dagster.definitions import build_definitions
-from harmonizer_dagster_tests.fleet import free_port, wait_for
+from harmonizer_dagster_tests.fleet import answers, free_port, wait_for
 from harmonizer_dagster_tests.ui import PARTITION, check_source_pages
 
 REPO = Path(__file__).parent.parent
-
-
-def _up(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
 
 
 @pytest.fixture
@@ -56,7 +47,7 @@ def webserver(environment, monkeypatch, tmp_path):
         start_new_session=True,
     )
     try:
-        wait_for(lambda: _up(f"http://127.0.0.1:{port}/server_info"), 120, "the webserver")
+        wait_for(lambda: answers(f"http://127.0.0.1:{port}/server_info"), 120, "the webserver")
         yield f"http://127.0.0.1:{port}"
     finally:
         os.killpg(process.pid, signal.SIGKILL)
