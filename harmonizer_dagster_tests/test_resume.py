@@ -76,7 +76,8 @@ def test_killed_validate_resumes_from_its_last_batch(specs, tmp_path):
 def test_interrupted_batch_leftovers_are_discarded(tmp_path):
     stage = StepStage(tmp_path / "validate")
     stage.prepare()
-    stage.write_batch(0, {"accepted": pl.DataFrame({"a": [1]})})
+    stage.write_files(0, {"accepted": pl.DataFrame({"a": [1]})})
+    stage.mark(0)
     # Batch 1 died after writing one of its files but before its marker.
     pl.DataFrame({"a": [2]}).write_parquet(tmp_path / "validate" / "accepted-000001.parquet")
     (tmp_path / "validate" / "issues-000001.parquet.tmp").write_text("partial")

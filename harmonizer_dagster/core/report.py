@@ -85,7 +85,8 @@ def overview(store: Warehouse) -> list[SourceOverview]:
             source_id: (int(passed), int(total))
             for source_id, passed, total in s.execute(
                 "SELECT source_id, count(*) FILTER (WHERE passed), count(*) "
-                f"FROM {store.schema}.data_quality_checks GROUP BY source_id"
+                f"FROM {store.schema}.data_quality_checks WHERE source_id IN "
+                f"(SELECT max(source_id) FROM {store.schema}.sources GROUP BY source_type) GROUP BY source_id"
             )
         }
         open_issues = dict(

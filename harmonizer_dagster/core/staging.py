@@ -67,11 +67,6 @@ class StepStage:
                 path.unlink()
         return done
 
-    def write_batch(self, index: int, frames: dict[str, pl.DataFrame]) -> None:
-        """Stages the outputs of one batch, then marks it done."""
-        self.write_files(index, frames)
-        self.mark(index)
-
     def write_files(self, index: int, frames: dict[str, pl.DataFrame], count: int = 1) -> None:
         """Stages the outputs of batches index .. index + count - 1 without marking them: groups
         can be written concurrently, then marked in order (`mark`)."""

@@ -157,13 +157,17 @@ class IssuePage:
     limit: int
 
 
-def list_issues(store: Warehouse, selection: Selection, page: int = 1, limit: int = 50) -> IssuePage:
+def list_issues(
+    store: Warehouse, selection: Selection, page: int = 1, limit: int = 50, total: int | None = None
+) -> IssuePage:
     """The selected issues a page at a time, errors first, then by source, file and line: the
-    database sorts and cuts, so a listing stays quick with hundreds of thousands of issues."""
+    database sorts and cuts, so a listing stays quick with hundreds of thousands of issues.
+    A caller that already counted the selection (the grouped view) passes `total`."""
     if page < 1 or limit < 1:
         raise ValueError("page and limit must be at least 1")
     where, params = selection.where()
-    total = store.query(f"SELECT count(*) FROM {{schema}}.data_quality_issues WHERE {where}", params)[0][0]
+    if total is None:
+        total = store.query(f"SELECT count(*) FROM {{schema}}.data_quality_issues WHERE {where}", params)[0][0]
     rows = store.query(
         f"SELECT CAST(issue_id AS VARCHAR), {', '.join(ISSUE_COLUMNS[1:])} FROM {{schema}}.data_quality_issues "
         f"WHERE {where} ORDER BY severity, source_type, partition_key, source_line_number, field_name, rule, "

@@ -31,7 +31,7 @@ from starlette.templating import Jinja2Templates
 from harmonizer_dagster.core.dead_letters import list_failed, reprocess
 from harmonizer_dagster.core.report import overview
 from harmonizer_dagster.core.secrets import redact, secret_values
-from harmonizer_dagster.core.settings import current
+from harmonizer_dagster.core.settings import DEFAULTS, current
 from harmonizer_dagster.core.spec import SourceSpec, load_specs
 from harmonizer_dagster.core.triage import (
     Selection,
@@ -62,11 +62,11 @@ class Settings:
 
     warehouse_url: str
     schema: str = "harmonizer"
-    dagster_url: str = "http://127.0.0.1:3000"
+    dagster_url: str = DEFAULTS["HARMONIZER_DAGSTER_URL"]
     dagster_ui_url: str = ""
     secret: str = field(default="", repr=False)
-    sources_dir: Path = HERE.parent / "sources"
-    staging_dir: Path = Path(".harmonizer/staging")
+    sources_dir: Path = Path(DEFAULTS["HARMONIZER_SOURCES_DIR"])
+    staging_dir: Path = Path(DEFAULTS["HARMONIZER_STAGING_DIR"])
 
     @classmethod
     def from_environment(cls, schema: str = "harmonizer") -> Settings:
@@ -194,12 +194,13 @@ def create_app(settings: Settings, store: Warehouse | None = None) -> Starlette:
         ]
         cards.sort(key=lambda card: -sum(g.count for g in card[1]))
         rematerialize = fixed_partitions(store, request.session.get("rematerialize", []))
+        total = sum(g.count for g in groups)
         return render(
             request,
             "issues.html",
             cards=cards,
-            total=sum(g.count for g in groups),
-            issues=list_issues(store, chosen, page_number(request), PAGE_SIZE),
+            total=total,
+            issues=list_issues(store, chosen, page_number(request), PAGE_SIZE, total),
             facets=facets(store),
             filters={name: params.get(name, "") for name in FILTERS} | {"status": status},
             query=urllib.parse.urlencode({k: v for k, v in params.items() if k in FILTERS and v}),
@@ -305,14 +306,15 @@ def create_app(settings: Settings, store: Warehouse | None = None) -> Starlette:
         params = request.query_params
         state = params.get("state", "pending")
         reprocessed = {"pending": False, "reprocessed": True}.get(state)
-        rows, total = list_failed(store, params.get("source") or None, reprocessed, page_number(request), PAGE_SIZE)
-        sources = [row.source for row in overview(store)]
+        page = page_number(request)
+        rows, total = list_failed(store, params.get("source") or None, reprocessed, page, PAGE_SIZE)
+        sources = [name for (name,) in store.query("SELECT DISTINCT source_type FROM {schema}.sources ORDER BY 1")]
         return render(
             request,
             "dead_letters.html",
             rows=rows,
             total=total,
-            page=page_number(request),
+            page=page,
             limit=PAGE_SIZE,
             sources=sources,
             filters={"source": params.get("source", ""), "state": state},
