@@ -123,8 +123,6 @@ def list_failed(
 ) -> tuple[list[dict], int]:
     """One page of failed records (pending ones by default) and how many match: the database
     sorts and cuts, as for issues."""
-    if page < 1 or limit < 1:
-        raise ValueError("page and limit must be at least 1")
     clauses, params = ["TRUE"], []
     if source is not None:
         clauses.append("source_type = %s")
@@ -132,11 +130,5 @@ def list_failed(
     if reprocessed is not None:
         clauses.append("reprocessed = %s")
         params.append(reprocessed)
-    where = " AND ".join(clauses)
-    total = store.query(f"SELECT count(*) FROM {{schema}}.failed_records WHERE {where}", params)[0][0]
-    rows = store.query(
-        f"SELECT CAST(record_id AS VARCHAR), {', '.join(FAILED_COLUMNS[1:])} FROM {{schema}}.failed_records "
-        f"WHERE {where} ORDER BY source_type, partition_key, source_line_number, record_id LIMIT %s OFFSET %s",
-        [*params, limit, (page - 1) * limit],
-    )
-    return [dict(zip(FAILED_COLUMNS, row, strict=True)) for row in rows], int(total)
+    order = "source_type, partition_key, source_line_number, record_id"
+    return store.page("failed_records", FAILED_COLUMNS, " AND ".join(clauses), params, order, page, limit)

@@ -163,18 +163,10 @@ def list_issues(
     """The selected issues a page at a time, errors first, then by source, file and line: the
     database sorts and cuts, so a listing stays quick with hundreds of thousands of issues.
     A caller that already counted the selection (the grouped view) passes `total`."""
-    if page < 1 or limit < 1:
-        raise ValueError("page and limit must be at least 1")
     where, params = selection.where()
-    if total is None:
-        total = store.query(f"SELECT count(*) FROM {{schema}}.data_quality_issues WHERE {where}", params)[0][0]
-    rows = store.query(
-        f"SELECT CAST(issue_id AS VARCHAR), {', '.join(ISSUE_COLUMNS[1:])} FROM {{schema}}.data_quality_issues "
-        f"WHERE {where} ORDER BY severity, source_type, partition_key, source_line_number, field_name, rule, "
-        "issue_id LIMIT %s OFFSET %s",
-        [*params, limit, (page - 1) * limit],
-    )
-    return IssuePage([dict(zip(ISSUE_COLUMNS, row, strict=True)) for row in rows], int(total), page, limit)
+    order = "severity, source_type, partition_key, source_line_number, field_name, rule, issue_id"
+    rows, total = store.page("data_quality_issues", ISSUE_COLUMNS, where, params, order, page, limit, total)
+    return IssuePage(rows, total, page, limit)
 
 
 def render_page(page: IssuePage) -> str:

@@ -243,6 +243,31 @@ class Warehouse(ABC):
         )
         return self.version_counts(rows[0][0]) if rows else None
 
+    def page(
+        self,
+        table: str,
+        columns: Sequence[str],
+        where: str,
+        params: Sequence[Any],
+        order: str,
+        page: int,
+        limit: int,
+        total: int | None = None,
+    ) -> tuple[list[dict[str, Any]], int]:
+        """One page of a table's rows (dicts keyed by `columns`, the first a UUID id, as text)
+        and how many match, unless the caller counted already: the database sorts and cuts, so a
+        listing stays quick over hundreds of thousands of rows."""
+        if page < 1 or limit < 1:
+            raise ValueError("page and limit must be at least 1")
+        if total is None:
+            total = int(self.query(f"SELECT count(*) FROM {{schema}}.{table} WHERE {where}", params)[0][0])
+        rows = self.query(
+            f"SELECT CAST({columns[0]} AS VARCHAR), {', '.join(columns[1:])} FROM {{schema}}.{table} "
+            f"WHERE {where} ORDER BY {order} LIMIT %s OFFSET %s",
+            [*params, limit, (page - 1) * limit],
+        )
+        return [dict(zip(columns, row, strict=True)) for row in rows], total
+
     def mark_published(self, source_type: str, partition_key: str) -> tuple[int, str] | None:
         """Stamps the partition's latest finished load as published; its id and hash, or None."""
         rows = self.query(
