@@ -15,7 +15,7 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
-from harmonizer_dagster.core.harmonization import duplicate_key_sql, harmonize_sql
+from harmonizer_dagster.core.harmonization import duplicate_key_sql, harmonize
 from harmonizer_dagster.core.reading import LINE_COLUMN
 from harmonizer_dagster.core.rules import apply_rules
 from harmonizer_dagster.core.spec import SourceSpec
@@ -74,14 +74,10 @@ def reprocess(spec: SourceSpec, store: Warehouse, scratch_root: Path) -> Reproce
             if passing_lines.is_empty():
                 continue
             passing = group.filter(pl.col(LINE_COLUMN).is_in(passing_lines.implode())).select("record_id", LINE_COLUMN)
-            accepted_path = scratch / f"{file_hash}-accepted.parquet"
-            checked.accepted.write_parquet(accepted_path)
             harmonized_path = scratch / f"{file_hash}-harmonized.parquet"
             superseded_path = scratch / f"{file_hash}-superseded.parquet"
+            harmonize(spec, checked.accepted, str(file_hash), str(partition_key)).write_parquet(harmonized_path)
             with duckdb.connect() as connection:
-                relation = f"read_parquet({quote_literal(str(accepted_path))})"
-                sql = harmonize_sql(spec, relation, str(file_hash), str(partition_key))
-                connection.sql(f"COPY ({sql}) TO {quote_literal(str(harmonized_path))} (FORMAT parquet)")
                 duplicates = duplicate_key_sql(spec, f"read_parquet({quote_literal(str(harmonized_path))})")
                 connection.sql(
                     f"COPY (SELECT source_line_number FROM ({duplicates})) TO "

@@ -1,15 +1,26 @@
-"""Harmonization: one DuckDB SELECT per source turns validated text into canonical, typed values.
+"""Harmonization: polars expressions turn validated text into canonical, typed values.
 
-Everything is a SQL expression over a whole batch; there is no per-row Python.
+Everything is an expression over a whole batch; there is no per-row Python. A value is typed
+by the same parse validation judged it with (`parsed_value`), so what passed is what is stored.
+Measured on 1M registry rows (2 cores): the rules as one DuckDB SELECT per group of 50,000 rows
+took 2.0 s, as one polars plan 0.8 s (columns evaluate in parallel, the date parse is shared).
+The row hash is SHA-256, which only DuckDB computes natively (polars' own hash may change
+between releases, and stored hashes must not).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import duckdb
+import polars as pl
 
 from harmonizer_dagster.core.reading import LINE_COLUMN
-from harmonizer_dagster.core.spec import Column, SourceSpec
-from harmonizer_dagster.core.sql import quote_ident, quote_literal
+from harmonizer_dagster.core.spec import SourceSpec
+from harmonizer_dagster.core.sql import quote_ident
+from harmonizer_dagster.core.validation import parsed_value
 
 ROW_HASH_COLUMN = "_row_hash"
 # Provenance columns every canonical table carries, with their warehouse-neutral types.
@@ -24,100 +35,115 @@ PROVENANCE_COLUMNS = {
 # Set by the warehouse when it writes a row, not staged with the harmonized data. `_arrival`
 # orders file versions: the registry id of the partition's first arrival.
 WAREHOUSE_ONLY_COLUMNS = ("_arrival", "_loaded_at")
+# ASCII whitespace and digits, spelled out: polars' \s and \d also match Unicode spaces and
+# digits, and a rule must not change meaning with the engine that runs it.
+WHITESPACE = "[\t\n\f\r ]"
+NOT_DIGIT = "[^0-9]"
+
+
+def _trim(value: pl.Expr) -> pl.Expr:
+    return value.str.strip_chars(" ")
+
+
+def _us_zip(value: pl.Expr, digits: pl.Expr) -> pl.Expr:
+    """4 digits lost a leading zero, 9 digits are ZIP+4 without the dash."""
+    return (
+        pl.when(digits.str.contains(r"^[0-9]{4}$"))
+        .then("0" + digits)
+        .when(digits.str.contains(r"^[0-9]{9}$"))
+        .then(digits.str.slice(0, 5) + "-" + digits.str.slice(5, 4))
+        .otherwise(_trim(value))
+    )
+
+
+def _phone_e164(value: pl.Expr, digits: pl.Expr) -> pl.Expr:
+    """North American numbers by default; anything else must already carry its country code.
+    A number that cannot be made E.164 keeps its text (validation has flagged it)."""
+    length = digits.str.len_bytes()
+    return (
+        pl.when(length == 10)
+        .then("+1" + digits)
+        .when((length == 11) & digits.str.starts_with("1"))
+        .then("+" + digits)
+        .when(_trim(value).str.starts_with("+") & length.is_between(8, 15))
+        .then("+" + digits)
+        .otherwise(_trim(value))
+    )
+
+
+def _collapse_whitespace(value: pl.Expr) -> pl.Expr:
+    # Most values have no run of whitespace: the cheap match spares them the replace.
+    return (
+        pl.when(value.str.contains(f"{WHITESPACE}{WHITESPACE}|[\t\n\f\r]"))
+        .then(value.str.replace_all(f"{WHITESPACE}+", " "))
+        .otherwise(value)
+    )
 
 
 @dataclass(frozen=True)
-class _TextRule:
-    """A text rule as SQL of the value `{v}`. `shared` values (SQL of `{v}`) are computed once per
-    value in a layer before `result`, which names them: a regular expression runs once, not
-    once per use."""
+class TextRule:
+    """A text rule as an expression of the value and, if the rule has one, an intermediate of
+    it (`shared`) that the plan computes once in a layer of its own: measured 3x faster than
+    polars' elimination of the same sub-expression repeated inside `when` chains."""
 
-    result: str
-    shared: dict[str, str] = field(default_factory=dict)
+    result: Callable[..., pl.Expr]
+    shared: Callable[[pl.Expr], pl.Expr] | None = None
 
 
-_TEXT_RULES = {
-    "trim": _TextRule("trim({v})"),
-    # Most values have no run of whitespace: the cheap match spares them the replace.
-    "collapse_whitespace": _TextRule(
-        r"CASE WHEN regexp_matches({v}, '\s\s|[\t\n\f\r]') THEN regexp_replace({v}, '\s+', ' ', 'g') ELSE {v} END"
-    ),
-    "lowercase": _TextRule("lower({v})"),
-    "uppercase": _TextRule("upper({v})"),
-    "email": _TextRule("lower(trim({v}))"),
-    # Digits only; 4 digits lost a leading zero, 9 digits are ZIP+4 without the dash.
-    "us_zip": _TextRule(
-        "CASE WHEN regexp_full_match({zip}, '\\d{{4}}') THEN '0' || {zip} "
-        "WHEN regexp_full_match({zip}, '\\d{{9}}') THEN substr({zip}, 1, 5) || '-' || substr({zip}, 6, 4) "
-        "ELSE trim({v}) END",
-        {"zip": "regexp_replace({v}, '[\\s-]', '', 'g')"},
-    ),
-    # North American numbers by default; anything else must already carry its country code.
-    # A number that cannot be made E.164 keeps its text (validation has flagged it).
-    "phone_e164": _TextRule(
-        "CASE WHEN length({digits}) = 10 THEN '+1' || {digits} "
-        "WHEN length({digits}) = 11 AND {digits} LIKE '1%' THEN '+' || {digits} "
-        "WHEN trim({v}) LIKE '+%' AND length({digits}) BETWEEN 8 AND 15 THEN '+' || {digits} "
-        "ELSE trim({v}) END",
-        {"digits": "regexp_replace({v}, '\\D', '', 'g')"},
-    ),
+TEXT_RULES = {
+    "trim": TextRule(_trim),
+    "collapse_whitespace": TextRule(_collapse_whitespace),
+    "lowercase": TextRule(lambda value: value.str.to_lowercase()),
+    "uppercase": TextRule(lambda value: value.str.to_uppercase()),
+    "email": TextRule(lambda value: _trim(value).str.to_lowercase()),
+    "us_zip": TextRule(_us_zip, lambda value: value.str.replace_all(f"{WHITESPACE}|-", "")),
+    "phone_e164": TextRule(_phone_e164, lambda value: value.str.replace_all(f"{NOT_DIGIT}+", "")),
 }
 
 
-def _typed(column: Column, value: str) -> str:
-    if column.type == "integer":
-        return f"TRY_CAST({value} AS BIGINT)"
-    if column.type == "decimal":
-        return f"TRY_CAST({value} AS DECIMAL({column.precision}, {column.scale}))"
-    if column.type == "boolean":
-        return (
-            f"CASE WHEN lower({value}) IN ('true','t','yes','y','1') THEN TRUE "
-            f"WHEN lower({value}) IN ('false','f','no','n','0') THEN FALSE END"
-        )
-    if column.type in ("date", "timestamp"):
-        parses = ", ".join(f"try_strptime({value}, {quote_literal(fmt)})" for fmt in column.parse_formats)
-        target = "DATE" if column.type == "date" else "TIMESTAMP"
-        return f"CAST(coalesce({parses}) AS {target})"
-    return value
-
-
-def _text_rules_sql(spec: SourceSpec, relation: str) -> str:
-    """SELECT applying each column's text rules in order, one rule per layer: a layer computes
-    the values its rules share, the next one replaces the columns with the rules' results."""
-    sql = f"SELECT * FROM {relation}"
+def _canonical(spec: SourceSpec, rows: pl.LazyFrame) -> pl.LazyFrame:
+    """Each column's text rules in order, one rule per layer, then its type."""
     for depth in range(max((len(c.harmonize) for c in spec.columns), default=0)):
-        rules = {c.name: _TEXT_RULES[c.harmonize[depth]] for c in spec.columns if depth < len(c.harmonize)}
-        shared = {
-            f"{name}#{key}": expression.format(v=quote_ident(name))
+        rules = {c.name: TEXT_RULES[c.harmonize[depth]] for c in spec.columns if depth < len(c.harmonize)}
+        shared = {f"{name}#shared": rule.shared(pl.col(name)) for name, rule in rules.items() if rule.shared}
+        results = [
+            (rule.result(pl.col(name), pl.col(f"{name}#shared")) if rule.shared else rule.result(pl.col(name))).alias(
+                name
+            )
             for name, rule in rules.items()
-            for key, expression in rule.shared.items()
-        }
-        if shared:
-            added = ", ".join(f"{expression} AS {quote_ident(alias)}" for alias, expression in shared.items())
-            sql = f"SELECT *, {added} FROM ({sql})"
-        results = ", ".join(
-            rule.result.format(v=quote_ident(name), **{key: quote_ident(f"{name}#{key}") for key in rule.shared})
-            + f" AS {quote_ident(name)}"
-            for name, rule in rules.items()
-        )
-        dropped = f"EXCLUDE ({', '.join(quote_ident(alias) for alias in shared)}) " if shared else ""
-        sql = f"SELECT * {dropped}REPLACE ({results}) FROM ({sql})"
-    return sql
+        ]
+        rows = rows.with_columns(**shared).with_columns(results).drop(shared)
+    return rows.select(*(parsed_value(c, pl.col(c.name)).alias(c.name) for c in spec.columns), LINE_COLUMN)
 
 
-def harmonize_sql(spec: SourceSpec, relation: str, file_hash: str, partition_key: str) -> str:
-    """SELECT producing the canonical schema plus provenance from validated text rows.
+_hasher = threading.local()
+
+
+def row_hashes(spec: SourceSpec, canonical: pl.DataFrame) -> pl.Series:
+    """SHA-256 of a row's canonical values as text, NULL as chr(0), joined by chr(31)."""
+    if not hasattr(_hasher, "connection"):
+        # One in-memory DuckDB per thread: opening one costs more than hashing a batch.
+        _hasher.connection = duckdb.connect(config={"threads": 1})
+    values = ", ".join(f"coalesce(CAST({quote_ident(c.name)} AS VARCHAR), chr(0))" for c in spec.columns)
+    connection = _hasher.connection.register("canonical", canonical.select(c.name for c in spec.columns).to_arrow())
+    try:
+        hashes = connection.sql(f"SELECT sha256(concat_ws(chr(31), {values})) FROM canonical").to_arrow_table()
+    finally:
+        connection.unregister("canonical")
+    return pl.Series(ROW_HASH_COLUMN, hashes.column(0))
+
+
+def harmonize(spec: SourceSpec, validated: pl.DataFrame, file_hash: str, partition_key: str) -> pl.DataFrame:
+    """The canonical rows of validated text rows, with provenance.
 
     The row hash covers canonical values only, so an unchanged record re-delivered in a
     later file is recognised as unchanged whatever file or line it came from.
     """
-    canonical = [f"{_typed(c, quote_ident(c.name))} AS {quote_ident(c.name)}" for c in spec.columns]
-    hashed = ", ".join(f"coalesce(CAST({quote_ident(c.name)} AS VARCHAR), chr(0))" for c in spec.columns)
-    return (
-        f"WITH text AS ({_text_rules_sql(spec, relation)}), "
-        f"canonical AS (SELECT {', '.join(canonical)}, {quote_ident(LINE_COLUMN)} FROM text) "
-        f"SELECT *, {quote_literal(file_hash)} AS _file_hash, {quote_literal(partition_key)} AS _partition_key, "
-        f"sha256(concat_ws(chr(31), {hashed})) AS {ROW_HASH_COLUMN} FROM canonical"
+    canonical = _canonical(spec, validated.lazy()).collect()
+    return canonical.with_columns(
+        pl.lit(file_hash).alias("_file_hash"),
+        pl.lit(partition_key).alias("_partition_key"),
+        row_hashes(spec, canonical),
     )
 
 

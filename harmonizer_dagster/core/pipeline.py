@@ -1,5 +1,10 @@
 """The four steps a file version goes through: hash, validate, harmonize, upsert.
 
+A batch is read once and flows through one plan: learned rules, every pandera check, then the
+canonical values and row hash of the rows that pass (validate). What needs the whole file
+comes after: `unique` checks and malformed lines (end of validate), which duplicate of a
+natural key wins (harmonize), the atomic publish (upsert).
+
 Each step reads the previous step's staged output from disk and writes its own, so any
 step can be re-run alone (Dagster's "re-execute from failure") and a killed step resumes
 from its last completed batch. Nothing here knows about Dagster.
@@ -26,7 +31,7 @@ import pyarrow as pa
 
 from harmonizer_dagster.core import staging
 from harmonizer_dagster.core.files import FileVersion, fingerprint, fingerprint_s3, version_key
-from harmonizer_dagster.core.harmonization import duplicate_key_sql, harmonize_sql
+from harmonizer_dagster.core.harmonization import duplicate_key_sql, harmonize
 from harmonizer_dagster.core.reading import LINE_COLUMN, ReadResult, UnreliableParse, read_batches
 from harmonizer_dagster.core.rules import Rule, apply_rules
 from harmonizer_dagster.core.rules import fingerprint as rules_fingerprint
@@ -41,6 +46,8 @@ DEFAULT_BATCH_ROWS = 5_000
 # (polars, DuckDB, a Parquet file) dwarfs per-row cost at 5,000 rows, and a killed step redoes
 # at most one group. Groups of big batches are capped in rows, which bounds memory.
 GROUP_BATCHES = 10
+# The staged output `unique` checks read: the validated text of the columns they need.
+UNIQUE_VALUES = "unique_values"
 ROWS_PER_GROUP = 50_000
 # Groups in work at once. polars and DuckDB release the GIL, so on two cores one group is
 # read while others are checked or harmonized and written; memory holds WORKERS + 1 groups
@@ -193,7 +200,7 @@ def _stage_groups(stage: staging.StepStage, groups: Iterable[Group]) -> None:
 
 
 def validate_step(spec: SourceSpec, hashed: HashedVersion, batch_rows: int = DEFAULT_BATCH_ROWS) -> dict[str, Any]:
-    """Validates the file in checkpointed batches; returns the staged counts."""
+    """Validates and harmonizes the file in checkpointed batches; returns the staged counts."""
     stage = staging.StepStage(Path(hashed.stage_dir) / "validate")
     if hashed.skipped or stage.summary() is not None:
         return stage.summary() or {}
@@ -204,11 +211,12 @@ def validate_step(spec: SourceSpec, hashed: HashedVersion, batch_rows: int = DEF
         # DuckDB lost track of a quote: drop what it parsed and read the file line by line.
         staging.remove(stage.directory)
         result = _validate_batches(spec, hashed, stage, batch_rows, stage.prepare(batch_rows), line_by_line=True)
-    stage.write_final(_file_level_findings(spec, stage.files("accepted"), result))
+    stage.write_final(_file_level_findings(spec, stage.files(UNIQUE_VALUES), result))
+    accepted = _count(stage.files("harmonized"))
     summary = {
-        "records_parsed": _count(stage.files("accepted")) + _count(stage.files("failed")) - len(result.malformed),
+        "records_parsed": accepted + _count(stage.files("failed")) - len(result.malformed),
         "records_malformed": len(result.malformed),
-        "records_accepted": _count(stage.files("accepted")),
+        "records_accepted": accepted,
         "records_failed": _count(stage.files("failed")),
         "issues": _count(stage.files("issues")),
         "fixes_applied": _count(stage.files("fixes")),
@@ -221,15 +229,26 @@ def validate_step(spec: SourceSpec, hashed: HashedVersion, batch_rows: int = DEF
 def _validate_batches(
     spec: SourceSpec, hashed: HashedVersion, stage: staging.StepStage, batch_rows: int, done: int, line_by_line: bool
 ) -> ReadResult:
-    """Stages the validated batches after the `done` ones; returns what the read found."""
+    """Stages the validated and harmonized batches after the `done` ones; returns what the read found."""
     validator = SpecValidator(spec)
     result = ReadResult()
+    unique_columns = [c.name for c in spec.columns if any(check.kind == "unique" for check in c.checks)]
 
     def check(batches: list[pa.RecordBatch]) -> dict[str, pl.DataFrame]:
         # Learned rules fix raw values first, so a fixed value is judged like any other.
         raw, fixes = apply_rules(pl.from_arrow(pa.Table.from_batches(batches)), list(hashed.rules))
         checked = validator.validate(raw)
-        return {"accepted": checked.accepted, "issues": checked.issues, "failed": checked.failed, "fixes": fixes}
+        staged = {
+            "harmonized": harmonize(spec, checked.accepted, hashed.file_hash, hashed.partition_key),
+            "issues": checked.issues,
+            "failed": checked.failed,
+            "fixes": fixes,
+        }
+        if unique_columns:
+            # `unique` judges the validated text of the whole file: only its columns are kept.
+            kept = dict.fromkeys([LINE_COLUMN, *spec.natural_key, *unique_columns])
+            staged[UNIQUE_VALUES] = checked.accepted.select(kept)
+        return staged
 
     def groups() -> Iterator[Group]:
         pending: list[pa.RecordBatch] = []
@@ -250,7 +269,7 @@ def _first_batch(batches: list[pa.RecordBatch], batch_rows: int) -> int:
     return (batches[0][LINE_COLUMN][0].as_py() - 1) // batch_rows
 
 
-def _file_level_findings(spec: SourceSpec, accepted: list[Path], result: ReadResult) -> dict[str, pl.DataFrame]:
+def _file_level_findings(spec: SourceSpec, unique_values: list[Path], result: ReadResult) -> dict[str, pl.DataFrame]:
     """Findings that need the whole file: malformed lines and `unique` checks."""
     failed = pl.DataFrame(
         {
@@ -279,10 +298,10 @@ def _file_level_findings(spec: SourceSpec, accepted: list[Path], result: ReadRes
     ]
     for column in spec.columns:
         for number, check in enumerate(column.checks):
-            if check.kind != "unique" or not accepted:
+            if check.kind != "unique" or not unique_values:
                 continue
             duplicated = (
-                pl.scan_parquet(accepted)
+                pl.scan_parquet(unique_values)
                 .filter(pl.col(column.name).is_not_null() & pl.col(column.name).is_duplicated())
                 .select(
                     pl.col(LINE_COLUMN).alias("source_line_number"),
@@ -303,57 +322,38 @@ def _file_level_findings(spec: SourceSpec, accepted: list[Path], result: ReadRes
 
 
 def harmonize_step(spec: SourceSpec, hashed: HashedVersion) -> dict[str, Any]:
-    """Turns validated batches into canonical rows; records which duplicates lose."""
+    """Records which duplicates of a natural key lose: the part of harmonization that needs
+    every canonical row of the file (validate staged them batch by batch)."""
     stage = staging.StepStage(Path(hashed.stage_dir) / "harmonize")
     if hashed.skipped or stage.summary() is not None:
         return stage.summary() or {}
     validated = staging.StepStage(Path(hashed.stage_dir) / "validate")
-    validate_summary = validated.summary()
-    if validate_summary is None:
+    if validated.summary() is None:
         raise RuntimeError(f"{hashed.partition_key}: validate has not finished; run it first")
-    done = stage.prepare(validate_summary["batch_rows"])
-    # A group's query needs little; finding duplicate keys holds every key of the file, and
-    # DuckDB fills its limit before it spills: the limit is what this step's memory grows by.
-    connection = duckdb.connect(config={"threads": engine_threads(), "memory_limit": "256MB"})
-
-    def harmonize(path: Path) -> dict[str, pl.DataFrame]:
-        # A cursor per call: DuckDB runs one query per cursor, all in the connection's database.
-        with connection.cursor() as cursor:
-            relation = f"read_parquet({quote_literal(str(path))})"
-            rows = cursor.sql(harmonize_sql(spec, relation, hashed.file_hash, hashed.partition_key))
-            frame = pl.from_arrow(rows.to_arrow_table())
-        assert isinstance(frame, pl.DataFrame)
-        return {"harmonized": frame}
-
-    try:
-        # Each validated group is harmonized as one group: the two steps checkpoint the same batches.
-        groups = []
-        for first, last, path in validated.batch_files("accepted"):
-            if last >= done:
-                groups.append((first, last + 1 - first, partial(harmonize, path)))
-        _stage_groups(stage, groups)
-        harmonized = stage.files("harmonized")
-        duplicates = pl.DataFrame(schema=ISSUE_SCHEMA)
-        if harmonized:
-            paths = ", ".join(quote_literal(str(p)) for p in harmonized)
+    stage.prepare()
+    harmonized = validated.files("harmonized")
+    duplicates = pl.DataFrame(schema=ISSUE_SCHEMA)
+    if harmonized:
+        # Grouping every key of the file is what this step's memory grows by: DuckDB spills
+        # past its limit.
+        paths = ", ".join(quote_literal(str(p)) for p in harmonized)
+        with duckdb.connect(config={"threads": engine_threads(), "memory_limit": "256MB"}) as connection:
             found = pl.from_arrow(connection.sql(duplicate_key_sql(spec, f"read_parquet([{paths}])")).to_arrow_table())
-            assert isinstance(found, pl.DataFrame)
-            duplicates = found.select(
-                pl.col("source_line_number"),
-                pl.col("source_record_id"),
-                pl.lit("duplicate_key").alias("issue_type"),
-                pl.lit("warning").alias("severity"),
-                pl.lit(", ".join(spec.natural_key)).alias("field_name"),
-                pl.col("source_record_id").alias("invalid_value"),
-                pl.format("unique natural key; the record on line {} was kept", pl.col("kept_line")).alias(
-                    "expected_format"
-                ),
-                pl.lit("natural_key").alias("rule"),
-            ).cast(ISSUE_SCHEMA)
-        # The superseded lines are what the upsert leaves out: the rule is applied once, here.
-        stage.write_final({"issues": duplicates, "superseded": duplicates.select("source_line_number")})
-    finally:
-        connection.close()
+        assert isinstance(found, pl.DataFrame)
+        duplicates = found.select(
+            pl.col("source_line_number"),
+            pl.col("source_record_id"),
+            pl.lit("duplicate_key").alias("issue_type"),
+            pl.lit("warning").alias("severity"),
+            pl.lit(", ".join(spec.natural_key)).alias("field_name"),
+            pl.col("source_record_id").alias("invalid_value"),
+            pl.format("unique natural key; the record on line {} was kept", pl.col("kept_line")).alias(
+                "expected_format"
+            ),
+            pl.lit("natural_key").alias("rule"),
+        ).cast(ISSUE_SCHEMA)
+    # The superseded lines are what the upsert leaves out: the rule is applied once, here.
+    stage.write_final({"issues": duplicates, "superseded": duplicates.select("source_line_number")})
     return stage.finish({"records_harmonized": _count(harmonized), "records_duplicate": duplicates.height})
 
 
@@ -375,7 +375,7 @@ def upsert_step(spec: SourceSpec, hashed: HashedVersion, warehouse: Warehouse, r
         source_id=hashed.source_id,
         file_hash=hashed.file_hash,
         partition_key=hashed.partition_key,
-        harmonized_files=harmonized.files("harmonized"),
+        harmonized_files=validated.files("harmonized"),
         superseded_files=harmonized.files("superseded"),
         issue_files=issue_files,
         failed_files=validated.files("failed"),
