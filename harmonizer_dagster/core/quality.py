@@ -444,7 +444,13 @@ def checks_for(spec: SourceSpec) -> list[QualityCheck]:
 
 
 def run_check(store: Warehouse, spec: SourceSpec, check: QualityCheck, partition_key: str, run_id: str) -> Evaluation:
-    """Evaluates one check on the partition's latest load and records it in the history."""
+    """Evaluates one check on the partition's latest load and records it in the history, in
+    one transaction."""
+    with store.transaction():
+        return _run_check(store, spec, check, partition_key, run_id)
+
+
+def _run_check(store: Warehouse, spec: SourceSpec, check: QualityCheck, partition_key: str, run_id: str) -> Evaluation:
     version = latest_version(store, spec, partition_key)
     if version is None:
         evaluation = Evaluation(False, None, None, f"{partition_key} has no completed load to check")

@@ -65,8 +65,11 @@ def evaluate_all_checks(
     asset check it is, so the UI and data_quality_checks show the same as for the asset.
     Returns the blocking checks that failed."""
     blocking_failures = []
-    for check in checks_for(spec):
-        evaluation = run_check(store, spec, check, partition_key, context.run_id)
+    with store.transaction():
+        evaluations = [
+            (check, run_check(store, spec, check, partition_key, context.run_id)) for check in checks_for(spec)
+        ]
+    for check, evaluation in evaluations:
         context.log_event(
             dg.AssetCheckEvaluation(  # type: ignore[arg-type]  # log_event accepts check evaluations
                 asset_key=dg.AssetKey(spec.name),

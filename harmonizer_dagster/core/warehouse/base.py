@@ -91,6 +91,7 @@ class Warehouse(ABC):
     def __init__(self, schema: str = "harmonizer"):
         self.schema_name = schema
         self.schema = quote_ident(schema)
+        self._shared: Session | None = None
 
     @abstractmethod
     def session(self) -> AbstractContextManager[Session]:
@@ -105,9 +106,27 @@ class Warehouse(ABC):
         return f"{self.schema}.{quote_ident(name)}"
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
-        """Runs one statement in its own transaction; `{schema}` expands to the quoted schema."""
+        """Runs one statement in its own transaction, or in the open `transaction()`; `{schema}`
+        expands to the quoted schema."""
+        if self._shared is not None:
+            return self._shared.execute(sql.replace("{schema}", self.schema), params)
         with self.session() as s:
             return s.execute(sql.replace("{schema}", self.schema), params)
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Runs the block's `query` calls in one session, committed together: a data-quality
+        check is a few small statements, and opening a DuckDB file costs more than most of them.
+        Not for blocks that open sessions of their own, nor shared between threads."""
+        if self._shared is not None:
+            yield
+            return
+        with self.session() as s:
+            self._shared = s
+            try:
+                yield
+            finally:
+                self._shared = None
 
     # -- migrations -------------------------------------------------------------------------
 
