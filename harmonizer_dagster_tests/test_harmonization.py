@@ -12,7 +12,7 @@ def canonical(column: dict, values: list):
     staged = pl.DataFrame(
         {"k": [str(i) for i in range(len(values))], "v": values, "_source_line": list(range(len(values)))}
     )
-    return harmonize(spec, staged, "hash", "part")["v"].to_list()
+    return harmonize(spec, staged)["v"].to_list()
 
 
 @pytest.mark.parametrize(
@@ -57,6 +57,6 @@ def test_row_hash_depends_on_canonical_values_only():
             "columns": {"k": {}, "v": {"harmonize": ["email"]}},
         }
     )
-    hash_a = harmonize(spec, pl.DataFrame({"k": ["1"], "v": ["X@Y.com"], "_source_line": [1]}), "h1", "p1")
-    hash_b = harmonize(spec, pl.DataFrame({"k": ["1"], "v": [" x@y.COM"], "_source_line": [9]}), "h2", "p2")
+    hash_a = harmonize(spec, pl.DataFrame({"k": ["1"], "v": ["X@Y.com"], "_source_line": [1]}))
+    hash_b = harmonize(spec, pl.DataFrame({"k": ["1"], "v": [" x@y.COM"], "_source_line": [9]}))
     assert hash_a["_row_hash"].to_list() == hash_b["_row_hash"].to_list()

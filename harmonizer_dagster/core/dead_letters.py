@@ -76,7 +76,7 @@ def reprocess(spec: SourceSpec, store: Warehouse, scratch_root: Path) -> Reproce
             passing = group.filter(pl.col(LINE_COLUMN).is_in(passing_lines.implode())).select("record_id", LINE_COLUMN)
             harmonized_path = scratch / f"{file_hash}-harmonized.parquet"
             superseded_path = scratch / f"{file_hash}-superseded.parquet"
-            harmonize(spec, checked.accepted, str(file_hash), str(partition_key)).write_parquet(harmonized_path)
+            harmonize(spec, checked.accepted).write_parquet(harmonized_path)
             with duckdb.connect() as connection:
                 duplicates = duplicate_key_sql(spec, f"read_parquet({quote_literal(str(harmonized_path))})")
                 connection.sql(
@@ -84,7 +84,11 @@ def reprocess(spec: SourceSpec, store: Warehouse, scratch_root: Path) -> Reproce
                     f"{quote_literal(str(superseded_path))} (FORMAT parquet)"
                 )
             counts, written = store.publish_reprocessed(
-                spec, str(partition_key), [harmonized_path], [superseded_path], [tuple(r) for r in passing.rows()]
+                spec,
+                (str(file_hash), str(partition_key)),
+                [harmonized_path],
+                [superseded_path],
+                [tuple(r) for r in passing.rows()],
             )
             totals["reprocessed"] += written
             totals["inserted"] += counts.inserted

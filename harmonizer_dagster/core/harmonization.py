@@ -32,9 +32,10 @@ PROVENANCE_COLUMNS = {
     "_arrival": "integer",
     "_loaded_at": "timestamp",
 }
-# Set by the warehouse when it writes a row, not staged with the harmonized data. `_arrival`
-# orders file versions: the registry id of the partition's first arrival.
-WAREHOUSE_ONLY_COLUMNS = ("_arrival", "_loaded_at")
+# Set by the warehouse when it writes a file version's rows, not staged: the same for every
+# row of the version. `_arrival` orders file versions: the registry id of the partition's
+# first arrival.
+WAREHOUSE_ONLY_COLUMNS = ("_file_hash", "_partition_key", "_arrival", "_loaded_at")
 # ASCII whitespace and digits, spelled out: polars' \s and \d also match Unicode spaces and
 # digits, and a rule must not change meaning with the engine that runs it.
 WHITESPACE = "[\t\n\f\r ]"
@@ -133,18 +134,14 @@ def row_hashes(spec: SourceSpec, canonical: pl.DataFrame) -> pl.Series:
     return pl.Series(ROW_HASH_COLUMN, hashes.column(0))
 
 
-def harmonize(spec: SourceSpec, validated: pl.DataFrame, file_hash: str, partition_key: str) -> pl.DataFrame:
-    """The canonical rows of validated text rows, with provenance.
+def harmonize(spec: SourceSpec, validated: pl.DataFrame) -> pl.DataFrame:
+    """The canonical rows of validated text rows, with their line and row hash.
 
     The row hash covers canonical values only, so an unchanged record re-delivered in a
     later file is recognised as unchanged whatever file or line it came from.
     """
     canonical = _canonical(spec, validated.lazy()).collect()
-    return canonical.with_columns(
-        pl.lit(file_hash).alias("_file_hash"),
-        pl.lit(partition_key).alias("_partition_key"),
-        row_hashes(spec, canonical),
-    )
+    return canonical.with_columns(row_hashes(spec, canonical))
 
 
 def duplicate_key_sql(spec: SourceSpec, relation: str) -> str:

@@ -239,7 +239,7 @@ def _validate_batches(
         raw, fixes = apply_rules(pl.from_arrow(pa.Table.from_batches(batches)), list(hashed.rules))
         checked = validator.validate(raw)
         staged = {
-            "harmonized": harmonize(spec, checked.accepted, hashed.file_hash, hashed.partition_key),
+            "harmonized": harmonize(spec, checked.accepted),
             "issues": checked.issues,
             "failed": checked.failed,
             "fixes": fixes,
