@@ -16,7 +16,8 @@ Cases, each in a process of its own so its peak RSS is its own:
      write_disposition="merge" and primary key corp_number, into DuckDB and into PostgreSQL
 --threads 1,2 runs (a) and (b) once per core count: the child is pinned to that many cores
 (sched_setaffinity) and told the count through POLARS_MAX_THREADS and HARMONIZER_THREADS;
-every other case runs on all cores. Results are kept in <data-dir>/results_<rows>.json, so a
+every other case runs on all cores. Each child imports only what its case needs (psycopg and dlt
+only where they are used). Results are kept in <data-dir>/results_<rows>.json, so a
 10M-row memory run (--only pipeline_duckdb --rows 10000000) is compared with the 1M-row run.
 PostgreSQL: HARMONIZER_BENCH_POSTGRES_URL (default postgresql://postgres@127.0.0.1:5432/postgres);
 the benchmark creates and drops a database of its own.
@@ -38,8 +39,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
-
-import psycopg
 
 from harmonizer_dagster.core.files import FileVersion, fingerprint
 from harmonizer_dagster.core.pipeline import harmonize_step, hash_step, upsert_step, validate_step
@@ -69,7 +68,6 @@ def registry_spec():
 def run_pipeline(file: Path, url: str, work: Path) -> int:
     spec = registry_spec()
     store = open_warehouse(url)
-    store.migrate([spec])
     hashed = hash_step(spec, FileVersion(spec.name, file.name, str(file)), store, work / "staging", "bench")
     validate_step(spec, hashed)
     harmonize_step(spec, hashed)
@@ -86,6 +84,8 @@ def run_ctas(file: Path, work: Path) -> int:
 
 def run_row_loop(file: Path, url: str) -> int:
     """What the hand-made loaders did: one record at a time, checkpoint every 5,000."""
+    import psycopg
+
     zip_ok = re.compile(r"^\d{5}(-\d{4})?$")
     with psycopg.connect(url) as conn:
         conn.execute(
@@ -127,6 +127,8 @@ def run_row_loop(file: Path, url: str) -> int:
 
 
 def run_executemany(file: Path, url: str) -> int:
+    import psycopg
+
     with psycopg.connect(url) as conn:
         with file.open(newline="") as handle:
             reader = csv.reader(handle)
@@ -359,6 +361,8 @@ def main() -> None:
     url = admin_url.rsplit("/", 1)[0] + "/" + DATABASE
     cases = ["pipeline_duckdb", "checks_duckdb", "ctas_duckdb", "hash_only", "rerun_duckdb", "dlt_merge_duckdb"]
     if not args.skip_postgres:
+        import psycopg
+
         with psycopg.connect(admin_url, autocommit=True) as conn:
             conn.execute(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
             conn.execute(f"CREATE DATABASE {DATABASE}")

@@ -18,9 +18,9 @@ import duckdb
 import polars as pl
 
 from harmonizer_dagster.core.reading import LINE_COLUMN
-from harmonizer_dagster.core.spec import SourceSpec
+from harmonizer_dagster.core.spec import Column, SourceSpec
 from harmonizer_dagster.core.sql import quote_ident
-from harmonizer_dagster.core.validation import parsed_value
+from harmonizer_dagster.core.validation import parsed_value, typed_name
 
 ROW_HASH_COLUMN = "_row_hash"
 # Provenance columns every canonical table carries, with their warehouse-neutral types.
@@ -114,7 +114,14 @@ def _canonical(spec: SourceSpec, rows: pl.LazyFrame) -> pl.LazyFrame:
             for name, rule in rules.items()
         ]
         rows = rows.with_columns(**shared).with_columns(results).drop(shared)
-    return rows.select(*(parsed_value(c, pl.col(c.name)).alias(c.name) for c in spec.columns), LINE_COLUMN)
+    return rows.select(*(_typed(c, rows).alias(c.name) for c in spec.columns), LINE_COLUMN)
+
+
+def _typed(column: Column, rows: pl.LazyFrame) -> pl.Expr:
+    """The column's typed value: as validation parsed it when no rule changed the text since."""
+    if typed_name(column.name) in rows.collect_schema() and set(column.harmonize) <= {"trim"}:
+        return pl.col(typed_name(column.name))
+    return parsed_value(column, pl.col(column.name))
 
 
 _hasher = threading.local()

@@ -109,7 +109,8 @@ def hash_step(
     run_id: str,
     s3_client: Any = None,
 ) -> HashedVersion:
-    """Fingerprints the file and registers the version, or decides it needs no work.
+    """Fingerprints the file and registers the version (creating the registry if need be), or
+    decides it needs no work.
 
     An S3 object is hashed while it streams into the staging area, so later steps and
     re-executions read a local copy of exactly the bytes that were hashed."""
@@ -122,30 +123,34 @@ def hash_step(
     else:
         fp = fingerprint(file.path)
     version = version_key(spec.version_strategy, fp, file.file_name, spec.version_pattern)
-    rules = warehouse.active_rules(spec.name)
-    processing = rules_fingerprint(rules, repr(dataclasses.replace(spec, path=None)))
-    stage_dir = staging.staging_dir(staging_root, spec.name, file.partition_key, fp.file_hash, processing)
+    # The registry's lookups and writes share one session: an unchanged file costs little
+    # more than hashing it.
+    with warehouse.transaction():
+        warehouse.migrate([spec])
+        rules = warehouse.active_rules(spec.name)
+        processing = rules_fingerprint(rules, repr(dataclasses.replace(spec, path=None)))
+        stage_dir = staging.staging_dir(staging_root, spec.name, file.partition_key, fp.file_hash, processing)
+        register = dict(
+            partition_key=file.partition_key,
+            version=version,
+            file_name=file.file_name,
+            file_uri=file.uri,
+            file_hash=fp.file_hash,
+            size_bytes=fp.size_bytes,
+            run_id=run_id,
+            fingerprint=processing,
+        )
+        skipped_because = None
+        # Same bytes, same spec, same rules: nothing to do. A new rule makes old files worth reloading.
+        done = warehouse.completed_version(spec.name, fp.file_hash, processing)
+        if done and done.partition_key == file.partition_key:
+            source_id, skipped_because = done.source_id, "already loaded: the file has not changed"
+        elif done:
+            source_id = warehouse.register_version(spec, **register, status="skipped", duplicate_of=done.source_id)
+            skipped_because = f"identical to already loaded file {done.partition_key}"
+        else:
+            source_id = warehouse.register_version(spec, **register)
     data_path = file.location
-    register = dict(
-        partition_key=file.partition_key,
-        version=version,
-        file_name=file.file_name,
-        file_uri=file.uri,
-        file_hash=fp.file_hash,
-        size_bytes=fp.size_bytes,
-        run_id=run_id,
-        fingerprint=processing,
-    )
-    skipped_because = None
-    # Same bytes, same spec, same rules: nothing to do. A new rule makes old files worth reloading.
-    done = warehouse.completed_version(spec.name, fp.file_hash, processing)
-    if done and done.partition_key == file.partition_key:
-        source_id, skipped_because = done.source_id, "already loaded: the file has not changed"
-    elif done:
-        source_id = warehouse.register_version(spec, **register, status="skipped", duplicate_of=done.source_id)
-        skipped_because = f"identical to already loaded file {done.partition_key}"
-    else:
-        source_id = warehouse.register_version(spec, **register)
     if file.is_s3:
         if skipped_because:
             download.unlink()
@@ -392,8 +397,9 @@ def upsert_step(spec: SourceSpec, hashed: HashedVersion, warehouse: Warehouse, r
 
 def _recorded_result(spec: SourceSpec, hashed: HashedVersion, warehouse: Warehouse) -> UpsertResult:
     """Reads the counts back from the registry: the warehouse, not the staging, is the truth."""
-    recorded = warehouse.version_counts(hashed.source_id)
-    counts = recorded or {}
+    with warehouse.transaction():
+        counts = warehouse.version_counts(hashed.source_id) or {}
+        table_rows = int(warehouse.query(f"SELECT count(*) FROM {warehouse.table(spec.name)}")[0][0])
     return UpsertResult(
         source=spec.name,
         partition_key=hashed.partition_key,
@@ -407,6 +413,6 @@ def _recorded_result(spec: SourceSpec, hashed: HashedVersion, warehouse: Warehou
         records_unchanged=counts.get("records_unchanged", 0),
         warnings=counts.get("warnings", 0),
         issues=counts.get("issues", 0),
-        table_rows=int(warehouse.query(f"SELECT count(*) FROM {warehouse.table(spec.name)}")[0][0]),
+        table_rows=table_rows,
         duration_s=time.time() - hashed.started_at,
     )

@@ -69,6 +69,9 @@ class Rule:
 
 @dataclass
 class ValidatedBatch:
+    """`accepted` holds the trimmed text of the rows that passed, and each typed column's parsed
+    value (`typed_name`): harmonization stores it without parsing it again."""
+
     accepted: pl.DataFrame
     issues: pl.DataFrame
     failed: pl.DataFrame
@@ -138,7 +141,8 @@ def _pandera_check(column: Column, expression: Expression, name: str) -> pa.Chec
     return pa.Check(_passes, name=name, error=name, expression=expression, parse=partial(parsed_value, column))
 
 
-def _typed_name(column: str) -> str:
+def typed_name(column: str) -> str:
+    """Where accepted rows carry a typed column's parsed value (`parsed_value`)."""
     return f"{column}:typed"
 
 
@@ -187,14 +191,14 @@ class SpecValidator:
         judges: a non-nullable column fails on nulls, a check's null outcome passes if it ignores NA.
         Checks read each value's typed form from a column computed once (`typed`)."""
         failures, keys = [], []
-        self.typed = [parsed_value(c, pl.col(c.name)).alias(_typed_name(c.name)) for c in self.spec.columns]
+        self.typed = [parsed_value(c, pl.col(c.name)).alias(typed_name(c.name)) for c in self.spec.columns]
         for name, column in self.schema.columns.items():
             value = pl.col(name)
             if not column.nullable:
                 failures.append(value.is_null())
                 keys.append((name, NOT_NULLABLE))
             for check in column.checks:
-                passed = check.statistics["expression"](value, pl.col(_typed_name(name)))
+                passed = check.statistics["expression"](value, pl.col(typed_name(name)))
                 passed = passed.fill_null(check.ignore_na)
                 failures.append(passed.not_())
                 keys.append((name, check.name))
@@ -245,7 +249,7 @@ class SpecValidator:
             .with_columns(self.clean(self.columns, with_nul))
             .with_columns(self.typed)
             .with_columns(self.failures)
-            .drop(_typed_name(c) for c in self.columns)
+            .drop(typed_name(c.name) for c in self.spec.columns if c.type == "string")
             .collect()
         )
         rejected = _any(self.error_columns)

@@ -98,17 +98,19 @@ def build_source_ops(spec: SourceSpec) -> SourceOps:
         target = file or locate(landing.landing_path, spec.name, context.partition_key)
         if not target.is_s3 and not target.path.is_file():
             raise dg.Failure(missing_file_message(landing.landing_path, spec.name, target.partition_key))
-        store = warehouse.open()
-        store.migrate([spec])
         client = s3.get_client() if target.is_s3 else None
-        hashed = hash_step(spec, target, store, landing.staging_path, context.run_id, s3_client=client)
+        hashed = hash_step(spec, target, warehouse.open(), landing.staging_path, context.run_id, s3_client=client)
         context.log.info(
             f"{target.partition_key}: sha256 {hashed.file_hash[:12]}..., version {hashed.version}"
             + (f", skipped: {hashed.skipped_because}" if hashed.skipped else "")
         )
         return hashed
 
-    @dg.op(name=f"{spec.name}_validate", tags=tags, description="Checks every record against the spec's rules.")
+    @dg.op(
+        name=f"{spec.name}_validate",
+        tags=tags,
+        description="Checks every record against the spec's rules and harmonizes the ones that pass.",
+    )
     def validate_op(
         context: dg.OpExecutionContext, warehouse: WarehouseResource, landing: LandingZone, hashed: HashedVersion
     ) -> HashedVersion:
@@ -118,7 +120,11 @@ def build_source_ops(spec: SourceSpec) -> SourceOps:
             context.log.info(f"{hashed.partition_key}: {summary}")
         return hashed
 
-    @dg.op(name=f"{spec.name}_harmonize", tags=tags, description="Canonical names, types and formats, vectorized.")
+    @dg.op(
+        name=f"{spec.name}_harmonize",
+        tags=tags,
+        description="Resolves duplicate natural keys in the file: the last occurrence wins.",
+    )
     def harmonize_op(
         context: dg.OpExecutionContext, warehouse: WarehouseResource, hashed: HashedVersion
     ) -> HashedVersion:

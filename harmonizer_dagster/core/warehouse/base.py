@@ -108,16 +108,14 @@ class Warehouse(ABC):
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
         """Runs one statement in its own transaction, or in the open `transaction()`; `{schema}`
         expands to the quoted schema."""
-        if self._shared is not None:
-            return self._shared.execute(sql.replace("{schema}", self.schema), params)
-        with self.session() as s:
+        with self._connected() as s:
             return s.execute(sql.replace("{schema}", self.schema), params)
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        """Runs the block's `query` calls in one session, committed together: a data-quality
-        check is a few small statements, and opening a DuckDB file costs more than most of them.
-        Not for blocks that open sessions of their own, nor shared between threads."""
+        """Runs everything the block asks of this warehouse in one session, committed together:
+        registry lookups and data-quality checks are a few small statements each, and opening a
+        DuckDB file costs more than most of them. Not to be shared between threads."""
         if self._shared is not None:
             yield
             return
@@ -128,11 +126,20 @@ class Warehouse(ABC):
             finally:
                 self._shared = None
 
+    @contextmanager
+    def _connected(self) -> Iterator[Session]:
+        """The open transaction's session, or a session of its own."""
+        if self._shared is not None:
+            yield self._shared
+        else:
+            with self.session() as s:
+                yield s
+
     # -- migrations -------------------------------------------------------------------------
 
     def migrate(self, specs: Sequence[SourceSpec]) -> None:
         """Creates or extends every table; safe to run any number of times."""
-        with self.session() as s:
+        with self._connected() as s:
             s.execute(f"CREATE SCHEMA IF NOT EXISTS {self.schema}")
             s.execute(
                 f"CREATE TABLE IF NOT EXISTS {self.schema}.schema_migrations ("
@@ -191,7 +198,7 @@ class Warehouse(ABC):
         duplicate_of: int | None = None,
     ) -> int:
         """Records (or restarts) the processing of one file version; returns its source_id."""
-        with self.session() as s:
+        with self._connected() as s:
             found = s.execute(
                 f"SELECT source_id FROM {self.schema}.sources "
                 "WHERE source_type = %s AND partition_key = %s AND file_hash = %s",
@@ -346,7 +353,7 @@ class Warehouse(ABC):
     def publish(self, spec: SourceSpec, staged: StagedPartition, run_id: str) -> PublishCounts:
         """Upserts the canonical rows, replaces the version's issues and failed records and
         marks it completed, all in one transaction: a crash leaves the previous state intact."""
-        with self.session() as s:
+        with self._connected() as s:
             arrival = self._arrival(s, spec, staged.partition_key)
             version = (staged.file_hash, staged.partition_key)
             counts = self._upsert(s, spec, staged.harmonized_files, staged.superseded_files, version, arrival)
@@ -406,7 +413,7 @@ class Warehouse(ABC):
         record must not overwrite other data); such records stay pending, with the reason."""
         keys = [quote_ident(k) for k in spec.natural_key]
         joined = " AND ".join(f"t.{k} = s.{k}" for k in keys)
-        with self.session() as s:
+        with self._connected() as s:
             arrival = self._arrival(s, spec, version[1])
             counts = self._upsert(s, spec, harmonized_files, superseded_files, version, arrival, same_file_only=True)
             written = {
