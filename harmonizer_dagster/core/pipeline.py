@@ -70,6 +70,8 @@ class HashedVersion:
     started_at: float
     skipped_because: str | None = None
     rules: tuple[Rule, ...] = ()
+    # A skipped version's counts as its earlier load recorded them, read while registering it.
+    recorded: dict[str, int] | None = None
 
     @property
     def skipped(self) -> bool:
@@ -150,6 +152,7 @@ def hash_step(
             skipped_because = f"identical to already loaded file {done.partition_key}"
         else:
             source_id = warehouse.register_version(spec, **register)
+        recorded = _recorded_counts(spec, source_id, warehouse) if skipped_because else None
     data_path = file.location
     if file.is_s3:
         if skipped_because:
@@ -170,6 +173,7 @@ def hash_step(
         started_at=started,
         skipped_because=skipped_because,
         rules=tuple(rules),
+        recorded=recorded,
     )
 
 
@@ -365,7 +369,7 @@ def harmonize_step(spec: SourceSpec, hashed: HashedVersion) -> dict[str, Any]:
 def upsert_step(spec: SourceSpec, hashed: HashedVersion, warehouse: Warehouse, run_id: str) -> UpsertResult:
     """Publishes the staged partition atomically, then removes its staging."""
     if hashed.skipped:
-        return _recorded_result(spec, hashed, warehouse)
+        return _result(spec, hashed, hashed.recorded or {})
     root = Path(hashed.stage_dir)
     validated = staging.StepStage(root / "validate")
     harmonized = staging.StepStage(root / "harmonize")
@@ -373,7 +377,7 @@ def upsert_step(spec: SourceSpec, hashed: HashedVersion, warehouse: Warehouse, r
     if validate_summary is None or harmonize_summary is None:
         # Another run (say an automatic retry) published this version and removed its staging.
         if warehouse.version_counts(hashed.source_id) is not None:
-            return _recorded_result(spec, hashed, warehouse)
+            return _result(spec, hashed, _recorded_counts(spec, hashed.source_id, warehouse))
         raise RuntimeError(f"{hashed.partition_key}: staged outputs are missing; re-run validate and harmonize")
     issue_files = validated.files("issues") + harmonized.files("issues")
     staged = StagedPartition(
@@ -392,14 +396,18 @@ def upsert_step(spec: SourceSpec, hashed: HashedVersion, warehouse: Warehouse, r
     )
     warehouse.publish(spec, staged, run_id)
     staging.remove(root)
-    return _recorded_result(spec, hashed, warehouse)
+    return _result(spec, hashed, _recorded_counts(spec, hashed.source_id, warehouse))
 
 
-def _recorded_result(spec: SourceSpec, hashed: HashedVersion, warehouse: Warehouse) -> UpsertResult:
-    """Reads the counts back from the registry: the warehouse, not the staging, is the truth."""
+def _recorded_counts(spec: SourceSpec, source_id: int, warehouse: Warehouse) -> dict[str, int]:
+    """The version's counts as the registry holds them, and the table's size: the warehouse,
+    not the staging, is the truth."""
     with warehouse.transaction():
-        counts = warehouse.version_counts(hashed.source_id) or {}
-        table_rows = int(warehouse.query(f"SELECT count(*) FROM {warehouse.table(spec.name)}")[0][0])
+        counts = warehouse.version_counts(source_id) or {}
+        return counts | {"table_rows": int(warehouse.query(f"SELECT count(*) FROM {warehouse.table(spec.name)}")[0][0])}
+
+
+def _result(spec: SourceSpec, hashed: HashedVersion, counts: dict[str, int]) -> UpsertResult:
     return UpsertResult(
         source=spec.name,
         partition_key=hashed.partition_key,
@@ -413,6 +421,6 @@ def _recorded_result(spec: SourceSpec, hashed: HashedVersion, warehouse: Warehou
         records_unchanged=counts.get("records_unchanged", 0),
         warnings=counts.get("warnings", 0),
         issues=counts.get("issues", 0),
-        table_rows=table_rows,
+        table_rows=counts.get("table_rows", 0),
         duration_s=time.time() - hashed.started_at,
     )
