@@ -9,13 +9,20 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+import yaml
 
-from harmonizer_dagster.core.spec import SourceSpec, load_specs
+from harmonizer_dagster.core.spec import SAFE_LOADER, SourceSpec, load_specs
 from harmonizer_dagster.core.warehouse import Warehouse, open_warehouse
 from harmonizer_dagster_tests.postgres_server import fresh_database
 
 PACKAGE_DIR = Path(__file__).parent.parent / "harmonizer_dagster"
 SOURCES_DIR = PACKAGE_DIR / "sources"
+# How the YAML parser in use words "owner: [unclosed": libyaml and pure-Python PyYAML differ.
+UNCLOSED_LIST = (
+    "did not find expected ',' or ']'"
+    if SAFE_LOADER is not yaml.SafeLoader
+    else "expected ',' or ']', but got '<stream end>'"
+)
 SAMPLES_DIR = PACKAGE_DIR / "samples"
 WAREHOUSES = ["duckdb", "postgres"]
 
