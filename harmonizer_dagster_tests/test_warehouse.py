@@ -138,6 +138,37 @@ def test_changed_file_updates_only_changed_rows(warehouse, specs, landing, tmp_p
     assert touched == set(first_two), "rows whose content hash is unchanged are not touched"
 
 
+def test_row_hashes_stored_as_whole_sha256_text_migrate_to_uuids_without_touching_rows(
+    warehouse, specs, landing, tmp_path
+):
+    spec = specs["business_registry"]
+    first = load_file(spec, landing, Q3, warehouse, tmp_path / "s")
+    # What earlier releases stored: the whole SHA-256 in hex, of which the UUID is the first half.
+    warehouse.query(
+        "ALTER TABLE {schema}.business_registry ALTER COLUMN _row_hash TYPE VARCHAR "
+        "USING replace(CAST(_row_hash AS VARCHAR), '-', '') || repeat('f', 32)"
+    )
+    stamps = dict(warehouse.query("SELECT corp_number, _loaded_at FROM {schema}.business_registry"))
+    frame = pl.read_csv(landing / spec.name / Q3, infer_schema=False)
+    renamed = frame["Corp Number"][0]
+    changed = frame.with_columns(
+        pl.when(pl.col("Corp Number") == renamed).then(pl.lit("Renamed")).otherwise("Legal Name").alias("Legal Name")
+    )
+    changed.write_csv(landing / spec.name / "registry_2026-Q3-fixed.csv")
+
+    result = load_file(spec, landing, "registry_2026-Q3-fixed.csv", warehouse, tmp_path / "s")
+
+    types = warehouse.query(
+        "SELECT lower(data_type) FROM information_schema.columns WHERE table_schema = %s "
+        "AND table_name = 'business_registry' AND column_name = '_row_hash'",
+        (warehouse.schema_name,),
+    )
+    assert types == [("uuid",)]
+    assert (result.records_updated, result.records_unchanged) == (1, first.records_imported - 1)
+    after = dict(warehouse.query("SELECT corp_number, _loaded_at FROM {schema}.business_registry"))
+    assert {k for k in stamps if after[k] != stamps[k]} == {renamed}
+
+
 def test_a_failed_publish_leaves_the_warehouse_as_it_was(warehouse, specs, landing, tmp_path):
     spec = specs["business_registry"]
     load_file(spec, landing, Q3, warehouse, tmp_path / "s")

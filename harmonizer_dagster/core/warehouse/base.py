@@ -158,17 +158,23 @@ class Warehouse(ABC):
                 )
             for spec in specs:
                 s.execute(source_table_ddl(self.schema, spec, primary_key=self.key_index))
-                existing = {
-                    row[0]
-                    for row in s.execute(
-                        "SELECT column_name FROM information_schema.columns "
+                existing = dict(
+                    s.execute(
+                        "SELECT column_name, lower(data_type) FROM information_schema.columns "
                         "WHERE table_schema = %s AND table_name = %s",
                         (self.schema_name, spec.name),
                     )
-                }
+                )
                 for name, kind in canonical_columns(spec):
                     if name not in existing:  # a spec gained a column: extend, never drop
                         s.execute(f"ALTER TABLE {self.table(spec.name)} ADD COLUMN {quote_ident(name)} {kind}")
+                if existing.get(ROW_HASH_COLUMN, "uuid") != "uuid":
+                    # Row hashes were once the whole SHA-256 in hex: its first 128 bits are the
+                    # hash as now computed, so unchanged rows stay unchanged.
+                    s.execute(
+                        f"ALTER TABLE {self.table(spec.name)} ALTER COLUMN {ROW_HASH_COLUMN} TYPE UUID "
+                        f"USING CAST(left({ROW_HASH_COLUMN}, 32) AS UUID)"
+                    )
 
     # -- the sources registry ---------------------------------------------------------------
 

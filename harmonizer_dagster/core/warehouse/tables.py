@@ -16,6 +16,7 @@ SQL_TYPES = {
     "boolean": "BOOLEAN",
     "date": "DATE",
     "timestamp": "TIMESTAMP",
+    "uuid": "UUID",
 }
 
 
