@@ -38,10 +38,11 @@ class Session(ABC):
     @abstractmethod
     def load_parquet(
         self, table: str, columns: list[tuple[str, str]], files: list[Path], superseded: Sequence[Path] = ()
-    ) -> None:
+    ) -> int:
         """Makes the rows of the Parquet `files` readable as temporary relation `table` with
         `columns` until the transaction ends, leaving out rows whose line the `superseded`
-        files list (their `source_line_number`): later occurrences of a key win."""
+        files list (their `source_line_number`): later occurrences of a key win. Returns how
+        many rows it holds."""
 
     @abstractmethod
     def modify(self, sql: str, params: Sequence[Any] = ()) -> int:
@@ -470,8 +471,7 @@ class Warehouse(ABC):
         file_hash, partition_key = (quote_literal(v) for v in version)
         if same_file_only:
             changed += f" AND t._file_hash = {file_hash}"
-        s.load_parquet("_harmonizer_stage", columns, harmonized_files, superseded_files)
-        staged = int(s.execute("SELECT count(*) FROM _harmonizer_stage")[0][0])
+        staged = s.load_parquet("_harmonizer_stage", columns, harmonized_files, superseded_files)
         updated = s.modify(
             f"DELETE FROM {target} WHERE {self.row_id} IN "
             f"(SELECT t.{self.row_id} FROM {target} t JOIN _harmonizer_stage s ON {joined} WHERE {changed})"

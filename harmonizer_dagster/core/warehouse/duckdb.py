@@ -28,7 +28,7 @@ class DuckDBSession(Session):
 
     def load_parquet(
         self, table: str, columns: list[tuple[str, str]], files: list[Path], superseded: Sequence[Path] = ()
-    ) -> None:
+    ) -> int:
         # A view, not a copy: each statement reading it scans the Parquet files in place, which
         # is cheaper than writing every staged row into a temporary table first.
         typed = ", ".join(f"CAST({quote_ident(name)} AS {kind}) AS {quote_ident(name)}" for name, kind in columns)
@@ -39,6 +39,7 @@ class DuckDBSession(Session):
                 f"WHERE d.source_line_number = f.{quote_ident(LINE_COLUMN)})"
             )
         self.connection.execute(f"CREATE OR REPLACE TEMPORARY VIEW {quote_ident(table)} AS {relation}")
+        return int(self.connection.execute(f"SELECT count(*) FROM {quote_ident(table)}").fetchone()[0])
 
     def modify(self, sql: str, params: Sequence[Any] = ()) -> int:
         return int(self.connection.execute(sql.replace("%s", "?"), list(params)).fetchone()[0])
