@@ -135,7 +135,9 @@ def row_hashes(spec: SourceSpec, canonical: pl.DataFrame) -> pl.Series:
         # One in-memory DuckDB per thread: opening one costs more than hashing a batch.
         _hasher.connection = duckdb.connect(config={"threads": 1})
     values = ", ".join(f"coalesce(CAST({quote_ident(c.name)} AS VARCHAR), chr(0))" for c in spec.columns)
-    connection = _hasher.connection.register("canonical", canonical.select(c.name for c in spec.columns).to_arrow())
+    # String views, as polars holds them, hand DuckDB the values without a copy.
+    values_table = canonical.select(c.name for c in spec.columns).to_arrow(compat_level=pl.CompatLevel.newest())
+    connection = _hasher.connection.register("canonical", values_table)
     try:
         hashes = connection.sql(
             f"SELECT left(sha256(concat_ws(chr(31), {values})), 32) FROM canonical"
