@@ -254,13 +254,12 @@ class Warehouse(ABC):
             "records_unchanged",
         ]
         rows = self.query(
-            f"SELECT {', '.join('s.' + n for n in names)}, "
-            "(SELECT count(*) FROM {schema}.data_quality_issues i WHERE i.source_id = s.source_id), "
-            "(SELECT count(*) FROM {schema}.data_quality_issues i WHERE i.source_id = s.source_id "
-            "AND i.severity = 'warning') "
-            "FROM {schema}.sources s WHERE s.source_id = coalesce("
+            f"SELECT {', '.join('s.' + n for n in names)}, count(i.source_id), "
+            "count(i.source_id) FILTER (WHERE i.severity = 'warning') "
+            "FROM {schema}.sources s LEFT JOIN {schema}.data_quality_issues i ON i.source_id = s.source_id "
+            "WHERE s.source_id = coalesce("
             "(SELECT duplicate_of_source_id FROM {schema}.sources WHERE source_id = %s), %s) "
-            "AND s.status = 'completed'",
+            f"AND s.status = 'completed' GROUP BY {', '.join('s.' + n for n in names)}",
             (source_id, source_id),
         )
         if not rows:
