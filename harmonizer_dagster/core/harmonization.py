@@ -1,11 +1,12 @@
 """Harmonization: polars expressions turn validated text into canonical, typed values.
 
 Everything is an expression over a whole batch; there is no per-row Python. A value is typed
-by the same parse validation judged it with (`parsed_value`), so what passed is what is stored.
+by the same parse validation judged it with (`parsed_value`), so what passed is what is stored,
+and a column no rule changes keeps validation's parse instead of parsing again.
 Measured on 1M registry rows (2 cores): the rules as one DuckDB SELECT per group of 50,000 rows
-took 2.0 s, as one polars plan 0.8 s (columns evaluate in parallel, the date parse is shared).
-The row hash is SHA-256, which only DuckDB computes natively (polars' own hash may change
-between releases, and stored hashes must not).
+took 2.0 s, as polars expressions 0.8 s (columns evaluate in parallel). The row hash is SHA-256,
+which DuckDB computes natively (polars' own hash may change between releases, and stored
+hashes must not).
 """
 
 from __future__ import annotations
