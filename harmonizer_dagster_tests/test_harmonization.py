@@ -1,8 +1,11 @@
+import datetime
+
 import polars as pl
 import pytest
 
 from harmonizer_dagster.core.harmonization import harmonize
 from harmonizer_dagster.core.spec import parse_spec
+from harmonizer_dagster.core.validation import SpecValidator
 
 
 def canonical(column: dict, values: list):
@@ -39,8 +42,6 @@ def test_text_rules_and_types(column, raw, expected):
 
 
 def test_dates_in_declared_formats_become_iso_dates():
-    import datetime
-
     values = canonical(
         {"type": "date", "formats": ["%Y-%m-%d", "%m/%d/%Y", "%d-%b-%Y"]}, ["2020-01-02", "03/04/2019", "12-Mar-2001"]
     )
@@ -60,3 +61,37 @@ def test_row_hash_depends_on_canonical_values_only():
     hash_a = harmonize(spec, pl.DataFrame({"k": ["1"], "v": ["X@Y.com"], "_source_line": [1]}))
     hash_b = harmonize(spec, pl.DataFrame({"k": ["1"], "v": [" x@y.COM"], "_source_line": [9]}))
     assert hash_a["_row_hash"].to_list() == hash_b["_row_hash"].to_list()
+
+
+def test_validated_rows_are_stored_as_validation_parsed_them():
+    spec = parse_spec(
+        {
+            "name": "t",
+            "owner": "o",
+            "format": "csv",
+            "natural_key": ["k"],
+            "columns": {
+                "k": {},
+                "born": {"type": "date", "formats": ["%Y-%m-%d", "%m/%d/%Y"]},
+                "seen": {"type": "date", "formats": ["%Y-%m-%d"], "harmonize": ["collapse_whitespace"]},
+                "count": {"type": "integer", "harmonize": ["trim"]},
+            },
+        }
+    )
+    raw = pl.DataFrame(
+        {
+            "k": ["1", "2"],
+            "born": [" 03/04/2019", "2020-01-02"],
+            "seen": ["2021-05-06", "2022-07-08"],
+            "count": ["7 ", "-3"],
+            "_source_line": [1, 2],
+        }
+    )
+    accepted = SpecValidator(spec).validate(raw).accepted
+    assert "born:typed" in accepted.columns, "validation hands its parse on"
+    canonical = harmonize(spec, accepted)
+    assert canonical.select("born", "seen", "count").rows() == [
+        (datetime.date(2019, 3, 4), datetime.date(2021, 5, 6), 7),
+        (datetime.date(2020, 1, 2), datetime.date(2022, 7, 8), -3),
+    ]
+    assert canonical["_row_hash"].to_list() == harmonize(spec, raw)["_row_hash"].to_list()

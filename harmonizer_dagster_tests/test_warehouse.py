@@ -233,3 +233,36 @@ def test_reloading_an_older_file_never_overwrites_what_a_later_file_wrote(wareho
     assert warehouse.query("SELECT corp_number, status, _partition_key FROM {schema}.business_registry ORDER BY 1") == (
         after_q4
     )
+
+
+def test_unique_checks_report_every_repeated_value_of_the_file_as_validated(warehouse, tmp_path):
+    spec = parse_spec(
+        {
+            "name": "people",
+            "owner": "o",
+            "format": "csv",
+            "natural_key": ["id"],
+            "columns": {
+                "id": {"source": "ID"},
+                "email": {
+                    "source": "Email",
+                    "harmonize": ["email"],
+                    "checks": [{"unique": True, "severity": "warning"}],
+                },
+            },
+        }
+    )
+    folder = tmp_path / "landing" / "people"
+    folder.mkdir(parents=True)
+    rows = [f"{i},user{i}@example.com" for i in range(1, 13_000)] + ["13000, user7@example.com ", "13001,"]
+    (folder / "people.csv").write_text("ID,Email\n" + "\n".join(rows) + "\n")
+
+    result = load_file(spec, tmp_path / "landing", "people.csv", warehouse, tmp_path / "s")
+
+    assert (result.records_imported, result.warnings) == (13_001, 2)
+    issues = warehouse.query(
+        "SELECT source_line_number, source_record_id, invalid_value, rule FROM {schema}.data_quality_issues "
+        "WHERE issue_type = 'duplicate_value' ORDER BY source_line_number"
+    )
+    # Values are judged trimmed, across batches and groups; a missing value repeats nothing.
+    assert issues == [(7, "7", "user7@example.com", "email:0"), (13_000, "13000", "user7@example.com", "email:0")]

@@ -256,7 +256,7 @@ def _validate_batches(
         if unique_columns:
             # `unique` judges the validated text of the whole file: only its columns are kept.
             kept = dict.fromkeys([LINE_COLUMN, *spec.natural_key, *unique_columns])
-            staged[UNIQUE_VALUES] = checked.accepted.select(kept)
+            staged[UNIQUE_VALUES] = checked.accepted.select(list(kept))
         return staged
 
     def groups() -> Iterator[Group]:
