@@ -33,6 +33,7 @@ def canonical(column: dict, values: list):
         ),
         ({"harmonize": ["email"]}, ["  Info@Example.COM "], ["info@example.com"]),
         ({"harmonize": ["trim", "collapse_whitespace", "uppercase"]}, ["  new   york \t city "], ["NEW YORK CITY"]),
+        ({"harmonize": ["collapse_whitespace"]}, ["a\tb", "a b", "x  y\n\rz", "one"], ["a b", "a b", "x y z", "one"]),
         ({"type": "integer"}, ["42", "-7"], [42, -7]),
         ({"type": "boolean"}, ["Yes", "f", "TRUE", "0"], [True, False, True, False]),
     ],
