@@ -1,7 +1,7 @@
 import pyarrow as pa
 import pytest
 
-from harmonizer_dagster.core.validation import SpecValidator
+from harmonizer_dagster.core.validation import SpecValidator, columns_with_nul
 
 CLEAN = {
     "corp_number": "000001",
@@ -140,3 +140,17 @@ def test_decimals_that_do_not_fit_the_warehouse_type_are_rejected():
         "7\u2400": "altered_value",
     }
     assert result.accepted["amount"].to_list() == ["12.50", "7"], "NUL bytes are stripped, with a warning"
+
+
+def test_columns_with_nul_reads_the_bytes_of_every_chunk_and_slice():
+    table = pa.table(
+        {
+            "a": ["x", "y\x00z", None],
+            "b": ["p", "q", "r"],
+            "c": pa.array(["s\x00", "t", "u"], pa.large_string()),
+            "n": [1, 2, 3],
+        }
+    )
+    assert columns_with_nul(table) == ["a", "c"]
+    assert columns_with_nul(table.slice(2)) == []
+    assert columns_with_nul(pa.concat_tables([table.slice(2), table.slice(0, 1)])) == ["c"]

@@ -38,7 +38,13 @@ from harmonizer_dagster.core.rules import fingerprint as rules_fingerprint
 from harmonizer_dagster.core.settings import engine_threads
 from harmonizer_dagster.core.spec import SourceSpec
 from harmonizer_dagster.core.sql import quote_literal
-from harmonizer_dagster.core.validation import FAILED_SCHEMA, ISSUE_SCHEMA, NUL_SHOWN_AS, SpecValidator
+from harmonizer_dagster.core.validation import (
+    FAILED_SCHEMA,
+    ISSUE_SCHEMA,
+    NUL_SHOWN_AS,
+    SpecValidator,
+    columns_with_nul,
+)
 from harmonizer_dagster.core.warehouse import StagedPartition, Warehouse
 
 DEFAULT_BATCH_ROWS = 5_000
@@ -245,8 +251,10 @@ def _validate_batches(
 
     def check(batches: list[pa.RecordBatch]) -> dict[str, pl.DataFrame]:
         # Learned rules fix raw values first, so a fixed value is judged like any other.
-        raw, fixes = apply_rules(pl.from_arrow(pa.Table.from_batches(batches)), list(hashed.rules))
-        checked = validator.validate(raw)
+        source = pa.Table.from_batches(batches)
+        raw, fixes = apply_rules(pl.from_arrow(source), list(hashed.rules))
+        # The bytes as read tell which columns hold a NUL byte, unless a rule changed values since.
+        checked = validator.validate(raw, with_nul=None if hashed.rules else columns_with_nul(source))
         staged = {
             "harmonized": harmonize(spec, checked.accepted),
             "issues": checked.issues,
