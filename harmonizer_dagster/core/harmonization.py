@@ -62,15 +62,10 @@ def _phone_e164(value: pl.Expr, digits: pl.Expr) -> pl.Expr:
     """North American numbers by default; anything else must already carry its country code.
     A number that cannot be made E.164 keeps its text (validation has flagged it)."""
     length = digits.str.len_bytes()
-    return (
-        pl.when(length == 10)
-        .then("+1" + digits)
-        .when((length == 11) & digits.str.starts_with("1"))
-        .then("+" + digits)
-        .when(_trim(value).str.starts_with("+") & length.is_between(8, 15))
-        .then("+" + digits)
-        .otherwise(_trim(value))
+    with_country_code = ((length == 11) & digits.str.starts_with("1")) | (
+        _trim(value).str.starts_with("+") & length.is_between(8, 15)
     )
+    return pl.when(length == 10).then("+1" + digits).when(with_country_code).then("+" + digits).otherwise(_trim(value))
 
 
 def _collapse_whitespace(value: pl.Expr) -> pl.Expr:
