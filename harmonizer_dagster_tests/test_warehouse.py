@@ -2,6 +2,7 @@
 
 import json
 import shutil
+import threading
 
 import polars as pl
 import pytest
@@ -266,3 +267,23 @@ def test_unique_checks_report_every_repeated_value_of_the_file_as_validated(ware
     )
     # Values are judged trimmed, across batches and groups; a missing value repeats nothing.
     assert issues == [(7, "7", "user7@example.com", "email:0"), (13_000, "13000", "user7@example.com", "email:0")]
+
+
+def test_a_transaction_belongs_to_the_thread_that_opened_it(warehouse, specs):
+    warehouse.migrate([specs["business_registry"]])
+    warehouse.query("CREATE TABLE {schema}.probe (x INTEGER)")
+    inside, seen = threading.Event(), []
+
+    def other_thread() -> None:
+        inside.wait(10)
+        seen.append(warehouse.query("SELECT count(*) FROM {schema}.probe")[0][0])
+
+    reader = threading.Thread(target=other_thread)
+    reader.start()
+    with warehouse.transaction():
+        warehouse.query("INSERT INTO {schema}.probe VALUES (1)")
+        inside.set()
+        reader.join(10)
+        assert warehouse.query("SELECT count(*) FROM {schema}.probe")[0][0] == 1
+    assert seen == [0], "another thread's query ran in its own session, not inside the open transaction"
+    assert warehouse.query("SELECT count(*) FROM {schema}.probe")[0][0] == 1

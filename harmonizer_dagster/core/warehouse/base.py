@@ -8,6 +8,7 @@ PostgreSQL behave the same by construction. SQL uses `%s` placeholders throughou
 from __future__ import annotations
 
 import json
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -92,7 +93,17 @@ class Warehouse(ABC):
     def __init__(self, schema: str = "harmonizer"):
         self.schema_name = schema
         self.schema = quote_ident(schema)
-        self._shared: Session | None = None
+        # The session `transaction()` opened, per thread: a warehouse may serve several threads
+        # (the triage page's requests), and each transaction belongs to the thread that opened it.
+        self._open = threading.local()
+
+    @property
+    def _shared(self) -> Session | None:
+        return getattr(self._open, "session", None)
+
+    @_shared.setter
+    def _shared(self, session: Session | None) -> None:
+        self._open.session = session
 
     @abstractmethod
     def session(self) -> AbstractContextManager[Session]:
@@ -116,7 +127,7 @@ class Warehouse(ABC):
     def transaction(self) -> Iterator[None]:
         """Runs everything the block asks of this warehouse in one session, committed together:
         registry lookups and data-quality checks are a few small statements each, and opening a
-        DuckDB file costs more than most of them. Not to be shared between threads."""
+        DuckDB file costs more than most of them. Other threads keep sessions of their own."""
         if self._shared is not None:
             yield
             return
