@@ -80,6 +80,15 @@ def warehouse(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Wareho
         store.query(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
+def csv_spec(columns: dict, *, name: str = "t", natural_key: tuple[str, ...] = ("k",)) -> SourceSpec:
+    """A CSV source declared inline, as its spec file would declare it."""
+    from harmonizer_dagster.core.spec import parse_spec
+
+    return parse_spec(
+        {"name": name, "owner": "o", "format": "csv", "natural_key": list(natural_key), "columns": columns}
+    )
+
+
 def load_file(
     spec: SourceSpec, landing: Path, partition_key: str, store: Warehouse, staging: Path, run_id: str = "test"
 ):

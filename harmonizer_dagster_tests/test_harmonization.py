@@ -4,14 +4,12 @@ import polars as pl
 import pytest
 
 from harmonizer_dagster.core.harmonization import harmonize
-from harmonizer_dagster.core.spec import parse_spec
 from harmonizer_dagster.core.validation import SpecValidator
+from harmonizer_dagster_tests.conftest import csv_spec
 
 
 def canonical(column: dict, values: list):
-    spec = parse_spec(
-        {"name": "t", "owner": "o", "format": "csv", "natural_key": ["k"], "columns": {"k": {}, "v": column}}
-    )
+    spec = csv_spec({"k": {}, "v": column})
     staged = pl.DataFrame(
         {"k": [str(i) for i in range(len(values))], "v": values, "_source_line": list(range(len(values)))}
     )
@@ -50,33 +48,19 @@ def test_dates_in_declared_formats_become_iso_dates():
 
 
 def test_row_hash_depends_on_canonical_values_only():
-    spec = parse_spec(
-        {
-            "name": "t",
-            "owner": "o",
-            "format": "csv",
-            "natural_key": ["k"],
-            "columns": {"k": {}, "v": {"harmonize": ["email"]}},
-        }
-    )
+    spec = csv_spec({"k": {}, "v": {"harmonize": ["email"]}})
     hash_a = harmonize(spec, pl.DataFrame({"k": ["1"], "v": ["X@Y.com"], "_source_line": [1]}))
     hash_b = harmonize(spec, pl.DataFrame({"k": ["1"], "v": [" x@y.COM"], "_source_line": [9]}))
     assert hash_a["_row_hash"].to_list() == hash_b["_row_hash"].to_list()
 
 
 def test_validated_rows_are_stored_as_validation_parsed_them():
-    spec = parse_spec(
+    spec = csv_spec(
         {
-            "name": "t",
-            "owner": "o",
-            "format": "csv",
-            "natural_key": ["k"],
-            "columns": {
-                "k": {},
-                "born": {"type": "date", "formats": ["%Y-%m-%d", "%m/%d/%Y"]},
-                "seen": {"type": "date", "formats": ["%Y-%m-%d"], "harmonize": ["collapse_whitespace"]},
-                "count": {"type": "integer", "harmonize": ["trim"]},
-            },
+            "k": {},
+            "born": {"type": "date", "formats": ["%Y-%m-%d", "%m/%d/%Y"]},
+            "seen": {"type": "date", "formats": ["%Y-%m-%d"], "harmonize": ["collapse_whitespace"]},
+            "count": {"type": "integer", "harmonize": ["trim"]},
         }
     )
     raw = pl.DataFrame(

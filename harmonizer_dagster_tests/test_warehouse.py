@@ -11,7 +11,7 @@ from harmonizer_dagster.core.files import locate
 from harmonizer_dagster.core.pipeline import harmonize_step, hash_step, upsert_step, validate_step
 from harmonizer_dagster.core.samples import REGISTRY_HEADER
 from harmonizer_dagster.core.spec import parse_spec
-from harmonizer_dagster_tests.conftest import load_file
+from harmonizer_dagster_tests.conftest import csv_spec, load_file
 
 Q3 = "registry_2026-Q3.csv"
 
@@ -200,15 +200,8 @@ def test_a_failed_publish_leaves_the_warehouse_as_it_was(warehouse, specs, landi
 
 
 def test_identifiers_from_files_are_quoted(warehouse, tmp_path):
-    spec = parse_spec(
-        {
-            "name": "odd_source",
-            "owner": "o",
-            "format": "csv",
-            "natural_key": ["select"],
-            "columns": {"select": {"source": 'Key"; DROP TABLE x; --'}, "from": {"source": 'it\'s "quoted"'}},
-        }
-    )
+    odd_names = {"select": {"source": 'Key"; DROP TABLE x; --'}, "from": {"source": 'it\'s "quoted"'}}
+    spec = csv_spec(odd_names, name="odd_source", natural_key=("select",))
     folder = tmp_path / "landing" / "odd_source"
     folder.mkdir(parents=True)
     (folder / "f.csv").write_text('"Key""; DROP TABLE x; --","it\'s ""quoted"""\n1,a\n2,b\n1,c\n')
@@ -237,22 +230,8 @@ def test_reloading_an_older_file_never_overwrites_what_a_later_file_wrote(wareho
 
 
 def test_unique_checks_report_every_repeated_value_of_the_file_as_validated(warehouse, tmp_path):
-    spec = parse_spec(
-        {
-            "name": "people",
-            "owner": "o",
-            "format": "csv",
-            "natural_key": ["id"],
-            "columns": {
-                "id": {"source": "ID"},
-                "email": {
-                    "source": "Email",
-                    "harmonize": ["email"],
-                    "checks": [{"unique": True, "severity": "warning"}],
-                },
-            },
-        }
-    )
+    unique_email = {"source": "Email", "harmonize": ["email"], "checks": [{"unique": True, "severity": "warning"}]}
+    spec = csv_spec({"id": {"source": "ID"}, "email": unique_email}, name="people", natural_key=("id",))
     folder = tmp_path / "landing" / "people"
     folder.mkdir(parents=True)
     rows = [f"{i},user{i}@example.com" for i in range(1, 13_000)] + ["13000, user7@example.com ", "13001,"]
