@@ -1,6 +1,7 @@
 """A step killed mid-file resumes from its last checkpointed batch instead of starting over."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -108,3 +109,96 @@ def test_an_upsert_without_staged_outputs_or_a_published_version_fails_clearly(s
     with pytest.raises(RuntimeError, match="staged outputs are missing"):
         upsert_step(spec, hashed, store, "a")
     assert store.query("SELECT count(*) FROM {schema}.news_articles")[0][0] == 0
+
+
+FULL_LOAD = """
+import sys
+from pathlib import Path
+from harmonizer_dagster.core.files import locate
+from harmonizer_dagster.core.pipeline import harmonize_step, hash_step, upsert_step, validate_step
+from harmonizer_dagster.core.spec import load_specs
+from harmonizer_dagster.core.warehouse import open_warehouse
+landing, staging, sources = map(Path, sys.argv[1:4])
+spec = {s.name: s for s in load_specs(sources)}["business_registry"]
+store = open_warehouse(sys.argv[4], sys.argv[5])
+publish = store.publish
+def announced_publish(*args):
+    print("publish", flush=True)  # the test kills inside the transaction that follows
+    return publish(*args)
+store.publish = announced_publish
+hashed = hash_step(spec, locate(landing, spec.name, "big.csv"), store, staging, "run")
+print("validate", flush=True)
+validate_step(spec, hashed, batch_rows=int(sys.argv[6]))
+print("harmonize", flush=True)
+harmonize_step(spec, hashed)
+upsert_step(spec, hashed, store, "run")
+"""
+
+
+def loaded(store) -> dict:
+    """What a load leaves behind, comparable across warehouses."""
+    return {
+        "rows": store.query("SELECT corp_number, status, CAST(_row_hash AS VARCHAR) FROM {schema}.business_registry"),
+        "issues": store.query("SELECT count(*) FROM {schema}.data_quality_issues")[0][0],
+        "failed": store.query("SELECT count(*) FROM {schema}.failed_records")[0][0],
+        "sources": store.query(
+            "SELECT status, records_imported, records_failed, records_skipped FROM {schema}.sources"
+        ),
+    }
+
+
+def test_a_load_killed_at_any_step_converges_to_the_result_of_a_clean_load(warehouse, tmp_path):
+    landing, staging = tmp_path / "landing", tmp_path / "staging"
+    expected = write_registry_csv(landing / "business_registry" / "big.csv", 20_000, seed=11)
+    url = f"duckdb:///{warehouse.path}" if hasattr(warehouse, "path") else warehouse.url
+
+    def load(target_url: str, schema: str, stage: Path) -> subprocess.Popen:
+        argv = [str(landing), str(stage), str(SOURCES_DIR), target_url, schema, str(BATCH_ROWS)]
+        return subprocess.Popen(
+            [sys.executable, "-c", FULL_LOAD, *argv], stdout=subprocess.PIPE, text=True, start_new_session=True
+        )
+
+    reference_store = open_warehouse(f"duckdb:///{tmp_path / 'reference.duckdb'}")
+    assert load(f"duckdb:///{tmp_path / 'reference.duckdb'}", "harmonizer", tmp_path / "ref-staging").wait() == 0
+    reference = loaded(reference_store)
+
+    # Where each kill lands: the step the load announces, then a delay (inside its work).
+    for step, delay in [("validate", 0.3), ("harmonize", 0.0), ("publish", 0.0), ("publish", 0.02), ("publish", 0.08)]:
+        worker = load(url, warehouse.schema_name, staging)
+        assert worker.stdout is not None
+        for line in worker.stdout:
+            if line.strip() == step:
+                break
+        time.sleep(delay)
+        os.killpg(worker.pid, signal.SIGKILL)
+        assert worker.wait() == -signal.SIGKILL, f"the kill landed while the load was running ({step} + {delay} s)"
+    assert load(url, warehouse.schema_name, staging).wait() == 0
+
+    result = loaded(warehouse)
+    assert sorted(result["rows"]) == sorted(reference["rows"])
+    assert {key: status for key, status, _ in result["rows"]} == expected["_imported_keys"]
+    assert (result["issues"], result["failed"]) == (reference["issues"], reference["failed"])
+    assert (
+        result["sources"]
+        == reference["sources"]
+        == [("completed", expected["records_imported"], expected["records_failed"], expected["records_skipped"])]
+    )
+    assert not any(staging.glob("*/*/validate")), "staging is cleaned up once the load completes"
+
+
+def test_staging_left_by_a_run_killed_after_its_publish_is_removed_by_the_next_run(specs, landing, tmp_path):
+    spec = specs["news_articles"]
+    store = open_warehouse(f"duckdb:///{tmp_path / 'w.duckdb'}")
+    file = locate(landing, spec.name, "news_2026-11-20.json")
+    hashed = hash_step(spec, file, store, tmp_path / "staging", "a")
+    validate_step(spec, hashed)
+    harmonize_step(spec, hashed)
+    shutil.copytree(hashed.stage_dir, tmp_path / "kept")
+    upsert_step(spec, hashed, store, "a")
+    # The run died between its commit and its clean-up: its staging is still there.
+    shutil.copytree(tmp_path / "kept", hashed.stage_dir)
+
+    again = hash_step(spec, file, store, tmp_path / "staging", "b")
+
+    assert again.skipped and again.stage_dir == hashed.stage_dir
+    assert not Path(hashed.stage_dir).exists()

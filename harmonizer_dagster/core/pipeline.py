@@ -160,6 +160,9 @@ def hash_step(
             source_id = warehouse.register_version(spec, **register)
         recorded = _recorded_counts(spec, source_id, warehouse) if skipped_because else None
     data_path = file.location
+    if skipped_because:
+        # Left by a run killed after its publish committed and before it cleaned up.
+        staging.remove(stage_dir)
     if file.is_s3:
         if skipped_because:
             download.unlink()
