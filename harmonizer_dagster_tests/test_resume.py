@@ -9,13 +9,15 @@ import time
 from pathlib import Path
 
 import polars as pl
+import psycopg
 import pytest
 
 from harmonizer_dagster.core.files import locate
 from harmonizer_dagster.core.pipeline import harmonize_step, hash_step, upsert_step, validate_step
 from harmonizer_dagster.core.samples import write_registry_csv
 from harmonizer_dagster.core.staging import StepStage
-from harmonizer_dagster.core.warehouse import open_warehouse
+from harmonizer_dagster.core.warehouse import open_warehouse, postgres
+from harmonizer_dagster.core.warehouse.postgres import LOAD_TABLE_PREFIX, PostgresWarehouse
 from harmonizer_dagster_tests.conftest import SOURCES_DIR
 
 BATCH_ROWS = 500
@@ -117,7 +119,8 @@ from pathlib import Path
 from harmonizer_dagster.core.files import locate
 from harmonizer_dagster.core.pipeline import harmonize_step, hash_step, upsert_step, validate_step
 from harmonizer_dagster.core.spec import load_specs
-from harmonizer_dagster.core.warehouse import open_warehouse
+from harmonizer_dagster.core.warehouse import open_warehouse, postgres
+postgres.PARALLEL_COPY_ROWS = 0  # PostgreSQL copies over several connections, as for a large file
 landing, staging, sources = map(Path, sys.argv[1:4])
 spec = {s.name: s for s in load_specs(sources)}["business_registry"]
 store = open_warehouse(sys.argv[4], sys.argv[5])
@@ -133,6 +136,16 @@ print("harmonize", flush=True)
 harmonize_step(spec, hashed)
 upsert_step(spec, hashed, store, "run")
 """
+
+
+def load_tables(store: PostgresWarehouse) -> list[str]:
+    """The unlogged tables of parallel loads in the warehouse's schema."""
+    rows = store.query(
+        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND starts_with(c.relname, %s) ORDER BY 1",
+        (store.schema_name, LOAD_TABLE_PREFIX),
+    )
+    return [name for (name,) in rows]
 
 
 def loaded(store) -> dict:
@@ -184,6 +197,8 @@ def test_a_load_killed_at_any_step_converges_to_the_result_of_a_clean_load(wareh
         == [("completed", expected["records_imported"], expected["records_failed"], expected["records_skipped"])]
     )
     assert not any(staging.glob("*/*/validate")), "staging is cleaned up once the load completes"
+    if isinstance(warehouse, PostgresWarehouse):
+        assert load_tables(warehouse) == [], "the unlogged tables of killed loads are dropped"
 
 
 def test_staging_left_by_a_run_killed_after_its_publish_is_removed_by_the_next_run(specs, landing, tmp_path):
@@ -202,3 +217,25 @@ def test_staging_left_by_a_run_killed_after_its_publish_is_removed_by_the_next_r
 
     assert again.skipped and again.stage_dir == hashed.stage_dir
     assert not Path(hashed.stage_dir).exists()
+
+
+@pytest.mark.parametrize("warehouse", ["postgres"], indirect=True)
+def test_a_parallel_load_drops_what_killed_loads_left_and_spares_live_ones(warehouse, specs, tmp_path, monkeypatch):
+    spec = specs["business_registry"]
+    landing = tmp_path / "landing"
+    expected = write_registry_csv(landing / spec.name / "big.csv", 20_000, seed=3)
+    warehouse.migrate([spec])
+    schema = warehouse.schema
+    warehouse.query(f'CREATE UNLOGGED TABLE {schema}."{LOAD_TABLE_PREFIX}killed" (x INTEGER)')
+    warehouse.query(f'CREATE UNLOGGED TABLE {schema}."{LOAD_TABLE_PREFIX}live" (x INTEGER)')
+    monkeypatch.setattr(postgres, "PARALLEL_COPY_ROWS", 0)
+    with psycopg.connect(warehouse.url, autocommit=True) as other_load:
+        other_load.execute("SELECT pg_advisory_lock(hashtext(%s))", (f"{LOAD_TABLE_PREFIX}live",))
+        hashed = hash_step(spec, locate(landing, spec.name, "big.csv"), warehouse, tmp_path / "staging", "run")
+        validate_step(spec, hashed, batch_rows=BATCH_ROWS)
+        harmonize_step(spec, hashed)
+        result = upsert_step(spec, hashed, warehouse, "run")
+        assert load_tables(warehouse) == [f"{LOAD_TABLE_PREFIX}live"]
+    assert (result.records_imported, result.records_inserted) == (expected["records_imported"],) * 2
+    imported = dict(warehouse.query("SELECT corp_number, status FROM {schema}.business_registry"))
+    assert imported == expected["_imported_keys"]

@@ -1,8 +1,16 @@
-"""The production warehouse: PostgreSQL through psycopg 3, bulk-loading with COPY."""
+"""The production warehouse: PostgreSQL through psycopg 3, bulk-loading with COPY.
+
+A large load is copied over several connections at once into an UNLOGGED table, so the
+server parses it on several cores (1M rows: 2.38 s over one connection, 1.70 s over two);
+the publishing transaction then reads it through a temporary view and drops it when it
+ends. Each such table is guarded by an advisory lock of the session that owns it: a load
+killed before it could drop its table leaves it unguarded, and the next large load drops it.
+"""
 
 from __future__ import annotations
 
 import io
+import uuid
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -16,10 +24,15 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from harmonizer_dagster.core.reading import LINE_COLUMN
+from harmonizer_dagster.core.settings import engine_threads
 from harmonizer_dagster.core.sql import quote_ident
 from harmonizer_dagster.core.warehouse.base import Session, Warehouse
 
 COPY_BATCH_ROWS = 50_000
+# Loads smaller than this go through one connection into a temporary table: a second
+# connection and an unlogged table cost more than they save.
+PARALLEL_COPY_ROWS = 200_000
+LOAD_TABLE_PREFIX = "_harmonizer_load_"
 
 
 def _csv(batch: pa.RecordBatch) -> bytes:
@@ -31,9 +44,31 @@ def _csv(batch: pa.RecordBatch) -> bytes:
     return buffer.getvalue()
 
 
+def _copy(cursor: psycopg.Cursor, target: str, names: list[str], files: Sequence[Path], dropped: pa.Array) -> int:
+    """COPYs the files' rows, less the `dropped` lines, into `target`; returns the rows copied."""
+    copy_sql = f"COPY {target} ({', '.join(quote_ident(n) for n in names)}) FROM STDIN WITH (FORMAT csv)"
+    with cursor.copy(copy_sql) as copy, ThreadPoolExecutor(1) as converter:
+        # Batches become CSV on a thread of their own while the previous one is sent: Arrow's
+        # writer releases the GIL, so the conversion hides behind the server's parsing.
+        pending: Future[bytes] | None = None
+        for path in files:
+            for batch in pq.ParquetFile(path).iter_batches(COPY_BATCH_ROWS, columns=names):
+                if len(dropped):
+                    batch = batch.filter(pc.invert(pc.is_in(batch[LINE_COLUMN], dropped)))
+                converted = converter.submit(_csv, batch)
+                if pending is not None:
+                    copy.write(pending.result())
+                pending = converted
+        if pending is not None:
+            copy.write(pending.result())
+    return cursor.rowcount
+
+
 class PostgresSession(Session):
-    def __init__(self, connection: psycopg.Connection):
+    def __init__(self, connection: psycopg.Connection, warehouse: PostgresWarehouse):
         self.connection = connection
+        self.warehouse = warehouse
+        self.load_tables: list[str] = []
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
         with self.connection.cursor() as cursor:
@@ -47,41 +82,70 @@ class PostgresSession(Session):
         names = [name for name, _ in columns]
         lines = [pq.read_table(path, columns=["source_line_number"]).column(0).cast(pa.int64()) for path in superseded]
         dropped = pa.chunked_array([chunk for column in lines for chunk in column.chunks], pa.int64()).combine_chunks()
+        connections = min(engine_threads(), len(files))
+        rows = sum(pq.ParquetFile(path).metadata.num_rows for path in files)
         with self.connection.cursor() as cursor:
-            cursor.execute(f"DROP TABLE IF EXISTS {quote_ident(table)}")
-            # Temporary tables skip the write-ahead log; ON COMMIT DROP keeps a failed load from lingering.
-            cursor.execute(f"CREATE TEMPORARY TABLE {quote_ident(table)} ({definition}) ON COMMIT DROP")
-            copy_sql = (
-                f"COPY {quote_ident(table)} ({', '.join(quote_ident(n) for n in names)}) "
-                "FROM STDIN WITH (FORMAT csv, HEADER false)"
-            )
-            with cursor.copy(copy_sql) as copy, ThreadPoolExecutor(1) as converter:
-                # Batches become CSV on a thread of their own while the previous one is sent: Arrow's
-                # writer releases the GIL, so the conversion hides behind the server's parsing.
-                pending: Future[bytes] | None = None
-                for path in files:
-                    for batch in pq.ParquetFile(path).iter_batches(COPY_BATCH_ROWS, columns=names):
-                        if len(dropped):
-                            batch = batch.filter(pc.invert(pc.is_in(batch[LINE_COLUMN], dropped)))
-                        converted = converter.submit(_csv, batch)
-                        if pending is not None:
-                            copy.write(pending.result())
-                        pending = converted
-                if pending is not None:
-                    copy.write(pending.result())
-            copied = cursor.rowcount
+            if connections > 1 and rows >= PARALLEL_COPY_ROWS:
+                loaded, copied = self._load_in_parallel(definition, names, files, dropped, connections)
+                cursor.execute(f"CREATE OR REPLACE TEMPORARY VIEW {quote_ident(table)} AS SELECT * FROM {loaded}")
+            else:
+                loaded = quote_ident(table)
+                cursor.execute(f"DROP TABLE IF EXISTS {loaded}")
+                # Temporary tables skip the write-ahead log; ON COMMIT DROP keeps a failed load from lingering.
+                cursor.execute(f"CREATE TEMPORARY TABLE {loaded} ({definition}) ON COMMIT DROP")
+                copied = _copy(cursor, loaded, names, files, dropped)
             # Autovacuum never analyzes temporary tables: without statistics the merge joins are
             # planned blind. A sample of 3,000 rows plans them as well as the default 30,000 and
             # takes 0.03 s instead of 0.4 s on 1M rows.
             cursor.execute("SET LOCAL default_statistics_target = 10")
-            cursor.execute(f"ANALYZE {quote_ident(table)}")
+            cursor.execute(f"ANALYZE {loaded}")
             cursor.execute("RESET default_statistics_target")
         return copied
+
+    def _load_in_parallel(
+        self, definition: str, names: list[str], files: list[Path], dropped: pa.Array, connections: int
+    ) -> tuple[str, int]:
+        """COPYs the files over `connections` connections into a new unlogged table, owned (and
+        guarded by an advisory lock) by this session; returns its qualified name and row count."""
+        name = f"{LOAD_TABLE_PREFIX}{uuid.uuid4().hex}"
+        loaded = f"{self.warehouse.schema}.{quote_ident(name)}"
+        self.execute("SELECT pg_advisory_lock(hashtext(%s))", (name,))
+        self.load_tables.append(loaded)
+        with psycopg.connect(self.warehouse.url, autocommit=True) as helper:
+            _drop_unguarded_load_tables(helper, self.warehouse.schema_name)
+            helper.execute(f"CREATE UNLOGGED TABLE {loaded} ({definition})")
+
+        def copy_part(part: list[Path]) -> int:
+            with psycopg.connect(self.warehouse.url, autocommit=True) as connection:
+                return _copy(connection.cursor(), loaded, names, part, dropped)
+
+        with ThreadPoolExecutor(connections) as pool:
+            copied = sum(pool.map(copy_part, [files[i::connections] for i in range(connections)]))
+        return loaded, copied
+
+    def drop_load_tables(self) -> None:
+        """Drops the unlogged tables this session loaded, once its transaction has ended."""
+        for loaded in self.load_tables:
+            self.connection.execute(f"DROP TABLE IF EXISTS {loaded} CASCADE")
+        self.connection.commit()
 
     def modify(self, sql: str, params: Sequence[Any] = ()) -> int:
         with self.connection.cursor() as cursor:
             cursor.execute(sql, list(params) or None)
             return cursor.rowcount
+
+
+def _drop_unguarded_load_tables(connection: psycopg.Connection, schema: str) -> None:
+    """Drops load tables no live session guards: what loads killed mid-way left behind."""
+    found = connection.execute(
+        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relkind = 'r' AND starts_with(c.relname, %s)",
+        (schema, LOAD_TABLE_PREFIX),
+    ).fetchall()
+    for (name,) in found:
+        if connection.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (name,)).fetchone()[0]:
+            connection.execute(f"DROP TABLE IF EXISTS {quote_ident(schema)}.{quote_ident(name)} CASCADE")
+            connection.execute("SELECT pg_advisory_unlock(hashtext(%s))", (name,))
 
 
 class PostgresWarehouse(Warehouse):
@@ -96,5 +160,11 @@ class PostgresWarehouse(Warehouse):
 
     @contextmanager
     def session(self) -> Iterator[PostgresSession]:
-        with psycopg.connect(self.url) as connection, connection.transaction():
-            yield PostgresSession(connection)
+        with psycopg.connect(self.url) as connection:
+            session = PostgresSession(connection, self)
+            try:
+                with connection.transaction():
+                    yield session
+            finally:
+                if session.load_tables and not connection.closed:
+                    session.drop_load_tables()
