@@ -254,7 +254,8 @@ class Warehouse(ABC):
             return int(rows[0][0])
 
     def version_counts(self, source_id: int) -> dict[str, int] | None:
-        """A completed version's record counts, with its issue counts, as the registry holds them."""
+        """A completed version's record counts, with its issue counts, as the registry holds them.
+        A version identical to an earlier file has its counts."""
         names = [
             "records_in_file",
             "records_imported",
@@ -265,13 +266,12 @@ class Warehouse(ABC):
             "records_unchanged",
         ]
         rows = self.query(
-            f"SELECT {', '.join('s.' + n for n in names)}, count(i.source_id), "
-            "count(i.source_id) FILTER (WHERE i.severity = 'warning') "
-            "FROM {schema}.sources s LEFT JOIN {schema}.data_quality_issues i ON i.source_id = s.source_id "
-            "WHERE s.source_id = coalesce("
-            "(SELECT duplicate_of_source_id FROM {schema}.sources WHERE source_id = %s), %s) "
-            f"AND s.status = 'completed' GROUP BY {', '.join('s.' + n for n in names)}",
-            (source_id, source_id),
+            "WITH v AS (SELECT coalesce(duplicate_of_source_id, source_id) AS id FROM {schema}.sources "
+            "WHERE source_id = %s), i AS (SELECT count(*) AS issues, count(*) FILTER (WHERE severity = 'warning') "
+            "AS warnings FROM {schema}.data_quality_issues WHERE source_id = (SELECT id FROM v)) "
+            f"SELECT {', '.join('s.' + n for n in names)}, i.issues, i.warnings FROM {{schema}}.sources s, v, i "
+            "WHERE s.source_id = v.id AND s.status = 'completed'",
+            (source_id,),
         )
         if not rows:
             return None
