@@ -52,13 +52,13 @@ DEFAULT_BATCH_ROWS = 5_000
 # (polars, DuckDB, a Parquet file) dwarfs per-row cost at 5,000 rows, and a killed step redoes
 # at most one group. Groups of big batches are capped in rows, which bounds memory.
 GROUP_BATCHES = 10
-# The staged output `unique` checks read: the validated text of the columns they need.
-UNIQUE_VALUES = "unique_values"
 ROWS_PER_GROUP = 50_000
 # Groups in work at once. polars and DuckDB release the GIL, so on two cores one group is
 # read while others are checked or harmonized and written; memory holds WORKERS + 1 groups
 # besides the one being read.
 WORKERS = 2
+# The staged output `unique` checks read: the validated text of the columns they need.
+UNIQUE_VALUES = "unique_values"
 
 
 @dataclass(frozen=True)
