@@ -100,6 +100,7 @@ TEXT_RULES = {
 
 def _canonical(spec: SourceSpec, rows: pl.LazyFrame) -> pl.LazyFrame:
     """Each column's text rules in order, one rule per layer, then its type."""
+    parsed = set(rows.collect_schema().names())
     for depth in range(max((len(c.harmonize) for c in spec.columns), default=0)):
         rules = {c.name: TEXT_RULES[c.harmonize[depth]] for c in spec.columns if depth < len(c.harmonize)}
         shared = {f"{name}#shared": rule.shared(pl.col(name)) for name, rule in rules.items() if rule.shared}
@@ -110,12 +111,13 @@ def _canonical(spec: SourceSpec, rows: pl.LazyFrame) -> pl.LazyFrame:
             for name, rule in rules.items()
         ]
         rows = rows.with_columns(**shared).with_columns(results).drop(shared)
-    return rows.select(*(_typed(c, rows).alias(c.name) for c in spec.columns), LINE_COLUMN)
+    return rows.select(*(_typed(c, parsed).alias(c.name) for c in spec.columns), LINE_COLUMN)
 
 
-def _typed(column: Column, rows: pl.LazyFrame) -> pl.Expr:
-    """The column's typed value: as validation parsed it when no rule changed the text since."""
-    if typed_name(column.name) in rows.collect_schema() and set(column.harmonize) <= {"trim"}:
+def _typed(column: Column, parsed: set[str]) -> pl.Expr:
+    """The column's typed value: as validation parsed it (a column of `parsed`) when no rule
+    changed the text since."""
+    if typed_name(column.name) in parsed and set(column.harmonize) <= {"trim"}:
         return pl.col(typed_name(column.name))
     return parsed_value(column, pl.col(column.name))
 

@@ -128,15 +128,12 @@ class Warehouse(ABC):
         """Runs everything the block asks of this warehouse in one session, committed together:
         registry lookups and data-quality checks are a few small statements each, and opening a
         DuckDB file costs more than most of them. Other threads keep sessions of their own."""
-        if self._shared is not None:
-            yield
-            return
-        with self.session() as s:
-            self._shared = s
+        with self._connected() as s:
+            outer, self._shared = self._shared, s
             try:
                 yield
             finally:
-                self._shared = None
+                self._shared = outer
 
     @contextmanager
     def _connected(self) -> Iterator[Session]:

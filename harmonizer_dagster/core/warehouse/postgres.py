@@ -83,9 +83,9 @@ class PostgresSession(Session):
         lines = [pq.read_table(path, columns=["source_line_number"]).column(0).cast(pa.int64()) for path in superseded]
         dropped = pa.chunked_array([chunk for column in lines for chunk in column.chunks], pa.int64()).combine_chunks()
         connections = min(engine_threads(), len(files))
-        rows = sum(pq.ParquetFile(path).metadata.num_rows for path in files)
+        in_parallel = connections > 1 and sum(pq.ParquetFile(p).metadata.num_rows for p in files) >= PARALLEL_COPY_ROWS
         with self.connection.cursor() as cursor:
-            if connections > 1 and rows >= PARALLEL_COPY_ROWS:
+            if in_parallel:
                 loaded, copied = self._load_in_parallel(definition, names, files, dropped, connections)
                 cursor.execute(f"CREATE OR REPLACE TEMPORARY VIEW {quote_ident(table)} AS SELECT * FROM {loaded}")
             else:
