@@ -203,7 +203,7 @@ def create_app(settings: Settings, store: Warehouse | None = None) -> Starlette:
             issues=list_issues(store, chosen, page_number(request), PAGE_SIZE, total),
             facets=facets(store),
             filters={name: params.get(name, "") for name in FILTERS} | {"status": status},
-            query=urllib.parse.urlencode({k: v for k, v in params.items() if k in FILTERS and v}),
+            query=query_string({k: v for k, v in params.items() if k in FILTERS}),
             rematerialize=rematerialize,
         )
 
@@ -318,7 +318,7 @@ def create_app(settings: Settings, store: Warehouse | None = None) -> Starlette:
             limit=PAGE_SIZE,
             sources=sources,
             filters={"source": params.get("source", ""), "state": state},
-            query=urllib.parse.urlencode({k: v for k, v in params.items() if k in ("source", "state") and v}),
+            query=query_string({k: v for k, v in params.items() if k in ("source", "state")}),
         )
 
     async def dead_letters_reprocess(request: Request) -> Response:
