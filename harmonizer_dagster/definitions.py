@@ -6,6 +6,7 @@ new user runs everything with no server and no configuration.
 """
 
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
@@ -30,6 +31,14 @@ from harmonizer_dagster.orchestration.resources import (
 from harmonizer_dagster.orchestration.schedules import build_fetch_job, build_fetch_schedule
 from harmonizer_dagster.orchestration.sensors import build_folder_sensor, build_s3_sensor
 from harmonizer_dagster.orchestration.triage import build_report_asset, build_reprocess_job, triage_issues
+
+# dagster-aws marks SecretsManagerResource beta; it is the one resource that reads secrets, so it
+# stays, and its warning (raised where it is built here and again in every run) is not shown.
+warnings.filterwarnings(
+    "ignore",
+    message="Class `SecretsManagerResource` is currently in beta",
+    category=dg.BetaWarning,
+)
 
 
 def setting(name: str, default: str = "") -> str | dg.EnvVar:
