@@ -6,8 +6,8 @@ new user runs everything with no server and no configuration.
 """
 
 import os
+import warnings
 from collections.abc import Sequence
-from datetime import timedelta
 from pathlib import Path
 from typing import NoReturn
 
@@ -31,6 +31,14 @@ from harmonizer_dagster.orchestration.resources import (
 from harmonizer_dagster.orchestration.schedules import build_fetch_job, build_fetch_schedule
 from harmonizer_dagster.orchestration.sensors import build_folder_sensor, build_s3_sensor
 from harmonizer_dagster.orchestration.triage import build_report_asset, build_reprocess_job, triage_issues
+
+# dagster-aws marks SecretsManagerResource beta; it is the one resource that reads secrets, so it
+# stays, and its warning (raised where it is built here and again in every run) is not shown.
+warnings.filterwarnings(
+    "ignore",
+    message="Class `SecretsManagerResource` is currently in beta",
+    category=dg.BetaWarning,
+)
 
 
 def setting(name: str, default: str = "") -> str | dg.EnvVar:
@@ -148,19 +156,6 @@ def build_definitions() -> dg.Definitions:
         sensors += [build_s3_sensor(spec, load_jobs[spec.name], interval, sensor_status) for spec in specs]
     fetch_jobs = {spec.name: build_fetch_job(spec, host_tags) for spec in specs if spec.schedule}
     assets = {spec.name: build_source_asset(spec, ops[spec.name], host_tags) for spec in specs}
-    # A source whose next version is overdue is flagged: the legacy "no file this quarter" check.
-    freshness_checks = [
-        check
-        for spec in specs
-        if spec.freshness_hours
-        for check in dg.build_last_update_freshness_checks(
-            assets=[assets[spec.name]], lower_bound_delta=timedelta(hours=spec.freshness_hours)
-        )
-    ]
-    if freshness_checks:
-        sensors.append(
-            dg.build_sensor_for_freshness_checks(freshness_checks=freshness_checks, default_status=sensor_status)
-        )
     if specs and automatic:
         # Dagster's implicit automation sensor starts stopped; declared here it runs, so each
         # source's report is refreshed after every load without a click.
@@ -179,7 +174,7 @@ def build_definitions() -> dg.Definitions:
             *(build_published_asset(spec, host_tags) for spec in specs),
             *(build_report_asset(spec, automatic, host_tags) for spec in specs),
         ],
-        asset_checks=[*quality_checks, *freshness_checks],
+        asset_checks=quality_checks,
         jobs=[
             *load_jobs.values(),
             *fetch_jobs.values(),

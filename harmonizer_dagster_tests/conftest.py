@@ -27,6 +27,16 @@ SAMPLES_DIR = PACKAGE_DIR / "samples"
 WAREHOUSES = ["duckdb", "postgres"]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def dagster_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A Dagster instance of the test run's own for every process a test starts without naming one,
+    so no test writes to an exported (production) instance nor to the quickstart's embedded one."""
+    home = tmp_path_factory.mktemp("dagster_home")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DAGSTER_HOME", str(home))
+        yield home
+
+
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """A database of its own on a real server (started for the run when none is reachable)."""

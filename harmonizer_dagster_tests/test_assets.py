@@ -41,7 +41,6 @@ def test_definitions_snapshot():
         "business_registry_landing_sensor",
         "court_records_landing_sensor",
         "news_articles_landing_sensor",
-        "freshness_checks_sensor",
         "default_automation_condition_sensor",
         "run_failure_alerts",
         "run_success_alerts",

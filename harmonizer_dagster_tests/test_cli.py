@@ -72,6 +72,41 @@ def test_register_then_materialize_one_partition_on_the_embedded_default(base_en
         assert event.asset_materialization.partition == "registry_2026-Q4.csv.gz"
 
 
+DG = str(Path(sys.executable).parent / "dg")
+
+
+def terminal_lines(result: subprocess.CompletedProcess) -> list[str]:
+    return (result.stdout + result.stderr).splitlines()
+
+
+def test_a_run_at_a_terminal_shows_its_info_messages_and_debug_on_request(base_env, tmp_path):
+    """On the embedded instance a run prints what each file came to, no DEBUG event stream and
+    no warning from the definitions; `dg launch` runs the same job as `dagster job execute`."""
+    home = Path(base_env["DAGSTER_HOME"])
+    shutil.copy(REPO / "deploy" / "local" / "dagster.yaml", home / "dagster.yaml")
+    env = {**base_env, "HARMONIZER_WAREHOUSE_URL": f"duckdb:///{tmp_path / 'warehouse.duckdb'}"}
+    first = dagster("job", "execute", "-m", "harmonizer_dagster", "-j", "ingest_landing", env=env, cwd=tmp_path)
+    assert not [line for line in terminal_lines(first) if " - DEBUG - " in line or "BetaWarning" in line]
+
+    def launch(*extra: str) -> subprocess.CompletedProcess:
+        command = [DG, "launch", "--job", "ingest_landing", "--target-path", str(REPO), *extra]
+        result = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        return result
+
+    again = terminal_lines(launch())
+    assert all(" - INFO - ingest_landing - " in line for line in again), again
+    skipped = [line for line in again if "_hash[" in line and "skipped: already loaded" in line]
+    assert len(skipped) == 4 and len(again) < 20, again
+
+    (tmp_path / "debug.yaml").write_text("loggers:\n  console:\n    config:\n      log_level: DEBUG\n")
+    debug = terminal_lines(launch("-c", str(tmp_path / "debug.yaml")))
+    assert any(" - DEBUG - " in line and "STEP_START" in line for line in debug)
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        runs = instance.get_runs(dg.RunsFilter(job_name="ingest_landing"))
+        assert [run.status for run in runs] == [dg.DagsterRunStatus.SUCCESS] * 3
+
+
 @pytest.mark.postgres
 def test_smoke_job_on_the_production_instance_and_postgres_warehouse(base_env, postgres_url, tmp_path):
     """The top-level dagster.yaml (dagster-postgres storage) with the PostgreSQL warehouse."""

@@ -117,7 +117,7 @@ def test_a_failing_blocking_check_keeps_the_partition_unpublished(environment, l
                 "SELECT check_name, passed FROM harmonizer.data_quality_checks WHERE partition_key = 'bad zips.csv'"
             ).fetchall()
         )
-        assert recorded == {e.check_name: e.passed for e in evaluations.values() if e.check_name != "freshness_check"}
+        assert recorded == {e.check_name: e.passed for e in evaluations.values()}
 
 
 def test_an_identical_copy_is_judged_by_the_load_it_duplicates(warehouse, specs, landing, tmp_path):

@@ -92,10 +92,14 @@ def instance_secret(s3_endpoint, s3_bucket, postgres_url):
         conn.execute(f"DROP ROLE {role}")
 
 
-def run_with_secrets(*command: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def run_with_secrets(
+    *command: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess:
+    """Runs command under `harmonizer with-secrets`; a Dagster command is given a cwd of its own, where
+    no .env of the repository's can change its instance."""
     harmonizer = str(Path(sys.executable).parent / "harmonizer")
     return subprocess.run(
-        [harmonizer, "with-secrets", "--", *command], env=env, capture_output=True, text=True, timeout=120
+        [harmonizer, "with-secrets", "--", *command], env=env, cwd=cwd, capture_output=True, text=True, timeout=120
     )
 
 
@@ -112,7 +116,7 @@ def test_dagster_processes_get_the_instance_login_from_secrets_manager(
         "HARMONIZER_INSTANCE_SECRET_ID": name,
         "HARMONIZER_SECRETS_ENDPOINT_URL": s3_endpoint,
     }
-    started = run_with_secrets(str(Path(sys.executable).parent / "dagster"), "instance", "info", env=env)
+    started = run_with_secrets(str(Path(sys.executable).parent / "dagster"), "instance", "info", env=env, cwd=tmp_path)
     assert started.returncode == 0, started.stderr
     assert "PostgresRunStorage" in started.stdout
     assert PASSWORD not in started.stdout + started.stderr

@@ -35,6 +35,10 @@ OPS = [
 # browser's storage (the community/newsletter prompt, announcements). Any of them would
 # intercept the clicks below, so every open overlay is dismissed before each action.
 OVERLAY = ".bp5-overlay.bp5-overlay-open"
+# Every wait is for the state a test asserts, never for a time; on a busy machine the UI may take
+# long to show it, so the bound is generous.
+UI_TIMEOUT_MS = 90_000
+expect.set_options(timeout=UI_TIMEOUT_MS)
 DISMISS_BUTTONS = re.compile(r"^(Skip|Dismiss|Close|Got it|Not now|No thanks|Maybe later|Done)$", re.IGNORECASE)
 
 
@@ -52,15 +56,17 @@ def new_page(browser: Browser) -> Page:
     # No storage is pre-seeded: a fresh instance shows the community prompt, so every run
     # proves that the handler gets such dialogs out of the way.
     page = browser.new_page(viewport={"width": 1600, "height": 1000})
+    page.set_default_timeout(UI_TIMEOUT_MS)
     page.add_locator_handler(page.locator(OVERLAY).first, lambda: dismiss_overlays(page))
     return page
 
 
-def open_page(page: Page, url: str) -> None:
-    page.goto(url)
-    page.wait_for_timeout(3000)
-    # An auto-waiting assertion runs the handler first, so what follows sees the page itself.
-    expect(page.locator(OVERLAY)).to_have_count(0)
+def shows(page: Page, *texts: str) -> None:
+    """Waits until the page shows every text: the UI fills its panes in after the page loads."""
+    body = page.locator("body")
+    for text in texts:
+        # An auto-waiting assertion runs the overlay handler first, so it sees the page itself.
+        expect(body).to_contain_text(text)
 
 
 def check_source_pages(webserver: str, location: str, screenshot_prefix: str) -> None:
@@ -70,22 +76,17 @@ def check_source_pages(webserver: str, location: str, screenshot_prefix: str) ->
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = new_page(browser)
 
-        open_page(page, f"{webserver}/locations/{location}/jobs/load_business_registry")
+        page.goto(f"{webserver}/locations/{location}/jobs/load_business_registry")
         page.get_by_text("View as Asset Graph").click()
         page.get_by_text("Explode graphs").click()
-        page.wait_for_timeout(2000)
-        assert [op for op in OPS if op in page.content()] == OPS
+        shows(page, *OPS)
         page.screenshot(path=str(ARTIFACTS / f"{screenshot_prefix}-ops.png"))
 
-        open_page(page, f"{webserver}/assets/business_registry?view=partitions&partition={PARTITION}")
-        text = page.inner_text("body")
-        for shown in ("records_in_file", "1006", "inserted", "rejected", "file_hash", "dagster/row_count"):
-            assert shown in text, shown
+        page.goto(f"{webserver}/assets/business_registry?view=partitions&partition={PARTITION}")
+        shows(page, "records_in_file", "1006", "inserted", "rejected", "file_hash", "dagster/row_count")
         page.screenshot(path=str(ARTIFACTS / f"{screenshot_prefix}-partition.png"), full_page=True)
 
-        open_page(page, f"{webserver}/assets/business_registry?view=checks")
-        text = page.inner_text("body")
-        for check in ("row_count_reconciliation", "natural_key_unique", "home_office_zip_pass_rate"):
-            assert check in text, check
+        page.goto(f"{webserver}/assets/business_registry?view=checks")
+        shows(page, "row_count_reconciliation", "natural_key_unique", "home_office_zip_pass_rate")
         page.screenshot(path=str(ARTIFACTS / f"{screenshot_prefix}-checks.png"))
         browser.close()

@@ -11,16 +11,11 @@ if ! scripts/install.sh >.harmonizer/install.log 2>&1; then
   exit 1
 fi
 
-# Dagster's commands read .env from the folder they start in. With DAGSTER_HOME set there,
-# every command the README shows uses this embedded instance, never the production
-# dagster.yaml at the top level (which needs PostgreSQL).
-home="$([ -f .env ] && sed -n 's/^DAGSTER_HOME=//p' .env | tail -n 1 || true)"
-if [ -z "$home" ]; then
-  home="$PWD/.dagster_home"
-  echo "DAGSTER_HOME=$home" >> .env
-fi
-mkdir -p "$home"
-[ -f "$home/dagster.yaml" ] || cp deploy/local/dagster.yaml "$home/dagster.yaml"
+# The embedded instance, .dagster_home, becomes the default of every Dagster command started here
+# (.env); an exported DAGSTER_HOME still wins for them. The quickstart itself always runs on the
+# embedded instance, whatever is exported.
+scripts/local_instance.sh
+home="$PWD/.dagster_home"
 
 log=.harmonizer/quickstart.log
 echo "Running the main job, ingest_landing, over the shipped samples (log: $log) ..."
@@ -30,10 +25,15 @@ if ! DAGSTER_HOME="$home" .venv/bin/dagster job execute -m harmonizer_dagster -j
   exit 1
 fi
 .venv/bin/harmonizer summary
+if [ -n "${DAGSTER_HOME:-}" ] && [ "$DAGSTER_HOME" != "$home" ]; then
+  echo
+  echo "DAGSTER_HOME is exported ($DAGSTER_HOME): the commands below use that instance;"
+  echo "unset it to use the embedded one the quickstart ran on ($home)."
+fi
 cat <<NEXT
 
 Next, from this folder:
-  .venv/bin/dagster dev                 the UI, on http://127.0.0.1:3000 (Dagster instance: $home)
+  .venv/bin/dagster dev                 the UI, on http://127.0.0.1:3000 (Ctrl-C stops it)
   .venv/bin/harmonizer dq list          open data-quality issues, with their ids
   scripts/test.sh                       the tests
 NEXT

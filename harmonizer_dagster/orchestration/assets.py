@@ -1,6 +1,7 @@
 """One graph-backed, file-partitioned asset per declared source: hash -> validate -> harmonize -> upsert."""
 
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import dagster as dg
@@ -176,7 +177,13 @@ def build_source_asset(spec: SourceSpec, ops: SourceOps, host_tags: dict[str, st
     def source_asset():
         return ops.upsert(ops.harmonize(ops.validate(ops.hash())))
 
-    return source_asset
+    if not spec.freshness_hours:
+        return source_asset
+    # A source whose next version is overdue is flagged (the legacy "no file this quarter" check):
+    # Dagster's freshness daemon marks the asset failing its policy once no version has loaded
+    # within the window.
+    policy = dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=spec.freshness_hours))
+    return source_asset.map_asset_specs(lambda asset_spec: dg.apply_freshness_policy(asset_spec, policy))
 
 
 def build_published_asset(spec: SourceSpec, host_tags: dict[str, str]) -> dg.AssetsDefinition:
