@@ -27,33 +27,54 @@ from harmonizer_dagster.core.triage import (
     render_page,
     summarize,
 )
-from harmonizer_dagster.core.warehouse import open_warehouse
+from harmonizer_dagster.core.warehouse import Warehouse, open_warehouse
 from harmonizer_dagster.core.warehouse.duckdb import DuckDBWarehouse
+
+
+def opened() -> Warehouse:
+    """The warehouse of HARMONIZER_WAREHOUSE_URL. While a load holds a DuckDB file, a command
+    waits for it, saying so once on stderr (stdout stays the command's output)."""
+    store = open_warehouse(current("HARMONIZER_WAREHOUSE_URL"))
+    told: list[str] = []
+
+    def tell(message: str) -> None:
+        if not told:
+            print(message, file=sys.stderr, flush=True)
+            told.append(message)
+
+    store.on_wait = tell
+    return store
 
 
 def summary() -> int:
     """Where the results are, and what each source's files came to."""
-    store = open_warehouse(current("HARMONIZER_WAREHOUSE_URL"))
+    store = opened()
     if isinstance(store, DuckDBWarehouse) and not Path(store.path).is_file():
         # Opening it would create an empty one, folder and all: a summary only reads.
         path = Path(store.path).resolve()
         raise FileNotFoundError(f"no warehouse at {path}: nothing loaded yet, or HARMONIZER_WAREHOUSE_URL is wrong")
     location = f"DuckDB file {Path(store.path).resolve()}" if isinstance(store, DuckDBWarehouse) else store.description
-    print(f"Warehouse: {location}, schema {store.schema_name}")
-    rows = store.query(
-        "SELECT source_type, partition_key, status, records_in_file, records_imported, records_failed, "
-        "records_skipped FROM {schema}.sources ORDER BY source_type, partition_key"
-    )
-    print(f"\n{'source':<20} {'file':<28} {'status':<10} {'in file':>8} {'imported':>8} {'failed':>7} {'skipped':>7}")
-    for source, key, status, *counts in rows:
-        print(f"{source:<20} {key:<28} {status:<10} " + " ".join(f"{c or 0:>8}" for c in counts))
-    print("\nTables:")
     catalog = load_specs(Path(current("HARMONIZER_SOURCES_DIR")), strict=False)
-    for spec in catalog:
-        total = store.query(f"SELECT count(*) FROM {store.table(spec.name)}")[0][0]
-        print(f"  {store.schema_name}.{spec.name}: {total} rows")
-    for table in ("data_quality_issues", "failed_records"):
-        print(f"  {store.schema_name}.{table}: {store.query(f'SELECT count(*) FROM {{schema}}.{table}')[0][0]} rows")
+    print(f"Warehouse: {location}, schema {store.schema_name}", flush=True)
+    # One transaction: one consistent state, and a DuckDB file opened (or waited for) once.
+    with store.transaction():
+        rows = store.query(
+            "SELECT source_type, partition_key, status, records_in_file, records_imported, records_failed, "
+            "records_skipped FROM {schema}.sources ORDER BY source_type, partition_key"
+        )
+        print(
+            f"\n{'source':<20} {'file':<28} {'status':<10} {'in file':>8} {'imported':>8} {'failed':>7} {'skipped':>7}"
+        )
+        for source, key, status, *counts in rows:
+            print(f"{source:<20} {key:<28} {status:<10} " + " ".join(f"{c or 0:>8}" for c in counts))
+        print("\nTables:")
+        for spec in catalog:
+            total = store.query(f"SELECT count(*) FROM {store.table(spec.name)}")[0][0]
+            print(f"  {store.schema_name}.{spec.name}: {total} rows")
+        for table in ("data_quality_issues", "failed_records"):
+            print(
+                f"  {store.schema_name}.{table}: {store.query(f'SELECT count(*) FROM {{schema}}.{table}')[0][0]} rows"
+            )
     if catalog.errors:
         raise SpecError.combine(catalog.errors)
     return 0
@@ -98,7 +119,7 @@ def serve(args: argparse.Namespace) -> int:
 def dq(args: argparse.Namespace) -> int:
     if args.dq_command == "serve":
         return serve(args)
-    store = open_warehouse(current("HARMONIZER_WAREHOUSE_URL"))
+    store = opened()
     if args.dq_command == "list":
         selection = _selection(args, None if args.status == "all" else args.status)
         page = list_issues(store, selection, args.page, args.limit)

@@ -13,6 +13,9 @@ DEFAULTS = {
     "HARMONIZER_STAGING_DIR": ".harmonizer/staging",
     # duckdb:///relative.duckdb, duckdb:////absolute.duckdb or postgresql://...
     "HARMONIZER_WAREHOUSE_URL": "duckdb:///.harmonizer/warehouse.duckdb",
+    # Seconds a session waits for the warehouse while another process holds it (a DuckDB file
+    # being written, a PostgreSQL source being published) before it gives up.
+    "HARMONIZER_WAREHOUSE_LOCK_TIMEOUT": "600",
     # Seconds between two looks at a landing area; a file is picked up on its second look.
     "HARMONIZER_SENSOR_INTERVAL_SECONDS": "5",
     # "off" leaves sensors, schedules and automation stopped until someone starts them in the UI.
@@ -43,3 +46,8 @@ def engine_threads() -> int:
     on. More threads than cores only make DuckDB's and polars' workers wait on each other."""
     configured = os.environ.get("HARMONIZER_THREADS", "").strip()
     return max(1, int(configured)) if configured else len(os.sched_getaffinity(0))
+
+
+def lock_timeout() -> float:
+    """Seconds to wait for a warehouse another process holds (HARMONIZER_WAREHOUSE_LOCK_TIMEOUT)."""
+    return max(0.0, float(current("HARMONIZER_WAREHOUSE_LOCK_TIMEOUT")))

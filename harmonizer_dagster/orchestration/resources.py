@@ -30,7 +30,10 @@ class WarehouseResource(dg.ConfigurableResource):
 
     def open(self) -> Warehouse:
         url = database_url(read_secret(self.secrets.get_client(), self.secret_id)) if self.secret_id else self.url
-        return open_warehouse(url, self.schema_name)
+        store = open_warehouse(url, self.schema_name)
+        # A step waiting for a warehouse another process holds says so in the run's event log.
+        store.on_wait = dg.get_dagster_logger().warning
+        return store
 
 
 class LandingZone(dg.ConfigurableResource):

@@ -3,14 +3,22 @@
 Backends supply a `Session` (run SQL, bulk-load Parquet into a temporary table); the
 registry, migrations and the atomic per-partition publish live here, so DuckDB and
 PostgreSQL behave the same by construction. SQL uses `%s` placeholders throughout.
+
+Several processes may load, migrate and read one warehouse at once. Whatever two of them
+could write at the same time (the schema, a source's registry entries, a source's table) is
+written under a lock held until the transaction ends (`hold`), so concurrent loads of one
+source end as if they had run one after another. A session that has to wait for another
+process says so once through `on_wait`, and gives up after HARMONIZER_WAREHOUSE_LOCK_TIMEOUT
+seconds with `WarehouseBusy`.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +34,8 @@ from harmonizer_dagster.core.warehouse.tables import MIGRATIONS, canonical_colum
 
 ISSUE_COLUMNS = [(name, "BIGINT" if name == "source_line_number" else "VARCHAR") for name in ISSUE_SCHEMA]
 FAILED_COLUMNS = [(name, "BIGINT" if name == "source_line_number" else "VARCHAR") for name in FAILED_SCHEMA]
+log = logging.getLogger(__name__)
+
 FIX_COLUMNS = [(name, "BIGINT" if name in ("rule_id", "source_line_number") else "VARCHAR") for name in FIX_SCHEMA]
 
 
@@ -48,6 +58,10 @@ class Session(ABC):
     @abstractmethod
     def modify(self, sql: str, params: Sequence[Any] = ()) -> int:
         """Runs one INSERT, UPDATE or DELETE; returns how many rows it wrote."""
+
+
+class WarehouseBusy(TimeoutError):
+    """Another process held what a session needed for longer than HARMONIZER_WAREHOUSE_LOCK_TIMEOUT."""
 
 
 @dataclass(frozen=True)
@@ -96,6 +110,8 @@ class Warehouse(ABC):
         # The session `transaction()` opened, per thread: a warehouse may serve several threads
         # (the triage page's requests), and each transaction belongs to the thread that opened it.
         self._open = threading.local()
+        # Told once each time a session waits for another process (the CLI prints it on stderr).
+        self.on_wait: Callable[[str], None] = log.warning
 
     @property
     def _shared(self) -> Session | None:
@@ -108,6 +124,11 @@ class Warehouse(ABC):
     @abstractmethod
     def session(self) -> AbstractContextManager[Session]:
         """A connection in a transaction: committed on success, rolled back on error."""
+
+    @abstractmethod
+    def hold(self, s: Session, name: str) -> None:
+        """Takes the lock `name` for the rest of the session's transaction, waiting (bounded)
+        while another process holds it."""
 
     @property
     @abstractmethod
@@ -147,15 +168,21 @@ class Warehouse(ABC):
     # -- migrations -------------------------------------------------------------------------
 
     def migrate(self, specs: Sequence[SourceSpec]) -> None:
-        """Creates or extends every table; safe to run any number of times."""
+        """Creates or extends every table; safe to run any number of times, by several
+        processes at once: what is missing is created under the migrations lock (concurrent
+        `CREATE ... IF NOT EXISTS` of one name fails on PostgreSQL), and a warehouse already up
+        to date takes no lock at all."""
         with self._connected() as s:
+            if self._up_to_date(s, specs):
+                return
+            self.hold(s, "migrations")
             s.execute(f"CREATE SCHEMA IF NOT EXISTS {self.schema}")
             s.execute(
                 f"CREATE TABLE IF NOT EXISTS {self.schema}.schema_migrations ("
                 "version INTEGER PRIMARY KEY, description VARCHAR NOT NULL, "
                 "applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
             )
-            applied = {row[0] for row in s.execute(f"SELECT version FROM {self.schema}.schema_migrations")}
+            applied = self._applied(s)
             for version, description, statements in MIGRATIONS:
                 if version in applied:
                     continue
@@ -165,15 +192,12 @@ class Warehouse(ABC):
                     f"INSERT INTO {self.schema}.schema_migrations (version, description) VALUES (%s, %s)",
                     (version, description),
                 )
+            tables = self._tables(s)
             for spec in specs:
-                s.execute(source_table_ddl(self.schema, spec, primary_key=self.key_index))
-                existing = dict(
-                    s.execute(
-                        "SELECT column_name, lower(data_type) FROM information_schema.columns "
-                        "WHERE table_schema = %s AND table_name = %s",
-                        (self.schema_name, spec.name),
-                    )
-                )
+                if spec.name not in tables:
+                    s.execute(source_table_ddl(self.schema, spec, primary_key=self.key_index))
+                    continue
+                existing = tables[spec.name]
                 for name, kind in canonical_columns(spec):
                     if name not in existing:  # a spec gained a column: extend, never drop
                         s.execute(f"ALTER TABLE {self.table(spec.name)} ADD COLUMN {quote_ident(name)} {kind}")
@@ -184,6 +208,31 @@ class Warehouse(ABC):
                         f"ALTER TABLE {self.table(spec.name)} ALTER COLUMN {ROW_HASH_COLUMN} TYPE UUID "
                         f"USING CAST(left({ROW_HASH_COLUMN}, 32) AS UUID)"
                     )
+
+    def _tables(self, s: Session) -> dict[str, dict[str, str]]:
+        """The schema's tables, each with its columns' types."""
+        tables: dict[str, dict[str, str]] = {}
+        for table, column, kind in s.execute(
+            "SELECT table_name, column_name, lower(data_type) FROM information_schema.columns WHERE table_schema = %s",
+            (self.schema_name,),
+        ):
+            tables.setdefault(table, {})[column] = kind
+        return tables
+
+    def _applied(self, s: Session) -> set[int]:
+        return {row[0] for row in s.execute(f"SELECT version FROM {self.schema}.schema_migrations")}
+
+    def _up_to_date(self, s: Session, specs: Sequence[SourceSpec]) -> bool:
+        """Whether every migration ran and every spec's table has its columns, as `migrate` leaves them."""
+        tables = self._tables(s)
+        if "schema_migrations" not in tables or not {v for v, _, _ in MIGRATIONS} <= self._applied(s):
+            return False
+        return all(
+            spec.name in tables
+            and {name for name, _ in canonical_columns(spec)} <= tables[spec.name].keys()
+            and tables[spec.name].get(ROW_HASH_COLUMN) == "uuid"
+            for spec in specs
+        )
 
     # -- the sources registry ---------------------------------------------------------------
 
@@ -212,8 +261,11 @@ class Warehouse(ABC):
         status: str = "processing",
         duplicate_of: int | None = None,
     ) -> int:
-        """Records (or restarts) the processing of one file version; returns its source_id."""
+        """Records (or restarts) the processing of one file version; returns its source_id.
+        Under the source's registry lock: two processes registering one version at once find,
+        or make, the same entry."""
         with self._connected() as s:
+            self.hold(s, f"register {spec.name}")
             found = s.execute(
                 f"SELECT source_id FROM {self.schema}.sources "
                 "WHERE source_type = %s AND partition_key = %s AND file_hash = %s",
@@ -469,7 +521,11 @@ class Warehouse(ABC):
         DuckDB's UPDATE (or MERGE) of a wide row took 20-50 s where DELETE + INSERT took 3 s,
         and PostgreSQL, which writes a new row version either way, ran both alike. Counts come
         from the rows each statement wrote: no counting pass over the staged rows and the table.
-        `version` is the (file hash, partition key) every row is stamped with."""
+        `version` is the (file hash, partition key) every row is stamped with.
+
+        The source's publish lock is taken once the staged rows are in (the long part of a
+        PostgreSQL publish runs beside other loads) and before the first write: publishes of
+        one source follow each other, each seeing the rows the previous one committed."""
         columns = [c for c in canonical_columns(spec) if c[0] not in WAREHOUSE_ONLY_COLUMNS]
         target = self.table(spec.name)
         keys = [quote_ident(k) for k in spec.natural_key]
@@ -479,6 +535,7 @@ class Warehouse(ABC):
         if same_file_only:
             changed += f" AND t._file_hash = {file_hash}"
         staged = s.load_parquet("_harmonizer_stage", columns, harmonized_files, superseded_files)
+        self.hold(s, f"publish {spec.name}")
         updated = s.modify(
             f"DELETE FROM {target} WHERE {self.row_id} IN "
             f"(SELECT t.{self.row_id} FROM {target} t JOIN _harmonizer_stage s ON {joined} WHERE {changed})"

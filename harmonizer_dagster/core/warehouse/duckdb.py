@@ -1,10 +1,14 @@
 """The embedded default: a DuckDB file, opened only for the duration of each transaction.
 
-DuckDB admits one process per file, so connections are never held between calls.
+DuckDB admits one process per file (a reader as well as a writer), so connections are never
+held between calls, and a session that finds the file held by another process waits for it:
+loads, the CLI and the triage page take turns, transaction by transaction.
 """
 
 from __future__ import annotations
 
+import re
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,9 +17,13 @@ from typing import Any
 import duckdb
 
 from harmonizer_dagster.core.reading import LINE_COLUMN
-from harmonizer_dagster.core.settings import engine_threads
+from harmonizer_dagster.core.settings import engine_threads, lock_timeout
 from harmonizer_dagster.core.sql import quote_ident, quote_literal
-from harmonizer_dagster.core.warehouse.base import Session, Warehouse
+from harmonizer_dagster.core.warehouse.base import Session, Warehouse, WarehouseBusy
+
+# How DuckDB says another process holds the file, naming it when it can.
+HELD = re.compile(r"Conflicting lock is held in (?P<program>.*?) \(PID (?P<pid>\d+)\)")
+LONGEST_PAUSE_S = 1.0
 
 
 class DuckDBSession(Session):
@@ -67,11 +75,13 @@ class DuckDBWarehouse(Warehouse):
     def description(self) -> str:
         return f"DuckDB file {self.path}"
 
+    def hold(self, s: Session, name: str) -> None:
+        """Nothing to take: a session holds the whole file, so no other process can write it."""
+
     @contextmanager
     def session(self) -> Iterator[DuckDBSession]:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        config = {"memory_limit": self.memory_limit, "threads": engine_threads()}
-        connection = duckdb.connect(str(self.path), config=config)
+        connection = self._connect()
         try:
             connection.execute("BEGIN TRANSACTION")
             yield DuckDBSession(connection)
@@ -81,3 +91,31 @@ class DuckDBWarehouse(Warehouse):
             raise
         finally:
             connection.close()
+
+    def _connect(self) -> duckdb.DuckDBPyConnection:
+        """Opens the file, waiting with growing pauses while another process holds it."""
+        config = {"memory_limit": self.memory_limit, "threads": engine_threads()}
+        timeout = lock_timeout()
+        deadline, pause, told = time.monotonic() + timeout, 0.02, False
+        while True:
+            try:
+                return duckdb.connect(str(self.path), config=config)
+            except duckdb.IOException as exc:
+                held = HELD.search(str(exc))
+                if held is None and "Conflicting lock" not in str(exc):
+                    raise
+                holder = f"process {held['pid']} ({held['program']})" if held else "another process"
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise WarehouseBusy(
+                        f"the warehouse {self.path.resolve()} was still held by {holder} after {timeout:g} s: "
+                        "wait for it to finish, or raise HARMONIZER_WAREHOUSE_LOCK_TIMEOUT"
+                    ) from exc
+                if not told:
+                    self.on_wait(
+                        f"waiting for the warehouse: {holder} holds {self.path.resolve()} (a load, most likely); "
+                        f"up to {timeout:g} s (HARMONIZER_WAREHOUSE_LOCK_TIMEOUT)"
+                    )
+                    told = True
+                time.sleep(min(pause, left))
+                pause = min(pause * 2, LONGEST_PAUSE_S)

@@ -5,6 +5,10 @@ server parses it on several cores (1M rows: 2.38 s over one connection, 1.70 s o
 the publishing transaction then reads it through a temporary view and drops it when it
 ends. Each such table is guarded by an advisory lock of the session that owns it: a load
 killed before it could drop its table leaves it unguarded, and the next large load drops it.
+
+The locks `hold` takes are transaction-level advisory locks keyed by (schema, name), two
+32-bit keys: a key space apart from the load tables' single 64-bit keys. Readers take none:
+PostgreSQL shows them the last committed state while a load writes.
 """
 
 from __future__ import annotations
@@ -24,9 +28,9 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from harmonizer_dagster.core.reading import LINE_COLUMN
-from harmonizer_dagster.core.settings import engine_threads
+from harmonizer_dagster.core.settings import engine_threads, lock_timeout
 from harmonizer_dagster.core.sql import quote_ident
-from harmonizer_dagster.core.warehouse.base import Session, Warehouse
+from harmonizer_dagster.core.warehouse.base import Session, Warehouse, WarehouseBusy
 
 COPY_BATCH_ROWS = 50_000
 # Loads smaller than this go through one connection into a temporary table: a second
@@ -157,6 +161,33 @@ class PostgresWarehouse(Warehouse):
     def description(self) -> str:
         info = psycopg.conninfo.conninfo_to_dict(self.url)
         return f"PostgreSQL database {info.get('dbname', '?')} on {info.get('host', 'local socket')}"
+
+    def hold(self, s: Session, name: str) -> None:
+        key = (self.schema_name, name)
+        if s.execute("SELECT pg_try_advisory_xact_lock(hashtext(%s), hashtext(%s))", key)[0][0]:
+            return
+        holders = s.execute(
+            "SELECT string_agg(CAST(pid AS VARCHAR), ', ') FROM pg_locks WHERE locktype = 'advisory' AND granted "
+            "AND classid = CAST(hashtext(%s) AS oid) AND objid = CAST(hashtext(%s) AS oid) AND objsubid = 2",
+            key,
+        )[0][0]
+        holder = f"server process {holders}" if holders else "another session"
+        timeout = lock_timeout()
+        self.on_wait(
+            f"waiting for the warehouse: {holder} holds the {name} lock of schema {self.schema_name} in "
+            f"{self.description}; up to {timeout:g} s (HARMONIZER_WAREHOUSE_LOCK_TIMEOUT)"
+        )
+        # lock_timeout bounds the wait; the session's own value is back for what follows.
+        previous = s.execute("SELECT current_setting('lock_timeout')")[0][0]
+        s.execute("SELECT set_config('lock_timeout', %s, true)", (f"{max(1, round(timeout * 1000))}ms",))
+        try:
+            s.execute("SELECT pg_advisory_xact_lock(hashtext(%s), hashtext(%s))", key)
+        except psycopg.errors.LockNotAvailable as exc:
+            raise WarehouseBusy(
+                f"the {name} lock of schema {self.schema_name} in {self.description} was still held by {holder} "
+                f"after {timeout:g} s: wait for it to finish, or raise HARMONIZER_WAREHOUSE_LOCK_TIMEOUT"
+            ) from exc
+        s.execute("SELECT set_config('lock_timeout', %s, true)", (previous,))
 
     @contextmanager
     def session(self) -> Iterator[PostgresSession]:
