@@ -1,6 +1,7 @@
 """Nothing outside the landing area is ever read: symbolic links are never followed, not by the
 listing (sensors, the register step), not by the hash step, and not by the later steps, which
-read the very file that was hashed."""
+read the very file that was hashed. Messages quote a file's names, never its other content; the
+default landing area lies outside the package."""
 
 import json
 import logging
@@ -243,3 +244,61 @@ def test_materializing_a_linked_partition_fails_with_the_reason_and_reads_nothin
     assert SECRET not in _messages(instance, result.run_id)
     location.migrate([])
     assert location.query("SELECT count(*) FROM {schema}.sources")[0][0] == 0
+
+
+# What messages quote of a file that is no source file.
+
+
+def _materialize_failure(instance: dg.DagsterInstance, key: str) -> str:
+    instance.add_dynamic_partitions(f"{SOURCE}_files", [key])
+    job = build_definitions().resolve_job_def(f"load_{SOURCE}")
+    result = job.execute_in_process(instance=instance, partition_key=key, raise_on_error=False)
+    assert not result.success
+    return _messages(instance, result.run_id)
+
+
+def test_a_file_sharing_no_name_with_its_spec_has_no_content_quoted(location, landing, instance):
+    (landing / SOURCE / "registry_2027-Q2.csv").write_text(f"{SECRET}\nbin:x:2:2:bin:/bin:/usr/sbin/nologin\n")
+    messages = _materialize_failure(instance, "registry_2027-Q2.csv")
+    [(error,)] = location.query(
+        "SELECT error_message FROM {schema}.sources WHERE partition_key = 'registry_2027-Q2.csv'"
+    )
+    for text in (error, messages):
+        assert SECRET not in text and "bin:x" not in text
+    assert "the file has none of the business_registry spec's names (1 other name(s), not quoted)" in error
+
+
+def test_a_header_mismatch_quotes_at_most_twenty_names_cut_short(location, landing, instance):
+    junk = [f"{n:02d}" + "x" * 100 for n in range(30)]
+    (landing / SOURCE / "registry_2027-Q3.csv").write_text(",".join(["Corp Number", *junk]) + "\n1" + "," * 30 + "\n")
+    _materialize_failure(instance, "registry_2027-Q3.csv")
+    [(error,)] = location.query(
+        "SELECT error_message FROM {schema}.sources WHERE partition_key = 'registry_2027-Q3.csv'"
+    )
+    assert "the file has ['Corp Number', '00" + "x" * 38 + "...', " in error
+    assert "'18" + "x" * 38 + "...', and 11 more]" in error
+    assert "x" * 39 not in error
+
+
+# The default landing area.
+
+
+def test_the_default_landing_area_is_a_seeded_folder_outside_the_package(monkeypatch, tmp_path, instance):
+    from harmonizer_dagster.core.settings import SAMPLES_DIR
+
+    shipped = sorted(p.relative_to(SAMPLES_DIR) for p in SAMPLES_DIR.rglob("*"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HARMONIZER_LANDING_DIR", raising=False)
+    monkeypatch.setenv("HARMONIZER_STAGING_DIR", str(tmp_path / "staging"))
+    monkeypatch.setenv("HARMONIZER_WAREHOUSE_URL", f"duckdb:///{tmp_path / 'warehouse.duckdb'}")
+    result = build_definitions().resolve_job_def("smoke_test").execute_in_process(instance=instance)
+    assert result.success, "the smoke test loads the seeded samples and matches their manifest"
+    seeded = tmp_path / ".harmonizer" / "landing"
+    assert sorted(p.relative_to(seeded) for p in seeded.rglob("*")) == shipped
+
+    # Once it exists it is the user's: nothing is copied over what they removed or dropped.
+    (seeded / SOURCE / Q3).unlink()
+    (seeded / SOURCE / "registry_2027-Q1.csv").write_text("dropped")
+    build_definitions()
+    assert sorted(p.name for p in (seeded / SOURCE).iterdir()) == ["registry_2026-Q4.csv.gz", "registry_2027-Q1.csv"]
+    assert sorted(p.relative_to(SAMPLES_DIR) for p in SAMPLES_DIR.rglob("*")) == shipped
