@@ -100,7 +100,9 @@ def link_reason(landing_dir: Path, link: Path) -> str:
     what = "folder" if target.is_dir() else "file"
     if target.is_relative_to(area):
         where = f"to {target.relative_to(area).as_posix()}, inside the landing area"
-        fix = "the file it points to is loaded under its own name; move or copy a file here to load it under this one"
+        fix = (
+            f"the {what} it points to is loaded under its own name; move or copy a file here to load it under this one"
+        )
     else:
         where = f"to a {what} outside the landing area {area}"
         fix = "nothing outside the landing area is ever read; copy the file in to load it"
