@@ -71,7 +71,8 @@ def registry_spec():
 def run_pipeline(file: Path, url: str, work: Path) -> int:
     spec = registry_spec()
     store = open_warehouse(url)
-    hashed = hash_step(spec, FileVersion(spec.name, file.name, str(file)), store, work / "staging", "bench")
+    landed = FileVersion(spec.name, file.name, str(file), str(file.parent))
+    hashed = hash_step(spec, landed, store, work / "staging", "bench")
     validate_step(spec, hashed)
     harmonize_step(spec, hashed)
     return upsert_step(spec, hashed, store, "bench").records_in_file
@@ -205,7 +206,8 @@ def run_case(case: str, file: Path, url: str, work: Path) -> int:
                 run_check(store, spec, check, file.name, "bench")
         return len(checks_for(spec))
     if case == "hash_only":
-        return fingerprint(file).size_bytes
+        with file.open("rb") as handle:
+            return fingerprint(handle).size_bytes
     if case == "ctas_duckdb":
         return run_ctas(file, work)
     if case == "row_loop_postgres":

@@ -15,7 +15,7 @@ import dagster as dg
 from dagster_aws.s3 import S3Resource
 from dagster_aws.secretsmanager import SecretsManagerResource
 
-from harmonizer_dagster.core.settings import DEFAULTS, current
+from harmonizer_dagster.core.settings import DEFAULTS, current, seeded_landing
 from harmonizer_dagster.core.spec import SpecCatalog, SpecError, load_specs
 from harmonizer_dagster.orchestration.alerts import build_alert_sensors
 from harmonizer_dagster.orchestration.assets import build_published_asset, build_source_asset, build_source_ops
@@ -46,6 +46,12 @@ def setting(name: str, default: str = "") -> str | dg.EnvVar:
     return dg.EnvVar(name) if name in os.environ else DEFAULTS.get(name, default)
 
 
+def landing_setting() -> str | dg.EnvVar:
+    """HARMONIZER_LANDING_DIR when set, else the default landing folder, seeded with the samples."""
+    name = "HARMONIZER_LANDING_DIR"
+    return dg.EnvVar(name) if name in os.environ else str(seeded_landing(Path(DEFAULTS[name])))
+
+
 def int_setting(name: str, default: int) -> int | dg.EnvVar:
     return dg.EnvVar.int(name) if name in os.environ else default
 
@@ -65,7 +71,7 @@ def build_resources() -> dict[str, dg.ConfigurableResource]:
             ),
         ),
         "landing": LandingZone(
-            landing_dir=setting("HARMONIZER_LANDING_DIR"),
+            landing_dir=landing_setting(),
             staging_dir=setting("HARMONIZER_STAGING_DIR"),
             batch_rows=int_setting("HARMONIZER_BATCH_ROWS", 5_000),
         ),

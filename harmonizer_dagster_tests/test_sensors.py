@@ -9,7 +9,7 @@ import duckdb
 import pytest
 from dagster_aws.s3 import S3Resource
 
-from harmonizer_dagster.core.files import fingerprint
+from harmonizer_dagster.core.files import fingerprint, locate
 from harmonizer_dagster.core.landing import scan_folder
 from harmonizer_dagster.definitions import build_definitions
 from harmonizer_dagster.orchestration.resources import LandingZone, S3Landing
@@ -64,7 +64,8 @@ def test_new_files_wait_until_stable_then_start_one_run_each(specs, instance, en
     first, cursor = tick(sensor, instance, None, landing=landing_zone)
     assert first.run_requests == [], "a file seen once may still be being written"
     second, cursor = tick(sensor, instance, cursor, landing=landing_zone)
-    file_hash = fingerprint(environment / SOURCE / Q3).file_hash
+    with (environment / SOURCE / Q3).open("rb") as handle:
+        file_hash = fingerprint(handle).file_hash
     assert [(r.partition_key, r.run_key) for r in second.run_requests] == [(Q3, f"{SOURCE}:{file_hash}")]
     assert instance.get_dynamic_partitions(f"{SOURCE}_files") == [Q3]
 
@@ -135,9 +136,8 @@ def test_file_deleted_between_listing_and_hashing_is_skipped(specs, instance, en
     (environment / SOURCE / Q3).unlink()
     cursor = json.dumps({"handled": {}, "waiting": {i.key: i.signature for i in listing}})
     context = dg.build_sensor_context(instance=instance, cursor=cursor)
-    result = landing_tick(
-        context, specs[SOURCE], lambda _: listing, lambda item: fingerprint(environment / SOURCE / item.key)
-    )
+    opened = lambda item: locate(environment, SOURCE, item.key).open()  # noqa: E731
+    result = landing_tick(context, specs[SOURCE], lambda _: listing, lambda item: fingerprint(opened(item)))
     assert result.run_requests == []
     assert json.loads(result.cursor)["handled"] == {}
 

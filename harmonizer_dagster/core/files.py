@@ -1,17 +1,32 @@
-"""Locating, hashing and versioning source files."""
+"""Locating, opening, hashing and versioning source files.
+
+Nothing outside the landing area is ever opened: a landed file is opened one path part at a
+time from the landing folder, none of them followed if it is a symbolic link, and the open
+file itself is what every later read goes through. Symbolic links below the landing folder
+are never followed, even to a file inside it: a link is an alias whose target can change
+between two looks, and the file it points to, when it is landed, is loaded under its own name.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import re
+import stat
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, BinaryIO
 
 HASH_CHUNK_BYTES = 1 << 20
+
+
+class RefusedFile(ValueError):
+    """A landed path that is not opened, because reading it could leave the landing area."""
 
 
 @dataclass(frozen=True)
@@ -25,6 +40,11 @@ class FileVersion:
     source: str
     partition_key: str
     location: str  # a local path, or s3://bucket/key
+    landing_dir: str = ""  # the folder a local file is opened from, part by part
+
+    def open(self) -> BinaryIO:
+        """The local file, opened without leaving the landing area (see open_landed)."""
+        return open_landed(Path(self.landing_dir), self.path.relative_to(self.landing_dir).as_posix())
 
     @property
     def is_s3(self) -> bool:
@@ -68,18 +88,105 @@ def safe_partition_key(relative: str) -> str:
 def locate(landing_dir: Path, source: str, partition_key: str) -> FileVersion:
     if partition_key.startswith("s3://"):
         return FileVersion(source, partition_key, partition_key)
-    return FileVersion(source, partition_key, str(landing_dir / source / safe_partition_key(partition_key)))
+    location = landing_dir / source / safe_partition_key(partition_key)
+    return FileVersion(source, partition_key, str(location), str(landing_dir))
 
 
-def fingerprint(path: Path) -> FileFingerprint:
-    """Streams the file through SHA-256 in 1 MiB chunks: constant memory whatever its size."""
+def link_reason(landing_dir: Path, link: Path) -> str:
+    """Why a symbolic link below the landing folder is not followed, saying whether its target
+    lies inside the landing area (without naming a target outside it)."""
+    area = Path(os.path.realpath(landing_dir))
+    target = Path(os.path.realpath(link))
+    what = "folder" if target.is_dir() else "file"
+    if target.is_relative_to(area):
+        where = f"to {target.relative_to(area).as_posix()}, inside the landing area"
+        fix = (
+            f"the {what} it points to is loaded under its own name; move or copy a file here to load it under this one"
+        )
+    else:
+        where = f"to a {what} outside the landing area {area}"
+        fix = "nothing outside the landing area is ever read; copy the file in to load it"
+    return f"it is a symbolic link {where}: links are never followed, so it is not loaded ({fix})"
+
+
+def _refusal(landing_dir: Path, parts: list[str]) -> str:
+    """Why opening a landed path met a link or a non-regular file, from the first part that is one."""
+    path = landing_dir
+    for part in parts:
+        path = path / part
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            break
+        if stat.S_ISLNK(mode):
+            return f"{path.relative_to(landing_dir).as_posix()}: {link_reason(landing_dir, path)}"
+    return f"{'/'.join(parts)}: a symbolic link was met while opening it (it changed since it was listed)"
+
+
+def open_landed(landing_dir: Path, relative: str) -> BinaryIO:
+    """Opens a regular file below the landing folder, following no symbolic link on the way:
+    each folder and the file itself is opened relative to the one above it with O_NOFOLLOW,
+    so a link swapped in after any check still cannot lead outside. Raises RefusedFile with
+    the reason otherwise, and FileNotFoundError for a missing file."""
+    parts = list(PurePosixPath(safe_partition_key(relative)).parts)
+    descriptor = os.open(landing_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for depth, part in enumerate(parts, start=1):
+            # A FIFO would block an open for reading: O_NONBLOCK returns at once, and it is refused below.
+            kind = os.O_NONBLOCK if depth == len(parts) else os.O_DIRECTORY
+            try:
+                child = os.open(part, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | kind, dir_fd=descriptor)
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise RefusedFile(_refusal(landing_dir, parts[:depth])) from None
+                raise
+            os.close(descriptor)
+            descriptor = child
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            what = "not a regular file (a folder, FIFO, socket or device)"
+            raise RefusedFile(f"{'/'.join(parts)}: {what}: it is not loaded")
+        os.set_blocking(descriptor, True)
+        handle = os.fdopen(descriptor, "rb")
+    except BaseException:
+        os.close(descriptor)
+        raise
+    return handle
+
+
+@dataclass(frozen=True)
+class FileIdentity:
+    """Which file was hashed, and as it was then: a later step reads only that file, unchanged."""
+
+    device: int
+    inode: int
+    size_bytes: int
+    modified_ns: int
+
+    @classmethod
+    def of(cls, handle: BinaryIO) -> FileIdentity:
+        status = os.fstat(handle.fileno())
+        return cls(status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns)
+
+
+@contextlib.contextmanager
+def pinned_path(handle: BinaryIO, file_name: str) -> Iterator[Path]:
+    """A path that reads exactly the open file, for readers that take a path (DuckDB): a link
+    named like the file, in a folder only this process may write, to the process's own
+    descriptor. Renaming, replacing or linking the landed path changes nothing it reads."""
+    with tempfile.TemporaryDirectory(prefix="harmonizer-") as folder:
+        path = Path(folder) / file_name
+        path.symlink_to(f"/proc/self/fd/{handle.fileno()}")
+        yield path
+
+
+def fingerprint(handle: BinaryIO) -> FileFingerprint:
+    """Streams the open file through SHA-256 in 1 MiB chunks: constant memory whatever its size."""
     digest = hashlib.sha256()
     size = 0
-    with path.open("rb") as handle:
-        while chunk := handle.read(HASH_CHUNK_BYTES):
-            digest.update(chunk)
-            size += len(chunk)
-    modified = datetime.fromtimestamp(path.stat().st_mtime, tz=UTC)
+    while chunk := handle.read(HASH_CHUNK_BYTES):
+        digest.update(chunk)
+        size += len(chunk)
+    modified = datetime.fromtimestamp(os.fstat(handle.fileno()).st_mtime, tz=UTC)
     return FileFingerprint(digest.hexdigest(), size, modified)
 
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harmonizer_dagster.core.files import safe_partition_key
+from harmonizer_dagster.core.files import link_reason, safe_partition_key
 
 INVALID_KEY_PARTS = ("...", "\n", "\r", "\t", "\0")
 
@@ -76,43 +77,59 @@ def usable_key(key: str) -> bool:
 
 
 def scan_folder(landing_dir: Path, source: str, ignored: list[Ignored] | None = None) -> list[Landed]:
-    """Every file under the source's folder; raises OSError when the folder is unreadable.
+    """Every regular file under the source's folder; raises OSError when the folder is unreadable.
 
-    Hidden and temporary names (starting with '.' or '_', e.g. partial uploads) and names no
-    partition key can hold are skipped; each is added to `ignored`, a skipped folder once."""
+    Hidden and temporary names (starting with '.' or '_', e.g. partial uploads), names no
+    partition key can hold, symbolic links (never followed, see core/files.py) and anything
+    that is not a regular file are skipped; each is added to `ignored`, a skipped folder once,
+    and the source folder itself as '.' when it is a link."""
     folder = landing_dir / source
-    listing = []
     skipped = ignored if ignored is not None else []
-    for path in sorted(folder.rglob("*")):
-        key = path.relative_to(folder).as_posix()
-        parts = Path(key).parts
-        hidden = next((i for i, part in enumerate(parts) if part.startswith((".", "_"))), None)
-        if hidden is not None:
-            if hidden == len(parts) - 1:  # the topmost hidden part: what lies below it goes unreported
-                what, effect = ("folder", "nothing in it is loaded") if path.is_dir() else ("file", "it is not loaded")
-                skipped.append(
-                    Ignored(
-                        key,
-                        f"its name starts with '{path.name[0]}', which marks a hidden or temporary {what} "
-                        f"(a partial upload, say): {effect}; rename it to load it",
-                    )
+    if folder.is_symlink():
+        skipped.append(Ignored(".", f"the source folder {folder} {link_reason(landing_dir, folder)}"))
+        return []
+    if not folder.is_dir():
+        raise NotADirectoryError(f"{folder} does not exist or is not a folder")
+    listing: list[Landed] = []
+    _scan(landing_dir, folder, "", listing, skipped)
+    return listing
+
+
+def _scan(landing_dir: Path, folder: Path, prefix: str, listing: list[Landed], skipped: list[Ignored]) -> None:
+    """Adds the folder's entries in name order, descending into real folders only."""
+    with os.scandir(folder) as scan:
+        entries = sorted(scan, key=lambda entry: entry.name)
+    for entry in entries:
+        key = prefix + entry.name
+        is_folder = entry.is_dir(follow_symlinks=False)
+        if entry.name.startswith((".", "_")):
+            what, effect = ("folder", "nothing in it is loaded") if is_folder else ("file", "it is not loaded")
+            skipped.append(
+                Ignored(
+                    key,
+                    f"its name starts with '{entry.name[0]}', which marks a hidden or temporary {what} "
+                    f"(a partial upload, say): {effect}; rename it to load it",
                 )
+            )
             continue
         try:
             if not usable_key(key):
                 raise ValueError(f"{key!r} holds '...', a tab, a line break or a NUL, which a partition key cannot")
             safe_partition_key(key)
-            stat = path.stat()
+            if entry.is_symlink():
+                raise ValueError(link_reason(landing_dir, Path(entry.path)))
+            if is_folder:
+                _scan(landing_dir, Path(entry.path), f"{key}/", listing, skipped)
+                continue
+            if not entry.is_file(follow_symlinks=False):
+                raise ValueError("it is not a regular file (a FIFO, socket or device): it is not loaded")
+            status = entry.stat(follow_symlinks=False)
         except ValueError as exc:
             skipped.append(Ignored(key, str(exc)))
             continue
         except FileNotFoundError:  # deleted while the folder was listed
             continue
-        if path.is_file():
-            listing.append(Landed(key, f"{stat.st_size}:{stat.st_mtime_ns}"))
-    if not folder.is_dir():
-        raise NotADirectoryError(f"{folder} does not exist or is not a folder")
-    return listing
+        listing.append(Landed(key, f"{status.st_size}:{status.st_mtime_ns}"))
 
 
 def nearest_keys(key: str, known: Iterable[str], count: int = 5) -> list[str]:

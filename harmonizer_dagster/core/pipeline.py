@@ -20,6 +20,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -30,7 +31,16 @@ import polars as pl
 import pyarrow as pa
 
 from harmonizer_dagster.core import staging
-from harmonizer_dagster.core.files import FileVersion, fingerprint, fingerprint_s3, version_key
+from harmonizer_dagster.core.files import (
+    FileIdentity,
+    FileVersion,
+    RefusedFile,
+    fingerprint,
+    fingerprint_s3,
+    open_landed,
+    pinned_path,
+    version_key,
+)
 from harmonizer_dagster.core.harmonization import duplicate_key_sql, harmonize
 from harmonizer_dagster.core.reading import LINE_COLUMN, ReadResult, UnreliableParse, read_batches
 from harmonizer_dagster.core.rules import Rule, apply_rules
@@ -78,6 +88,9 @@ class HashedVersion:
     rules: tuple[Rule, ...] = ()
     # A skipped version's counts as its earlier load recorded them, read while registering it.
     recorded: dict[str, int] | None = None
+    # A landed file's folder and what was hashed: later steps read that very file or none.
+    landing_dir: str = ""
+    identity: FileIdentity | None = None
 
     @property
     def skipped(self) -> bool:
@@ -128,8 +141,11 @@ def hash_step(
             raise ValueError(f"{file.location}: an S3 client is needed to read it")
         download = staging_root / spec.name / "_downloads" / f"{uuid.uuid4().hex}-{file.file_name}"
         fp = fingerprint_s3(s3_client, file.location, download)
+        identity = None
     else:
-        fp = fingerprint(file.path)
+        with file.open() as handle:
+            fp = fingerprint(handle)
+            identity = FileIdentity.of(handle)
     version = version_key(spec.version_strategy, fp, file.file_name, spec.version_pattern)
     # The registry's lookups and writes share one session: an unchanged file costs little
     # more than hashing it.
@@ -183,7 +199,28 @@ def hash_step(
         skipped_because=skipped_because,
         rules=tuple(rules),
         recorded=recorded,
+        landing_dir=file.landing_dir,
+        identity=identity,
     )
+
+
+@contextmanager
+def _hashed_file(hashed: HashedVersion) -> Iterator[Path]:
+    """The path later steps read the version from: the staged copy of an S3 object, or the
+    landed file opened again as the hash step did, refused unless it is the file that was
+    hashed and unchanged since, and pinned so the readers cannot be sent anywhere else."""
+    if hashed.identity is None:
+        yield Path(hashed.path)
+        return
+    relative = Path(hashed.path).relative_to(hashed.landing_dir).as_posix()
+    with open_landed(Path(hashed.landing_dir), relative) as handle:
+        if FileIdentity.of(handle) != hashed.identity:
+            raise RefusedFile(
+                f"{hashed.source}/{hashed.partition_key}: the file was replaced or changed after it was hashed, "
+                "so it is not read now; its next run loads it as it is then"
+            )
+        with pinned_path(handle, Path(hashed.path).name) as path:
+            yield path
 
 
 def _count(files: list[Path]) -> int:
@@ -223,12 +260,14 @@ def validate_step(spec: SourceSpec, hashed: HashedVersion, batch_rows: int = DEF
     if hashed.skipped or stage.summary() is not None:
         return stage.summary() or {}
     done = stage.prepare(batch_rows)
-    try:
-        result = _validate_batches(spec, hashed, stage, batch_rows, done, line_by_line=False)
-    except UnreliableParse:
-        # DuckDB lost track of a quote: drop what it parsed and read the file line by line.
-        staging.remove(stage.directory)
-        result = _validate_batches(spec, hashed, stage, batch_rows, stage.prepare(batch_rows), line_by_line=True)
+    with _hashed_file(hashed) as path:
+        try:
+            result = _validate_batches(spec, hashed, path, stage, batch_rows, done, line_by_line=False)
+        except UnreliableParse:
+            # DuckDB lost track of a quote: drop what it parsed and read the file line by line.
+            staging.remove(stage.directory)
+            again = stage.prepare(batch_rows)
+            result = _validate_batches(spec, hashed, path, stage, batch_rows, again, line_by_line=True)
     stage.write_final(_file_level_findings(spec, stage.files(UNIQUE_VALUES), result))
     accepted = _count(stage.files("harmonized"))
     summary = {
@@ -245,7 +284,13 @@ def validate_step(spec: SourceSpec, hashed: HashedVersion, batch_rows: int = DEF
 
 
 def _validate_batches(
-    spec: SourceSpec, hashed: HashedVersion, stage: staging.StepStage, batch_rows: int, done: int, line_by_line: bool
+    spec: SourceSpec,
+    hashed: HashedVersion,
+    path: Path,
+    stage: staging.StepStage,
+    batch_rows: int,
+    done: int,
+    line_by_line: bool,
 ) -> ReadResult:
     """Stages the validated and harmonized batches after the `done` ones; returns what the read found."""
     validator = SpecValidator(spec)
@@ -272,7 +317,7 @@ def _validate_batches(
 
     def groups() -> Iterator[Group]:
         pending: list[pa.RecordBatch] = []
-        batches = read_batches(spec, Path(hashed.path), batch_rows, result, done, line_by_line)
+        batches = read_batches(spec, path, batch_rows, result, done, line_by_line)
         for batch in batches:
             pending.append(batch)
             if len(pending) == _batches_per_group(batch_rows):

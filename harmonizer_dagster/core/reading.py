@@ -33,6 +33,9 @@ from harmonizer_dagster.core.sql import quote_ident, quote_literal
 LINE_COLUMN = "_source_line"
 CHUNK_BYTES = 1 << 20
 SNIFF_BYTES = 1 << 16
+# What a message quotes of a file's column names: how many, and how much of each.
+MESSAGE_NAMES = 20
+MESSAGE_NAME_CHARS = 40
 BYTE_ORDER_MARKS = (
     (codecs.BOM_UTF8, "utf-8"),
     (codecs.BOM_UTF16_LE, "utf-16-le"),
@@ -66,6 +69,32 @@ class ReadResult:
 
     malformed: list[MalformedRecord] = field(default_factory=list)
     extra_fields: list[str] = field(default_factory=list)
+
+
+def quoted_name(name: str) -> str:
+    """A column name as a message quotes it, cut to MESSAGE_NAME_CHARS characters."""
+    return repr(name if len(name) <= MESSAGE_NAME_CHARS else name[:MESSAGE_NAME_CHARS] + "...")
+
+
+def quoted_names(names: list[str]) -> str:
+    """Column names as a message quotes them: at most MESSAGE_NAMES, each cut short, so a file
+    that is no source file (a header that is a line of anything) never has its content copied
+    into a log or the registry."""
+    shown = [quoted_name(name) for name in names[:MESSAGE_NAMES]]
+    more = f", and {len(names) - MESSAGE_NAMES} more" if len(names) > MESSAGE_NAMES else ""
+    return f"[{', '.join(shown)}{more}]"
+
+
+def _found(spec: SourceSpec, names: list[str]) -> str:
+    """What a message says of the names a file has: quoted when the file shares at least one
+    with the spec (a renamed or dropped column); when it shares none it is likely no file of
+    the source at all, and only their count is given."""
+    if set(names) & {c.source for c in spec.columns}:
+        return f"the file has {quoted_names(names)}"
+    return (
+        f"the file has none of the {spec.name} spec's names ({len(names)} other name(s), not quoted): "
+        f"is it a {spec.name} file?"
+    )
 
 
 def _compression(spec: SourceSpec) -> str:
@@ -185,7 +214,8 @@ def _csv_header(spec: SourceSpec, name: str, source: _Source) -> list[str]:
     for position, column in enumerate(header, start=1):
         if first_position.setdefault(column, position) != position:
             raise SourceFormatError(
-                f"{name} line 1: column {column!r} appears twice (columns {first_position[column]} and {position})"
+                f"{name} line 1: column {quoted_name(column)} appears twice "
+                f"(columns {first_position[column]} and {position})"
             )
     return header
 
@@ -203,7 +233,9 @@ def _check_json_keys(spec: SourceSpec, path: Path, json_format: str, result: Rea
         }
     missing = [c.source for c in spec.columns if c.required and c.source not in present]
     if missing:
-        raise SourceFormatError(f"{path.name}: no record has the required field(s) {missing}")
+        raise SourceFormatError(
+            f"{path.name}: no record has the required field(s) {quoted_names(missing)}; {_found(spec, sorted(present))}"
+        )
     result.extra_fields = sorted(present - {c.source for c in spec.columns})
 
 
@@ -254,7 +286,7 @@ def read_batches(
         wanted = [c.source for c in spec.columns]
         missing = [name for name in wanted if name not in header]
         if missing:
-            raise SourceFormatError(f"{path.name}: missing columns {missing}; the file has {header}")
+            raise SourceFormatError(f"{path.name}: missing columns {quoted_names(missing)}; {_found(spec, header)}")
         result.extra_fields = [name for name in header if name not in wanted]
         if line_by_line:
             batches = _parsed_lines(spec, path.name, source, header, batch_rows, result)

@@ -1,14 +1,16 @@
 """The environment variables that configure a deployment, and the embedded defaults."""
 
 import os
+import shutil
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).parent.parent
+SAMPLES_DIR = PACKAGE_DIR / "samples"
 DEFAULTS = {
     # Folder of source spec files (one YAML file per source).
     "HARMONIZER_SOURCES_DIR": str(PACKAGE_DIR / "sources"),
-    # Landing zone: one subfolder per source; the shipped samples by default.
-    "HARMONIZER_LANDING_DIR": str(PACKAGE_DIR / "samples"),
+    # Landing zone: one subfolder per source. The default starts as a copy of the shipped samples.
+    "HARMONIZER_LANDING_DIR": ".harmonizer/landing",
     # Scratch space for staged batches between ops.
     "HARMONIZER_STAGING_DIR": ".harmonizer/staging",
     # duckdb:///relative.duckdb, duckdb:////absolute.duckdb or postgresql://...
@@ -39,6 +41,22 @@ DEFAULTS = {
 def current(name: str) -> str:
     """The value in force: the environment's, else the embedded default."""
     return os.environ.get(name, DEFAULTS[name])
+
+
+def seeded_landing(folder: Path) -> Path:
+    """The default landing folder, made a copy of the shipped samples when it does not exist
+    yet: files dropped there stay out of the package (and out of `git status`), and a fresh
+    clone still loads the samples. The copy is renamed into place whole, so processes starting
+    together (`dagster dev`) never see half of it."""
+    if not folder.exists():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        partial = folder.with_name(f".{folder.name}-{os.getpid()}")
+        shutil.copytree(SAMPLES_DIR, partial, dirs_exist_ok=True)
+        try:
+            partial.rename(folder)
+        except OSError:  # another process seeded it first
+            shutil.rmtree(partial)
+    return folder
 
 
 def engine_threads() -> int:

@@ -1,5 +1,8 @@
 """One graph-backed, file-partitioned asset per declared source: hash -> validate -> harmonize -> upsert."""
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -7,7 +10,7 @@ from typing import Any
 import dagster as dg
 from dagster_aws.s3 import S3Resource
 
-from harmonizer_dagster.core.files import FileVersion, locate
+from harmonizer_dagster.core.files import FileVersion, RefusedFile, locate
 from harmonizer_dagster.core.landing import missing_file_message
 from harmonizer_dagster.core.pipeline import (
     HashedVersion,
@@ -39,6 +42,16 @@ def column_schema(spec: SourceSpec) -> dg.TableSchema:
             for c in spec.columns
         ]
     )
+
+
+@contextmanager
+def refused_as_failure() -> Iterator[None]:
+    """A landed file the steps refuse to open (a symbolic link, or a file changed since it was
+    hashed) fails the step with the reason alone, as the run's error: no traceback to dig through."""
+    try:
+        yield
+    except RefusedFile as exc:
+        raise dg.Failure(str(exc)) from None
 
 
 @dataclass(frozen=True)
@@ -97,10 +110,11 @@ def build_source_ops(spec: SourceSpec) -> SourceOps:
     ) -> HashedVersion:
         # Inside the asset the partition names the file; the ingest jobs pass it in.
         target = file or locate(landing.landing_path, spec.name, context.partition_key)
-        if not target.is_s3 and not target.path.is_file():
+        if not target.is_s3 and not os.path.lexists(target.path):
             raise dg.Failure(missing_file_message(landing.landing_path, spec.name, target.partition_key))
         client = s3.get_client() if target.is_s3 else None
-        hashed = hash_step(spec, target, warehouse.open(), landing.staging_path, context.run_id, s3_client=client)
+        with refused_as_failure():
+            hashed = hash_step(spec, target, warehouse.open(), landing.staging_path, context.run_id, s3_client=client)
         context.log.info(
             f"{target.partition_key}: sha256 {hashed.file_hash[:12]}..., version {hashed.version}"
             + (f", skipped: {hashed.skipped_because}" if hashed.skipped else "")
@@ -115,7 +129,7 @@ def build_source_ops(spec: SourceSpec) -> SourceOps:
     def validate_op(
         context: dg.OpExecutionContext, warehouse: WarehouseResource, landing: LandingZone, hashed: HashedVersion
     ) -> HashedVersion:
-        with warehouse.open().failure_recorded(hashed.source_id):
+        with refused_as_failure(), warehouse.open().failure_recorded(hashed.source_id):
             summary = validate_step(spec, hashed, landing.batch_rows)
         if summary:
             context.log.info(f"{hashed.partition_key}: {summary}")

@@ -40,7 +40,8 @@ class LandingZone(dg.ConfigurableResource):
     """Where source files arrive and where steps stage their outputs between ops."""
 
     landing_dir: str = Field(
-        description="Folder with one subfolder per source (HARMONIZER_LANDING_DIR; default: the shipped samples)."
+        description="Folder with one subfolder per source (HARMONIZER_LANDING_DIR; default: .harmonizer/landing, "
+        "a copy of the shipped samples made when it does not exist yet)."
     )
     staging_dir: str = Field(
         description="Scratch space for staged batches, removed after each successful upsert "

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import dagster as dg
 from dagster_aws.s3 import S3Resource
 
-from harmonizer_dagster.core.files import FileFingerprint, fingerprint, fingerprint_s3
+from harmonizer_dagster.core.files import FileFingerprint, RefusedFile, fingerprint, fingerprint_s3, locate
 from harmonizer_dagster.core.landing import Ignored, Landed, ScanState, s3_prefix, scan_folder, scan_s3
 from harmonizer_dagster.core.spec import SourceSpec
 from harmonizer_dagster.orchestration.assets import partitions_for
@@ -58,6 +58,9 @@ def landing_tick(
         except FileNotFoundError:
             context.log.info(f"{spec.name}: {item.key} disappeared before it could be hashed")
             continue
+        except RefusedFile as exc:  # became a link since it was listed: the next scan reports it
+            context.log.warning(f"{spec.name}: {item.key} not hashed: {exc}")
+            continue
         next_state.handled[item.key] = item.signature
         if _materialized_with(context.instance, spec, item.key, fp.file_hash):
             # Loaded already, say by `ingest_landing` before the daemon first ran: no second run.
@@ -100,12 +103,12 @@ def build_folder_sensor(spec: SourceSpec, job, interval: int, status: dg.Default
         description=f"Starts a run for each new or changed file in the {spec.name} landing folder.",
     )
     def folder_sensor(context: dg.SensorEvaluationContext, landing: LandingZone):
-        folder = landing.landing_path / spec.name
+        def content_hash(item: Landed) -> FileFingerprint:
+            with locate(landing.landing_path, spec.name, item.key).open() as handle:
+                return fingerprint(handle)
+
         return landing_tick(
-            context,
-            spec,
-            lambda ignored: scan_folder(landing.landing_path, spec.name, ignored),
-            lambda item: fingerprint(folder / item.key),
+            context, spec, lambda ignored: scan_folder(landing.landing_path, spec.name, ignored), content_hash
         )
 
     return folder_sensor
