@@ -119,7 +119,7 @@ def test_bulk_fix_ignore_all_and_a_manual_fix_are_recorded_with_who_acted(loaded
     )
     assert fixed.url.path == "/dq/issues"
     assert flashes(fixed.text)[0].startswith(
-        "auto_fix: 12 issue(s) fixed; 4 could not be fixed by padding to 5 and stay pending (e.g. AB317, AB345, AB350)"
+        "auto_fix: 12 issues fixed; 4 could not be fixed by padding to 5 and stay pending (e.g. AB317, AB345, AB350)"
     )
     assert pending_total(fixed.text) == 18
     assert statuses(store, "invalid_zip_code") == {("auto_fix", "dana.steward"): 12, ("pending", None): 4}
@@ -133,14 +133,14 @@ def test_bulk_fix_ignore_all_and_a_manual_fix_are_recorded_with_who_acted(loaded
         "/issues/action",
         data={"csrf": token, "action": "ignore", "source": SOURCE, "type": "duplicate_key", "note": "known quirk"},
     )
-    assert flashes(ignored.text) == ["ignore: 6 issue(s) updated"] and pending_total(ignored.text) == 12
+    assert flashes(ignored.text) == ["ignore: 6 issues updated"] and pending_total(ignored.text) == 12
     assert statuses(store, "duplicate_key") == {("ignored", "dana.steward"): 6}
 
     one = store.query(
         "SELECT CAST(issue_id AS VARCHAR) FROM {schema}.data_quality_issues WHERE invalid_value = 'AB350'"
     )[0][0]
     manual = client.post(f"/issues/{one}/action", data={"csrf": token, "action": "manual_fix", "value": "02350"})
-    assert manual.url.path == f"/dq/issues/{one}" and flashes(manual.text)[0].startswith("manual_fix: 1 issue(s) fixed")
+    assert manual.url.path == f"/dq/issues/{one}" and flashes(manual.text)[0].startswith("manual_fix: 1 issue fixed")
     assert "manual_fix" in manual.text and "dana.steward" in manual.text
     wrong = client.post(
         "/issues/action",
@@ -156,7 +156,7 @@ def test_bulk_fix_ignore_all_and_a_manual_fix_are_recorded_with_who_acted(loaded
     assert flashes(wrong.text) == ["pad to width needs a whole number, e.g. 5"]
 
     reprocessed = client.post("/dead-letters/reprocess", data={"csrf": token, "source": SOURCE})
-    assert flashes(reprocessed.text)[0].startswith(f"{SOURCE}: 12 record(s) retried, 1 now loaded")
+    assert flashes(reprocessed.text)[0].startswith(f"{SOURCE}: 12 records retried, 1 now loaded")
 
     # The learned rules apply on the next load: the rules page counts the values they fixed.
     load_file(specs[SOURCE], landing, Q3, store, tmp_path / "s", run_id="after-rules")

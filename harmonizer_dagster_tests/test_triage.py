@@ -26,7 +26,7 @@ def test_resolve_and_ignore_change_state(warehouse, specs, landing, tmp_path):
     text = render(summarize(warehouse, Selection(source=SOURCE)))
     assert "duplicate_key (6 issues)" in text and "invalid_date (3 issues)" in text
     outcome = act(warehouse, Selection(issue_type="duplicate_key"), "resolve", "last occurrence is right")
-    assert (outcome.issues, outcome.rules, outcome.message()) == (6, [], "resolve: 6 issue(s) updated")
+    assert (outcome.issues, outcome.rules, outcome.message()) == (6, [], "resolve: 6 issues updated")
     assert statuses(warehouse, "duplicate_key") == {"resolved": 6}
     assert warehouse.query(
         "SELECT DISTINCT resolution_notes FROM {schema}.data_quality_issues WHERE issue_type = 'duplicate_key'"
@@ -159,8 +159,8 @@ def test_auto_fix_marks_only_the_issues_its_rule_fixes(warehouse, specs, landing
     )
     assert (outcome.issues, outcome.unfixed, len(outcome.rules)) == (12, 4, 1)
     assert outcome.message() == (
-        "auto_fix: 12 issue(s) fixed; 4 could not be fixed by padding to 5 and stay pending "
-        f"(e.g. AB317, AB345, AB350); rules created: {outcome.rules[0]}"
+        "auto_fix: 12 issues fixed; 4 could not be fixed by padding to 5 and stay pending "
+        f"(e.g. AB317, AB345, AB350); 1 rule created (rule {outcome.rules[0]})"
     )
     assert statuses(warehouse, "invalid_zip_code") == {"auto_fix": 12, "pending": 4}
     pending = warehouse.query(
