@@ -83,6 +83,10 @@ class StagedPartition:
     extra_fields: tuple[str, ...] = ()
 
 
+# How often a rule is saved again after a concurrent transaction wrote the same one.
+RULE_ATTEMPTS = 10
+
+
 @dataclass(frozen=True)
 class SavedRule:
     """The rule a fix asked for: made now, or the identical one that existed (enabled again
@@ -354,15 +358,16 @@ class Warehouse(ABC):
         identical rule is reused, and enabled again if it was disabled, since asking for it
         again is asking for it to apply. Concurrent callers end with the same rule."""
         key = (source_type, field_name, kind, json.dumps(canonical_params(kind, params), sort_keys=True))
-        try:
-            with self._connected() as s:
-                return self._save_rule(s, key, note, issue_type)
-        except self.commit_conflicts:
-            if self._shared is not None:
-                raise
-            # Another transaction committed this rule first: now it is there to reuse.
-            with self._connected() as s:
-                return self._save_rule(s, key, note, issue_type)
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                with self._connected() as s:
+                    return self._save_rule(s, key, note, issue_type)
+            except self.commit_conflicts:
+                # Another transaction wrote this rule too: once one commits, the others find it.
+                if self._shared is not None or attempts == RULE_ATTEMPTS:
+                    raise
 
     def _save_rule(self, s: Session, key: tuple[str, ...], note: str, issue_type: str | None) -> SavedRule:
         identity = "source_type = %s AND field_name = %s AND kind = %s AND params = %s"
