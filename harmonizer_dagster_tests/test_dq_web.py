@@ -9,6 +9,7 @@ import re
 import pytest
 from starlette.testclient import TestClient
 
+from harmonizer_dagster.core.quality import checks_for, run_check
 from harmonizer_dagster.core.warehouse import Warehouse
 from harmonizer_dagster.web.app import Settings, create_app
 from harmonizer_dagster_tests.conftest import load_file
@@ -221,3 +222,43 @@ def test_a_100k_issue_file_renders_its_counts(warehouse, tmp_path):
     assert "showing 1-50 of 100,000" in page
     last = client.get("/issues", params={"type": "invalid_date", "severity": "error", "page": 100}).text
     assert pending_total(last) == 5_000 and "showing 4,951-5,000 of 5,000" in last
+
+
+def page_text(page: str) -> str:
+    return " ".join(html.unescape(re.sub(r"<[^>]+>", " ", page)).split())
+
+
+NOT_EVALUATED = "\N{EN DASH}"
+
+
+def checks_passed(client: TestClient) -> str:
+    found = re.search(rf"completed( \d+){{4}} (\S+ \(\d+%\)|{NOT_EVALUATED})", page_text(client.get("/").text))
+    return found.group(2)
+
+
+def test_the_sources_page_counts_the_latest_evaluation_of_each_check_of_the_latest_version(loaded, specs, landing):
+    store, client = loaded
+    spec = specs[SOURCE]
+    assert checks_passed(client) == NOT_EVALUATED, "no check evaluated yet"
+    checks = checks_for(spec)
+    for run in ("first", "second"):  # two runs of the same version
+        evaluations = [run_check(store, spec, check, Q3, run).passed for check in checks]
+    assert checks_passed(client) == f"{sum(evaluations)}/{len(checks)} ({sum(evaluations) / len(checks):.0%})"
+
+    load_file(spec, landing, "registry_2026-Q4.csv.gz", store, landing.parent / "s")
+    assert checks_passed(client) == NOT_EVALUATED, (
+        "the newer version has no evaluation yet: none of the older one's count"
+    )
+    newer = [run_check(store, spec, check, "registry_2026-Q4.csv.gz", "third").passed for check in checks]
+    assert checks_passed(client) == f"{sum(newer)}/{len(checks)} ({sum(newer) / len(checks):.0%})"
+
+
+def test_a_page_past_the_end_says_so(loaded):
+    _, client = loaded
+    past = page_text(client.get("/issues", params={"page": 3}).text)
+    assert "page 3 of 1: past the end of the 30 issues. last page" in past
+    assert 'href="/dq/issues?page=1">last page<' in client.get("/issues", params={"page": 3}).text
+    one = page_text(client.get("/issues", params={"type": "invalid_date", "field": "incorporation_date"}).text)
+    assert "page 1 of 1: showing 1-3 of 3 issues" in one
+    dead = page_text(client.get("/dead-letters", params={"page": 2}).text)
+    assert "page 2 of 1: past the end of the 12 records." in dead
