@@ -101,6 +101,9 @@ def dq(args: argparse.Namespace) -> int:
     if args.dq_command == "serve":
         return serve(args)
     store = open_warehouse(current("HARMONIZER_WAREHOUSE_URL"))
+    if args.dq_command in ("resolve", "disable-rule", "enable-rule"):
+        # A warehouse last written by an older version gets the tables and indexes these rely on.
+        store.migrate([])
     if args.dq_command == "list":
         selection = _selection(args, None if args.status == "all" else args.status)
         page = list_issues(store, selection, args.page, args.limit)

@@ -155,3 +155,14 @@ def test_counts_are_singular_or_plural_and_a_page_past_the_end_says_so(loaded, c
     assert (listing["page"], listing["pages"], listing["total"], listing["issues"]) == (9, 6, 30, [])
     out = harmonizer(capsys, "dq", "resolve", "--id", one, "--action", "ignore")
     assert out.strip() == "ignore: 1 issue updated"
+
+
+def test_a_fix_on_a_warehouse_an_older_version_wrote_brings_it_up_to_date(loaded, capsys):
+    # As a warehouse written before rules were unique: no index, migration 5 not applied.
+    loaded.query("DROP INDEX {schema}.transformation_rules_identity_idx")
+    loaded.query("DELETE FROM {schema}.schema_migrations WHERE version = 5")
+    out = harmonizer(
+        capsys, "dq", "resolve", "--type", "invalid_zip_code", "--action", "auto_fix", "--pad-to-width", "5"
+    )
+    assert out.strip().endswith("; 1 rule created (rule 1)")
+    assert loaded.query("SELECT version FROM {schema}.schema_migrations WHERE version = 5") == [(5,)]
