@@ -20,6 +20,7 @@ from harmonizer_dagster.core.triage import (
     ISSUE_COLUMNS,
     Selection,
     act,
+    counted,
     escaped,
     list_issues,
     list_rules,
@@ -88,9 +89,10 @@ def check_specs(folder: Path) -> int:
         print(error)
     if catalog.errors:
         broken = len({error.file for error in catalog.errors})
-        print(f"{len(catalog.errors)} error(s) in {broken} spec(s); {len(catalog.specs)} specs OK")
+        errors, fine = counted(len(catalog.errors), "error"), counted(len(catalog.specs), "spec")
+        print(f"{errors} in {counted(broken, 'spec')}; {fine} OK")
         return 1
-    print(f"{len(catalog.specs)} specs OK")
+    print(f"{counted(len(catalog.specs), 'spec')} OK")
     return 0
 
 
@@ -120,11 +122,15 @@ def dq(args: argparse.Namespace) -> int:
     if args.dq_command == "serve":
         return serve(args)
     store = opened()
+    if args.dq_command in ("resolve", "disable-rule", "enable-rule"):
+        # A warehouse last written by an older version gets the tables and indexes these rely on.
+        store.migrate([])
     if args.dq_command == "list":
         selection = _selection(args, None if args.status == "all" else args.status)
         page = list_issues(store, selection, args.page, args.limit)
         if args.format == "json":
-            print(json.dumps({"total": page.total, "page": page.page, "limit": page.limit, "issues": page.rows}))
+            listing = {"total": page.total, "page": page.page, "pages": page.pages, "limit": page.limit}
+            print(json.dumps(listing | {"issues": page.rows}))
         elif args.format == "tsv":
             for row in [ISSUE_COLUMNS, *([row[c] for c in ISSUE_COLUMNS] for row in page.rows)]:
                 print("\t".join("" if value is None else escaped(str(value)) for value in row))
@@ -147,7 +153,7 @@ def dq(args: argparse.Namespace) -> int:
         for rule in list_rules(store):
             print(
                 f"{rule.rule_id:>5} {'on ' if rule.enabled else 'off'} {rule.source}.{rule.field_name}: "
-                f"{rule.kind} {rule.params} ({rule.fixed} value(s) fixed)"
+                f"{rule.kind} {rule.params} ({counted(rule.fixed, 'value')} fixed)"
             )
     elif args.dq_command in ("disable-rule", "enable-rule"):
         if not store.set_rule_enabled(args.rule_id, args.dq_command == "enable-rule"):

@@ -151,7 +151,7 @@ def test_check_specs_lists_every_error_of_every_spec_at_once(tmp_path, capsys):
         f"{tmp_path / 'business_registry.yaml'}, line 6: field 'format': 'xlsx' is not one of csv, json, ndjson",
         f"{tmp_path / 'business_registry.yaml'}, line 7: field 'colour': unknown field",
         f"{tmp_path / 'news.yml'}, line 3: not valid YAML: {UNCLOSED_LIST}",
-        "3 error(s) in 2 spec(s); 1 specs OK",
+        "3 errors in 2 specs; 1 spec OK",
     ]
 
 

@@ -9,6 +9,7 @@ import re
 import pytest
 from starlette.testclient import TestClient
 
+from harmonizer_dagster.core.quality import checks_for, run_check
 from harmonizer_dagster.core.warehouse import Warehouse
 from harmonizer_dagster.web.app import Settings, create_app
 from harmonizer_dagster_tests.conftest import load_file
@@ -119,7 +120,7 @@ def test_bulk_fix_ignore_all_and_a_manual_fix_are_recorded_with_who_acted(loaded
     )
     assert fixed.url.path == "/dq/issues"
     assert flashes(fixed.text)[0].startswith(
-        "auto_fix: 12 issue(s) fixed; 4 could not be fixed by padding to 5 and stay pending (e.g. AB317, AB345, AB350)"
+        "auto_fix: 12 issues fixed; 4 could not be fixed by padding to 5 and stay pending (e.g. AB317, AB345, AB350)"
     )
     assert pending_total(fixed.text) == 18
     assert statuses(store, "invalid_zip_code") == {("auto_fix", "dana.steward"): 12, ("pending", None): 4}
@@ -133,14 +134,14 @@ def test_bulk_fix_ignore_all_and_a_manual_fix_are_recorded_with_who_acted(loaded
         "/issues/action",
         data={"csrf": token, "action": "ignore", "source": SOURCE, "type": "duplicate_key", "note": "known quirk"},
     )
-    assert flashes(ignored.text) == ["ignore: 6 issue(s) updated"] and pending_total(ignored.text) == 12
+    assert flashes(ignored.text) == ["ignore: 6 issues updated"] and pending_total(ignored.text) == 12
     assert statuses(store, "duplicate_key") == {("ignored", "dana.steward"): 6}
 
     one = store.query(
         "SELECT CAST(issue_id AS VARCHAR) FROM {schema}.data_quality_issues WHERE invalid_value = 'AB350'"
     )[0][0]
     manual = client.post(f"/issues/{one}/action", data={"csrf": token, "action": "manual_fix", "value": "02350"})
-    assert manual.url.path == f"/dq/issues/{one}" and flashes(manual.text)[0].startswith("manual_fix: 1 issue(s) fixed")
+    assert manual.url.path == f"/dq/issues/{one}" and flashes(manual.text)[0].startswith("manual_fix: 1 issue fixed")
     assert "manual_fix" in manual.text and "dana.steward" in manual.text
     wrong = client.post(
         "/issues/action",
@@ -156,7 +157,7 @@ def test_bulk_fix_ignore_all_and_a_manual_fix_are_recorded_with_who_acted(loaded
     assert flashes(wrong.text) == ["pad to width needs a whole number, e.g. 5"]
 
     reprocessed = client.post("/dead-letters/reprocess", data={"csrf": token, "source": SOURCE})
-    assert flashes(reprocessed.text)[0].startswith(f"{SOURCE}: 12 record(s) retried, 1 now loaded")
+    assert flashes(reprocessed.text)[0].startswith(f"{SOURCE}: 12 records retried, 1 now loaded")
 
     # The learned rules apply on the next load: the rules page counts the values they fixed.
     load_file(specs[SOURCE], landing, Q3, store, tmp_path / "s", run_id="after-rules")
@@ -221,3 +222,43 @@ def test_a_100k_issue_file_renders_its_counts(warehouse, tmp_path):
     assert "showing 1-50 of 100,000" in page
     last = client.get("/issues", params={"type": "invalid_date", "severity": "error", "page": 100}).text
     assert pending_total(last) == 5_000 and "showing 4,951-5,000 of 5,000" in last
+
+
+def page_text(page: str) -> str:
+    return " ".join(html.unescape(re.sub(r"<[^>]+>", " ", page)).split())
+
+
+NOT_EVALUATED = "\N{EN DASH}"
+
+
+def checks_passed(client: TestClient) -> str:
+    found = re.search(rf"completed( \d+){{4}} (\S+ \(\d+%\)|{NOT_EVALUATED})", page_text(client.get("/").text))
+    return found.group(2)
+
+
+def test_the_sources_page_counts_the_latest_evaluation_of_each_check_of_the_latest_version(loaded, specs, landing):
+    store, client = loaded
+    spec = specs[SOURCE]
+    assert checks_passed(client) == NOT_EVALUATED, "no check evaluated yet"
+    checks = checks_for(spec)
+    for run in ("first", "second"):  # two runs of the same version
+        evaluations = [run_check(store, spec, check, Q3, run).passed for check in checks]
+    assert checks_passed(client) == f"{sum(evaluations)}/{len(checks)} ({sum(evaluations) / len(checks):.0%})"
+
+    load_file(spec, landing, "registry_2026-Q4.csv.gz", store, landing.parent / "s")
+    assert checks_passed(client) == NOT_EVALUATED, (
+        "the newer version has no evaluation yet: none of the older one's count"
+    )
+    newer = [run_check(store, spec, check, "registry_2026-Q4.csv.gz", "third").passed for check in checks]
+    assert checks_passed(client) == f"{sum(newer)}/{len(checks)} ({sum(newer) / len(checks):.0%})"
+
+
+def test_a_page_past_the_end_says_so(loaded):
+    _, client = loaded
+    past = page_text(client.get("/issues", params={"page": 3}).text)
+    assert "page 3 of 1: past the end of the 30 issues. last page" in past
+    assert 'href="/dq/issues?page=1">last page<' in client.get("/issues", params={"page": 3}).text
+    one = page_text(client.get("/issues", params={"type": "invalid_date", "field": "incorporation_date"}).text)
+    assert "page 1 of 1: showing 1-3 of 3 issues" in one
+    dead = page_text(client.get("/dead-letters", params={"page": 2}).text)
+    assert "page 2 of 1: past the end of the 12 records." in dead

@@ -106,14 +106,14 @@ def test_a_steward_fixes_ignores_and_re_materializes_from_the_page(servers_loade
         zips.get_by_label("fix value").fill("5")
         zips.get_by_role("button", name="Apply fix").click()
         expect(page.locator(".flash")).to_contain_text(
-            "auto_fix: 12 issue(s) fixed; 4 could not be fixed by padding to 5 and stay pending"
+            "auto_fix: 12 issues fixed; 4 could not be fixed by padding to 5 and stay pending"
         )
         shows_total(page, 18)
         expect(page.get_by_role("button", name="Re-materialize in Dagster")).to_be_visible()
         page.screenshot(path=str(ARTIFACTS / "dq-bulk-fix.png"))
 
         page.locator("section.group[data-type=duplicate_key]").get_by_role("button", name="Ignore all").click()
-        expect(page.locator(".flash")).to_have_text("ignore: 6 issue(s) updated")
+        expect(page.locator(".flash")).to_have_text("ignore: 6 issues updated")
         shows_total(page, 12)
 
         page.locator("section.group[data-type=invalid_zip_code]").get_by_role("link", name="Review").click()
@@ -122,12 +122,12 @@ def test_a_steward_fixes_ignores_and_re_materializes_from_the_page(servers_loade
         expect(page.locator("table.record")).to_contain_text("AB350")
         page.get_by_label("Corrected home_office_zip").fill("02350")
         page.get_by_role("button", name="Save fix").click()
-        expect(page.locator(".flash")).to_contain_text("manual_fix: 1 issue(s) fixed")
+        expect(page.locator(".flash")).to_contain_text("manual_fix: 1 issue fixed")
         page.screenshot(path=str(ARTIFACTS / "dq-record.png"), full_page=True)
 
         page.goto(f"{page_url}/issues")
         page.get_by_role("button", name="Re-materialize in Dagster").click()
-        expect(page.locator(".flash")).to_contain_text(f"{SOURCE}: 1 run(s) launched")
+        expect(page.locator(".flash")).to_contain_text(f"{SOURCE}: 1 run launched")
         run_link = page.locator(".flash a").first.get_attribute("href")
         run_id = re.search(r"/runs/([0-9a-f-]{36})$", run_link).group(1)
 

@@ -1,11 +1,17 @@
 """Triage actions, learned rules and the dead-letter queue, on every warehouse."""
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import polars as pl
 import pytest
 
 from harmonizer_dagster.core.dead_letters import reprocess
 from harmonizer_dagster.core.report import quality_report
-from harmonizer_dagster.core.triage import Selection, act, list_issues, render, shown, summarize
+from harmonizer_dagster.core.triage import Selection, act, list_issues, list_rules, render, shown, summarize
+from harmonizer_dagster.core.warehouse import base
+from harmonizer_dagster.core.warehouse.base import SavedRule
+from harmonizer_dagster.core.warehouse.tables import MIGRATIONS
 from harmonizer_dagster_tests.conftest import load_file
 
 SOURCE = "business_registry"
@@ -26,7 +32,7 @@ def test_resolve_and_ignore_change_state(warehouse, specs, landing, tmp_path):
     text = render(summarize(warehouse, Selection(source=SOURCE)))
     assert "duplicate_key (6 issues)" in text and "invalid_date (3 issues)" in text
     outcome = act(warehouse, Selection(issue_type="duplicate_key"), "resolve", "last occurrence is right")
-    assert (outcome.issues, outcome.rules, outcome.message()) == (6, [], "resolve: 6 issue(s) updated")
+    assert (outcome.issues, outcome.rules, outcome.message()) == (6, [], "resolve: 6 issues updated")
     assert statuses(warehouse, "duplicate_key") == {"resolved": 6}
     assert warehouse.query(
         "SELECT DISTINCT resolution_notes FROM {schema}.data_quality_issues WHERE issue_type = 'duplicate_key'"
@@ -159,8 +165,8 @@ def test_auto_fix_marks_only_the_issues_its_rule_fixes(warehouse, specs, landing
     )
     assert (outcome.issues, outcome.unfixed, len(outcome.rules)) == (12, 4, 1)
     assert outcome.message() == (
-        "auto_fix: 12 issue(s) fixed; 4 could not be fixed by padding to 5 and stay pending "
-        f"(e.g. AB317, AB345, AB350); rules created: {outcome.rules[0]}"
+        "auto_fix: 12 issues fixed; 4 could not be fixed by padding to 5 and stay pending "
+        f"(e.g. AB317, AB345, AB350); 1 rule created (rule {outcome.rules[0]})"
     )
     assert statuses(warehouse, "invalid_zip_code") == {"auto_fix": 12, "pending": 4}
     pending = warehouse.query(
@@ -243,3 +249,85 @@ def test_values_are_shown_on_one_line_and_cut_to_width():
     assert shown("12\n34\t5\x00") == "12\\n34\\t5\\x00"
     assert shown("Zürich " * 10, 12) == "Zürich Züri…"
     assert shown(None) == "(no value)"
+
+
+def rules(store):
+    return store.query(
+        "SELECT rule_id, source_type, field_name, kind, params, enabled FROM {schema}.transformation_rules"
+    )
+
+
+def test_an_identical_rule_is_reused_and_enabled_again(warehouse):
+    warehouse.migrate([])
+    first = warehouse.add_rule(SOURCE, "home_office_zip", "pad_left", {"width": 5}, "lost zeros", "invalid_zip_code")
+    # The same rule asked for in other words: a width given as text, the default fill spelled out.
+    same = warehouse.add_rule(SOURCE, "home_office_zip", "pad_left", {"width": "5", "fill": "0"}, "", None)
+    assert (first.outcome, same) == ("created", SavedRule(first.rule_id, "reused"))
+    assert warehouse.set_rule_enabled(first.rule_id, False)
+    again = warehouse.add_rule(SOURCE, "home_office_zip", "pad_left", {"width": 5}, "", None)
+    assert again == SavedRule(first.rule_id, "re-enabled")
+    assert [r.rule_id for r in warehouse.active_rules(SOURCE)] == [first.rule_id]
+    other = warehouse.add_rule(SOURCE, "registered_agent_zip", "pad_left", {"width": 5}, "", None)
+    assert other.outcome == "created" and len(rules(warehouse)) == 2, "another field is another rule"
+
+
+def test_concurrent_identical_fixes_make_one_rule(warehouse):
+    warehouse.migrate([])
+    for width in (5, 9, 10):  # a few rounds, so the threads race on more than one insert
+        start = threading.Barrier(4)
+
+        def create(width=width, start=start):
+            start.wait()
+            return warehouse.add_rule(SOURCE, "home_office_zip", "pad_left", {"width": width}, "", None)
+
+        with ThreadPoolExecutor(4) as pool:
+            saved = list(pool.map(lambda _: create(), range(4)))
+        assert len({s.rule_id for s in saved}) == 1
+        assert sorted(s.outcome for s in saved) == ["created", "reused", "reused", "reused"]
+    assert len(rules(warehouse)) == 3
+
+
+def test_the_migration_merges_identical_rules_into_the_oldest(warehouse, monkeypatch):
+    monkeypatch.setattr(base, "MIGRATIONS", MIGRATIONS[:4])
+    warehouse.migrate([])
+    insert = (
+        "INSERT INTO {schema}.transformation_rules (source_type, field_name, kind, params, enabled, "
+        "disabled_at) VALUES (%s, %s, %s, %s, %s, CASE WHEN %s THEN NULL ELSE now() END) RETURNING rule_id"
+    )
+    pad = '{"fill": "0", "width": 5}'
+    made = [
+        warehouse.query(insert, (SOURCE, field_name, "pad_left", pad, enabled, enabled))[0][0]
+        for field_name, enabled in (
+            ("home_office_zip", False),
+            ("home_office_zip", True),
+            ("home_office_zip", False),
+            ("registered_agent_zip", False),
+        )
+    ]
+    assert made == [1, 2, 3, 4]
+    version = "(source_id, source_type, partition_key, file_hash"
+    warehouse.query(
+        f"INSERT INTO {{schema}}.data_quality_issues {version}, source_line_number, issue_type, severity, field_name, "
+        "resolution_status, fix_rule_id) VALUES (1, %s, 'q3', 'h', 7, 'invalid_zip_code', 'error', "
+        "'home_office_zip', 'auto_fix', 2)",
+        (SOURCE,),
+    )
+    warehouse.query(
+        f"INSERT INTO {{schema}}.applied_fixes {version}, rule_id, source_line_number, field_name, old_value, "
+        "new_value) VALUES (2, %s, 'q4', 'g', 3, 9, 'home_office_zip', '2350', '02350')",
+        (SOURCE,),
+    )
+    monkeypatch.setattr(base, "MIGRATIONS", MIGRATIONS)
+    warehouse.migrate([])
+
+    merged = sorted(rules(warehouse))
+    assert merged == [
+        (1, SOURCE, "home_office_zip", "pad_left", pad, True),
+        (4, SOURCE, "registered_agent_zip", "pad_left", pad, False),
+    ], "one rule each, enabled if any of its twins was"
+    assert warehouse.query("SELECT fix_rule_id FROM {schema}.data_quality_issues") == [(1,)]
+    assert warehouse.query("SELECT rule_id FROM {schema}.applied_fixes") == [(1,)]
+    assert [(r.rule_id, r.fixed) for r in list_rules(warehouse)] == [(1, 2), (4, 0)]
+    assert warehouse.add_rule(SOURCE, "home_office_zip", "pad_left", {"width": 5}, "", None).rule_id == 1
+    new = warehouse.add_rule(SOURCE, "home_office_zip", "pad_left", {"width": 9}, "", None)
+    assert new.outcome == "created" and new.rule_id > 4, "new rules keep drawing ids from the sequence"

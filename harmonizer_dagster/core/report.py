@@ -78,15 +78,21 @@ def overview(store: Warehouse) -> list[SourceOverview]:
     with store.session() as s:
         latest = s.execute(
             "SELECT source_type, source_version, partition_key, status, records_in_file, records_imported, "
-            f"records_failed, records_skipped, source_id FROM {store.schema}.sources WHERE source_id IN "
+            f"records_failed, records_skipped FROM {store.schema}.sources WHERE source_id IN "
             f"(SELECT max(source_id) FROM {store.schema}.sources GROUP BY source_type) ORDER BY source_type"
         )
+        # Each check's latest evaluation of the version shown (a duplicate file is judged by the
+        # load it repeats): re-runs of a version replace its figures rather than add to them.
         checks = {
-            source_id: (int(passed), int(total))
-            for source_id, passed, total in s.execute(
-                "SELECT source_id, count(*) FILTER (WHERE passed), count(*) "
-                f"FROM {store.schema}.data_quality_checks WHERE source_id IN "
-                f"(SELECT max(source_id) FROM {store.schema}.sources GROUP BY source_type) GROUP BY source_id"
+            source: (int(passed), int(total))
+            for source, passed, total in s.execute(
+                "SELECT asset, count(*) FILTER (WHERE passed), count(*) FROM (SELECT c.asset, c.passed, "
+                "row_number() OVER (PARTITION BY c.asset, c.check_name ORDER BY c.evaluated_at DESC, c.run_id DESC) "
+                f"AS latest FROM {store.schema}.data_quality_checks c JOIN {store.schema}.sources v "
+                "ON c.asset = v.source_type AND c.partition_key = v.partition_key "
+                "AND c.source_id = coalesce(v.duplicate_of_source_id, v.source_id) WHERE v.source_id IN "
+                f"(SELECT max(source_id) FROM {store.schema}.sources GROUP BY source_type)) AS e "
+                "WHERE latest = 1 GROUP BY asset"
             )
         }
         open_issues = dict(
@@ -109,9 +115,9 @@ def overview(store: Warehouse) -> list[SourceOverview]:
             key,
             status,
             dict(zip(names, (int(c or 0) for c in counts), strict=True)),
-            *checks.get(source_id, (0, 0)),
+            *checks.get(source, (0, 0)),
             int(open_issues.get(source, 0)),
             int(dead.get(source, 0)),
         )
-        for source, version, key, status, *counts, source_id in latest
+        for source, version, key, status, *counts in latest
     ]

@@ -49,13 +49,19 @@ class Rule:
         raise ValueError(f"unknown rule kind {self.kind}")
 
 
-def validate_rule(kind: str, params: dict[str, Any]) -> None:
+def canonical_params(kind: str, params: dict[str, Any]) -> dict[str, Any]:
+    """The rule's parameters in the one form a rule is stored and compared in (a width is a
+    number, texts are texts, pad_left's fill defaults to "0"): two rules that change values
+    alike are the same rule, however they were asked for."""
     required = {"pad_left": ("width",), "map_value": ("from", "to"), "date_format": ("format",)}
     if kind not in required:
         raise ValueError(f"rule kind must be one of {', '.join(KINDS)}")
     missing = [p for p in required[kind] if p not in params]
     if missing:
         raise ValueError(f"a {kind} rule needs {', '.join(missing)}")
+    if kind == "pad_left":
+        return {"width": int(params["width"]), "fill": str(params.get("fill", "0"))}
+    return {name: str(params[name]) for name in required[kind]}
 
 
 def fingerprint(rules: list[Rule], spec_text: str) -> str:

@@ -22,6 +22,7 @@ from harmonizer_dagster.core.spec import SourceSpec
 from harmonizer_dagster.core.sql import quote_ident
 from harmonizer_dagster.core.validation import SpecValidator
 from harmonizer_dagster.core.warehouse import Warehouse
+from harmonizer_dagster.core.warehouse.base import SavedRule
 
 ACTIONS = {"resolve": "resolved", "ignore": "ignored", "auto_fix": "auto_fix", "manual_fix": "manual_fix"}
 FIXES = ("auto_fix", "manual_fix")
@@ -128,6 +129,11 @@ def escaped(text: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
+def counted(count: int, noun: str, plural: str | None = None) -> str:
+    """A count with its noun in the right number: "1 issue", "2 issues"."""
+    return f"{count:,} {noun if count == 1 else plural or noun + 's'}"
+
+
 def shown(value: object, width: int = 40) -> str:
     """A value as a terminal cell: escaped, and cut with an ellipsis past `width` characters."""
     text = "(no value)" if value is None else escaped(str(value))
@@ -140,7 +146,7 @@ def render(groups: list[IssueGroup]) -> str:
     lines = [f"Data Quality Issues ({total} selected)", ""]
     for group in groups:
         mark = "ERROR" if group.severity == "error" else "warn "
-        lines.append(f"{mark} {group.source}: {group.issue_type} ({group.count} issues)")
+        lines.append(f"{mark} {group.source}: {group.issue_type} ({counted(group.count, 'issue')})")
         for record, value, expected in group.examples:
             value_text = shown(value) if value is None else f"'{shown(value)}'"
             lines.append(f'      {shown(record or "-")}: {value_text} fails "{shown(expected, 80)}"')
@@ -155,6 +161,11 @@ class IssuePage:
     total: int
     page: int
     limit: int
+
+    @property
+    def pages(self) -> int:
+        """How many pages the selection fills (at least one, the empty one)."""
+        return max(1, -(-self.total // self.limit))
 
 
 def list_issues(
@@ -174,17 +185,17 @@ def render_page(page: IssuePage) -> str:
     if not page.total:
         return "No issues match."
     first = (page.page - 1) * page.limit + 1
-    last_page = (page.total - 1) // page.limit + 1
+    where = f"page {page.page:,} of {page.pages:,}"
     if not page.rows:
-        return f"Page {page.page} is past the end: {page.total:,} issue(s) match; last page: --page {last_page}"
+        return f"{where}: past the end of the {counted(page.total, 'issue')}; the last page is --page {page.pages}"
     cells = [[shown(row[column], width) for _, column, width in TABLE] for row in page.rows]
     widths = [max(len(header), *(len(r[i]) for r in cells)) for i, (header, _, _) in enumerate(TABLE)]
     lines = [
         "  ".join(text.ljust(w) for text, w in zip(row, widths, strict=True)).rstrip()
         for row in [[header for header, _, _ in TABLE], *cells]
     ]
-    footer = f"showing {first:,}-{first + len(page.rows) - 1:,} of {page.total:,}"
-    if page.page < last_page:
+    footer = f"{where}: showing {first:,}-{first + len(page.rows) - 1:,} of {page.total:,}"
+    if page.page < page.pages:
         footer += f"; next: --page {page.page + 1}"
     return "\n".join([*lines, "", footer])
 
@@ -216,7 +227,9 @@ class Fix:
 @dataclass(frozen=True)
 class Outcome:
     """What a triage action changed. A fix also counts the selected issues it cannot fix: they
-    stay pending, so nothing a rule does not repair drops off the worklist."""
+    stay pending, so nothing a rule does not repair drops off the worklist. `rules` are the
+    rules the fixed issues point to: those `created` now, the others identical rules that
+    existed (`reenabled` among them if they had been disabled)."""
 
     action: str
     issues: int
@@ -224,17 +237,28 @@ class Outcome:
     unfixed: int = 0
     unfixed_examples: list[str] = field(default_factory=list)
     fix: str = ""
+    created: list[int] = field(default_factory=list)
+    reenabled: list[int] = field(default_factory=list)
+
+    @property
+    def reused(self) -> list[int]:
+        return [rule_id for rule_id in self.rules if rule_id not in self.created]
 
     def message(self) -> str:
         if self.action not in FIXES:
-            return f"{self.action}: {self.issues} issue(s) updated"
-        text = f"{self.action}: {self.issues} issue(s) fixed"
+            return f"{self.action}: {counted(self.issues, 'issue')} updated"
+        text = f"{self.action}: {counted(self.issues, 'issue')} fixed"
         if self.unfixed:
             text += (
-                f"; {self.unfixed} could not be fixed by {self.fix} and stay pending "
-                f"(e.g. {', '.join(self.unfixed_examples)})"
+                f"; {self.unfixed:,} could not be fixed by {self.fix} and "
+                f"{'stays' if self.unfixed == 1 else 'stay'} pending (e.g. {', '.join(self.unfixed_examples)})"
             )
-        return text + f"; rules created: {', '.join(map(str, self.rules)) or 'none'}"
+        named = ", ".join(f"rule {r}" for r in self.created)
+        text += f"; {counted(len(self.created), 'rule')} created ({named})" if self.created else "; no rule created"
+        if self.reused:
+            named = ", ".join(f"rule {r}" + (" enabled again" if r in self.reenabled else "") for r in self.reused)
+            text += f"; {counted(len(self.reused), 'existing rule')} reused ({named})"
+        return text
 
 
 def act(
@@ -277,26 +301,30 @@ def act(
         params,
     )
     repaired = _repaired(candidates, {spec.name: spec for spec in specs}, fix)
-    rule_ids: dict[tuple[str, str, str, str], int] = {}
+    # One rule per source, field, kind and parameters, whichever issue types it settles.
+    saved: dict[tuple[str, str, str, str], SavedRule] = {}
     fixed_keys, fixed = [], 0
     for source, field_name, issue_type, check, value, count in candidates:
         if (source, field_name, check, value) not in repaired:
             continue
         kind, rule_params = fix.rule(value)
-        key = (source, field_name, issue_type, json.dumps(rule_params, sort_keys=True))
-        if key not in rule_ids:
-            rule_ids[key] = store.add_rule(source, field_name, kind, rule_params, note, issue_type)
-        fixed_keys.append((source, field_name, issue_type, check, value, rule_ids[key]))
+        key = (source, field_name, kind, json.dumps(rule_params, sort_keys=True))
+        if key not in saved:
+            saved[key] = store.add_rule(source, field_name, kind, rule_params, note, issue_type)
+        fixed_keys.append((source, field_name, issue_type, check, value, saved[key].rule_id))
         fixed += int(count)
     _mark_fixed(store, where, params, fixed_keys, ACTIONS[action], note, actor)
     unfixed = [c for c in candidates if (c[0], c[1], c[3], c[4]) not in repaired]
+    rules = list(saved.values())
     return Outcome(
         action,
         fixed,
-        list(rule_ids.values()),
+        [r.rule_id for r in rules],
         sum(int(c[5]) for c in unfixed),
         list(dict.fromkeys(shown(c[4]) for c in unfixed))[:3],
         str(fix),
+        created=[r.rule_id for r in rules if r.outcome == "created"],
+        reenabled=[r.rule_id for r in rules if r.outcome == "re-enabled"],
     )
 
 
@@ -404,7 +432,9 @@ def facets(store: Warehouse, limit: int = 500) -> dict[str, list[str]]:
 
 @dataclass(frozen=True)
 class RuleSummary:
-    """A learned rule and how many values it has changed on the loads since it was made."""
+    """A learned rule and how many values it has fixed: those loads rewrote with it, and those
+    whose issues a triage fix settled with it that no load has rewritten yet (the figure is
+    right the moment the fix is made, and a reload neither loses nor doubles them)."""
 
     rule_id: int
     source: str
@@ -419,12 +449,20 @@ class RuleSummary:
 
 
 def list_rules(store: Warehouse) -> list[RuleSummary]:
-    """Every transformation rule, oldest first, with its count of applied fixes."""
+    """Every transformation rule, oldest first, with the count of values it fixed."""
     rows = store.query(
         "SELECT r.rule_id, r.source_type, r.field_name, r.kind, r.params, r.enabled, r.note, "
-        "r.created_from_issue_type, r.created_at, coalesce(f.fixed, 0) FROM {schema}.transformation_rules r "
+        "r.created_from_issue_type, r.created_at, coalesce(f.fixed, 0) + coalesce(i.fixed, 0) "
+        "FROM {schema}.transformation_rules r "
         "LEFT JOIN (SELECT rule_id, count(*) AS fixed FROM {schema}.applied_fixes GROUP BY rule_id) f "
-        "ON f.rule_id = r.rule_id ORDER BY r.rule_id"
+        "ON f.rule_id = r.rule_id "
+        "LEFT JOIN (SELECT fix_rule_id, count(*) AS fixed FROM (SELECT DISTINCT fix_rule_id, source_type, "
+        "partition_key, file_hash, source_line_number, field_name FROM {schema}.data_quality_issues AS d "
+        "WHERE fix_rule_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM {schema}.applied_fixes a "
+        "WHERE a.rule_id = d.fix_rule_id AND a.source_type = d.source_type AND a.partition_key = d.partition_key "
+        "AND a.file_hash = d.file_hash AND a.source_line_number = d.source_line_number "
+        "AND a.field_name = d.field_name)) AS v GROUP BY fix_rule_id) i ON i.fix_rule_id = r.rule_id "
+        "ORDER BY r.rule_id"
     )
     return [RuleSummary(*row[:-1], int(row[-1])) for row in rows]
 

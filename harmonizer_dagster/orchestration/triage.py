@@ -63,7 +63,8 @@ def triage_selected_issues(context: dg.OpExecutionContext, config: TriageConfig,
         {
             "issues_updated": outcome.issues,
             "issues_not_fixed": outcome.unfixed,
-            "rules_created": str(outcome.rules),
+            "rules_created": str(outcome.created),
+            "rules_reused": str(outcome.reused),
         }
     )
     return asdict(outcome)

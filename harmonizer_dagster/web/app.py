@@ -36,6 +36,7 @@ from harmonizer_dagster.core.spec import SourceSpec, load_specs
 from harmonizer_dagster.core.triage import (
     Selection,
     act,
+    counted,
     facets,
     fixed_partitions,
     issue_record,
@@ -149,6 +150,7 @@ def create_app(settings: Settings, store: Warehouse | None = None) -> Starlette:
     environment = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True)
     environment.filters["cut"] = cut
     environment.filters["quote"] = lambda value: urllib.parse.quote(str(value), safe="")
+    environment.filters["counted"] = counted
     environment.globals["qs"] = query_string
     templates = Jinja2Templates(env=environment)
     warehouse = f"{redact(settings.warehouse_url, secret_values(os.environ))} (schema {settings.schema})"
@@ -281,7 +283,7 @@ def create_app(settings: Settings, store: Warehouse | None = None) -> Starlette:
                 runs = launch_partition_runs(settings.dagster_url, settings.ui_url, source, keys)
                 flash(
                     request,
-                    f"{source}: {len(runs)} run(s) launched; the new rules apply as they load",
+                    f"{source}: {counted(len(runs), 'run')} launched; the new rules apply as they load",
                     links=[(f"run {r.run_id[:8]} ({r.partition})", r.url) for r in runs],
                 )
             request.session.pop("rematerialize", None)
@@ -331,7 +333,7 @@ def create_app(settings: Settings, store: Warehouse | None = None) -> Starlette:
             result = reprocess(spec, store, settings.staging_dir)
             flash(
                 request,
-                f"{name}: {result.attempted} record(s) retried, {result.reprocessed} now loaded "
+                f"{name}: {counted(result.attempted, 'record')} retried, {result.reprocessed:,} now loaded "
                 f"({result.inserted} inserted, {result.updated} updated), {result.still_failing} still failing",
             )
         return back(request, "/dead-letters", str(form.get("back", "")))

@@ -22,11 +22,11 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from harmonizer_dagster.core.harmonization import ROW_HASH_COLUMN, WAREHOUSE_ONLY_COLUMNS
 from harmonizer_dagster.core.reading import LINE_COLUMN
-from harmonizer_dagster.core.rules import FIX_SCHEMA, Rule, validate_rule
+from harmonizer_dagster.core.rules import FIX_SCHEMA, Rule, canonical_params
 from harmonizer_dagster.core.spec import SourceSpec
 from harmonizer_dagster.core.sql import quote_ident, quote_literal
 from harmonizer_dagster.core.validation import FAILED_SCHEMA, ISSUE_SCHEMA
@@ -97,12 +97,28 @@ class StagedPartition:
     extra_fields: tuple[str, ...] = ()
 
 
+# How often a rule is saved again after a concurrent transaction wrote the same one.
+RULE_ATTEMPTS = 10
+
+
+@dataclass(frozen=True)
+class SavedRule:
+    """The rule a fix asked for: made now, or the identical one that existed (enabled again
+    when it was disabled)."""
+
+    rule_id: int
+    outcome: Literal["created", "reused", "re-enabled"]
+
+
 class Warehouse(ABC):
     # Whether natural keys get a primary-key index (see tables.source_table_ddl).
     key_index = True
     # The system column locating a row: the upsert deletes changed rows by it, which DuckDB
     # runs 2-3x faster than DELETE ... USING (PostgreSQL alike).
     row_id = "ctid"
+    # What committing raises when a concurrent transaction committed the same unique key
+    # first (PostgreSQL waits for it instead, and ON CONFLICT then sees its row).
+    commit_conflicts: tuple[type[Exception], ...] = ()
 
     def __init__(self, schema: str = "harmonizer"):
         self.schema_name = schema
@@ -389,15 +405,41 @@ class Warehouse(ABC):
 
     def add_rule(
         self, source_type: str, field_name: str, kind: str, params: dict[str, Any], note: str, issue_type: str | None
-    ) -> int:
-        validate_rule(kind, params)
-        return int(
-            self.query(
-                "INSERT INTO {schema}.transformation_rules (source_type, field_name, kind, params, note, "
-                "created_from_issue_type) VALUES (%s, %s, %s, %s, %s, %s) RETURNING rule_id",
-                (source_type, field_name, kind, json.dumps(params, sort_keys=True), note, issue_type),
-            )[0][0]
+    ) -> SavedRule:
+        """The one rule per source, field, kind and parameters (a unique index holds it): an
+        identical rule is reused, and enabled again if it was disabled, since asking for it
+        again is asking for it to apply. Concurrent callers end with the same rule."""
+        key = (source_type, field_name, kind, json.dumps(canonical_params(kind, params), sort_keys=True))
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                with self._connected() as s:
+                    return self._save_rule(s, key, note, issue_type)
+            except self.commit_conflicts:
+                # Another transaction wrote this rule too: once one commits, the others find it.
+                if self._shared is not None or attempts == RULE_ATTEMPTS:
+                    raise
+
+    def _save_rule(self, s: Session, key: tuple[str, ...], note: str, issue_type: str | None) -> SavedRule:
+        identity = "source_type = %s AND field_name = %s AND kind = %s AND params = %s"
+        created = s.execute(
+            f"INSERT INTO {self.schema}.transformation_rules (source_type, field_name, kind, params, note, "
+            "created_from_issue_type) VALUES (%s, %s, %s, %s, %s, %s) "
+            "ON CONFLICT (source_type, field_name, kind, params) DO NOTHING RETURNING rule_id",
+            (*key, note, issue_type),
         )
+        if created:
+            return SavedRule(int(created[0][0]), "created")
+        enabled = s.execute(
+            f"UPDATE {self.schema}.transformation_rules SET enabled = TRUE, disabled_at = NULL "
+            f"WHERE {identity} AND NOT enabled RETURNING rule_id",
+            key,
+        )
+        if enabled:
+            return SavedRule(int(enabled[0][0]), "re-enabled")
+        found = s.execute(f"SELECT rule_id FROM {self.schema}.transformation_rules WHERE {identity}", key)
+        return SavedRule(int(found[0][0]), "reused")
 
     def set_rule_enabled(self, rule_id: int, enabled: bool) -> bool:
         rows = self.query(

@@ -65,6 +65,8 @@ class DuckDBWarehouse(Warehouse):
     # DuckDB keeps index (ART) nodes in memory: a 10M-key primary key does not fit a Pi.
     key_index = False
     row_id = "rowid"
+    # DuckDB's optimistic concurrency: the later of two transactions writing one key fails to commit.
+    commit_conflicts = (duckdb.TransactionException, duckdb.ConstraintException)
 
     def __init__(self, path: Path, schema: str = "harmonizer", memory_limit: str = "400MB"):
         super().__init__(schema)

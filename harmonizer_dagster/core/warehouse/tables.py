@@ -172,6 +172,44 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
         "who triaged an issue",
         ["ALTER TABLE {schema}.data_quality_issues ADD COLUMN resolved_by VARCHAR"],
     ),
+    (
+        5,
+        "one transformation rule per source, field, kind and parameters",
+        # Identical rules merge into the oldest, which keeps their fixes and issues and stays
+        # enabled if any of them was. The table is rebuilt rather than deduplicated in place:
+        # DuckDB cannot build a unique index over rows deleted in the same transaction.
+        [
+            """UPDATE {schema}.data_quality_issues AS i SET fix_rule_id = m.keep FROM (
+                SELECT rule_id, min(rule_id) OVER (PARTITION BY source_type, field_name, kind, params) AS keep
+                FROM {schema}.transformation_rules) AS m WHERE i.fix_rule_id = m.rule_id AND m.rule_id <> m.keep""",
+            """UPDATE {schema}.applied_fixes AS f SET rule_id = m.keep FROM (
+                SELECT rule_id, min(rule_id) OVER (PARTITION BY source_type, field_name, kind, params) AS keep
+                FROM {schema}.transformation_rules) AS m WHERE f.rule_id = m.rule_id AND m.rule_id <> m.keep""",
+            """CREATE TABLE {schema}.transformation_rules_merged (
+                rule_id BIGINT PRIMARY KEY DEFAULT nextval('{schema_literal}.transformation_rules_rule_id_seq'),
+                source_type VARCHAR NOT NULL,
+                field_name VARCHAR NOT NULL,
+                kind VARCHAR NOT NULL,
+                params VARCHAR NOT NULL,
+                enabled BOOLEAN NOT NULL DEFAULT TRUE,
+                note VARCHAR,
+                created_from_issue_type VARCHAR,
+                created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+                disabled_at TIMESTAMPTZ
+            )""",
+            """INSERT INTO {schema}.transformation_rules_merged SELECT r.rule_id, r.source_type, r.field_name, r.kind,
+                r.params, g.enabled, r.note, r.created_from_issue_type, r.created_at,
+                CASE WHEN g.enabled THEN NULL ELSE g.disabled_at END
+                FROM {schema}.transformation_rules AS r JOIN (
+                    SELECT min(rule_id) AS keep, bool_or(enabled) AS enabled, max(disabled_at) AS disabled_at
+                    FROM {schema}.transformation_rules GROUP BY source_type, field_name, kind, params
+                ) AS g ON r.rule_id = g.keep""",
+            "DROP TABLE {schema}.transformation_rules",
+            "ALTER TABLE {schema}.transformation_rules_merged RENAME TO transformation_rules",
+            "CREATE UNIQUE INDEX transformation_rules_identity_idx "
+            "ON {schema}.transformation_rules (source_type, field_name, kind, params)",
+        ],
+    ),
 ]
 
 
