@@ -195,3 +195,35 @@ def test_hidden_and_temporary_files_are_skipped_visibly(tmp_path):
         ("sub/.hidden.csv", "its name starts with '.'"),
     ]
     assert "folder" in ignored[1].reason and "nothing in it is loaded" in ignored[1].reason
+
+
+def test_a_delimiter_ending_every_line_loads_and_its_unnamed_column_is_reported(warehouse, tmp_path):
+    counts = load(warehouse, tmp_path, b"id,name,city,\n1,a,x,\n2,b,y,\n")
+    assert stored(warehouse) == [("1", "a", "x"), ("2", "b", "y")]
+    assert counts["records_imported"] == 2 and reconciles(counts)
+    assert warehouse.query("SELECT extra_fields FROM {schema}.sources") == [("(unnamed column 4)",)]
+
+
+def test_header_names_are_trimmed_and_odd_names_are_read(warehouse, tmp_path):
+    counts = load(warehouse, tmp_path, b' id , name ,city,"a\'b ""c"""\n1,a,x,q\n')
+    assert stored(warehouse) == [("1", "a", "x")] and counts["records_imported"] == 1
+    assert warehouse.query("SELECT extra_fields FROM {schema}.sources") == [('a\'b "c"',)]
+
+
+@pytest.mark.parametrize(
+    "header, message",
+    [
+        (b"id,,name,city", "column 2 has no name; every column but a trailing one needs a name"),
+        (b",id,name,city", "column 1 has no name; every column but a trailing one needs a name"),
+        (b"id, \t,name,city", "column 2 has no name; every column but a trailing one needs a name"),
+        (b"id,name,,city,", "column 3 has no name; every column but a trailing one needs a name"),
+        (b"id,name,city, city", "column 'city' appears twice (columns 3 and 4)"),
+        (b",,,", "the header has no column names, only delimiters"),
+    ],
+    ids=["mid-header", "first", "whitespace-only", "two-empty", "same-after-trimming", "only-delimiters"],
+)
+def test_an_unnamed_or_ambiguous_header_column_fails_naming_its_position(warehouse, tmp_path, header, message):
+    with pytest.raises(SourceFormatError) as raised:
+        load(warehouse, tmp_path, header + b"\n1,a,x,y\n")
+    assert str(raised.value) == f"registry.csv line 1: {message}"
+    assert warehouse.partition_counts(SOURCE, FILE) is None

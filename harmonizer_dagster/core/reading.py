@@ -181,12 +181,35 @@ def _csv_header(spec: SourceSpec, name: str, source: _Source) -> list[str]:
                 f'("{fields[-1].rstrip()[:30]}...); a header must be one line with every quote closed'
             ) from exc
         raise SourceFormatError(f"{name} line 1: the header cannot be parsed: {exc}") from exc
+    return _named_columns(name, header)
+
+
+def _unnamed(position: int) -> str:
+    """How a trailing column without a name is reported among the fields not in the spec."""
+    return f"(unnamed column {position})"
+
+
+def _named_columns(name: str, header: list[str]) -> list[str]:
+    """The header's names with surrounding whitespace trimmed, as the spec names them. Only the
+    last column may be unnamed (a delimiter ending every line): it is reported as a field not in
+    the spec. An unnamed column elsewhere, or a name appearing twice, is ambiguous and refused."""
+    names = [column.strip() for column in header]
+    if len(names) > 1 and not any(names):
+        raise SourceFormatError(f"{name} line 1: the header has no column names, only delimiters")
     first_position: dict[str, int] = {}
-    for position, column in enumerate(header, start=1):
+    for position, column in enumerate(names, start=1):
+        if not column:
+            if position == len(names) and position > 1:
+                names[-1] = _unnamed(position)
+                continue
+            raise SourceFormatError(
+                f"{name} line 1: column {position} has no name; every column but a trailing one needs a name"
+            )
         if first_position.setdefault(column, position) != position:
             raise SourceFormatError(
                 f"{name} line 1: column {column!r} appears twice (columns {first_position[column]} and {position})"
             )
+    return names
     return header
 
 
@@ -211,7 +234,8 @@ def _query(spec: SourceSpec, path: Path, result: ReadResult, source: _Source | N
     """The DuckDB query of the file's spec columns; `source` and `header` are a CSV's."""
     wanted = [c.source for c in spec.columns]
     if source is not None:
-        columns = ", ".join(f"{quote_literal(name)}: 'VARCHAR'" for name in header)
+        # DuckDB reads the columns under positional names: a file's names need not be valid there.
+        columns = ", ".join(f"{quote_literal(_positional(position))}: 'VARCHAR'" for position in range(len(header)))
         scan = (
             f"read_csv({quote_literal(str(source.path))}, header=true, auto_detect=false, columns={{{columns}}}, "
             f"delim={quote_literal(spec.delimiter)}, quote='\"', escape='\"', "
@@ -226,8 +250,14 @@ def _query(spec: SourceSpec, path: Path, result: ReadResult, source: _Source | N
             f"read_json({quote_literal(str(path))}, format={quote_literal(json_format)}, "
             f"columns={{{columns}}}, compression={quote_literal(_compression(spec))})"
         )
-    selected = ", ".join(f"{quote_ident(c.source)} AS {quote_ident(c.name)}" for c in spec.columns)
+    read = [_positional(header.index(c.source)) for c in spec.columns] if source is not None else wanted
+    pairs = zip(read, spec.columns, strict=True)
+    selected = ", ".join(f"{quote_ident(field)} AS {quote_ident(c.name)}" for field, c in pairs)
     return f"SELECT {selected} FROM {scan}"
+
+
+def _positional(index: int) -> str:
+    return f"column{index}"
 
 
 def read_batches(
