@@ -227,3 +227,45 @@ def test_an_unnamed_or_ambiguous_header_column_fails_naming_its_position(warehou
         load(warehouse, tmp_path, header + b"\n1,a,x,y\n")
     assert str(raised.value) == f"registry.csv line 1: {message}"
     assert warehouse.partition_counts(SOURCE, FILE) is None
+
+
+GZIP_FORMATS = {
+    "csv": (HEADER + b"".join(b"%d,n,c\n" % i for i in range(60_000)), "registry.csv.gz"),
+    "ndjson": (b"".join(b'{"id": "%d", "name": "n", "city": "c"}\n' % i for i in range(60_000)), "r.ndjson.gz"),
+    "json": (
+        b"[" + b",\n".join(b'{"id": "%d", "name": "n", "city": "c"}' % i for i in range(60_000)) + b"]",
+        "r.json.gz",
+    ),
+}
+
+
+@pytest.mark.parametrize("file_format", list(GZIP_FORMATS))
+@pytest.mark.parametrize("cut", [100, 0.5], ids=["in-the-header", "in-the-data"])
+def test_a_truncated_gzip_file_fails_naming_it_and_what_to_do(warehouse, tmp_path, file_format, cut):
+    data, name = GZIP_FORMATS[file_format]
+    compressed = gzip.compress(data)
+    with pytest.raises(SourceFormatError) as raised:
+        load(
+            warehouse,
+            tmp_path,
+            compressed[: cut if isinstance(cut, int) else int(len(compressed) * cut)],
+            name=name,
+            format=file_format,
+        )
+    assert str(raised.value) == (
+        f"{name} is truncated: the gzip stream ends before its end marker; re-upload the complete file"
+    )
+    assert warehouse.partition_counts(SOURCE, name) is None
+
+
+@pytest.mark.parametrize("file_format", list(GZIP_FORMATS))
+@pytest.mark.parametrize("compression", ["auto", "gzip"])
+def test_a_file_named_gz_that_is_not_gzip_fails_saying_what_to_change(warehouse, tmp_path, file_format, compression):
+    data, name = GZIP_FORMATS[file_format]
+    with pytest.raises(SourceFormatError) as raised:
+        load(warehouse, tmp_path, data, name=name, format=file_format, compression=compression)
+    declared = "its spec declares `compression: gzip`" if compression == "gzip" else "its name ends in .gz"
+    assert str(raised.value) == (
+        f"{name} is not gzip-compressed although {declared}; land it compressed, or uncompressed under a name "
+        "without .gz, or set `compression: none` in registry.yaml if the source's files never are"
+    )

@@ -15,6 +15,7 @@ import gzip
 import io
 import shutil
 import tempfile
+import zlib
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -33,6 +34,7 @@ from harmonizer_dagster.core.sql import quote_ident, quote_literal
 LINE_COLUMN = "_source_line"
 CHUNK_BYTES = 1 << 20
 SNIFF_BYTES = 1 << 16
+GZIP_MAGIC = b"\x1f\x8b"
 BYTE_ORDER_MARKS = (
     (codecs.BOM_UTF8, "utf-8"),
     (codecs.BOM_UTF16_LE, "utf-16-le"),
@@ -68,8 +70,36 @@ class ReadResult:
     extra_fields: list[str] = field(default_factory=list)
 
 
-def _compression(spec: SourceSpec) -> str:
-    return {"auto": "auto", "none": "none", "gzip": "gzip"}[spec.compression]
+def _gzipped(spec: SourceSpec, path: Path) -> bool:
+    return spec.compression == "gzip" or (spec.compression == "auto" and path.suffix == ".gz")
+
+
+def _spec_file(spec: SourceSpec) -> str:
+    return spec.path.name if spec.path else f"the {spec.name} spec"
+
+
+def _gzip_problem(spec: SourceSpec, path: Path) -> SourceFormatError | None:
+    """What is wrong with a file read as gzip, found by decompressing it once (only once reading
+    it failed); None when its stream is sound and the failure lies elsewhere."""
+    with path.open("rb") as handle:
+        magic = handle.read(len(GZIP_MAGIC))
+    if magic != GZIP_MAGIC:
+        declared = "its spec declares `compression: gzip`" if spec.compression == "gzip" else "its name ends in .gz"
+        return SourceFormatError(
+            f"{path.name} is not gzip-compressed although {declared}; land it compressed, or uncompressed under "
+            f"a name without .gz, or set `compression: none` in {_spec_file(spec)} if the source's files never are"
+        )
+    try:
+        with gzip.open(path, "rb") as handle:
+            while handle.read(CHUNK_BYTES):
+                pass
+    except EOFError:
+        return SourceFormatError(
+            f"{path.name} is truncated: the gzip stream ends before its end marker; re-upload the complete file"
+        )
+    except (gzip.BadGzipFile, zlib.error) as exc:
+        return SourceFormatError(f"{path.name} is a damaged gzip stream ({exc}); re-upload the file")
+    return None
 
 
 @dataclass(frozen=True)
@@ -111,9 +141,8 @@ def _encoding_error(spec: SourceSpec, name: str, source: _Source, line: int | No
     found = _first_undecodable(source)
     decompressed = " of the decompressed data" if source.gzipped else ""
     where = f"line {line}" if found is None else f"byte {found[0]}{decompressed} (line {found[1]})"
-    spec_file = spec.path.name if spec.path else f"the {spec.name} spec"
     return SourceFormatError(
-        f"{name}: {where} is not valid {source.codec}; set `encoding:` in {spec_file} to the file's encoding "
+        f"{name}: {where} is not valid {source.codec}; set `encoding:` in {_spec_file(spec)} to the file's encoding "
         "(latin-1, utf-16) or `auto`"
     )
 
@@ -142,7 +171,7 @@ def _sniffed_codec(spec: SourceSpec, path: Path, gzipped: bool) -> str:
 def _decoded(spec: SourceSpec, path: Path) -> Iterator[_Source]:
     """The CSV as DuckDB can read it: as landed, or transcoded to UTF-8 in a temporary file
     (streamed, so memory stays constant) when DuckDB cannot decode its encoding."""
-    gzipped = spec.compression == "gzip" or (spec.compression == "auto" and path.suffix == ".gz")
+    gzipped = _gzipped(spec, path)
     landed = _Source(path, gzipped, _sniffed_codec(spec, path, gzipped))
     if landed.codec in DUCKDB_ENCODINGS:
         yield landed
@@ -166,10 +195,9 @@ def _csv_header(spec: SourceSpec, name: str, source: _Source) -> list[str]:
     except UnicodeDecodeError:
         raise _encoding_error(spec, name, source) from None
     if "\x00" in line:
-        spec_file = spec.path.name if spec.path else f"the {spec.name} spec"
         raise SourceFormatError(
             f"{name} line 1: the header holds NUL bytes, as UTF-16 without a byte-order mark does; "
-            f"set `encoding: utf-16` (or `auto`) in {spec_file}"
+            f"set `encoding: utf-16` (or `auto`) in {_spec_file(spec)}"
         )
     try:
         header = next(csv.reader([line], delimiter=spec.delimiter, strict=True), [])
@@ -221,13 +249,17 @@ def _check_json_keys(spec: SourceSpec, path: Path, json_format: str, result: Rea
             row[0]
             for row in con.sql(
                 f"SELECT DISTINCT unnest(json_keys(json)) FROM read_json_objects({quote_literal(str(path))}, "
-                f"format={quote_literal(json_format)}, compression={quote_literal(_compression(spec))})"
+                f"format={quote_literal(json_format)}, compression={quote_literal(_duckdb_compression(spec, path))})"
             ).fetchall()
         }
     missing = [c.source for c in spec.columns if c.required and c.source not in present]
     if missing:
         raise SourceFormatError(f"{path.name}: no record has the required field(s) {missing}")
     result.extra_fields = sorted(present - {c.source for c in spec.columns})
+
+
+def _duckdb_compression(spec: SourceSpec, path: Path) -> str:
+    return "gzip" if _gzipped(spec, path) else "none"
 
 
 def _query(spec: SourceSpec, path: Path, result: ReadResult, source: _Source | None, header: list[str]) -> str:
@@ -248,7 +280,7 @@ def _query(spec: SourceSpec, path: Path, result: ReadResult, source: _Source | N
         columns = ", ".join(f"{quote_literal(name)}: 'VARCHAR'" for name in wanted)
         scan = (
             f"read_json({quote_literal(str(path))}, format={quote_literal(json_format)}, "
-            f"columns={{{columns}}}, compression={quote_literal(_compression(spec))})"
+            f"columns={{{columns}}}, compression={quote_literal(_duckdb_compression(spec, path))})"
         )
     read = [_positional(header.index(c.source)) for c in spec.columns] if source is not None else wanted
     pairs = zip(read, spec.columns, strict=True)
@@ -273,7 +305,20 @@ def read_batches(
     but not yielded, which is how a resumed step skips work it already checkpointed.
 
     A CSV with a quote that never closes raises UnreliableParse once DuckDB has scanned it:
-    discard what was yielded and read it again with `line_by_line=True`."""
+    discard what was yielded and read it again with `line_by_line=True`. A gzip stream that
+    cannot be read fails the file saying what is wrong with it and what to do."""
+    try:
+        yield from _read_batches(spec, path, batch_rows, result, skip_batches, line_by_line)
+    except (SourceFormatError, EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        problem = _gzip_problem(spec, path) if _gzipped(spec, path) else None
+        if problem is None:
+            raise
+        raise problem from exc
+
+
+def _read_batches(
+    spec: SourceSpec, path: Path, batch_rows: int, result: ReadResult, skip_batches: int, line_by_line: bool
+) -> Iterator[pa.RecordBatch]:
     if spec.format != "csv":
         yield from _batched(
             _scanned(spec, path, lambda: _query(spec, path, result, None, []), batch_rows), batch_rows, skip_batches
