@@ -269,3 +269,35 @@ def test_a_file_named_gz_that_is_not_gzip_fails_saying_what_to_change(warehouse,
         f"{name} is not gzip-compressed although {declared}; land it compressed, or uncompressed under a name "
         "without .gz, or set `compression: none` in registry.yaml if the source's files never are"
     )
+
+
+def rejected_rate_check(warehouse, name: str = FILE, **extra):
+    from harmonizer_dagster.core.quality import checks_for, run_check
+
+    check = next(c for c in checks_for(spec_for(**extra)) if c.name == "rejected_rate")
+    assert check.severity == "error", "blocking: a failing version is not published"
+    return run_check(warehouse, spec_for(**extra), check, name, "check-run")
+
+
+@pytest.mark.parametrize(
+    "rows",
+    [b"1,a,X\n2,b,Y\n3,c,Z\n", b",a,x\n,b,y\n,c,z\n"],
+    ids=["every-record-rejected", "every-key-missing"],
+)
+def test_a_version_rejecting_most_records_fails_the_blocking_rejected_rate_check(warehouse, tmp_path, rows):
+    counts = load(warehouse, tmp_path, HEADER + rows)
+    assert counts["records_failed"] == 3 and counts["records_imported"] == 0
+    evaluation = rejected_rate_check(warehouse)
+    assert not evaluation.passed and (evaluation.observed, evaluation.threshold) == (1.0, 0.5)
+    assert evaluation.message == "100.00% of records rejected (3 of 3; at most 50.00% allowed by max_rejected_rate)"
+    assert warehouse.query(
+        "SELECT severity, passed, observed_value, threshold FROM {schema}.data_quality_checks "
+        "WHERE check_name = 'rejected_rate'"
+    ) == [("error", False, 1.0, 0.5)]
+
+
+def test_max_rejected_rate_sets_the_share_a_version_may_reject(warehouse, tmp_path):
+    load(warehouse, tmp_path, HEADER + b"1,a,X\n2,b,y\n3,c,z\n4,d,w\n")
+    assert rejected_rate_check(warehouse).passed, "a quarter rejected is under the default"
+    assert not rejected_rate_check(warehouse, max_rejected_rate=0.2).passed
+    assert rejected_rate_check(warehouse, max_rejected_rate=0.25).passed, "the threshold itself is allowed"
