@@ -256,6 +256,7 @@ def test_a_truncated_gzip_file_fails_naming_it_and_what_to_do(warehouse, tmp_pat
         f"{name} is truncated: the gzip stream ends before its end marker; re-upload the complete file"
     )
     assert warehouse.partition_counts(SOURCE, name) is None
+    assert not [p for p in (tmp_path / "staging").rglob("*") if p.is_file()], "a complete upload has other bytes"
 
 
 @pytest.mark.parametrize("file_format", list(GZIP_FORMATS))
