@@ -84,7 +84,7 @@ def test_a_quote_that_never_closes_costs_its_line_only(warehouse, tmp_path):
         ("malformed_record", "line 3: unterminated quote: the quoted value does not close before the end of the file")
     ]
     assert [(line, severity, value) for line, severity, _, value, _ in issues(warehouse, "malformed_record")] == [
-        (None, "error", '2,"b,y')
+        (3, "error", '2,"b,y')
     ]
 
 
@@ -161,16 +161,16 @@ def test_nul_bytes_removed_from_a_value_are_reported(warehouse, tmp_path):
     assert stored(warehouse) == [("1", "ab", "x"), ("3", "d", "z")]
     assert counts["records_failed"] == 1 and counts["warnings"] == 2 and reconciles(counts)
     assert issues(warehouse, "altered_value") == [
-        (1, "warning", "name", "a\u2400b", "no NUL bytes: the ones shown as \u2400 were removed from the stored value"),
+        (2, "warning", "name", "a\u2400b", "no NUL bytes: the ones shown as \u2400 were removed from the stored value"),
         (
-            2,
+            3,
             "warning",
             "city",
             "y\u2400\u24001",
             "no NUL bytes: the ones shown as \u2400 were removed from the stored value",
         ),
     ]
-    assert [(line, value) for line, _, _, value, _ in issues(warehouse, "invalid_city")] == [(2, "y\u2400\u24001")]
+    assert [(line, value) for line, _, _, value, _ in issues(warehouse, "invalid_city")] == [(3, "y\u2400\u24001")]
 
 
 def test_a_duplicated_header_column_fails_naming_it_and_its_positions(warehouse, tmp_path):

@@ -26,13 +26,13 @@ def rows(spec, path, batch_rows=2, skip=0):
     return [r for b in batches for r in b.to_pylist()], [b.num_rows for b in batches], result
 
 
-def test_csv_streams_in_exact_batches_with_record_numbers(tmp_path):
+def test_csv_streams_in_exact_batches_with_the_physical_line_of_each_record(tmp_path):
     path = tmp_path / "t.csv"
     path.write_text("Label,Thing ID,Ignored\n" + "".join(f"l{i},{i},x\n" for i in range(1, 6)))
     records, sizes, result = rows(spec_for("csv"), path)
     assert sizes == [2, 2, 1]
-    assert records[0] == {"thing_id": "1", "label": "l1", "_source_line": 1}
-    assert [r["_source_line"] for r in records] == [1, 2, 3, 4, 5]
+    assert records[0] == {"thing_id": "1", "label": "l1", "_source_line": 2}, "the header is line 1"
+    assert [r["_source_line"] for r in records] == [2, 3, 4, 5, 6]
     assert result.extra_fields == ["Ignored"]
 
 
@@ -41,7 +41,7 @@ def test_resumed_read_skips_completed_batches(tmp_path):
     path.write_text("Thing ID,Label\n" + "".join(f"{i},l{i}\n" for i in range(1, 6)))
     records, sizes, _ = rows(spec_for("csv"), path, skip=2)
     assert sizes == [1]
-    assert records == [{"thing_id": "5", "label": "l5", "_source_line": 5}]
+    assert records == [{"thing_id": "5", "label": "l5", "_source_line": 6}]
 
 
 def test_gzip_csv_and_latin1(tmp_path):
@@ -49,7 +49,7 @@ def test_gzip_csv_and_latin1(tmp_path):
     with gzip.open(path, "wb") as handle:
         handle.write("Thing ID,Label\n1,Café\n".encode("latin-1"))
     records, _, _ = rows(spec_for("csv", encoding="latin-1"), path)
-    assert records == [{"thing_id": "1", "label": "Café", "_source_line": 1}]
+    assert records == [{"thing_id": "1", "label": "Café", "_source_line": 2}]
 
 
 def test_malformed_csv_lines_are_captured_not_dropped(tmp_path):
@@ -111,7 +111,7 @@ def test_a_utf8_byte_order_mark_is_not_part_of_the_first_header(tmp_path):
     path = tmp_path / "t.csv"
     path.write_bytes("Thing ID,Label\n1,a\n".encode("utf-8-sig"))
     records, _, _ = rows(spec_for("csv"), path)
-    assert records == [{"thing_id": "1", "label": "a", "_source_line": 1}]
+    assert records == [{"thing_id": "1", "label": "a", "_source_line": 2}]
 
 
 def test_json_without_a_required_field_is_refused_and_extra_keys_are_reported(tmp_path):

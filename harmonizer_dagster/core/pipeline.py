@@ -290,28 +290,25 @@ def _validate_batches(
 
     def groups() -> Iterator[Group]:
         pending: list[pa.RecordBatch] = []
+        first = done  # the batches after the `done` ones are read
         batches = read_batches(spec, Path(hashed.path), batch_rows, result, done, line_by_line)
         for batch in batches:
             pending.append(batch)
             if len(pending) == _batches_per_group(batch_rows):
-                yield _first_batch(pending, batch_rows), len(pending), partial(check, pending)
-                pending = []
+                yield first, len(pending), partial(check, pending)
+                first, pending = first + len(pending), []
         if pending:
-            yield _first_batch(pending, batch_rows), len(pending), partial(check, pending)
+            yield first, len(pending), partial(check, pending)
 
     _stage_groups(stage, groups())
     return result
-
-
-def _first_batch(batches: list[pa.RecordBatch], batch_rows: int) -> int:
-    return (batches[0][LINE_COLUMN][0].as_py() - 1) // batch_rows
 
 
 def _file_level_findings(spec: SourceSpec, unique_values: list[Path], result: ReadResult) -> dict[str, pl.DataFrame]:
     """Findings that need the whole file: malformed lines and `unique` checks."""
     failed = pl.DataFrame(
         {
-            "source_line_number": [None] * len(result.malformed),
+            "source_line_number": [m.line for m in result.malformed],
             "source_record_id": [None] * len(result.malformed),
             "record_data": [json.dumps({"raw_line": m.raw_text}) for m in result.malformed],
             "error_type": ["malformed_record"] * len(result.malformed),
@@ -322,7 +319,7 @@ def _file_level_findings(spec: SourceSpec, unique_values: list[Path], result: Re
     issues = [
         pl.DataFrame(
             {
-                "source_line_number": [None] * len(result.malformed),
+                "source_line_number": [m.line for m in result.malformed],
                 "source_record_id": [None] * len(result.malformed),
                 "issue_type": ["malformed_record"] * len(result.malformed),
                 "severity": ["error"] * len(result.malformed),
