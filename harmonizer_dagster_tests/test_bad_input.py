@@ -302,3 +302,22 @@ def test_max_rejected_rate_sets_the_share_a_version_may_reject(warehouse, tmp_pa
     assert rejected_rate_check(warehouse).passed, "a quarter rejected is under the default"
     assert not rejected_rate_check(warehouse, max_rejected_rate=0.2).passed
     assert rejected_rate_check(warehouse, max_rejected_rate=0.25).passed, "the threshold itself is allowed"
+
+
+def test_every_issue_names_the_physical_line_its_record_starts_on(warehouse, tmp_path):
+    data = HEADER + b'1,"two\nlines",x\n\n2,b,BAD\n3,c\n1,"a\n\nb",y\n4,d,z\n'
+    counts = load(warehouse, tmp_path, data)
+    assert counts["records_in_file"] == 5 and reconciles(counts)
+    assert [(line, value) for line, _, _, value, _ in issues(warehouse, "invalid_city")] == [(5, "BAD")]
+    assert [(line, value) for line, _, _, value, _ in issues(warehouse, "malformed_record")] == [(6, "3,c")]
+    assert warehouse.query(
+        "SELECT source_line_number, error_type, error_message FROM {schema}.failed_records ORDER BY 1"
+    ) == [
+        (5, "validation_error", "city: invalid_city"),
+        (6, "malformed_record", "line 6: Expected Number of Columns: 3 Found: 2"),
+    ]
+    assert [(line, message) for line, _, _, _, message in issues(warehouse, "duplicate_key")] == [
+        (2, "unique natural key; the record on line 7 was kept")
+    ]
+    table = warehouse.table(SOURCE)
+    assert warehouse.query(f"SELECT id, _source_line FROM {table} ORDER BY id") == [("1", 7), ("4", 10)]

@@ -122,3 +122,71 @@ def test_json_without_a_required_field_is_refused_and_extra_keys_are_reported(tm
     path.write_text(json.dumps({"thing_id_renamed": "1", "Label": "a"}) + "\n")
     with pytest.raises(SourceFormatError, match=r"required field\(s\) \['Thing ID'\]"):
         rows(spec_for("ndjson"), path)
+
+
+def physical_csv(records: int, newline: str) -> tuple[bytes, list[int], list[int]]:
+    """A CSV larger than a scan chunk whose values hold line breaks (in read and unread columns),
+    with blank lines and malformed records; the lines its records and rejects start on."""
+    lines, starts, rejected, line = [f"Thing ID,Label,Note{newline}"], [], [], 2
+    for i in range(records):
+        if i % 997 == 0:
+            lines.append(newline)  # a blank line, skipped
+            line += 1
+        if i % 1009 == 0:
+            lines.append(f"{i},too,many,fields{newline}")
+            rejected.append(line)
+            line += 1
+        label = f'"l{i}\nsecond ""line"""' if i % 7 == 0 else f"l{i}"
+        note = '"a\r\nb\n\nc"' if i % 11 == 0 else "n" * 40
+        record = f"{i},{label},{note}{newline}"
+        lines.append(record)
+        starts.append(line)
+        line += record.count("\n")
+    return "".join(lines).encode(), starts, rejected
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n"], ids=["lf", "crlf"])
+@pytest.mark.parametrize("name", ["t.csv", "t.csv.gz"])
+def test_each_record_carries_the_physical_line_it_starts_on_across_chunks_batches_and_a_resume(tmp_path, name, newline):
+    data, starts, rejected = physical_csv(200_000, newline)
+    path = tmp_path / name
+    path.write_bytes(gzip.compress(data, 1) if name.endswith(".gz") else data)
+    assert len(data) > 8 << 20, "the file spans several scan chunks"
+    records, _, result = rows(spec_for("csv"), path, batch_rows=5_000)
+    assert [r["_source_line"] for r in records] == starts
+    assert [r["thing_id"] for r in records] == [str(i) for i in range(200_000)]
+    assert [m.line for m in result.malformed] == rejected
+    resumed, _, _ = rows(spec_for("csv"), path, batch_rows=5_000, skip=30)
+    assert [r["_source_line"] for r in resumed] == starts[150_000:]
+
+
+def test_a_file_read_line_by_line_gives_the_same_physical_lines(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text('Thing ID,Label\n1,"a\nb"\n2,"runaway\n\n3,c\n4,"d\n\ne"\n')
+    result = ReadResult()
+    records = [r for b in read_batches(spec_for("csv"), path, 2, result, 0, line_by_line=True) for r in b.to_pylist()]
+    assert [(r["thing_id"], r["_source_line"]) for r in records] == [("1", 2), ("3", 6), ("4", 7)]
+    assert [m.line for m in result.malformed] == [4]
+
+
+@pytest.mark.parametrize("codec", ["utf-16-le", "utf-16-be"])
+def test_utf16_records_carry_their_physical_lines(tmp_path, codec):
+    path = tmp_path / "t.csv"
+    path.write_bytes('Thing ID,Label\n1,"a\nb"\n\n2,c\n'.encode(codec))
+    records, _, _ = (
+        rows(spec_for("csv", encoding="utf-16"), path)
+        if codec == "utf-16-le"
+        else rows(spec_for("csv", encoding="auto"), path)
+    )
+    assert [(r["thing_id"], r["_source_line"]) for r in records] == [("1", 2), ("2", 5)]
+
+
+def test_ndjson_records_carry_their_physical_line_and_array_objects_their_position(tmp_path):
+    ndjson = tmp_path / "t.ndjson"
+    ndjson.write_text('{"Thing ID": "1"}\n\n  \r\n{"Thing ID": "2"}\r\n{"Thing ID": "3"}')
+    records, _, _ = rows(spec_for("ndjson"), ndjson)
+    assert [(r["thing_id"], r["_source_line"]) for r in records] == [("1", 1), ("2", 4), ("3", 5)]
+    array = tmp_path / "t.json"
+    array.write_text('[\n  {"Thing ID": "a"},\n\n  {"Thing ID": "b"}\n]')
+    records, _, _ = rows(spec_for("json"), array)
+    assert [(r["thing_id"], r["_source_line"]) for r in records] == [("a", 1), ("b", 2)]
