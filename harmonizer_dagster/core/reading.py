@@ -465,10 +465,13 @@ def _csv_scan(source: _Source, delimiter: str, columns: int, rejected: list[int]
         quote_at = np.flatnonzero(units == 0x22)
         breaks = np.flatnonzero(units == 0x0A)
         delims = np.flatnonzero(units == ord(delimiter))
-        ends = breaks[((quotes + np.searchsorted(quote_at, breaks)) & 1) == 0]
-        outside = delims[((quotes + np.searchsorted(quote_at, delims)) & 1) == 0]
-        if len(ends):
+        if len(quote_at) or quotes & 1:
+            ends = breaks[((quotes + np.searchsorted(quote_at, breaks)) & 1) == 0]
+            outside = delims[((quotes + np.searchsorted(quote_at, delims)) & 1) == 0]
             end_lines = line + np.searchsorted(breaks, ends)
+        else:  # no quote: every line break ends a record, every delimiter separates fields
+            ends, outside, end_lines = breaks, delims, line + np.arange(len(breaks))
+        if len(ends):
             record_lines = np.concatenate(([record_line], end_lines[:-1] + 1))
             counts = np.diff(np.searchsorted(outside, ends), prepend=0) + 1
             counts[0] += fields
