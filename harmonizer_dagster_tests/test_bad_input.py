@@ -84,7 +84,7 @@ def test_a_quote_that_never_closes_costs_its_line_only(warehouse, tmp_path):
         ("malformed_record", "line 3: unterminated quote: the quoted value does not close before the end of the file")
     ]
     assert [(line, severity, value) for line, severity, _, value, _ in issues(warehouse, "malformed_record")] == [
-        (None, "error", '2,"b,y')
+        (3, "error", '2,"b,y')
     ]
 
 
@@ -161,16 +161,16 @@ def test_nul_bytes_removed_from_a_value_are_reported(warehouse, tmp_path):
     assert stored(warehouse) == [("1", "ab", "x"), ("3", "d", "z")]
     assert counts["records_failed"] == 1 and counts["warnings"] == 2 and reconciles(counts)
     assert issues(warehouse, "altered_value") == [
-        (1, "warning", "name", "a\u2400b", "no NUL bytes: the ones shown as \u2400 were removed from the stored value"),
+        (2, "warning", "name", "a\u2400b", "no NUL bytes: the ones shown as \u2400 were removed from the stored value"),
         (
-            2,
+            3,
             "warning",
             "city",
             "y\u2400\u24001",
             "no NUL bytes: the ones shown as \u2400 were removed from the stored value",
         ),
     ]
-    assert [(line, value) for line, _, _, value, _ in issues(warehouse, "invalid_city")] == [(2, "y\u2400\u24001")]
+    assert [(line, value) for line, _, _, value, _ in issues(warehouse, "invalid_city")] == [(3, "y\u2400\u24001")]
 
 
 def test_a_duplicated_header_column_fails_naming_it_and_its_positions(warehouse, tmp_path):
@@ -195,3 +195,129 @@ def test_hidden_and_temporary_files_are_skipped_visibly(tmp_path):
         ("sub/.hidden.csv", "its name starts with '.'"),
     ]
     assert "folder" in ignored[1].reason and "nothing in it is loaded" in ignored[1].reason
+
+
+def test_a_delimiter_ending_every_line_loads_and_its_unnamed_column_is_reported(warehouse, tmp_path):
+    counts = load(warehouse, tmp_path, b"id,name,city,\n1,a,x,\n2,b,y,\n")
+    assert stored(warehouse) == [("1", "a", "x"), ("2", "b", "y")]
+    assert counts["records_imported"] == 2 and reconciles(counts)
+    assert warehouse.query("SELECT extra_fields FROM {schema}.sources") == [("(unnamed column 4)",)]
+
+
+def test_header_names_are_trimmed_and_odd_names_are_read(warehouse, tmp_path):
+    counts = load(warehouse, tmp_path, b' id , name ,city,"a\'b ""c"""\n1,a,x,q\n')
+    assert stored(warehouse) == [("1", "a", "x")] and counts["records_imported"] == 1
+    assert warehouse.query("SELECT extra_fields FROM {schema}.sources") == [('a\'b "c"',)]
+
+
+@pytest.mark.parametrize(
+    "header, message",
+    [
+        (b"id,,name,city", "column 2 has no name; every column but a trailing one needs a name"),
+        (b",id,name,city", "column 1 has no name; every column but a trailing one needs a name"),
+        (b"id, \t,name,city", "column 2 has no name; every column but a trailing one needs a name"),
+        (b"id,name,,city,", "column 3 has no name; every column but a trailing one needs a name"),
+        (b"id,name,city, city", "column 'city' appears twice (columns 3 and 4)"),
+        (b",,,", "the header has no column names, only delimiters"),
+    ],
+    ids=["mid-header", "first", "whitespace-only", "two-empty", "same-after-trimming", "only-delimiters"],
+)
+def test_an_unnamed_or_ambiguous_header_column_fails_naming_its_position(warehouse, tmp_path, header, message):
+    with pytest.raises(SourceFormatError) as raised:
+        load(warehouse, tmp_path, header + b"\n1,a,x,y\n")
+    assert str(raised.value) == f"registry.csv line 1: {message}"
+    assert warehouse.partition_counts(SOURCE, FILE) is None
+
+
+GZIP_FORMATS = {
+    "csv": (HEADER + b"".join(b"%d,n,c\n" % i for i in range(60_000)), "registry.csv.gz"),
+    "ndjson": (b"".join(b'{"id": "%d", "name": "n", "city": "c"}\n' % i for i in range(60_000)), "r.ndjson.gz"),
+    "json": (
+        b"[" + b",\n".join(b'{"id": "%d", "name": "n", "city": "c"}' % i for i in range(60_000)) + b"]",
+        "r.json.gz",
+    ),
+}
+
+
+@pytest.mark.parametrize("file_format", list(GZIP_FORMATS))
+@pytest.mark.parametrize("cut", [100, 0.5], ids=["in-the-header", "in-the-data"])
+def test_a_truncated_gzip_file_fails_naming_it_and_what_to_do(warehouse, tmp_path, file_format, cut):
+    data, name = GZIP_FORMATS[file_format]
+    compressed = gzip.compress(data)
+    with pytest.raises(SourceFormatError) as raised:
+        load(
+            warehouse,
+            tmp_path,
+            compressed[: cut if isinstance(cut, int) else int(len(compressed) * cut)],
+            name=name,
+            format=file_format,
+        )
+    assert str(raised.value) == (
+        f"{name} is truncated: the gzip stream ends before its end marker; re-upload the complete file"
+    )
+    assert warehouse.partition_counts(SOURCE, name) is None
+    assert not [p for p in (tmp_path / "staging").rglob("*") if p.is_file()], "a complete upload has other bytes"
+
+
+@pytest.mark.parametrize("file_format", list(GZIP_FORMATS))
+@pytest.mark.parametrize("compression", ["auto", "gzip"])
+def test_a_file_named_gz_that_is_not_gzip_fails_saying_what_to_change(warehouse, tmp_path, file_format, compression):
+    data, name = GZIP_FORMATS[file_format]
+    with pytest.raises(SourceFormatError) as raised:
+        load(warehouse, tmp_path, data, name=name, format=file_format, compression=compression)
+    declared = "its spec declares `compression: gzip`" if compression == "gzip" else "its name ends in .gz"
+    assert str(raised.value) == (
+        f"{name} is not gzip-compressed although {declared}; land it compressed, or uncompressed under a name "
+        "without .gz, or set `compression: none` in registry.yaml if the source's files never are"
+    )
+
+
+def rejected_rate_check(warehouse, name: str = FILE, **extra):
+    from harmonizer_dagster.core.quality import checks_for, run_check
+
+    check = next(c for c in checks_for(spec_for(**extra)) if c.name == "rejected_rate")
+    assert check.severity == "error", "blocking: a failing version is not published"
+    return run_check(warehouse, spec_for(**extra), check, name, "check-run")
+
+
+@pytest.mark.parametrize(
+    "rows",
+    [b"1,a,X\n2,b,Y\n3,c,Z\n", b",a,x\n,b,y\n,c,z\n"],
+    ids=["every-record-rejected", "every-key-missing"],
+)
+def test_a_version_rejecting_most_records_fails_the_blocking_rejected_rate_check(warehouse, tmp_path, rows):
+    counts = load(warehouse, tmp_path, HEADER + rows)
+    assert counts["records_failed"] == 3 and counts["records_imported"] == 0
+    evaluation = rejected_rate_check(warehouse)
+    assert not evaluation.passed and (evaluation.observed, evaluation.threshold) == (1.0, 0.5)
+    assert evaluation.message == "100.00% of records rejected (3 of 3; at most 50.00% allowed by max_rejected_rate)"
+    assert warehouse.query(
+        "SELECT severity, passed, observed_value, threshold FROM {schema}.data_quality_checks "
+        "WHERE check_name = 'rejected_rate'"
+    ) == [("error", False, 1.0, 0.5)]
+
+
+def test_max_rejected_rate_sets_the_share_a_version_may_reject(warehouse, tmp_path):
+    load(warehouse, tmp_path, HEADER + b"1,a,X\n2,b,y\n3,c,z\n4,d,w\n")
+    assert rejected_rate_check(warehouse).passed, "a quarter rejected is under the default"
+    assert not rejected_rate_check(warehouse, max_rejected_rate=0.2).passed
+    assert rejected_rate_check(warehouse, max_rejected_rate=0.25).passed, "the threshold itself is allowed"
+
+
+def test_every_issue_names_the_physical_line_its_record_starts_on(warehouse, tmp_path):
+    data = HEADER + b'1,"two\nlines",x\n\n2,b,BAD\n3,c\n1,"a\n\nb",y\n4,d,z\n'
+    counts = load(warehouse, tmp_path, data)
+    assert counts["records_in_file"] == 5 and reconciles(counts)
+    assert [(line, value) for line, _, _, value, _ in issues(warehouse, "invalid_city")] == [(5, "BAD")]
+    assert [(line, value) for line, _, _, value, _ in issues(warehouse, "malformed_record")] == [(6, "3,c")]
+    assert warehouse.query(
+        "SELECT source_line_number, error_type, error_message FROM {schema}.failed_records ORDER BY 1"
+    ) == [
+        (5, "validation_error", "city: invalid_city"),
+        (6, "malformed_record", "line 6: Expected Number of Columns: 3 Found: 2"),
+    ]
+    assert [(line, message) for line, _, _, _, message in issues(warehouse, "duplicate_key")] == [
+        (2, "unique natural key; the record on line 7 was kept")
+    ]
+    table = warehouse.table(SOURCE)
+    assert warehouse.query(f"SELECT id, _source_line FROM {table} ORDER BY id") == [("1", 7), ("4", 10)]

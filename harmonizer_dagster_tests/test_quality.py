@@ -28,6 +28,7 @@ def test_every_check_passes_on_the_clean_sample(warehouse, specs, landing, tmp_p
         "row_count_reconciliation",
         "natural_key_unique",
         "required_fields_complete",
+        "rejected_rate",
         "schema_drift",
         "home_office_zip_pass_rate",
         "email_pass_rate",
@@ -118,6 +119,23 @@ def test_a_failing_blocking_check_keeps_the_partition_unpublished(environment, l
             ).fetchall()
         )
         assert recorded == {e.check_name: e.passed for e in evaluations.values()}
+
+
+def test_a_file_with_every_natural_key_missing_is_loaded_but_not_published(environment, landing):
+    frame = pl.read_csv(landing / SOURCE / Q3, infer_schema=False)
+    frame.with_columns(pl.lit(None, pl.String).alias("Corp Number")).write_csv(landing / SOURCE / "no keys.csv")
+    job = build_definitions().resolve_job_def(f"load_{SOURCE}")
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(f"{SOURCE}_files", ["no keys.csv"])
+        result = job.execute_in_process(instance=instance, partition_key="no keys.csv", raise_on_error=False)
+        evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
+        assert not evaluations["rejected_rate"].passed and evaluations["rejected_rate"].blocking
+        assert evaluations["row_count_reconciliation"].passed, "every record is accounted for: all rejected"
+        assert {m.asset_key.to_user_string() for m in result.get_asset_materialization_events()} == {SOURCE}
+    with duckdb.connect(str(environment), read_only=True) as con:
+        assert con.execute(
+            "SELECT records_in_file, records_failed, published_at IS NULL FROM harmonizer.sources"
+        ).fetchall() == [(1006, 1006, True)]
 
 
 def test_an_identical_copy_is_judged_by_the_load_it_duplicates(warehouse, specs, landing, tmp_path):

@@ -26,13 +26,13 @@ def rows(spec, path, batch_rows=2, skip=0):
     return [r for b in batches for r in b.to_pylist()], [b.num_rows for b in batches], result
 
 
-def test_csv_streams_in_exact_batches_with_record_numbers(tmp_path):
+def test_csv_streams_in_exact_batches_with_the_physical_line_of_each_record(tmp_path):
     path = tmp_path / "t.csv"
     path.write_text("Label,Thing ID,Ignored\n" + "".join(f"l{i},{i},x\n" for i in range(1, 6)))
     records, sizes, result = rows(spec_for("csv"), path)
     assert sizes == [2, 2, 1]
-    assert records[0] == {"thing_id": "1", "label": "l1", "_source_line": 1}
-    assert [r["_source_line"] for r in records] == [1, 2, 3, 4, 5]
+    assert records[0] == {"thing_id": "1", "label": "l1", "_source_line": 2}, "the header is line 1"
+    assert [r["_source_line"] for r in records] == [2, 3, 4, 5, 6]
     assert result.extra_fields == ["Ignored"]
 
 
@@ -41,7 +41,7 @@ def test_resumed_read_skips_completed_batches(tmp_path):
     path.write_text("Thing ID,Label\n" + "".join(f"{i},l{i}\n" for i in range(1, 6)))
     records, sizes, _ = rows(spec_for("csv"), path, skip=2)
     assert sizes == [1]
-    assert records == [{"thing_id": "5", "label": "l5", "_source_line": 5}]
+    assert records == [{"thing_id": "5", "label": "l5", "_source_line": 6}]
 
 
 def test_gzip_csv_and_latin1(tmp_path):
@@ -49,7 +49,7 @@ def test_gzip_csv_and_latin1(tmp_path):
     with gzip.open(path, "wb") as handle:
         handle.write("Thing ID,Label\n1,Café\n".encode("latin-1"))
     records, _, _ = rows(spec_for("csv", encoding="latin-1"), path)
-    assert records == [{"thing_id": "1", "label": "Café", "_source_line": 1}]
+    assert records == [{"thing_id": "1", "label": "Café", "_source_line": 2}]
 
 
 def test_malformed_csv_lines_are_captured_not_dropped(tmp_path):
@@ -111,7 +111,7 @@ def test_a_utf8_byte_order_mark_is_not_part_of_the_first_header(tmp_path):
     path = tmp_path / "t.csv"
     path.write_bytes("Thing ID,Label\n1,a\n".encode("utf-8-sig"))
     records, _, _ = rows(spec_for("csv"), path)
-    assert records == [{"thing_id": "1", "label": "a", "_source_line": 1}]
+    assert records == [{"thing_id": "1", "label": "a", "_source_line": 2}]
 
 
 def test_json_without_a_required_field_is_refused_and_extra_keys_are_reported(tmp_path):
@@ -122,3 +122,71 @@ def test_json_without_a_required_field_is_refused_and_extra_keys_are_reported(tm
     path.write_text(json.dumps({"thing_id_renamed": "1", "Label": "a"}) + "\n")
     with pytest.raises(SourceFormatError, match=r"required field\(s\) \['Thing ID'\]"):
         rows(spec_for("ndjson"), path)
+
+
+def physical_csv(records: int, newline: str) -> tuple[bytes, list[int], list[int]]:
+    """A CSV larger than a scan chunk whose values hold line breaks (in read and unread columns),
+    with blank lines and malformed records; the lines its records and rejects start on."""
+    lines, starts, rejected, line = [f"Thing ID,Label,Note{newline}"], [], [], 2
+    for i in range(records):
+        if i % 997 == 0:
+            lines.append(newline)  # a blank line, skipped
+            line += 1
+        if i % 1009 == 0:
+            lines.append(f"{i},too,many,fields{newline}")
+            rejected.append(line)
+            line += 1
+        label = f'"l{i}\nsecond ""line"""' if i % 7 == 0 else f"l{i}"
+        note = '"a\r\nb\n\nc"' if i % 11 == 0 else "n" * 40
+        record = f"{i},{label},{note}{newline}"
+        lines.append(record)
+        starts.append(line)
+        line += record.count("\n")
+    return "".join(lines).encode(), starts, rejected
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n"], ids=["lf", "crlf"])
+@pytest.mark.parametrize("name", ["t.csv", "t.csv.gz"])
+def test_each_record_carries_the_physical_line_it_starts_on_across_chunks_batches_and_a_resume(tmp_path, name, newline):
+    data, starts, rejected = physical_csv(200_000, newline)
+    path = tmp_path / name
+    path.write_bytes(gzip.compress(data, 1) if name.endswith(".gz") else data)
+    assert len(data) > 8 << 20, "the file spans several scan chunks"
+    records, _, result = rows(spec_for("csv"), path, batch_rows=5_000)
+    assert [r["_source_line"] for r in records] == starts
+    assert [r["thing_id"] for r in records] == [str(i) for i in range(200_000)]
+    assert [m.line for m in result.malformed] == rejected
+    resumed, _, _ = rows(spec_for("csv"), path, batch_rows=5_000, skip=30)
+    assert [r["_source_line"] for r in resumed] == starts[150_000:]
+
+
+def test_a_file_read_line_by_line_gives_the_same_physical_lines(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text('Thing ID,Label\n1,"a\nb"\n2,"runaway\n\n3,c\n4,"d\n\ne"\n')
+    result = ReadResult()
+    records = [r for b in read_batches(spec_for("csv"), path, 2, result, 0, line_by_line=True) for r in b.to_pylist()]
+    assert [(r["thing_id"], r["_source_line"]) for r in records] == [("1", 2), ("3", 6), ("4", 7)]
+    assert [m.line for m in result.malformed] == [4]
+
+
+@pytest.mark.parametrize("codec", ["utf-16-le", "utf-16-be"])
+def test_utf16_records_carry_their_physical_lines(tmp_path, codec):
+    path = tmp_path / "t.csv"
+    path.write_bytes('Thing ID,Label\n1,"a\nb"\n\n2,c\n'.encode(codec))
+    records, _, _ = (
+        rows(spec_for("csv", encoding="utf-16"), path)
+        if codec == "utf-16-le"
+        else rows(spec_for("csv", encoding="auto"), path)
+    )
+    assert [(r["thing_id"], r["_source_line"]) for r in records] == [("1", 2), ("2", 5)]
+
+
+def test_ndjson_records_carry_their_physical_line_and_array_objects_their_position(tmp_path):
+    ndjson = tmp_path / "t.ndjson"
+    ndjson.write_text('{"Thing ID": "1"}\n\n  \r\n{"Thing ID": "2"}\r\n{"Thing ID": "3"}')
+    records, _, _ = rows(spec_for("ndjson"), ndjson)
+    assert [(r["thing_id"], r["_source_line"]) for r in records] == [("1", 1), ("2", 4), ("3", 5)]
+    array = tmp_path / "t.json"
+    array.write_text('[\n  {"Thing ID": "a"},\n\n  {"Thing ID": "b"}\n]')
+    records, _, _ = rows(spec_for("json"), array)
+    assert [(r["thing_id"], r["_source_line"]) for r in records] == [("a", 1), ("b", 2)]

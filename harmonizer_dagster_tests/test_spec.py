@@ -38,6 +38,8 @@ def test_a_small_spec_file_is_a_source(tmp_path):
     spec = load_spec(write(tmp_path, VALID))
     assert spec.name == "widgets"
     assert spec.column("price").checks[0].kind == "range"
+    assert spec.max_rejected_rate == 0.5, "by default a version rejecting most of its records is held back"
+    assert load_spec(write(tmp_path, VALID + "max_rejected_rate: 0.1\n")).max_rejected_rate == 0.1
 
 
 @pytest.mark.parametrize(
@@ -59,6 +61,12 @@ def test_a_small_spec_file_is_a_source(tmp_path):
             "columns.price.checks[0].pattern",
             8,
             "invalid regular expression",
+        ),
+        (
+            ("owner: team@example.org", "owner: team@example.org\nmax_rejected_rate: 1.5"),
+            "max_rejected_rate",
+            4,
+            "must be a number between 0 and 1",
         ),
         # A field that is missing is placed at the field that should hold it.
         (("columns:", "schedule: {timezone: UTC, fetch: {path: /in, file_name: x}}\ncolumns:"), "schedule.cron", 6, ""),

@@ -250,8 +250,9 @@ def test_unique_checks_report_every_repeated_value_of_the_file_as_validated(ware
         "SELECT source_line_number, source_record_id, invalid_value, rule FROM {schema}.data_quality_issues "
         "WHERE issue_type = 'duplicate_value' ORDER BY source_line_number"
     )
-    # Values are judged trimmed, across batches and groups; a missing value repeats nothing.
-    assert issues == [(7, "7", "user7@example.com", "email:0"), (13_000, "13000", "user7@example.com", "email:0")]
+    # Values are judged trimmed, across batches and groups; a missing value repeats nothing. Lines are
+    # physical: the header is line 1.
+    assert issues == [(8, "7", "user7@example.com", "email:0"), (13_001, "13000", "user7@example.com", "email:0")]
 
 
 def test_a_transaction_belongs_to_the_thread_that_opened_it(warehouse, specs):

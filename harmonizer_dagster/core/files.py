@@ -204,12 +204,18 @@ def fingerprint_s3(client: Any, uri: str, copy_to: Path | None = None) -> FileFi
     if copy_to is not None:
         copy_to.parent.mkdir(parents=True, exist_ok=True)
         partial = copy_to.with_name(copy_to.name + ".part")
-    with partial.open("wb") if partial else contextlib.nullcontext() as handle:
-        for chunk in response["Body"].iter_chunks(HASH_CHUNK_BYTES):
-            digest.update(chunk)
-            size += len(chunk)
-            if handle:
-                handle.write(chunk)
+    try:
+        with partial.open("wb") if partial else contextlib.nullcontext() as handle:
+            for chunk in response["Body"].iter_chunks(HASH_CHUNK_BYTES):
+                digest.update(chunk)
+                size += len(chunk)
+                if handle:
+                    handle.write(chunk)
+    except BaseException:
+        # An interrupted download (a cut connection, a full disk) leaves no partial copy behind.
+        if partial:
+            partial.unlink(missing_ok=True)
+        raise
     if partial and copy_to:
         os.replace(partial, copy_to)
     return FileFingerprint(digest.hexdigest(), size, response["LastModified"].astimezone(UTC))

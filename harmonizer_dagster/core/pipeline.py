@@ -12,6 +12,7 @@ from its last completed batch. Nothing here knows about Dagster.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -32,6 +33,7 @@ import pyarrow as pa
 
 from harmonizer_dagster.core import staging
 from harmonizer_dagster.core.files import (
+    FileFingerprint,
     FileIdentity,
     FileVersion,
     RefusedFile,
@@ -42,7 +44,7 @@ from harmonizer_dagster.core.files import (
     version_key,
 )
 from harmonizer_dagster.core.harmonization import duplicate_key_sql, harmonize
-from harmonizer_dagster.core.reading import LINE_COLUMN, ReadResult, UnreliableParse, read_batches
+from harmonizer_dagster.core.reading import LINE_COLUMN, ReadResult, SourceFormatError, UnreliableParse, read_batches
 from harmonizer_dagster.core.rules import Rule, apply_rules
 from harmonizer_dagster.core.rules import fingerprint as rules_fingerprint
 from harmonizer_dagster.core.settings import engine_threads
@@ -136,16 +138,36 @@ def hash_step(
     An S3 object is hashed while it streams into the staging area, so later steps and
     re-executions read a local copy of exactly the bytes that were hashed."""
     started = time.time()
-    if file.is_s3:
-        if s3_client is None:
-            raise ValueError(f"{file.location}: an S3 client is needed to read it")
-        download = staging_root / spec.name / "_downloads" / f"{uuid.uuid4().hex}-{file.file_name}"
-        fp = fingerprint_s3(s3_client, file.location, download)
-        identity = None
-    else:
+    if not file.is_s3:
         with file.open() as handle:
             fp = fingerprint(handle)
             identity = FileIdentity.of(handle)
+        return _register(spec, file, fp, None, identity, warehouse, staging_root, run_id, started)
+    if s3_client is None:
+        raise ValueError(f"{file.location}: an S3 client is needed to read it")
+    download = staging_root / spec.name / "_downloads" / f"{uuid.uuid4().hex}-{file.file_name}"
+    try:
+        with staging.space_guard(staging_root, download):
+            fp = fingerprint_s3(s3_client, file.location, download)
+        return _register(spec, file, fp, download, None, warehouse, staging_root, run_id, started)
+    finally:
+        # Moved into the version's staging by then, unless the version needs no work or a step failed.
+        download.unlink(missing_ok=True)
+
+
+def _register(
+    spec: SourceSpec,
+    file: FileVersion,
+    fp: FileFingerprint,
+    download: Path | None,
+    identity: FileIdentity | None,
+    warehouse: Warehouse,
+    staging_root: Path,
+    run_id: str,
+    started: float,
+) -> HashedVersion:
+    """Registers the fingerprinted version, or finds it needs no work; a downloaded copy of an S3
+    object that needs work moves into the version's staging."""
     version = version_key(spec.version_strategy, fp, file.file_name, spec.version_pattern)
     # The registry's lookups and writes share one session: an unchanged file costs little
     # more than hashing it.
@@ -179,13 +201,10 @@ def hash_step(
     if skipped_because:
         # Left by a run killed after its publish committed and before it cleaned up.
         staging.remove(stage_dir)
-    if file.is_s3:
-        if skipped_because:
-            download.unlink()
-        else:
-            stage_dir.mkdir(parents=True, exist_ok=True)
-            data_path = str(stage_dir / file.file_name)
-            os.replace(download, data_path)
+    if download is not None and not skipped_because:
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        data_path = str(stage_dir / file.file_name)
+        os.replace(download, data_path)
     return HashedVersion(
         source=spec.name,
         partition_key=file.partition_key,
@@ -259,16 +278,17 @@ def validate_step(spec: SourceSpec, hashed: HashedVersion, batch_rows: int = DEF
     stage = staging.StepStage(Path(hashed.stage_dir) / "validate")
     if hashed.skipped or stage.summary() is not None:
         return stage.summary() or {}
-    done = stage.prepare(batch_rows)
-    with _hashed_file(hashed) as path:
-        try:
-            result = _validate_batches(spec, hashed, path, stage, batch_rows, done, line_by_line=False)
-        except UnreliableParse:
-            # DuckDB lost track of a quote: drop what it parsed and read the file line by line.
-            staging.remove(stage.directory)
-            again = stage.prepare(batch_rows)
-            result = _validate_batches(spec, hashed, path, stage, batch_rows, again, line_by_line=True)
-    stage.write_final(_file_level_findings(spec, stage.files(UNIQUE_VALUES), result))
+    with _space_guard(hashed):
+        done = stage.prepare(batch_rows)
+        with _hashed_file(hashed) as path:
+            try:
+                result = _validate_batches(spec, hashed, path, stage, batch_rows, done, line_by_line=False)
+            except UnreliableParse:
+                # DuckDB lost track of a quote: drop what it parsed and read the file line by line.
+                staging.remove(stage.directory)
+                again = stage.prepare(batch_rows)
+                result = _validate_batches(spec, hashed, path, stage, batch_rows, again, line_by_line=True)
+        stage.write_final(_file_level_findings(spec, stage.files(UNIQUE_VALUES), result))
     accepted = _count(stage.files("harmonized"))
     summary = {
         "records_parsed": accepted + _count(stage.files("failed")) - len(result.malformed),
@@ -317,28 +337,25 @@ def _validate_batches(
 
     def groups() -> Iterator[Group]:
         pending: list[pa.RecordBatch] = []
+        first = done  # the batches after the `done` ones are read
         batches = read_batches(spec, path, batch_rows, result, done, line_by_line)
         for batch in batches:
             pending.append(batch)
             if len(pending) == _batches_per_group(batch_rows):
-                yield _first_batch(pending, batch_rows), len(pending), partial(check, pending)
-                pending = []
+                yield first, len(pending), partial(check, pending)
+                first, pending = first + len(pending), []
         if pending:
-            yield _first_batch(pending, batch_rows), len(pending), partial(check, pending)
+            yield first, len(pending), partial(check, pending)
 
     _stage_groups(stage, groups())
     return result
-
-
-def _first_batch(batches: list[pa.RecordBatch], batch_rows: int) -> int:
-    return (batches[0][LINE_COLUMN][0].as_py() - 1) // batch_rows
 
 
 def _file_level_findings(spec: SourceSpec, unique_values: list[Path], result: ReadResult) -> dict[str, pl.DataFrame]:
     """Findings that need the whole file: malformed lines and `unique` checks."""
     failed = pl.DataFrame(
         {
-            "source_line_number": [None] * len(result.malformed),
+            "source_line_number": [m.line for m in result.malformed],
             "source_record_id": [None] * len(result.malformed),
             "record_data": [json.dumps({"raw_line": m.raw_text}) for m in result.malformed],
             "error_type": ["malformed_record"] * len(result.malformed),
@@ -349,7 +366,7 @@ def _file_level_findings(spec: SourceSpec, unique_values: list[Path], result: Re
     issues = [
         pl.DataFrame(
             {
-                "source_line_number": [None] * len(result.malformed),
+                "source_line_number": [m.line for m in result.malformed],
                 "source_record_id": [None] * len(result.malformed),
                 "issue_type": ["malformed_record"] * len(result.malformed),
                 "severity": ["error"] * len(result.malformed),
@@ -395,6 +412,25 @@ def harmonize_step(spec: SourceSpec, hashed: HashedVersion) -> dict[str, Any]:
     validated = staging.StepStage(Path(hashed.stage_dir) / "validate")
     if validated.summary() is None:
         raise RuntimeError(f"{hashed.partition_key}: validate has not finished; run it first")
+    with _space_guard(hashed):
+        return _harmonize(spec, stage, validated)
+
+
+@contextlib.contextmanager
+def _space_guard(hashed: HashedVersion) -> Iterator[None]:
+    """Removes the version's staging when it can never be reused: its disk is full (the re-run
+    starts afresh, maybe elsewhere), or the file cannot be read (a corrected file has other
+    bytes, so another staging). Any other failure keeps it for the re-run to resume from."""
+    stage_dir = Path(hashed.stage_dir)
+    try:
+        with staging.space_guard(stage_dir.parent.parent, stage_dir):
+            yield
+    except SourceFormatError:
+        staging.remove(stage_dir)
+        raise
+
+
+def _harmonize(spec: SourceSpec, stage: staging.StepStage, validated: staging.StepStage) -> dict[str, Any]:
     stage.prepare()
     harmonized = validated.files("harmonized")
     duplicates = pl.DataFrame(schema=ISSUE_SCHEMA)

@@ -173,6 +173,21 @@ def _schema_drift(store: Warehouse, spec: SourceSpec, key: str, v: Version) -> E
     )
 
 
+def _rejected_share(store: Warehouse, spec: SourceSpec, key: str, v: Version) -> Evaluation:
+    """A version whose records are mostly rejected (a naive spec, every key missing, a file of
+    another layout) would publish next to nothing: it fails, so it is held back."""
+    threshold = spec.max_rejected_rate
+    rate = v.records_failed / v.records_in_file if v.records_in_file else 0.0
+    return Evaluation(
+        passed=rate <= threshold,
+        observed=round(rate, 6),
+        threshold=threshold,
+        message=f"{rate:.2%} of records rejected ({v.records_failed} of {v.records_in_file}; at most "
+        f"{threshold:.2%} allowed by max_rejected_rate)",
+        counts={"records_failed": v.records_failed, "records_in_file": v.records_in_file},
+    )
+
+
 @dataclass(frozen=True)
 class EarlierVersion:
     """The registry counts of a version an anomaly check compares with."""
@@ -422,6 +437,12 @@ def checks_for(spec: SourceSpec) -> list[QualityCheck]:
             "error",
             "Rows written from the file have every required value.",
             _required_complete,
+        ),
+        QualityCheck(
+            "rejected_rate",
+            "error",
+            f"At most {spec.max_rejected_rate:.0%} of the file's records are rejected.",
+            _rejected_share,
         ),
         QualityCheck(
             "schema_drift", "warning", "The file has the spec's columns, and typed values still parse.", _schema_drift

@@ -15,6 +15,7 @@ import gzip
 import io
 import shutil
 import tempfile
+import zlib
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -36,6 +37,7 @@ SNIFF_BYTES = 1 << 16
 # What a message quotes of a file's column names: how many, and how much of each.
 MESSAGE_NAMES = 20
 MESSAGE_NAME_CHARS = 40
+GZIP_MAGIC = b"\x1f\x8b"
 BYTE_ORDER_MARKS = (
     (codecs.BOM_UTF8, "utf-8"),
     (codecs.BOM_UTF16_LE, "utf-16-le"),
@@ -97,8 +99,36 @@ def _found(spec: SourceSpec, names: list[str]) -> str:
     )
 
 
-def _compression(spec: SourceSpec) -> str:
-    return {"auto": "auto", "none": "none", "gzip": "gzip"}[spec.compression]
+def _gzipped(spec: SourceSpec, path: Path) -> bool:
+    return spec.compression == "gzip" or (spec.compression == "auto" and path.suffix == ".gz")
+
+
+def _spec_file(spec: SourceSpec) -> str:
+    return spec.path.name if spec.path else f"the {spec.name} spec"
+
+
+def _gzip_problem(spec: SourceSpec, path: Path) -> SourceFormatError | None:
+    """What is wrong with a file read as gzip, found by decompressing it once (only once reading
+    it failed); None when its stream is sound and the failure lies elsewhere."""
+    with path.open("rb") as handle:
+        magic = handle.read(len(GZIP_MAGIC))
+    if magic != GZIP_MAGIC:
+        declared = "its spec declares `compression: gzip`" if spec.compression == "gzip" else "its name ends in .gz"
+        return SourceFormatError(
+            f"{path.name} is not gzip-compressed although {declared}; land it compressed, or uncompressed under "
+            f"a name without .gz, or set `compression: none` in {_spec_file(spec)} if the source's files never are"
+        )
+    try:
+        with gzip.open(path, "rb") as handle:
+            while handle.read(CHUNK_BYTES):
+                pass
+    except EOFError:
+        return SourceFormatError(
+            f"{path.name} is truncated: the gzip stream ends before its end marker; re-upload the complete file"
+        )
+    except (gzip.BadGzipFile, zlib.error) as exc:
+        return SourceFormatError(f"{path.name} is a damaged gzip stream ({exc}); re-upload the file")
+    return None
 
 
 @dataclass(frozen=True)
@@ -140,9 +170,8 @@ def _encoding_error(spec: SourceSpec, name: str, source: _Source, line: int | No
     found = _first_undecodable(source)
     decompressed = " of the decompressed data" if source.gzipped else ""
     where = f"line {line}" if found is None else f"byte {found[0]}{decompressed} (line {found[1]})"
-    spec_file = spec.path.name if spec.path else f"the {spec.name} spec"
     return SourceFormatError(
-        f"{name}: {where} is not valid {source.codec}; set `encoding:` in {spec_file} to the file's encoding "
+        f"{name}: {where} is not valid {source.codec}; set `encoding:` in {_spec_file(spec)} to the file's encoding "
         "(latin-1, utf-16) or `auto`"
     )
 
@@ -171,7 +200,7 @@ def _sniffed_codec(spec: SourceSpec, path: Path, gzipped: bool) -> str:
 def _decoded(spec: SourceSpec, path: Path) -> Iterator[_Source]:
     """The CSV as DuckDB can read it: as landed, or transcoded to UTF-8 in a temporary file
     (streamed, so memory stays constant) when DuckDB cannot decode its encoding."""
-    gzipped = spec.compression == "gzip" or (spec.compression == "auto" and path.suffix == ".gz")
+    gzipped = _gzipped(spec, path)
     landed = _Source(path, gzipped, _sniffed_codec(spec, path, gzipped))
     if landed.codec in DUCKDB_ENCODINGS:
         yield landed
@@ -195,10 +224,9 @@ def _csv_header(spec: SourceSpec, name: str, source: _Source) -> list[str]:
     except UnicodeDecodeError:
         raise _encoding_error(spec, name, source) from None
     if "\x00" in line:
-        spec_file = spec.path.name if spec.path else f"the {spec.name} spec"
         raise SourceFormatError(
             f"{name} line 1: the header holds NUL bytes, as UTF-16 without a byte-order mark does; "
-            f"set `encoding: utf-16` (or `auto`) in {spec_file}"
+            f"set `encoding: utf-16` (or `auto`) in {_spec_file(spec)}"
         )
     try:
         header = next(csv.reader([line], delimiter=spec.delimiter, strict=True), [])
@@ -210,14 +238,36 @@ def _csv_header(spec: SourceSpec, name: str, source: _Source) -> list[str]:
                 f'("{fields[-1].rstrip()[:30]}...); a header must be one line with every quote closed'
             ) from exc
         raise SourceFormatError(f"{name} line 1: the header cannot be parsed: {exc}") from exc
+    return _named_columns(name, header)
+
+
+def _unnamed(position: int) -> str:
+    """How a trailing column without a name is reported among the fields not in the spec."""
+    return f"(unnamed column {position})"
+
+
+def _named_columns(name: str, header: list[str]) -> list[str]:
+    """The header's names with surrounding whitespace trimmed, as the spec names them. Only the
+    last column may be unnamed (a delimiter ending every line): it is reported as a field not in
+    the spec. An unnamed column elsewhere, or a name appearing twice, is ambiguous and refused."""
+    names = [column.strip() for column in header]
+    if len(names) > 1 and not any(names):
+        raise SourceFormatError(f"{name} line 1: the header has no column names, only delimiters")
     first_position: dict[str, int] = {}
-    for position, column in enumerate(header, start=1):
+    for position, column in enumerate(names, start=1):
+        if not column:
+            if position == len(names) and position > 1:
+                names[-1] = _unnamed(position)
+                continue
+            raise SourceFormatError(
+                f"{name} line 1: column {position} has no name; every column but a trailing one needs a name"
+            )
         if first_position.setdefault(column, position) != position:
             raise SourceFormatError(
                 f"{name} line 1: column {quoted_name(column)} appears twice "
                 f"(columns {first_position[column]} and {position})"
             )
-    return header
+    return names
 
 
 def _check_json_keys(spec: SourceSpec, path: Path, json_format: str, result: ReadResult) -> None:
@@ -228,7 +278,7 @@ def _check_json_keys(spec: SourceSpec, path: Path, json_format: str, result: Rea
             row[0]
             for row in con.sql(
                 f"SELECT DISTINCT unnest(json_keys(json)) FROM read_json_objects({quote_literal(str(path))}, "
-                f"format={quote_literal(json_format)}, compression={quote_literal(_compression(spec))})"
+                f"format={quote_literal(json_format)}, compression={quote_literal(_duckdb_compression(spec, path))})"
             ).fetchall()
         }
     missing = [c.source for c in spec.columns if c.required and c.source not in present]
@@ -239,11 +289,16 @@ def _check_json_keys(spec: SourceSpec, path: Path, json_format: str, result: Rea
     result.extra_fields = sorted(present - {c.source for c in spec.columns})
 
 
+def _duckdb_compression(spec: SourceSpec, path: Path) -> str:
+    return "gzip" if _gzipped(spec, path) else "none"
+
+
 def _query(spec: SourceSpec, path: Path, result: ReadResult, source: _Source | None, header: list[str]) -> str:
     """The DuckDB query of the file's spec columns; `source` and `header` are a CSV's."""
     wanted = [c.source for c in spec.columns]
     if source is not None:
-        columns = ", ".join(f"{quote_literal(name)}: 'VARCHAR'" for name in header)
+        # DuckDB reads the columns under positional names: a file's names need not be valid there.
+        columns = ", ".join(f"{quote_literal(_positional(position))}: 'VARCHAR'" for position in range(len(header)))
         scan = (
             f"read_csv({quote_literal(str(source.path))}, header=true, auto_detect=false, columns={{{columns}}}, "
             f"delim={quote_literal(spec.delimiter)}, quote='\"', escape='\"', "
@@ -256,10 +311,16 @@ def _query(spec: SourceSpec, path: Path, result: ReadResult, source: _Source | N
         columns = ", ".join(f"{quote_literal(name)}: 'VARCHAR'" for name in wanted)
         scan = (
             f"read_json({quote_literal(str(path))}, format={quote_literal(json_format)}, "
-            f"columns={{{columns}}}, compression={quote_literal(_compression(spec))})"
+            f"columns={{{columns}}}, compression={quote_literal(_duckdb_compression(spec, path))})"
         )
-    selected = ", ".join(f"{quote_ident(c.source)} AS {quote_ident(c.name)}" for c in spec.columns)
+    read = [_positional(header.index(c.source)) for c in spec.columns] if source is not None else wanted
+    pairs = zip(read, spec.columns, strict=True)
+    selected = ", ".join(f"{quote_ident(field)} AS {quote_ident(c.name)}" for field, c in pairs)
     return f"SELECT {selected} FROM {scan}"
+
+
+def _positional(index: int) -> str:
+    return f"column{index}"
 
 
 def read_batches(
@@ -271,15 +332,36 @@ def read_batches(
     line_by_line: bool = False,
 ) -> Iterator[pa.RecordBatch]:
     """Yields batches of exactly `batch_rows` rows (the last may be shorter), each with the
-    1-based record number in `_source_line`. The first `skip_batches` batches are parsed
-    but not yielded, which is how a resumed step skips work it already checkpointed.
+    physical line its record starts on in `_source_line` (1-based; a CSV's header is line 1,
+    a value's line breaks count; a JSON array's objects are numbered by their position in it).
+    The first `skip_batches` batches are parsed but not yielded, which is how a resumed step
+    skips work it already checkpointed: the lines are counted from the start of the file.
 
     A CSV with a quote that never closes raises UnreliableParse once DuckDB has scanned it:
-    discard what was yielded and read it again with `line_by_line=True`."""
+    discard what was yielded and read it again with `line_by_line=True`. A gzip stream that
+    cannot be read fails the file saying what is wrong with it and what to do."""
+    try:
+        yield from _read_batches(spec, path, batch_rows, result, skip_batches, line_by_line)
+    except (SourceFormatError, EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        problem = _gzip_problem(spec, path) if _gzipped(spec, path) else None
+        if problem is None:
+            raise
+        raise problem from exc
+
+
+def _read_batches(
+    spec: SourceSpec, path: Path, batch_rows: int, result: ReadResult, skip_batches: int, line_by_line: bool
+) -> Iterator[pa.RecordBatch]:
     if spec.format != "csv":
-        yield from _batched(
-            _scanned(spec, path, lambda: _query(spec, path, result, None, []), batch_rows), batch_rows, skip_batches
-        )
+        if spec.format == "ndjson":
+            starts = _ndjson_record_starts(path, _gzipped(spec, path))
+            scanned = _scanned(
+                spec, path, lambda: _query(spec, path, result, None, []), batch_rows, lambda _: starts.finish(path.name)
+            )
+            lined = _lined(scanned, starts, path.name)
+        else:
+            lined = _positioned(_scanned(spec, path, lambda: _query(spec, path, result, None, []), batch_rows))
+        yield from _batched(lined, batch_rows, skip_batches)
         return
     with _decoded(spec, path) as source:
         header = _csv_header(spec, path.name, source)
@@ -291,13 +373,15 @@ def read_batches(
         if line_by_line:
             batches = _parsed_lines(spec, path.name, source, header, batch_rows, result)
         else:
-            batches = _scanned(
+            starts = _csv_record_starts(source, spec.delimiter, len(header))
+            scanned = _scanned(
                 spec,
                 path,
                 lambda: _query(spec, path, result, source, header),
                 batch_rows,
-                lambda con: _rejects(con, spec, path.name, source, result),
+                lambda con: _rejects(con, spec, path.name, source, result, starts),
             )
+            batches = _lined(scanned, starts, path.name)
         yield from _batched(batches, batch_rows, skip_batches)
 
 
@@ -322,9 +406,17 @@ def _scanned(
         con.close()
 
 
-def _rejects(con: duckdb.DuckDBPyConnection, spec: SourceSpec, name: str, source: _Source, result: ReadResult) -> None:
-    """Turns the lines DuckDB rejected into malformed records, one per line whatever its number
-    of errors; an undecodable byte fails the file, and a runaway quote asks for a careful re-read."""
+def _rejects(
+    con: duckdb.DuckDBPyConnection,
+    spec: SourceSpec,
+    name: str,
+    source: _Source,
+    result: ReadResult,
+    starts: _RecordStarts,
+) -> None:
+    """Turns the records DuckDB rejected into malformed records on the physical line they start,
+    one per record whatever its number of errors; an undecodable byte fails the file, and a
+    runaway quote, or rejects the scan of the lines did not foresee, ask for a careful re-read."""
     rows = con.sql(
         "SELECT line, any_value(csv_line), string_agg(error_message, '; '), "
         "bool_or(error_type = 'INVALID ENCODING'), bool_or(error_type = 'UNQUOTED VALUE') "
@@ -336,7 +428,155 @@ def _rejects(con: duckdb.DuckDBPyConnection, spec: SourceSpec, name: str, source
     for line, _, _, _, unquoted in rows:
         if unquoted:
             raise UnreliableParse(f"{name} line {line}: a quote does not close where a value ends")
-    result.malformed = [MalformedRecord(int(line), text or "", message) for line, text, message, _, _ in rows]
+    starts.finish(name)
+    if len(rows) != len(starts.rejected):
+        raise UnreliableParse(f"{name}: DuckDB rejected other records than the scan of the lines found")
+    result.malformed = [
+        MalformedRecord(line, text or "", message)
+        for line, (_, text, message, _, _) in zip(starts.rejected, rows, strict=True)
+    ]
+
+
+SCAN_BYTES = 8 << 20
+
+
+@dataclass
+class _RecordStarts:
+    """The physical line each record of a text file starts on, from a vectorized scan of its code
+    units (no Python per row). In a CSV a line break ends a record where the quotes before it are
+    balanced (an escaped quote is two quotes), and records are told apart as DuckDB does: a blank
+    line is skipped, a record with another number of fields than the header is rejected. In NDJSON
+    every line holding more than whitespace is a record."""
+
+    accepted: Iterator[np.ndarray]
+    rejected: list[int] = field(default_factory=list)
+    pending: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+
+    def take(self, count: int) -> np.ndarray:
+        """The start lines of the next `count` records read; fewer means the scan and the parse disagree."""
+        parts, have = [self.pending], len(self.pending)
+        while have < count and (more := next(self.accepted, None)) is not None:
+            parts.append(more)
+            have += len(more)
+        joined = np.concatenate(parts)
+        self.pending = joined[count:]
+        return joined[:count]
+
+    def finish(self, name: str) -> None:
+        """Scans to the end, so every rejected record is known; a record left over means the
+        parse and the scan disagree, and the file is read again line by line."""
+        if len(self.take(1)):
+            raise UnreliableParse(f"{name}: the file's lines hold more records than the parse found")
+
+
+def _code_units(source: _Source) -> Iterator[np.ndarray]:
+    """The decompressed file as arrays of code units (two bytes each in UTF-16), in big chunks."""
+    dtype = np.dtype("<u2") if source.codec == "utf-16-le" else np.dtype(np.uint8)
+    carry = b""
+    with _open_bytes(source.path, source.gzipped) as handle:
+        while chunk := handle.read(SCAN_BYTES):
+            chunk = carry + chunk
+            usable = len(chunk) - len(chunk) % dtype.itemsize
+            carry = chunk[usable:]
+            yield np.frombuffer(chunk, dtype, usable // dtype.itemsize)
+
+
+def _csv_record_starts(source: _Source, delimiter: str, columns: int) -> _RecordStarts:
+    starts = _RecordStarts(iter(()))
+    starts.accepted = _csv_scan(source, delimiter, columns, starts.rejected)
+    return starts
+
+
+def _csv_scan(source: _Source, delimiter: str, columns: int, rejected: list[int]) -> Iterator[np.ndarray]:
+    quotes = fields = length = 0  # quotes seen, and the current record's outside delimiters and length
+    first_unit = -1  # the current record's first code unit
+    line = record_line = 1  # the line the chunk starts on, and the one the current record starts on
+    header = True
+    for units in _code_units(source):
+        quote_at = np.flatnonzero(units == 0x22)
+        breaks = np.flatnonzero(units == 0x0A)
+        delims = np.flatnonzero(units == ord(delimiter))
+        if len(quote_at) or quotes & 1:
+            ends = breaks[((quotes + np.searchsorted(quote_at, breaks)) & 1) == 0]
+            outside = delims[((quotes + np.searchsorted(quote_at, delims)) & 1) == 0]
+            end_lines = line + np.searchsorted(breaks, ends)
+        else:  # no quote: every line break ends a record, every delimiter separates fields
+            ends, outside, end_lines = breaks, delims, line + np.arange(len(breaks))
+        if len(ends):
+            record_lines = np.concatenate(([record_line], end_lines[:-1] + 1))
+            counts = np.diff(np.searchsorted(outside, ends), prepend=0) + 1
+            counts[0] += fields
+            begins = np.concatenate(([-1], ends[:-1])) + 1
+            lengths = ends - begins
+            lengths[0] += length
+            firsts = units[np.minimum(begins, len(units) - 1)].astype(np.int64)
+            if length:
+                firsts[0] = first_unit
+            blank = (lengths == 0) | ((lengths == 1) & (firsts == 0x0D))
+            if header:
+                blank[0], header = True, False
+            kept = ~blank
+            good = kept & (counts == columns)
+            rejected.extend(record_lines[kept & ~good].tolist())
+            yield record_lines[good].astype(np.int64)
+            tail = ends[-1] + 1
+            record_line = int(end_lines[-1]) + 1
+            fields = len(outside) - int(np.searchsorted(outside, ends[-1]))
+            length = len(units) - tail
+            first_unit = int(units[tail]) if length else -1
+        else:
+            if not length and len(units):
+                first_unit = int(units[0])
+            fields += len(outside)
+            length += len(units)
+        quotes += len(quote_at)
+        line += len(breaks)
+    if length and not header and not (length == 1 and first_unit == 0x0D):
+        if fields + 1 == columns:
+            yield np.array([record_line], np.int64)
+        else:
+            rejected.append(record_line)
+
+
+def _ndjson_record_starts(path: Path, gzipped: bool) -> _RecordStarts:
+    return _RecordStarts(_ndjson_scan(_Source(path, gzipped, "utf-8")))
+
+
+def _ndjson_scan(source: _Source) -> Iterator[np.ndarray]:
+    line, filled = 1, False  # the line the chunk starts on; whether it holds more than whitespace so far
+    for units in _code_units(source):
+        breaks = np.flatnonzero(units == 0x0A)
+        solid = np.flatnonzero(~np.isin(units, (0x20, 0x09, 0x0D, 0x0A)))
+        per_line = np.diff(np.searchsorted(solid, breaks), prepend=0)
+        if len(breaks):
+            per_line[0] += filled
+            yield line + np.flatnonzero(per_line > 0).astype(np.int64)
+            filled = bool(len(solid) - np.searchsorted(solid, breaks[-1]))
+        else:
+            filled = filled or bool(len(solid))
+        line += len(breaks)
+    if filled:
+        yield np.array([line], np.int64)
+
+
+def _lined(batches: Iterator[pa.RecordBatch], starts: _RecordStarts, name: str) -> Iterator[pa.RecordBatch]:
+    """Each batch with the physical line its records start on (the parse calls `starts.finish`
+    once it is done)."""
+    for batch in batches:
+        lines = starts.take(batch.num_rows)
+        if len(lines) < batch.num_rows:
+            raise UnreliableParse(f"{name}: the parse found more records than the file's lines hold")
+        yield batch.append_column(LINE_COLUMN, pa.array(lines))
+
+
+def _positioned(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """A JSON array's objects numbered by their 1-based position in the array: finding the line
+    each starts on would take a JSON parser of its own."""
+    position = 1
+    for batch in batches:
+        lines = np.arange(position, position + batch.num_rows, dtype=np.int64)
+        position += batch.num_rows
+        yield batch.append_column(LINE_COLUMN, pa.array(lines))
 
 
 def _batched(batches: Iterator[pa.RecordBatch], batch_rows: int, skip_batches: int) -> Iterator[pa.RecordBatch]:
@@ -351,11 +591,11 @@ def _batched(batches: Iterator[pa.RecordBatch], batch_rows: int, skip_batches: i
             table = pa.Table.from_batches(pending)
             chunk, rest = table.slice(0, batch_rows), table.slice(batch_rows)
             if emitted >= skip_batches:
-                yield _numbered(chunk, emitted * batch_rows)
+                yield _single(chunk)
             emitted += 1
             pending, pending_rows = rest.to_batches(), rest.num_rows
     if pending_rows and emitted >= skip_batches:
-        yield _numbered(pa.Table.from_batches(pending), emitted * batch_rows)
+        yield _single(pa.Table.from_batches(pending))
 
 
 class _Lines:
@@ -410,8 +650,9 @@ def _parsed_lines(
     A quoted value longer than csv's field limit (131,072 characters) counts as a quote that
     never closes, which bounds what a runaway quote can hold in memory."""
     positions = [header.index(c.source) for c in spec.columns]
-    names = [c.name for c in spec.columns]
+    names = [c.name for c in spec.columns] + [LINE_COLUMN]
     values: list[list[str | None]] = [[] for _ in positions]
+    starts: list[int] = []
     rows = 0
     try:
         with source.open() as handle:
@@ -438,17 +679,20 @@ def _parsed_lines(
                     continue
                 for column, position in zip(values, positions, strict=True):
                     column.append(fields[position] or None)
+                starts.append(start)
                 rows += 1
                 if rows == batch_rows:
-                    yield pa.record_batch(values, names=names)
-                    values, rows = [[] for _ in positions], 0
+                    yield _record_batch(values, starts, names)
+                    values, starts, rows = [[] for _ in positions], [], 0
     except UnicodeDecodeError:
         raise _encoding_error(spec, name, source) from None
     if rows:
-        yield pa.record_batch(values, names=names)
+        yield _record_batch(values, starts, names)
 
 
-def _numbered(table: pa.Table, first_index: int) -> pa.RecordBatch:
-    # numpy builds the numbers without a Python int each: this runs on the reading thread.
-    lines = pa.array(np.arange(first_index + 1, first_index + table.num_rows + 1, dtype=np.int64))
-    return table.append_column(LINE_COLUMN, lines).combine_chunks().to_batches()[0]
+def _record_batch(values: list[list[str | None]], starts: list[int], names: list[str]) -> pa.RecordBatch:
+    return pa.record_batch([*(pa.array(v, pa.string()) for v in values), pa.array(starts, pa.int64())], names=names)
+
+
+def _single(table: pa.Table) -> pa.RecordBatch:
+    return table.combine_chunks().to_batches()[0]

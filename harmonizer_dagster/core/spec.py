@@ -136,6 +136,11 @@ class Anomalies:
     severity: str = "warning"  # warnings do not block publication
 
 
+# More than half of a file's records rejected says the spec or the file is wrong, not its records:
+# such a version (every record rejected included) is held back. The shipped samples reject at most 13%.
+DEFAULT_MAX_REJECTED_RATE = 0.5
+
+
 @dataclass(frozen=True)
 class SourceSpec:
     name: str
@@ -155,6 +160,9 @@ class SourceSpec:
     description: str = ""
     schedule: Schedule | None = None
     freshness_hours: int | None = None  # a new version is expected at least this often
+    # A version rejecting a larger share of its records fails a blocking check: it is not published.
+    # Kept out of the repr, as the anomaly thresholds are.
+    max_rejected_rate: float = field(default=DEFAULT_MAX_REJECTED_RATE, repr=False)
     # None when `anomalies: false`. Kept out of the repr, which fingerprints how files are
     # processed: thresholds only change how versions are judged, not what gets loaded.
     anomalies: Anomalies | None = field(default=Anomalies(), repr=False)
@@ -428,6 +436,15 @@ def _parse_anomalies(r: _Reader, value: bool | dict) -> Anomalies | None:
     return Anomalies(baseline_versions=max(versions, 1), severity=severity, **thresholds)
 
 
+def _parse_rate(r: _Reader, key: str, default: float) -> float:
+    """A share between 0 and 1; a wrong one is recorded and the default read on with."""
+    rate = r.get(key, default, kind=(int, float))
+    if isinstance(rate, bool) or not 0 <= rate <= 1:
+        r.record(r.fail(key, "must be a number between 0 and 1"))
+        return default
+    return float(rate)
+
+
 def parse_spec(data: Any, file: str = "<spec>", lines: Mapping[str, int] | None = None) -> SourceSpec:
     """Builds a SourceSpec from parsed YAML. SpecError lists every error found, each naming `file`,
     the field and, given the `lines` of the fields (see `load_spec`), its line."""
@@ -478,6 +495,7 @@ def _parse_source(r: _Reader, file: str) -> SourceSpec:
         schedule=_parse_schedule(r.sub("schedule", r.get("schedule", kind=dict))) if "schedule" in r.data else None,
         freshness_hours=r.get("freshness_hours", None, kind=int),
         anomalies=_parse_anomalies(r, r.get("anomalies", True, kind=(bool, dict))),
+        max_rejected_rate=_parse_rate(r, "max_rejected_rate", DEFAULT_MAX_REJECTED_RATE),
         path=Path(file),
     )
     if len(spec.delimiter) != 1:

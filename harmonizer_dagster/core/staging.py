@@ -14,10 +14,13 @@ upsert, and on 1M rows writing them with LZ4 took 0.53 s where uncompressed took
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -127,3 +130,32 @@ def _atomic_write(path: Path, text: str) -> None:
 
 def remove(directory: Path) -> None:
     shutil.rmtree(directory, ignore_errors=True)
+
+
+class StagingFull(OSError):
+    """The staging folder's disk is full: said with the folder and what to do, not as a writer's error."""
+
+
+def _out_of_space(exc: BaseException) -> bool:
+    # Python's writes raise OSError; polars' Parquet writer reports the OS error in its message.
+    return (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "(os error 28)" in str(exc)
+
+
+@contextmanager
+def space_guard(root: Path, *staged: Path) -> Iterator[None]:
+    """Turns a full disk under the staging `root` into a StagingFull naming the folder, after
+    removing the `staged` folders and files the failed step wrote there: a re-run, on more room
+    or another disk, starts afresh and the full disk keeps nothing of the load."""
+    try:
+        yield
+    except Exception as exc:
+        if not _out_of_space(exc):
+            raise
+        for path in staged:
+            remove(path) if path.is_dir() else path.unlink(missing_ok=True)
+        raise StagingFull(
+            errno.ENOSPC,
+            f"no space left on the disk of the staging folder {root}: free space there or set "
+            "HARMONIZER_STAGING_DIR to a folder on a larger disk, then run the load again "
+            "(what the load had staged there was removed)",
+        ) from exc
