@@ -90,7 +90,9 @@ def test_a_run_at_a_terminal_shows_its_info_messages_and_debug_on_request(base_e
 
     def launch(*extra: str) -> subprocess.CompletedProcess:
         command = [DG, "launch", "--job", "ingest_landing", "--target-path", str(REPO), *extra]
-        result = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        # As from an activated virtualenv, which `dg` otherwise warns about.
+        activated = {**env, "VIRTUAL_ENV": sys.prefix}
+        result = subprocess.run(command, env=activated, cwd=tmp_path, capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         return result
 
