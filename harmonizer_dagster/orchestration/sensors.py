@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 import dagster as dg
 from dagster_aws.s3 import S3Resource
 
+from harmonizer_dagster.core.faults import is_transient
 from harmonizer_dagster.core.files import FileFingerprint, fingerprint, fingerprint_s3
 from harmonizer_dagster.core.landing import Ignored, Landed, ScanState, s3_prefix, scan_folder, scan_s3
 from harmonizer_dagster.core.spec import SourceSpec
@@ -178,7 +179,14 @@ def build_unrecorded_failures_sensor(specs: Sequence[SourceSpec]) -> dg.SensorDe
     def unrecorded_failures(context: dg.SensorEvaluationContext, warehouse: WarehouseResource):
         store = warehouse.open()
         recorded = []
-        for source_id, partition_key, run_id in store.processing_versions(names):
+        try:
+            processing = store.processing_versions(names)
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            # A load holds the DuckDB file, or the server is away: the next tick looks again.
+            return dg.SkipReason(f"warehouse unavailable, looking again next tick: {type(exc).__name__}")
+        for source_id, partition_key, run_id in processing:
             outcome = lost_run_outcome(context.instance, run_id)
             if outcome:
                 store.mark_failed(source_id, outcome)
