@@ -198,11 +198,40 @@ def test_an_object_that_is_not_there_fails_at_once_without_retries(dying_s3, ins
 
 
 @pytest.fixture
-def postgres_environment(monkeypatch, environment):
+def point_warehouse(monkeypatch, environment):
+    """Points the code location's warehouse at a URL (the `environment` fixture's DuckDB file by default)."""
+
     def point_at(url: str) -> None:
         monkeypatch.setenv("HARMONIZER_WAREHOUSE_URL", url)
 
     return point_at
+
+
+@contextlib.contextmanager
+def private_database(server_url: str) -> Iterator[str]:
+    """A database of its own, so the code location's `harmonizer` schema is this test's alone."""
+    database = f"faults_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{database}"')
+    try:
+        yield server_url.rsplit("/", 1)[0] + "/" + database
+    finally:
+        with psycopg.connect(server_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE "{database}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["duckdb", "postgres"])
+def job_warehouse(request, environment, point_warehouse) -> Iterator[str]:
+    """The code location's warehouse URL, on each backend, with the registry's tables created."""
+    if request.param == "duckdb":
+        url = f"duckdb:///{environment}"
+        open_warehouse(url).migrate(build_definitions_specs())
+        yield url
+        return
+    with private_database(request.getfixturevalue("postgres_url")) as url:
+        point_warehouse(url)
+        open_warehouse(url).migrate(build_definitions_specs())
+        yield url
 
 
 def _locked_until_killed(url: str, table: str, kill) -> threading.Thread:
@@ -241,32 +270,24 @@ def _locked_until_killed(url: str, table: str, kill) -> threading.Thread:
 
 
 def test_a_postgres_backend_killed_mid_upsert_is_retried_to_completed(
-    postgres_url, postgres_environment, instance, quick_retries
+    postgres_url, point_warehouse, instance, quick_retries
 ):
-    database = f"faults_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(postgres_url, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{database}"')
-    url = postgres_url.rsplit("/", 1)[0] + "/" + database
-    postgres_environment(url)
-    store = open_warehouse(url)
-    store.migrate(build_definitions_specs())
-    instance.add_dynamic_partitions(PARTITIONS, [Q3])
-    holder = _locked_until_killed(
-        url, f"harmonizer.{SOURCE}", lambda watcher, pid: watcher.execute("SELECT pg_terminate_backend(%s)", (pid,))
-    )
+    with private_database(postgres_url) as url:
+        point_warehouse(url)
+        store = open_warehouse(url)
+        store.migrate(build_definitions_specs())
+        instance.add_dynamic_partitions(PARTITIONS, [Q3])
+        terminate = lambda watcher, pid: watcher.execute("SELECT pg_terminate_backend(%s)", (pid,))  # noqa: E731
+        holder = _locked_until_killed(url, f"harmonizer.{SOURCE}", terminate)
 
-    result = (
-        build_definitions().resolve_job_def(f"load_{SOURCE}").execute_in_process(instance=instance, partition_key=Q3)
-    )
-    holder.join(30)
+        job = build_definitions().resolve_job_def(f"load_{SOURCE}")
+        result = job.execute_in_process(instance=instance, partition_key=Q3)
+        holder.join(30)
 
-    print(holder.waiting)
-    assert result.success
-    assert len(step_events(result, dg.DagsterEventType.STEP_UP_FOR_RETRY, "_upsert")) == 1
-    assert registry(url) == [("completed", None, 988)]
-    assert store.query(f"SELECT count(*) FROM {{schema}}.{SOURCE}") == [(988,)]
-    with psycopg.connect(postgres_url, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE "{database}" WITH (FORCE)')
+        assert result.success
+        assert len(step_events(result, dg.DagsterEventType.STEP_UP_FOR_RETRY, "_upsert")) == 1
+        assert registry(url) == [("completed", None, 988)]
+        assert store.query(f"SELECT count(*) FROM {{schema}}.{SOURCE}") == [(988,)]
 
 
 def build_definitions_specs():
@@ -277,12 +298,12 @@ def build_definitions_specs():
 
 
 def test_a_postgres_restart_mid_upsert_reports_its_cause_and_the_registry_check_records_it(
-    postgres_environment, instance, quick_retries, monkeypatch
+    point_warehouse, instance, quick_retries, monkeypatch
 ):
     # No second attempt: this run's error is what the stop did to the upsert.
     monkeypatch.setenv("HARMONIZER_STEP_RETRIES", "0")
     with running_cluster() as cluster:
-        postgres_environment(cluster.url)
+        point_warehouse(cluster.url)
         specs = build_definitions_specs()
         open_warehouse(cluster.url).migrate(specs)
         instance.add_dynamic_partitions(PARTITIONS, [Q3])
@@ -361,3 +382,36 @@ def test_a_duckdb_file_locked_by_another_process_is_retried_until_it_is_free(env
 
     assert outcome["result"].success
     assert registry(f"duckdb:///{environment}") == [("completed", None, 988)]
+
+
+def test_the_next_run_of_a_source_records_what_a_run_that_ended_left_processing(
+    job_warehouse, instance, quick_retries, landing
+):
+    job = build_definitions().resolve_job_def(f"load_{SOURCE}")
+    instance.add_dynamic_partitions(PARTITIONS, ["gone.csv", Q3])
+    lost = job.execute_in_process(instance=instance, partition_key="gone.csv", raise_on_error=False)
+    assert not lost.success
+    # What a run killed mid-load leaves: its version registered and still `processing`.
+    store = open_warehouse(job_warehouse)
+    (spec,) = build_definitions_specs()
+    store.register_version(
+        spec,
+        partition_key="registry_2026-Q4.csv.gz",
+        version="2026-Q4",
+        file_name="registry_2026-Q4.csv.gz",
+        file_uri=(landing / SOURCE / "registry_2026-Q4.csv.gz").as_uri(),
+        file_hash="0" * 64,
+        size_bytes=1,
+        run_id=lost.run_id,
+        fingerprint="",
+    )
+
+    assert job.execute_in_process(instance=instance, partition_key=Q3).success
+
+    rows = dict(
+        store.query("SELECT partition_key, status || ': ' || coalesce(error_message, '') FROM {schema}.sources")
+    )
+    assert rows[Q3] == "completed: "
+    assert rows["registry_2026-Q4.csv.gz"].startswith(
+        f"failed: run {lost.run_id} ended FAILURE without recording the outcome: {SOURCE}: no file gone.csv in "
+    ), rows

@@ -23,6 +23,7 @@ from harmonizer_dagster.core.pipeline import (
 from harmonizer_dagster.core.settings import current
 from harmonizer_dagster.core.spec import SourceSpec
 from harmonizer_dagster.core.warehouse.tables import sql_type
+from harmonizer_dagster.orchestration.outcomes import record_lost_outcomes
 from harmonizer_dagster.orchestration.resources import LandingZone, WarehouseResource
 
 # Dagster's run tag that says whether the daemon re-executes a run an op failed: the ops set
@@ -144,8 +145,12 @@ def build_source_ops(spec: SourceSpec) -> SourceOps:
             if not target.is_s3 and not target.path.is_file():
                 raise dg.Failure(missing_file_message(landing.landing_path, spec.name, target.partition_key))
             client = s3.get_client() if target.is_s3 else None
+            store = warehouse.open()
             # A retried attempt downloads and hashes the object again from its first byte.
-            hashed = hash_step(spec, target, warehouse.open(), landing.staging_path, context.run_id, s3_client=client)
+            hashed = hash_step(spec, target, store, landing.staging_path, context.run_id, s3_client=client)
+            # What earlier runs of the source could not record (the unrecorded_failures sensor
+            # does the same where a daemon runs); this run's own version is still going.
+            record_lost_outcomes(context.instance, store, [spec.name], context.log)
         context.log.info(
             f"{target.partition_key}: sha256 {hashed.file_hash[:12]}..., version {hashed.version}"
             + (f", skipped: {hashed.skipped_because}" if hashed.skipped else "")

@@ -16,6 +16,7 @@ from harmonizer_dagster.core.files import FileFingerprint, fingerprint, fingerpr
 from harmonizer_dagster.core.landing import Ignored, Landed, ScanState, s3_prefix, scan_folder, scan_s3
 from harmonizer_dagster.core.spec import SourceSpec
 from harmonizer_dagster.orchestration.assets import partitions_for
+from harmonizer_dagster.orchestration.outcomes import record_lost_outcomes
 from harmonizer_dagster.orchestration.resources import LandingZone, S3Landing, WarehouseResource
 
 # Hashing big files takes a while; a sensor tick must end well within Dagster's 60 s limit.
@@ -132,38 +133,6 @@ def build_s3_sensor(spec: SourceSpec, job, interval: int, status: dg.DefaultSens
     return bucket_sensor
 
 
-# What Dagster puts around a step's own error: a step that ran out of retries, for one.
-WRAPPERS = ("RetryRequestedFromPolicy", "RetryRequested")
-
-
-def lost_run_outcome(instance: dg.DagsterInstance, run_id: str) -> str | None:
-    """What became of a run that left its version `processing`, once neither it nor a
-    re-execution of it is still going; None while one is."""
-    group = instance.get_run_group(run_id) if run_id and instance.get_run_by_id(run_id) else None
-    if group is None:
-        return f"run {run_id or '(none)'} is not in this Dagster instance; the load did not finish"
-    records = instance.get_run_records(dg.RunsFilter(run_ids=[run.run_id for run in group[1]]))
-    if any(not record.dagster_run.is_finished for record in records):
-        return None
-    latest = max(records, key=lambda record: record.create_timestamp).dagster_run
-    failures = instance.get_records_for_run(
-        latest.run_id, of_type={dg.DagsterEventType.STEP_FAILURE, dg.DagsterEventType.RUN_FAILURE}
-    ).records
-    reason = next((r for r in (_failure_reason(f.event_log_entry) for f in failures) if r), "no failure reported")
-    return f"run {latest.run_id} ended {latest.status.value} without recording the outcome: {reason}"
-
-
-def _failure_reason(entry: dg.EventLogEntry) -> str:
-    """The error a step raised (not Dagster's wrapper around it), else the run's failure message."""
-    event = entry.dagster_event
-    if event is not None and event.is_step_failure and event.step_failure_data.error:
-        error = event.step_failure_data.error
-        while error.cause is not None and (error.cls_name.startswith("Dagster") or error.cls_name in WRAPPERS):
-            error = error.cause
-        return error.message.strip()
-    return (entry.message or "").strip()
-
-
 def build_unrecorded_failures_sensor(specs: Sequence[SourceSpec]) -> dg.SensorDefinition:
     """Records the outcome of loads that could not record it themselves: a version left
     `processing` by a run that is no longer running (its worker killed, or the warehouse gone
@@ -177,21 +146,13 @@ def build_unrecorded_failures_sensor(specs: Sequence[SourceSpec]) -> dg.SensorDe
         description="Marks failed, with the run's failure reason, versions left 'processing' by runs that ended.",
     )
     def unrecorded_failures(context: dg.SensorEvaluationContext, warehouse: WarehouseResource):
-        store = warehouse.open()
-        recorded = []
         try:
-            processing = store.processing_versions(names)
+            recorded = record_lost_outcomes(context.instance, warehouse.open(), names, context.log)
         except Exception as exc:
             if not is_transient(exc):
                 raise
             # A load holds the DuckDB file, or the server is away: the next tick looks again.
             return dg.SkipReason(f"warehouse unavailable, looking again next tick: {type(exc).__name__}")
-        for source_id, partition_key, run_id in processing:
-            outcome = lost_run_outcome(context.instance, run_id)
-            if outcome:
-                store.mark_failed(source_id, outcome)
-                context.log.warning(f"{partition_key} (version {source_id}): {outcome}")
-                recorded.append(partition_key)
         if not recorded:
             return dg.SkipReason("no version left processing by a finished run")
         return dg.SkipReason(f"recorded the outcome of {len(recorded)} version(s): {', '.join(recorded)}")
