@@ -20,6 +20,7 @@ import dagster as dg
 import duckdb
 import psycopg
 import pytest
+import yaml
 
 from harmonizer_dagster.core.faults import is_transient
 from harmonizer_dagster.core.warehouse import open_warehouse
@@ -30,6 +31,7 @@ from harmonizer_dagster_tests.postgres_server import running_cluster
 SOURCE = "business_registry"
 Q3 = "registry_2026-Q3.csv"
 PARTITIONS = f"{SOURCE}_files"
+REPO = Path(__file__).parent.parent
 
 
 def wait_for(predicate, timeout: float, what: str):
@@ -39,6 +41,18 @@ def wait_for(predicate, timeout: float, what: str):
             return value
         time.sleep(0.2)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@pytest.fixture
+def instance(tmp_path):
+    """An instance with the run retries both shipped instances configure, so each failed run
+    carries Dagster's decision whether the daemon re-executes it (`dagster/will_retry`)."""
+    shipped = yaml.safe_load((REPO / "deploy" / "local" / "dagster.yaml").read_text())
+    assert shipped["run_retries"] == yaml.safe_load((REPO / "dagster.yaml").read_text())["run_retries"]
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    with dg.instance_for_test(temp_dir=str(home), overrides={"run_retries": shipped["run_retries"]}) as instance:
+        yield instance
 
 
 @pytest.fixture
@@ -191,7 +205,7 @@ def test_an_object_that_is_not_there_fails_at_once_without_retries(dying_s3, ins
     assert step_events(result, dg.DagsterEventType.STEP_UP_FOR_RETRY, "_hash") == []
     (failure,) = step_events(result, dg.DagsterEventType.STEP_FAILURE, "_hash")
     assert "FileNotFoundError" in failure.step_failure_data.error.message
-    assert instance.get_run_by_id(result.run_id).tags["dagster/retry_on_asset_or_op_failure"] == "false"
+    assert instance.get_run_by_id(result.run_id).tags["dagster/will_retry"] == "false", "a missing object stays missing"
 
 
 # -- PostgreSQL --------------------------------------------------------------------------------
@@ -326,6 +340,7 @@ def test_a_postgres_restart_mid_upsert_reports_its_cause_and_the_registry_check_
         cause = next(e for e in chain if e.cls_name == "AdminShutdown")
         assert "terminating connection due to administrator command" in cause.message
         assert "could not be recorded in the registry" in cause.message
+        assert instance.get_run_by_id(result.run_id).tags["dagster/will_retry"] == "true", "the daemon retries it"
 
         cluster.start()
         assert registry(cluster.url) == [("processing", None, None)]
