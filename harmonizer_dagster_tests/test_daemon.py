@@ -184,3 +184,47 @@ def test_a_run_killed_with_its_daemon_is_failed_by_run_monitoring_and_retried_on
     with duckdb.connect(str(warehouse), read_only=True) as con:
         assert con.execute(f"SELECT count(*) FROM harmonizer.{SOURCE}").fetchone() == (988,)
         assert con.execute("SELECT status, records_imported FROM harmonizer.sources").fetchall() == [("completed", 988)]
+
+
+@pytest.mark.parametrize("instance_settings", [{"run_monitoring": {"poll_interval_seconds": 2}}])
+def test_a_killed_dagster_asset_materialize_is_failed_by_run_monitoring(daemon_env, start_daemon, landing):
+    drop, home = Path(daemon_env["HARMONIZER_LANDING_DIR"]), Path(daemon_env["DAGSTER_HOME"])
+    warehouse = warehouse_file(daemon_env)
+    # No landing sensor: the only run is the one started from the command line.
+    start_daemon({**daemon_env, "HARMONIZER_AUTOMATION": "off"})
+    shutil.copy(landing / SOURCE / Q3, drop / SOURCE / Q3)
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        instance.add_dynamic_partitions(f"{SOURCE}_files", [Q3])
+    holder = hold_duckdb_lock(warehouse)
+    command = [str(Path(sys.executable).parent / "dagster"), "asset", "materialize", "-m", "harmonizer_dagster"]
+    cli = subprocess.Popen(
+        [*command, "--select", SOURCE, "--partition", Q3],
+        env=daemon_env,
+        cwd=home.parent,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    (first,) = wait_for(lambda: [r for r in all_runs(home) if retried_steps(home, r.run_id)], 120, "a retried step")
+    os.killpg(cli.pid, signal.SIGKILL)
+    cli.wait()
+    holder.stdin.close()
+    holder.wait()
+
+    failed = wait_for(
+        lambda: [r for r in all_runs(home) if r.run_id == first.run_id and r.is_finished], 120, "the run to end"
+    )
+    assert failed[0].status == dg.DagsterRunStatus.FAILURE
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        messages = [entry.message for entry in instance.all_logs(first.run_id)]
+    assert any("has exited without ending it: the run worker is lost" in m for m in messages), messages[-5:]
+    # A run started from the command line has no code location the daemon could re-execute it
+    # from: the same command, run again, loads the file.
+    subprocess.run([*command, "--select", SOURCE, "--partition", Q3], env=daemon_env, cwd=home.parent, check=True)
+    with duckdb.connect(str(warehouse), read_only=True) as con:
+        assert con.execute(f"SELECT count(*) FROM harmonizer.{SOURCE}").fetchone() == (988,)
+
+
+def all_runs(home: Path) -> list[dg.DagsterRun]:
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        return list(instance.get_runs())

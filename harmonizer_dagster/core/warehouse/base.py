@@ -370,15 +370,21 @@ class Warehouse(ABC):
         return bool(rows)
 
     def processing_versions(self, source_types: Sequence[str]) -> list[tuple[int, str, str]]:
-        """The versions of these sources still `processing`: (source_id, partition_key, run_id)."""
-        if not source_types:
-            return []
+        """The versions of these sources still `processing`: (source_id, partition_key, run_id);
+        none before the first load created the registry."""
         marks = ", ".join(["%s"] * len(source_types))
-        rows = self.query(
-            "SELECT source_id, partition_key, run_id FROM {schema}.sources "
-            f"WHERE status = 'processing' AND source_type IN ({marks}) ORDER BY source_id",
-            list(source_types),
-        )
+        with self._connected() as s:
+            registry = s.execute(
+                "SELECT 1 FROM information_schema.tables WHERE table_schema = %s AND table_name = 'sources'",
+                (self.schema_name,),
+            )
+            if not source_types or not registry:
+                return []
+            rows = s.execute(
+                f"SELECT source_id, partition_key, run_id FROM {self.schema}.sources "
+                f"WHERE status = 'processing' AND source_type IN ({marks}) ORDER BY source_id",
+                list(source_types),
+            )
         return [(int(source_id), str(key), str(run_id or "")) for source_id, key, run_id in rows]
 
     def mark_failed(self, source_id: int, message: str) -> None:
