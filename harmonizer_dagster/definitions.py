@@ -29,7 +29,11 @@ from harmonizer_dagster.orchestration.resources import (
     WarehouseResource,
 )
 from harmonizer_dagster.orchestration.schedules import build_fetch_job, build_fetch_schedule
-from harmonizer_dagster.orchestration.sensors import build_folder_sensor, build_s3_sensor
+from harmonizer_dagster.orchestration.sensors import (
+    build_folder_sensor,
+    build_s3_sensor,
+    build_unrecorded_failures_sensor,
+)
 from harmonizer_dagster.orchestration.triage import build_report_asset, build_reprocess_job, triage_issues
 
 # dagster-aws marks SecretsManagerResource beta; it is the one resource that reads secrets, so it
@@ -190,6 +194,7 @@ def build_definitions() -> dg.Definitions:
         sensors=[
             *sensors,
             *([spec_error_sensor(catalog.errors)] if catalog.errors else []),
+            *([build_unrecorded_failures_sensor(specs)] if specs else []),
             *build_alert_sensors(
                 current("HARMONIZER_ALERTS").strip().lower(),
                 int(current("HARMONIZER_STALL_MINUTES")),

@@ -50,43 +50,58 @@ def _as_postgres(args: list[str]) -> list[str]:
     return ["runuser", "-u", "postgres", "--", *args] if os.geteuid() == 0 else args
 
 
+class ThrowawayCluster:
+    """A cluster of its own on a free loopback port, which a test may stop and start again."""
+
+    def __init__(self) -> None:
+        self.bin_dir = _binaries()
+        self.data = Path(tempfile.mkdtemp(prefix="harmonizer-pg-"))
+        if os.geteuid() == 0:
+            shutil.chown(self.data, "postgres", "postgres")
+        self.port = _free_port()
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        subprocess.run(
+            _as_postgres([str(self.bin_dir / "initdb"), "-D", str(self.data / "db"), "-U", "postgres", "-A", "trust"]),
+            check=True,
+            capture_output=True,
+        )
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.data} -c listen_addresses=127.0.0.1"
+        self._pg_ctl("-l", str(self.data / "log"), "-w", "-o", options, "start")
+
+    def stop(self) -> None:
+        """Stops the server as a restart does: every session is ended, open transactions rolled back."""
+        self._pg_ctl("-m", "fast", "-w", "stop")
+
+    def _pg_ctl(self, *args: str) -> None:
+        subprocess.run(
+            _as_postgres([str(self.bin_dir / "pg_ctl"), "-D", str(self.data / "db"), *args]),
+            check=True,
+            capture_output=True,
+        )
+
+
 @contextmanager
-def throwaway_cluster() -> Iterator[str]:
+def running_cluster() -> Iterator[ThrowawayCluster]:
     """initdb + pg_ctl start on a free loopback port; stopped and deleted afterwards."""
-    bin_dir = _binaries()
-    data = Path(tempfile.mkdtemp(prefix="harmonizer-pg-"))
-    if os.geteuid() == 0:
-        shutil.chown(data, "postgres", "postgres")
-    port = _free_port()
-    subprocess.run(
-        _as_postgres([str(bin_dir / "initdb"), "-D", str(data / "db"), "-U", "postgres", "-A", "trust"]),
-        check=True,
-        capture_output=True,
-    )
-    subprocess.run(
-        _as_postgres(
-            [
-                str(bin_dir / "pg_ctl"),
-                "-D",
-                str(data / "db"),
-                "-l",
-                str(data / "log"),
-                "-w",
-                "-o",
-                f"-p {port} -k {data} -c listen_addresses=127.0.0.1",
-                "start",
-            ]
-        ),
-        check=True,
-        capture_output=True,
-    )
+    cluster = ThrowawayCluster()
+    cluster.start()
     try:
-        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+        yield cluster
     finally:
         subprocess.run(
-            _as_postgres([str(bin_dir / "pg_ctl"), "-D", str(data / "db"), "-m", "fast", "stop"]), capture_output=True
+            _as_postgres([str(cluster.bin_dir / "pg_ctl"), "-D", str(cluster.data / "db"), "-m", "fast", "stop"]),
+            capture_output=True,
         )
-        shutil.rmtree(data, ignore_errors=True)
+        shutil.rmtree(cluster.data, ignore_errors=True)
+
+
+@contextmanager
+def throwaway_cluster() -> Iterator[str]:
+    """A running throwaway cluster's URL."""
+    with running_cluster() as cluster:
+        yield cluster.url
 
 
 @contextmanager

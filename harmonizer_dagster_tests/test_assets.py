@@ -45,6 +45,7 @@ def test_definitions_snapshot():
         "run_failure_alerts",
         "run_success_alerts",
         "stalled_run_alerts",
+        "unrecorded_failures",
     }
     assert {s.name for s in repository.schedule_defs} == {
         "business_registry_schedule",

@@ -1,5 +1,6 @@
 """End to end with the real daemon: drop a file, and rows reach the warehouse with no human action."""
 
+import contextlib
 import os
 import shutil
 import signal
@@ -11,6 +12,9 @@ from pathlib import Path
 import dagster as dg
 import duckdb
 import pytest
+import yaml
+
+from harmonizer_dagster_tests.test_faults import hold_duckdb_lock
 
 REPO = Path(__file__).parent.parent
 ARTIFACTS = REPO / "test-artifacts"
@@ -29,40 +33,75 @@ def wait_for(predicate, timeout: float, what: str):
 
 
 @pytest.fixture
-def daemon(tmp_path, landing):
+def instance_settings() -> dict:
+    """What a test changes in the embedded instance's dagster.yaml, merged into it."""
+    return {}
+
+
+def merged(base: dict, changes: dict) -> dict:
+    return {
+        **base,
+        **{k: merged(base.get(k, {}), v) if isinstance(v, dict) else v for k, v in changes.items()},
+    }
+
+
+@pytest.fixture
+def daemon_env(tmp_path, landing, instance_settings) -> dict[str, str]:
+    """The environment of a daemon on a fresh embedded instance, landing folder and DuckDB file."""
     home = tmp_path / "dagster_home"
     home.mkdir()
-    shutil.copy(REPO / "deploy" / "local" / "dagster.yaml", home / "dagster.yaml")
+    config = merged(yaml.safe_load((REPO / "deploy" / "local" / "dagster.yaml").read_text()), instance_settings)
+    (home / "dagster.yaml").write_text(yaml.safe_dump(config))
     # Create the SQLite storages before the daemon starts: the test reads them while it runs,
     # and two processes creating one at once can both stamp its schema version.
     with dg.DagsterInstance.from_config(str(home)):
         pass
     drop = tmp_path / "drop"
     (drop / SOURCE).mkdir(parents=True)
-    env = {
+    return {
         **os.environ,
         "DAGSTER_HOME": str(home),
         "HARMONIZER_LANDING_DIR": str(drop),
         "HARMONIZER_STAGING_DIR": str(tmp_path / "staging"),
         "HARMONIZER_WAREHOUSE_URL": f"duckdb:///{tmp_path / 'warehouse.duckdb'}",
     }
-    log = (tmp_path / "daemon.log").open("w")
-    # Its own process group: the daemon, its code server and run workers are stopped together,
-    # and nothing else on the machine is touched.
-    process = subprocess.Popen(
-        [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", str(REPO / "workspace.yaml")],
-        env=env,
-        cwd=tmp_path,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        yield drop, home, tmp_path / "warehouse.duckdb"
-    finally:
-        os.killpg(process.pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def start_daemon(tmp_path):
+    """Starts `dagster-daemon run` in a process group of its own: the daemon, its code server
+    and run workers are stopped together, and nothing else on the machine is touched."""
+    started: list[subprocess.Popen] = []
+    log = (tmp_path / "daemon.log").open("a")
+
+    def start(env: dict[str, str]) -> subprocess.Popen:
+        process = subprocess.Popen(
+            [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", str(REPO / "workspace.yaml")],
+            env=env,
+            cwd=tmp_path,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
         process.wait()
-        log.close()
+    log.close()
+
+
+@pytest.fixture
+def daemon(daemon_env, start_daemon):
+    start_daemon(daemon_env)
+    yield Path(daemon_env["HARMONIZER_LANDING_DIR"]), Path(daemon_env["DAGSTER_HOME"]), warehouse_file(daemon_env)
+
+
+def warehouse_file(env: dict[str, str]) -> Path:
+    return Path(env["HARMONIZER_WAREHOUSE_URL"].removeprefix("duckdb:///"))
 
 
 def runs(home: Path) -> list[dg.DagsterRun]:
@@ -94,3 +133,98 @@ def sensor_ticks(home: Path) -> int:
     with dg.DagsterInstance.from_config(str(home)) as instance:
         state = next(s for s in instance.all_instigator_state() if s.name == f"{SOURCE}_landing_sensor")
         return len(instance.get_ticks(state.instigator_origin_id, state.selector_id))
+
+
+def retried_steps(home: Path, run_id: str) -> bool:
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        return bool(instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_UP_FOR_RETRY))
+
+
+# Clocks shortened so the test does not wait for minutes.
+@pytest.mark.parametrize(
+    "instance_settings",
+    [{"run_monitoring": {"poll_interval_seconds": 2}, "run_launcher": {"config": {"unreachable_timeout_seconds": 5}}}],
+)
+def test_a_run_killed_with_its_daemon_is_failed_by_run_monitoring_and_retried_on_the_embedded_instance(
+    daemon_env, start_daemon, landing
+):
+    drop, home = Path(daemon_env["HARMONIZER_LANDING_DIR"]), Path(daemon_env["DAGSTER_HOME"])
+    warehouse = warehouse_file(daemon_env)
+    first_daemon = start_daemon(daemon_env)
+    # Another process holds the DuckDB file: the load waits in its hash step's retries, so the
+    # run worker is surely alive when it is killed.
+    holder = hold_duckdb_lock(warehouse)
+    shutil.copy(landing / SOURCE / Q3, drop / SOURCE / Q3)
+    (first,) = wait_for(lambda: [r for r in runs(home) if retried_steps(home, r.run_id)], 120, "a retried step")
+    # As when `dagster dev` is killed: the daemon, its code server and the run worker die at once,
+    # and nothing is left to say that the run ended.
+    os.killpg(first_daemon.pid, signal.SIGKILL)
+    first_daemon.wait()
+    holder.stdin.close()
+    holder.wait()
+    assert next(r for r in runs(home) if r.run_id == first.run_id).status == dg.DagsterRunStatus.STARTED
+    start_daemon(daemon_env)
+
+    def finished(run_id: str) -> dg.DagsterRun | None:
+        run = next(r for r in runs(home) if r.run_id == run_id)
+        return run if run.is_finished else None
+
+    failed = wait_for(lambda: finished(first.run_id), 120, "run monitoring to fail the killed run")
+    assert failed.status == dg.DagsterRunStatus.FAILURE
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        messages = [entry.message for entry in instance.all_logs(first.run_id)]
+    assert any("its run worker is lost" in m for m in messages), messages[-5:]
+
+    retry = wait_for(
+        lambda: [r for r in runs(home) if r.parent_run_id == first.run_id and r.status == dg.DagsterRunStatus.SUCCESS],
+        180,
+        "the daemon's retry to succeed",
+    )
+    assert retry[0].tags["dagster/partition"] == Q3
+    with duckdb.connect(str(warehouse), read_only=True) as con:
+        assert con.execute(f"SELECT count(*) FROM harmonizer.{SOURCE}").fetchone() == (988,)
+        assert con.execute("SELECT status, records_imported FROM harmonizer.sources").fetchall() == [("completed", 988)]
+
+
+@pytest.mark.parametrize("instance_settings", [{"run_monitoring": {"poll_interval_seconds": 2}}])
+def test_a_killed_dagster_asset_materialize_is_failed_by_run_monitoring(daemon_env, start_daemon, landing):
+    drop, home = Path(daemon_env["HARMONIZER_LANDING_DIR"]), Path(daemon_env["DAGSTER_HOME"])
+    warehouse = warehouse_file(daemon_env)
+    # No landing sensor: the only run is the one started from the command line.
+    start_daemon({**daemon_env, "HARMONIZER_AUTOMATION": "off"})
+    shutil.copy(landing / SOURCE / Q3, drop / SOURCE / Q3)
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        instance.add_dynamic_partitions(f"{SOURCE}_files", [Q3])
+    holder = hold_duckdb_lock(warehouse)
+    command = [str(Path(sys.executable).parent / "dagster"), "asset", "materialize", "-m", "harmonizer_dagster"]
+    cli = subprocess.Popen(
+        [*command, "--select", SOURCE, "--partition", Q3],
+        env=daemon_env,
+        cwd=home.parent,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    (first,) = wait_for(lambda: [r for r in all_runs(home) if retried_steps(home, r.run_id)], 120, "a retried step")
+    os.killpg(cli.pid, signal.SIGKILL)
+    cli.wait()
+    holder.stdin.close()
+    holder.wait()
+
+    failed = wait_for(
+        lambda: [r for r in all_runs(home) if r.run_id == first.run_id and r.is_finished], 120, "the run to end"
+    )
+    assert failed[0].status == dg.DagsterRunStatus.FAILURE
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        messages = [entry.message for entry in instance.all_logs(first.run_id)]
+    assert any("has exited without ending it: the run worker is lost" in m for m in messages), messages[-5:]
+    # A run started from the command line has no code location the daemon could re-execute it
+    # from: the same command, run again, loads the file.
+    subprocess.run([*command, "--select", SOURCE, "--partition", Q3], env=daemon_env, cwd=home.parent, check=True)
+    with duckdb.connect(str(warehouse), read_only=True) as con:
+        assert con.execute(f"SELECT count(*) FROM harmonizer.{SOURCE}").fetchone() == (988,)
+
+
+def all_runs(home: Path) -> list[dg.DagsterRun]:
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        return list(instance.get_runs())

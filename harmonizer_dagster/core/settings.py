@@ -22,6 +22,10 @@ DEFAULTS = {
     "HARMONIZER_SENSOR_INTERVAL_SECONDS": "5",
     # "off" leaves sensors, schedules and automation stopped until someone starts them in the UI.
     "HARMONIZER_AUTOMATION": "on",
+    # Times the hash and upsert steps are tried again, within their run, after a transient S3
+    # or warehouse error, waiting this many seconds first, doubled on each attempt (+/- jitter).
+    "HARMONIZER_STEP_RETRIES": "4",
+    "HARMONIZER_RETRY_DELAY_SECONDS": "2",
     # Minutes without a single event before a started run is reported as stalled.
     "HARMONIZER_STALL_MINUTES": "30",
     # Whose runs this location's alert sensors watch: "location" (its own), "fleet" (every

@@ -1,6 +1,7 @@
 """One graph-backed, file-partitioned asset per declared source: hash -> validate -> harmonize -> upsert."""
 
 import os
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -10,6 +11,7 @@ from typing import Any
 import dagster as dg
 from dagster_aws.s3 import S3Resource
 
+from harmonizer_dagster.core.faults import is_transient
 from harmonizer_dagster.core.files import FileVersion, RefusedFile, locate
 from harmonizer_dagster.core.landing import missing_file_message
 from harmonizer_dagster.core.pipeline import (
@@ -20,9 +22,54 @@ from harmonizer_dagster.core.pipeline import (
     upsert_step,
     validate_step,
 )
+from harmonizer_dagster.core.settings import current
 from harmonizer_dagster.core.spec import SourceSpec
 from harmonizer_dagster.core.warehouse.tables import sql_type
+from harmonizer_dagster.orchestration.outcomes import record_lost_outcomes
 from harmonizer_dagster.orchestration.resources import LandingZone, WarehouseResource
+
+# Dagster's run tag that says whether the daemon re-executes a run an op failed: the ops set
+# it from what failed, so only passing faults are retried (the instances default it to false).
+RETRY_ON_OP_FAILURE_TAG = "dagster/retry_on_asset_or_op_failure"
+
+
+def transient_retry_policy() -> dg.RetryPolicy:
+    """Steps that read S3 or write the warehouse are tried again after a passing fault, with
+    exponential backoff and jitter, so a restarting server or a dropped connection costs a
+    few seconds, not the file."""
+    return dg.RetryPolicy(
+        max_retries=int(current("HARMONIZER_STEP_RETRIES")),
+        delay=float(current("HARMONIZER_RETRY_DELAY_SECONDS")),
+        backoff=dg.Backoff.EXPONENTIAL,
+        jitter=dg.Jitter.PLUS_MINUS,
+    )
+
+
+@contextmanager
+def faults_classified(context: dg.OpExecutionContext) -> Iterator[None]:
+    """Lets a transient error reach the step's retry policy, and fails any other error at
+    once (retrying a bad file changes nothing). Either way the run is tagged, so the daemon's
+    run retries re-execute it later only when a passing fault failed it."""
+    try:
+        yield
+    except dg.Failure as failure:
+        context.instance.add_run_tags(context.run_id, {RETRY_ON_OP_FAILURE_TAG: "false"})
+        failure.allow_retries = False
+        raise
+    except RefusedFile as exc:
+        # A symbolic link, or a file changed since it was hashed: the reason alone is the run's
+        # error, with no traceback to dig through.
+        context.instance.add_run_tags(context.run_id, {RETRY_ON_OP_FAILURE_TAG: "false"})
+        raise dg.Failure(str(exc), allow_retries=False) from None
+    except Exception as exc:
+        transient = is_transient(exc)
+        context.instance.add_run_tags(context.run_id, {RETRY_ON_OP_FAILURE_TAG: str(transient).lower()})
+        if transient:
+            policy = context.op_def.retry_policy
+            attempts = f" (attempt {context.retry_number + 1} of {policy.max_retries + 1})" if policy else ""
+            context.log.warning(f"transient fault{attempts}: {type(exc).__name__}: {str(exc).strip()}")
+            raise
+        raise dg.Failure("".join(traceback.format_exception_only(exc)).strip(), allow_retries=False) from exc
 
 
 def partitions_for(spec: SourceSpec) -> dg.DynamicPartitionsDefinition:
@@ -42,16 +89,6 @@ def column_schema(spec: SourceSpec) -> dg.TableSchema:
             for c in spec.columns
         ]
     )
-
-
-@contextmanager
-def refused_as_failure() -> Iterator[None]:
-    """A landed file the steps refuse to open (a symbolic link, or a file changed since it was
-    hashed) fails the step with the reason alone, as the run's error: no traceback to dig through."""
-    try:
-        yield
-    except RefusedFile as exc:
-        raise dg.Failure(str(exc)) from None
 
 
 @dataclass(frozen=True)
@@ -99,6 +136,7 @@ def build_source_ops(spec: SourceSpec) -> SourceOps:
         name=f"{spec.name}_hash",
         ins={"file": dg.In(dg.Optional[FileVersion], default_value=None)},
         tags=tags,
+        retry_policy=transient_retry_policy(),
         description="Streams the file through SHA-256 and registers the version; an already-loaded hash is skipped.",
     )
     def hash_op(
@@ -110,11 +148,16 @@ def build_source_ops(spec: SourceSpec) -> SourceOps:
     ) -> HashedVersion:
         # Inside the asset the partition names the file; the ingest jobs pass it in.
         target = file or locate(landing.landing_path, spec.name, context.partition_key)
-        if not target.is_s3 and not os.path.lexists(target.path):
-            raise dg.Failure(missing_file_message(landing.landing_path, spec.name, target.partition_key))
-        client = s3.get_client() if target.is_s3 else None
-        with refused_as_failure():
-            hashed = hash_step(spec, target, warehouse.open(), landing.staging_path, context.run_id, s3_client=client)
+        with faults_classified(context):
+            if not target.is_s3 and not os.path.lexists(target.path):
+                raise dg.Failure(missing_file_message(landing.landing_path, spec.name, target.partition_key))
+            client = s3.get_client() if target.is_s3 else None
+            store = warehouse.open()
+            # A retried attempt downloads and hashes the object again from its first byte.
+            hashed = hash_step(spec, target, store, landing.staging_path, context.run_id, s3_client=client)
+            # What earlier runs of the source could not record (the unrecorded_failures sensor
+            # does the same where a daemon runs); this run's own version is still going.
+            record_lost_outcomes(context.instance, store, [spec.name], context.log)
         context.log.info(
             f"{target.partition_key}: sha256 {hashed.file_hash[:12]}..., version {hashed.version}"
             + (f", skipped: {hashed.skipped_because}" if hashed.skipped else "")
@@ -129,7 +172,7 @@ def build_source_ops(spec: SourceSpec) -> SourceOps:
     def validate_op(
         context: dg.OpExecutionContext, warehouse: WarehouseResource, landing: LandingZone, hashed: HashedVersion
     ) -> HashedVersion:
-        with refused_as_failure(), warehouse.open().failure_recorded(hashed.source_id):
+        with faults_classified(context), warehouse.open().failure_recorded(hashed.source_id):
             summary = validate_step(spec, hashed, landing.batch_rows)
         if summary:
             context.log.info(f"{hashed.partition_key}: {summary}")
@@ -143,7 +186,7 @@ def build_source_ops(spec: SourceSpec) -> SourceOps:
     def harmonize_op(
         context: dg.OpExecutionContext, warehouse: WarehouseResource, hashed: HashedVersion
     ) -> HashedVersion:
-        with warehouse.open().failure_recorded(hashed.source_id):
+        with faults_classified(context), warehouse.open().failure_recorded(hashed.source_id):
             summary = harmonize_step(spec, hashed)
         if summary:
             context.log.info(f"{hashed.partition_key}: {summary}")
@@ -153,11 +196,12 @@ def build_source_ops(spec: SourceSpec) -> SourceOps:
         name=f"{spec.name}_upsert",
         out=dg.Out(io_manager_key="source_tables"),
         tags=tags,
+        retry_policy=transient_retry_policy(),
         description="Upserts on the natural key with issues and failed records, in one transaction.",
     )
     def upsert_op(context: dg.OpExecutionContext, warehouse: WarehouseResource, hashed: HashedVersion):
         store = warehouse.open()
-        with store.failure_recorded(hashed.source_id):
+        with faults_classified(context), store.failure_recorded(hashed.source_id):
             result = upsert_step(spec, hashed, store, context.run_id)
         metadata = _metadata(spec, hashed, result)
         figures = {k: v for k, v in metadata.items() if isinstance(v, int | str)}

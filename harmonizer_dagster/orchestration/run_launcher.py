@@ -9,17 +9,22 @@ a run whose server has not answered, and which has written no event, for
 `unreachable_timeout_seconds` is taken for dead (a busy Pi that still writes events is not).
 Either way the run is marked failed and run retries launch it again.
 
+On the embedded instance (`local_run_workers`) every run worker runs on this machine, so a run
+executed in a process of its own (`dagster job execute`, `dagster asset materialize`) is lost
+once that process has exited: nothing else would ever end it.
+
 Code servers run as `dagster api grpc`: `dagster code-server start` proxies to a child server
 that it replaces on a code reload, which would then answer for runs it never held.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Mapping
 from typing import Any
 
-from dagster import DefaultRunLauncher, Field, IntSource
+from dagster import BoolSource, DagsterEventType, DefaultRunLauncher, Field, IntSource
 from dagster._core.errors import DagsterUserCodeUnreachableError
 from dagster._core.launcher import CheckRunHealthResult, WorkerStatus
 from dagster._core.storage.dagster_run import DagsterRun
@@ -38,9 +43,11 @@ class CodeServerRunLauncher(DefaultRunLauncher):
         self,
         inst_data: ConfigurableClassData | None = None,
         unreachable_timeout_seconds: int = DEFAULT_UNREACHABLE_TIMEOUT_SECONDS,
+        local_run_workers: bool = False,
     ):
         super().__init__(inst_data=inst_data)
         self.unreachable_timeout_seconds = unreachable_timeout_seconds
+        self.local_run_workers = local_run_workers
         # Per run: since when its code server has not answered, while it stays so.
         self._unreachable_since: dict[str, float] = {}
 
@@ -53,7 +60,14 @@ class CodeServerRunLauncher(DefaultRunLauncher):
                 default_value=DEFAULT_UNREACHABLE_TIMEOUT_SECONDS,
                 description="How long a code server may not answer before its runs are taken for dead. "
                 "A network blip shorter than this never fails a run.",
-            )
+            ),
+            "local_run_workers": Field(
+                BoolSource,
+                is_required=False,
+                default_value=False,
+                description="Every run worker runs on this machine (an instance in a local SQLite folder): "
+                "a run executed in its own process is failed once that process has exited.",
+            ),
         }
 
     @classmethod
@@ -69,7 +83,13 @@ class CodeServerRunLauncher(DefaultRunLauncher):
     def check_run_worker_health(self, run: DagsterRun) -> CheckRunHealthResult:
         client = self._get_grpc_client_for_termination(run.run_id)
         if client is None:
-            # Executed in process (`dagster job execute`): no server to ask; the maximum runtime applies.
+            # Executed in process (`dagster job execute`): no server to ask. On this machine its
+            # process tells; elsewhere the maximum runtime applies.
+            pid = self._run_process(run.run_id) if self.local_run_workers else None
+            if pid is not None and not _process_exists(pid):
+                return CheckRunHealthResult(
+                    WorkerStatus.FAILED, f"its process (pid {pid}) has exited without ending it: the run worker is lost"
+                )
             return CheckRunHealthResult(WorkerStatus.RUNNING, "not launched on a code server")
         server = f"{client.host}:{client.port or client.socket}"
         try:
@@ -101,6 +121,12 @@ class CodeServerRunLauncher(DefaultRunLauncher):
             WorkerStatus.NOT_FOUND, f"code server {server} no longer runs it: it restarted and the run worker is lost"
         )
 
+    def _run_process(self, run_id: str) -> int | None:
+        """The process that started executing the run, as its first event recorded it."""
+        started = self._instance.get_records_for_run(run_id, of_type=DagsterEventType.RUN_START, limit=1).records
+        event = started[0].event_log_entry.dagster_event if started else None
+        return event.pid if event else None
+
     def _last_event_time(self, run_id: str) -> float:
         latest = self._instance.get_records_for_run(run_id, limit=1, ascending=False).records
         return latest[0].timestamp if latest else 0.0
@@ -110,3 +136,13 @@ class CodeServerRunLauncher(DefaultRunLauncher):
         for run_id, since in list(self._unreachable_since.items()):
             if since < cutoff:
                 del self._unreachable_since[run_id]
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: it exists
+        return True
+    return True

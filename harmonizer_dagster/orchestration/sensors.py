@@ -6,16 +6,18 @@ source, so a Pi only watches the sources it loads.
 """
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import dagster as dg
 from dagster_aws.s3 import S3Resource
 
+from harmonizer_dagster.core.faults import is_transient
 from harmonizer_dagster.core.files import FileFingerprint, RefusedFile, fingerprint, fingerprint_s3, locate
 from harmonizer_dagster.core.landing import Ignored, Landed, ScanState, s3_prefix, scan_folder, scan_s3
 from harmonizer_dagster.core.spec import SourceSpec
 from harmonizer_dagster.orchestration.assets import partitions_for
-from harmonizer_dagster.orchestration.resources import LandingZone, S3Landing
+from harmonizer_dagster.orchestration.outcomes import record_lost_outcomes
+from harmonizer_dagster.orchestration.resources import LandingZone, S3Landing, WarehouseResource
 
 # Hashing big files takes a while; a sensor tick must end well within Dagster's 60 s limit.
 HASH_BUDGET_SECONDS = 30.0
@@ -132,3 +134,30 @@ def build_s3_sensor(spec: SourceSpec, job, interval: int, status: dg.DefaultSens
         )
 
     return bucket_sensor
+
+
+def build_unrecorded_failures_sensor(specs: Sequence[SourceSpec]) -> dg.SensorDefinition:
+    """Records the outcome of loads that could not record it themselves: a version left
+    `processing` by a run that is no longer running (its worker killed, or the warehouse gone
+    while the failure was being written) is marked failed with that run's failure reason."""
+    names = [spec.name for spec in specs]
+
+    @dg.sensor(
+        name="unrecorded_failures",
+        minimum_interval_seconds=60,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Marks failed, with the run's failure reason, versions left 'processing' by runs that ended.",
+    )
+    def unrecorded_failures(context: dg.SensorEvaluationContext, warehouse: WarehouseResource):
+        try:
+            recorded = record_lost_outcomes(context.instance, warehouse.open(), names, context.log)
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            # A load holds the DuckDB file, or the server is away: the next tick looks again.
+            return dg.SkipReason(f"warehouse unavailable, looking again next tick: {type(exc).__name__}")
+        if not recorded:
+            return dg.SkipReason("no version left processing by a finished run")
+        return dg.SkipReason(f"recorded the outcome of {len(recorded)} version(s): {', '.join(recorded)}")
+
+    return unrecorded_failures

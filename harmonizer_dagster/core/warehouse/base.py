@@ -37,6 +37,7 @@ FAILED_COLUMNS = [(name, "BIGINT" if name == "source_line_number" else "VARCHAR"
 log = logging.getLogger(__name__)
 
 FIX_COLUMNS = [(name, "BIGINT" if name in ("rule_id", "source_line_number") else "VARCHAR") for name in FIX_SCHEMA]
+logger = logging.getLogger(__name__)
 
 
 class Session(ABC):
@@ -388,11 +389,23 @@ class Warehouse(ABC):
 
     @contextmanager
     def failure_recorded(self, source_id: int) -> Iterator[None]:
-        """Marks the version failed, with the error, when the wrapped work raises."""
+        """Marks the version failed, with the error, when the wrapped work raises.
+
+        The work's error is what the run reports. When the warehouse cannot take the record
+        either (the same server went away), that second failure is only a note on the first:
+        the version stays `processing`, and the next run of it or the registry check
+        (`unrecorded_failures`) records what happened."""
         try:
             yield
         except Exception as exc:
-            self.mark_failed(source_id, f"{type(exc).__name__}: {exc}")
+            try:
+                self.mark_failed(source_id, f"{type(exc).__name__}: {exc}")
+            except Exception as unrecorded:
+                exc.add_note(
+                    f"The failure could not be recorded in the registry ({type(unrecorded).__name__}: "
+                    f"{str(unrecorded).strip()}); version {source_id} stays 'processing' until it is."
+                )
+                logger.warning("version %s: failure not recorded: %s", source_id, unrecorded)
             raise
 
     def active_rules(self, source_type: str) -> list[Rule]:
@@ -448,6 +461,24 @@ class Warehouse(ABC):
             (enabled, enabled, rule_id),
         )
         return bool(rows)
+
+    def processing_versions(self, source_types: Sequence[str]) -> list[tuple[int, str, str]]:
+        """The versions of these sources still `processing`: (source_id, partition_key, run_id);
+        none before the first load created the registry."""
+        marks = ", ".join(["%s"] * len(source_types))
+        with self._connected() as s:
+            registry = s.execute(
+                "SELECT 1 FROM information_schema.tables WHERE table_schema = %s AND table_name = 'sources'",
+                (self.schema_name,),
+            )
+            if not source_types or not registry:
+                return []
+            rows = s.execute(
+                f"SELECT source_id, partition_key, run_id FROM {self.schema}.sources "
+                f"WHERE status = 'processing' AND source_type IN ({marks}) ORDER BY source_id",
+                list(source_types),
+            )
+        return [(int(source_id), str(key), str(run_id or "")) for source_id, key, run_id in rows]
 
     def mark_failed(self, source_id: int, message: str) -> None:
         self.query(
