@@ -64,6 +64,9 @@ def daemon_env(tmp_path, landing, instance_settings) -> dict[str, str]:
         "HARMONIZER_LANDING_DIR": str(drop),
         "HARMONIZER_STAGING_DIR": str(tmp_path / "staging"),
         "HARMONIZER_WAREHOUSE_URL": f"duckdb:///{tmp_path / 'warehouse.duckdb'}",
+        # The tests hold the DuckDB file to keep a run busy: a session waiting for it gives up
+        # after a second, and the step is retried.
+        "HARMONIZER_WAREHOUSE_LOCK_TIMEOUT": "1",
     }
 
 

@@ -374,14 +374,19 @@ def hold_duckdb_lock(path: Path) -> subprocess.Popen:
     return holder
 
 
-def test_a_duckdb_file_locked_by_another_process_is_retried_until_it_is_free(environment, instance, quick_retries):
+def test_a_duckdb_file_locked_by_another_process_is_retried_until_it_is_free(
+    environment, instance, quick_retries, monkeypatch
+):
+    # A session waits for a held file this long before it gives up and the step is retried.
+    monkeypatch.setenv("HARMONIZER_WAREHOUSE_LOCK_TIMEOUT", "1")
     open_warehouse(f"duckdb:///{environment}").migrate(build_definitions_specs())
     instance.add_dynamic_partitions(PARTITIONS, [Q3])
     holder = hold_duckdb_lock(environment)
     outcome: dict[str, dg.ExecuteInProcessResult] = {}
     job = build_definitions().resolve_job_def(f"load_{SOURCE}")
     run = threading.Thread(
-        target=lambda: outcome.update(result=job.execute_in_process(instance=instance, partition_key=Q3))
+        target=lambda: outcome.update(result=job.execute_in_process(instance=instance, partition_key=Q3)),
+        daemon=True,
     )
     run.start()
 
