@@ -76,7 +76,7 @@ def build_source_job(spec: SourceSpec, host_tags: dict[str, str]):
     return dg.define_asset_job(
         name=f"load_{spec.name}",
         selection=dg.AssetSelection.assets(spec.name, f"{spec.name}_published"),
-        description=f"Loads one file of {spec.title} (one partition per run).",
+        description=f"Loads one file of {spec.title} (one partition per run); load_{spec.name}_files loads several.",
         tags={"source": spec.name, **host_tags},
     )
 
