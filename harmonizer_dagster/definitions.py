@@ -157,13 +157,14 @@ def build_definitions() -> dg.Definitions:
     host_tags = {"harmonizer/host": os.environ["HARMONIZER_HOST"]} if os.environ.get("HARMONIZER_HOST") else {}
     ops = {spec.name: build_source_ops(spec) for spec in specs}
     load_jobs = {spec.name: build_source_job(spec, host_tags) for spec in specs}
+    ingest_jobs, files_jobs = build_ingest_jobs(specs, ops, host_tags)
     interval = int(current("HARMONIZER_SENSOR_INTERVAL_SECONDS"))
     automatic = current("HARMONIZER_AUTOMATION").strip().lower() not in ("off", "false", "no", "0")
     sensor_status = dg.DefaultSensorStatus.RUNNING if automatic else dg.DefaultSensorStatus.STOPPED
     schedule_status = dg.DefaultScheduleStatus.RUNNING if automatic else dg.DefaultScheduleStatus.STOPPED
-    sensors = [build_folder_sensor(spec, load_jobs[spec.name], interval, sensor_status) for spec in specs]
+    sensors = [build_folder_sensor(spec, files_jobs[spec.name], interval, sensor_status) for spec in specs]
     if os.environ.get("HARMONIZER_S3_BUCKET"):
-        sensors += [build_s3_sensor(spec, load_jobs[spec.name], interval, sensor_status) for spec in specs]
+        sensors += [build_s3_sensor(spec, files_jobs[spec.name], interval, sensor_status) for spec in specs]
     fetch_jobs = {spec.name: build_fetch_job(spec, host_tags) for spec in specs if spec.schedule}
     assets = {spec.name: build_source_asset(spec, ops[spec.name], host_tags) for spec in specs}
     if specs and automatic:
@@ -187,8 +188,9 @@ def build_definitions() -> dg.Definitions:
         asset_checks=quality_checks,
         jobs=[
             *load_jobs.values(),
+            *files_jobs.values(),
             *fetch_jobs.values(),
-            *([build_register_job(specs), *build_ingest_jobs(specs, ops), build_reprocess_job(specs)] if specs else []),
+            *([build_register_job(specs), *ingest_jobs, build_reprocess_job(specs)] if specs else []),
             triage_issues,
         ],
         sensors=[

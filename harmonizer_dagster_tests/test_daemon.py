@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from harmonizer_dagster_tests.test_faults import hold_duckdb_lock
+from harmonizer_dagster_tests.test_sensors import drop_small_files
 
 REPO = Path(__file__).parent.parent
 ARTIFACTS = REPO / "test-artifacts"
@@ -109,7 +110,7 @@ def warehouse_file(env: dict[str, str]) -> Path:
 
 def runs(home: Path) -> list[dg.DagsterRun]:
     with dg.DagsterInstance.from_config(str(home)) as instance:
-        return [r for r in instance.get_runs() if r.job_name == f"load_{SOURCE}"]
+        return [r for r in instance.get_runs() if r.job_name == f"load_{SOURCE}_files"]
 
 
 def test_dropped_file_becomes_rows_and_the_same_bytes_again_do_nothing(daemon, landing):
@@ -119,7 +120,7 @@ def test_dropped_file_becomes_rows_and_the_same_bytes_again_do_nothing(daemon, l
 
     done = wait_for(lambda: [r for r in runs(home) if r.status == dg.DagsterRunStatus.SUCCESS], 120, "the sensor's run")
     latency = time.time() - dropped_at
-    assert done[0].tags["dagster/partition"] == Q3
+    assert done[0].run_config["ops"][f"{SOURCE}_discover"]["config"]["partition_keys"] == [Q3]
     with duckdb.connect(str(warehouse), read_only=True) as con:
         assert con.execute(f"SELECT count(*) FROM harmonizer.{SOURCE}").fetchone() == (988,)
     ARTIFACTS.mkdir(exist_ok=True)
@@ -130,6 +131,23 @@ def test_dropped_file_becomes_rows_and_the_same_bytes_again_do_nothing(daemon, l
     ticks_before = sensor_ticks(home)
     wait_for(lambda: sensor_ticks(home) >= ticks_before + 3, 60, "three more sensor ticks")
     assert len(runs(home)) == 1, "the same bytes under another name start no second run"
+
+    # Files dropped at once share runs: each is its own partition, with its own materialization.
+    names = drop_small_files(drop / SOURCE, 6)
+    wait_for(
+        lambda: len(runs(home)) > 1 and all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs(home)),
+        120,
+        "the runs of the dropped files",
+    )
+    assert len(runs(home)) <= 3, "six files take one run, two when a tick saw them half copied"
+    with duckdb.connect(str(warehouse), read_only=True) as con:
+        loaded = con.execute("SELECT partition_key FROM harmonizer.sources WHERE status = 'completed'").fetchall()
+    assert set(names) <= {key for (key,) in loaded}
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        for name in names:
+            assert instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=dg.AssetKey(SOURCE), asset_partitions=[name]), limit=1
+            ).records
 
 
 def sensor_ticks(home: Path) -> int:

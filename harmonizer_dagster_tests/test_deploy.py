@@ -145,7 +145,8 @@ def test_a_location_serves_only_its_assigned_sources_and_tags_its_host(monkeypat
     defs = build_definitions()
     keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
     assert "business_registry" not in keys and {"court_records", "news_articles"} <= keys
-    assert defs.resolve_job_def("load_court_records").tags["harmonizer/host"] == "pi-b"
+    for job in ("load_court_records", "load_court_records_files"):
+        assert defs.resolve_job_def(job).tags == {"source": "court_records", "harmonizer/host": "pi-b"}, job
     monkeypatch.setenv("HARMONIZER_SOURCES", "court_records,nope")
     with pytest.raises(SpecError, match="unknown sources: nope"):
         build_definitions()

@@ -11,7 +11,7 @@ import polars as pl
 from harmonizer_dagster.core.quality import checks_for
 from harmonizer_dagster.definitions import build_definitions
 from harmonizer_dagster.orchestration.resources import LandingZone
-from harmonizer_dagster_tests.test_sensors import folder_sensor, tick
+from harmonizer_dagster_tests.test_sensors import folder_sensor, requested, tick
 
 SOURCE = "business_registry"
 Q3 = "registry_2026-Q3.csv"
@@ -83,7 +83,7 @@ def test_sensors_do_not_reload_what_ingest_landing_loaded(environment, landing, 
         handle.write("C9999999,Late Arrival LLC,ACTIVE,2026-01-02,DE,10001,late@example.com\n")
     third, cursor = tick(sensor, instance, cursor, landing=zone)
     fourth, cursor = tick(sensor, instance, cursor, landing=zone)
-    assert [r.partition_key for r in [*third.run_requests, *fourth.run_requests]] == [Q3]
+    assert [*requested(third), *requested(fourth)] == [Q3]
 
 
 def test_a_skipped_version_shows_the_counts_of_its_earlier_load(environment, instance):

@@ -3,7 +3,6 @@ listing (sensors, the register step), not by the hash step, and not by the later
 read the very file that was hashed. Messages quote a file's names, never its other content; the
 default landing area lies outside the package."""
 
-import json
 import logging
 import os
 import shutil
@@ -13,13 +12,14 @@ import dagster as dg
 import pytest
 
 from harmonizer_dagster.core.files import RefusedFile, fingerprint, locate, open_landed, pinned_path
-from harmonizer_dagster.core.landing import Ignored, scan_folder
+from harmonizer_dagster.core.landing import Ignored, ScanState, scan_folder
 from harmonizer_dagster.core.pipeline import hash_step, validate_step
 from harmonizer_dagster.core.warehouse import open_warehouse
 from harmonizer_dagster.definitions import build_definitions
 from harmonizer_dagster.orchestration.resources import LandingZone
 from harmonizer_dagster.orchestration.sensors import build_folder_sensor, landing_tick
 from harmonizer_dagster_tests.conftest import WAREHOUSES, load_file, warehouse_url
+from harmonizer_dagster_tests.test_sensors import files_job, requested
 
 SOURCE = "business_registry"
 Q3 = "registry_2026-Q3.csv"
@@ -164,13 +164,12 @@ def _tick(sensor, instance, cursor, log: list[str], landing_zone: LandingZone):
 
 
 def test_the_sensor_requests_runs_for_real_files_only_and_says_why_once(links, landing, specs, instance, tmp_path):
-    job = build_definitions().resolve_job_def(f"load_{SOURCE}")
-    sensor = build_folder_sensor(specs[SOURCE], job, 10, dg.DefaultSensorStatus.RUNNING)
+    sensor = build_folder_sensor(specs[SOURCE], files_job(), 10, dg.DefaultSensorStatus.RUNNING)
     zone = LandingZone(landing_dir=str(landing), staging_dir=str(tmp_path / "staging"))
     log: list[str] = []
     first = _tick(sensor, instance, None, log, zone)
     second = _tick(sensor, instance, first.cursor, log, zone)
-    assert sorted(str(r.partition_key) for r in second.run_requests) == [Q3, "registry_2026-Q4.csv.gz"]
+    assert sorted(requested(second)) == [Q3, "registry_2026-Q4.csv.gz"]
     assert sorted(instance.get_dynamic_partitions(f"{SOURCE}_files")) == [Q3, "registry_2026-Q4.csv.gz"]
     ignored = [line for line in log if " ignored: " in line]
     assert len(ignored) == 4, "each link is reported once, not at every tick"
@@ -179,15 +178,14 @@ def test_the_sensor_requests_runs_for_real_files_only_and_says_why_once(links, l
 
 
 def test_the_sensor_skips_a_file_swapped_for_a_link_between_two_ticks(landing, outside, specs, instance, tmp_path):
-    job = build_definitions().resolve_job_def(f"load_{SOURCE}")
-    sensor = build_folder_sensor(specs[SOURCE], job, 10, dg.DefaultSensorStatus.RUNNING)
+    sensor = build_folder_sensor(specs[SOURCE], files_job(), 10, dg.DefaultSensorStatus.RUNNING)
     zone = LandingZone(landing_dir=str(landing), staging_dir=str(tmp_path / "staging"))
     log: list[str] = []
     first = _tick(sensor, instance, None, log, zone)
     (landing / SOURCE / Q3).unlink()
     (landing / SOURCE / Q3).symlink_to(outside / "registry_2027-Q1.csv")
     second = _tick(sensor, instance, first.cursor, log, zone)
-    assert [str(r.partition_key) for r in second.run_requests] == ["registry_2026-Q4.csv.gz"]
+    assert requested(second) == ["registry_2026-Q4.csv.gz"]
     assert any(line.startswith(f"{SOURCE}: {Q3} ignored: ") and OUTSIDE in line for line in log)
 
 
@@ -195,15 +193,15 @@ def test_a_file_that_becomes_a_link_while_the_sensor_hashes_it_is_not_hashed(lan
     listing = scan_folder(landing, SOURCE)
     (landing / SOURCE / Q3).unlink()
     (landing / SOURCE / Q3).symlink_to(outside / "passwd")
-    cursor = json.dumps({"handled": {}, "waiting": {item.key: item.signature for item in listing}})
+    cursor = ScanState().advance(listing).finish().dump()
     context = dg.build_sensor_context(instance=instance, cursor=cursor)
 
     def content_hash(item):
         with locate(landing, SOURCE, item.key).open() as handle:
             return fingerprint(handle)
 
-    result = landing_tick(context, specs[SOURCE], lambda _: listing, content_hash)
-    assert [str(r.partition_key) for r in result.run_requests] == ["registry_2026-Q4.csv.gz"]
+    result = landing_tick(context, specs[SOURCE], lambda *_: listing, content_hash)
+    assert requested(result) == ["registry_2026-Q4.csv.gz"]
 
 
 def test_ingest_landing_loads_the_real_files_and_logs_each_link(links, location, instance):

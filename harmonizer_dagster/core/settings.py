@@ -20,6 +20,10 @@ DEFAULTS = {
     "HARMONIZER_WAREHOUSE_LOCK_TIMEOUT": "600",
     # Seconds between two looks at a landing area; a file is picked up on its second look.
     "HARMONIZER_SENSOR_INTERVAL_SECONDS": "5",
+    # A landing sensor's run loads at most this many files, and at most this many bytes of them
+    # (a single larger file gets a run of its own); each file stays its own partition.
+    "HARMONIZER_RUN_MAX_FILES": "100",
+    "HARMONIZER_RUN_MAX_BYTES": str(1 << 30),
     # "off" leaves sensors, schedules and automation stopped until someone starts them in the UI.
     "HARMONIZER_AUTOMATION": "on",
     # Times the hash and upsert steps are tried again, within their run, after a transient S3

@@ -1,7 +1,9 @@
-"""Jobs: registering landed files as partitions, and ingesting a whole landing zone at once.
+"""Jobs: registering landed files as partitions, and loading many files in one run.
 
-The ingest jobs fan out over every landed file with the very ops the source assets are built
-from, so `dagster job execute` exercises the same code path as a materialization in the UI.
+The ingest jobs and each source's files job fan out over files with the very ops the source
+assets are built from, so `dagster job execute` and the landing sensors' runs exercise the same
+code path as a materialization in the UI: each file is its own partition, with its own steps,
+materialization and checks, and a bad file fails only its own steps.
 """
 
 import hashlib
@@ -10,6 +12,7 @@ import re
 from collections.abc import Sequence
 
 import dagster as dg
+from pydantic import Field
 
 from harmonizer_dagster.core.files import FileVersion, locate
 from harmonizer_dagster.core.landing import Ignored, scan_folder
@@ -38,13 +41,19 @@ def register_new_files(context: dg.OpExecutionContext, spec: SourceSpec, landing
         keys = []
     for item in ignored:
         context.log.info(f"{spec.name}: {item.key} ignored: {item.reason}")
-    partitions = partitions_for(spec)
-    known = set(context.instance.get_dynamic_partitions(partitions.name or spec.name))
-    new = [k for k in keys if k not in known]
-    if new:
-        context.instance.add_dynamic_partitions(partitions.name or spec.name, new)
-    context.log.info(f"{spec.name}: {len(keys)} file(s) landed, {len(new)} newly registered, {len(ignored)} ignored")
+    new = register(context.instance, spec, keys)
+    context.log.info(f"{spec.name}: {len(keys)} file(s) landed, {new} newly registered, {len(ignored)} ignored")
     return keys
+
+
+def register(instance: dg.DagsterInstance, spec: SourceSpec, keys: Sequence[str]) -> int:
+    """Adds the keys that are not partitions of the source yet; returns how many were added."""
+    name = partitions_for(spec).name or spec.name
+    known = set(instance.get_dynamic_partitions(name))
+    new = [key for key in keys if key not in known]
+    if new:
+        instance.add_dynamic_partitions(name, new)
+    return len(new)
 
 
 def build_register_job(specs: Sequence[SourceSpec]) -> dg.JobDefinition:
@@ -67,15 +76,38 @@ def build_source_job(spec: SourceSpec, host_tags: dict[str, str]):
     return dg.define_asset_job(
         name=f"load_{spec.name}",
         selection=dg.AssetSelection.assets(spec.name, f"{spec.name}_published"),
-        description=f"Loads one file of {spec.title} (one partition per run).",
+        description=f"Loads one file of {spec.title} (one partition per run); load_{spec.name}_files loads several.",
         tags={"source": spec.name, **host_tags},
     )
 
 
+class FilesConfig(dg.Config):
+    partition_keys: list[str] = Field(
+        default=[],
+        description="The files to load, by partition key (a landed path, or an s3:// URI); empty: every "
+        "landed file, registering the new ones.",
+    )
+
+
+def files_run_config(spec: SourceSpec, partition_keys: Sequence[str]) -> dict:
+    """The run config that makes a run of the source's files job load exactly these files."""
+    return {"ops": {f"{spec.name}_discover": {"config": {"partition_keys": list(partition_keys)}}}}
+
+
 def _discover_op(spec: SourceSpec) -> dg.OpDefinition:
-    @dg.op(name=f"{spec.name}_discover", out=dg.DynamicOut(FileVersion), tags={"source": spec.name})
-    def discover(context: dg.OpExecutionContext, landing: LandingZone):
-        for key in register_new_files(context, spec, landing):
+    @dg.op(
+        name=f"{spec.name}_discover",
+        out=dg.DynamicOut(FileVersion),
+        tags={"source": spec.name},
+        description="Hands each file to load to its own steps: the configured ones, or every landed file.",
+    )
+    def discover(context: dg.OpExecutionContext, config: FilesConfig, landing: LandingZone):
+        keys = config.partition_keys
+        if keys:
+            register(context.instance, spec, keys)
+        else:
+            keys = register_new_files(context, spec, landing)
+        for key in dict.fromkeys(keys):
             yield dg.DynamicOutput(locate(landing.landing_path, spec.name, key), mapping_key=_mapping_key(key))
 
     return discover
@@ -166,8 +198,12 @@ def _report_op(spec: SourceSpec) -> dg.OpDefinition:
     return report
 
 
-def build_ingest_jobs(specs: Sequence[SourceSpec], ops: dict[str, SourceOps]) -> list[dg.JobDefinition]:
-    """`ingest_landing` loads every landed file; `smoke_test` does the same, then checks the manifest.
+def build_ingest_jobs(
+    specs: Sequence[SourceSpec], ops: dict[str, SourceOps], host_tags: dict[str, str]
+) -> tuple[list[dg.JobDefinition], dict[str, dg.JobDefinition]]:
+    """`ingest_landing` loads every landed file; `smoke_test` does the same, then checks the
+    manifest; `load_<source>_files`, by source, loads the files its run config names (what the
+    landing sensors launch) or every landed file of the source.
 
     Each file goes through the asset's four ops, then its asset checks and publication, and
     each source's report is refreshed: loading through a job counts exactly as materializing."""
@@ -195,7 +231,19 @@ def build_ingest_jobs(specs: Sequence[SourceSpec], ops: dict[str, SourceOps]) ->
     def smoke_test():
         _expected_counts_op(specs)(**{spec.name: pipeline(spec) for spec in specs})
 
-    return [
+    def files_job(spec: SourceSpec) -> dg.JobDefinition:
+        @dg.graph(name=f"load_{spec.name}_files")
+        def load_files():
+            pipeline(spec)
+
+        return load_files.to_job(
+            description=f"Loads several files of {spec.title} in one run, each as its own partition; "
+            "a file whose step fails leaves the others loaded.",
+            # The queue's one-run-per-source and per-host limits hold for these runs too.
+            tags={"source": spec.name, **host_tags},
+        )
+
+    jobs = [
         ingest_landing.to_job(
             description="Ingests every file in the landing zone, source by source, with the asset checks, "
             "publication and reports a materialization gets."
@@ -205,3 +253,4 @@ def build_ingest_jobs(specs: Sequence[SourceSpec], ops: dict[str, SourceOps]) ->
             "(the CI smoke test over the shipped samples)."
         ),
     ]
+    return jobs, {spec.name: files_job(spec) for spec in specs}

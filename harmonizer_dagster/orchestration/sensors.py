@@ -13,9 +13,20 @@ from dagster_aws.s3 import S3Resource
 
 from harmonizer_dagster.core.faults import is_transient
 from harmonizer_dagster.core.files import FileFingerprint, RefusedFile, fingerprint, fingerprint_s3, locate
-from harmonizer_dagster.core.landing import Ignored, Landed, ScanState, s3_prefix, scan_folder, scan_s3
+from harmonizer_dagster.core.landing import (
+    Ignored,
+    Landed,
+    ScanState,
+    group_runs,
+    run_key,
+    s3_prefix,
+    scan_folder,
+    scan_s3,
+)
+from harmonizer_dagster.core.settings import current
 from harmonizer_dagster.core.spec import SourceSpec
 from harmonizer_dagster.orchestration.assets import partitions_for
+from harmonizer_dagster.orchestration.jobs import files_run_config
 from harmonizer_dagster.orchestration.outcomes import record_lost_outcomes
 from harmonizer_dagster.orchestration.resources import LandingZone, S3Landing, WarehouseResource
 
@@ -26,74 +37,76 @@ HASH_BUDGET_SECONDS = 30.0
 def landing_tick(
     context: dg.SensorEvaluationContext,
     spec: SourceSpec,
-    listing: Callable[[list[Ignored]], list[Landed]],
+    listing: Callable[[list[Ignored], int], list[Landed]],
     content_hash: Callable[[Landed], FileFingerprint],
 ) -> dg.SensorResult | dg.SkipReason:
-    """One evaluation: register ready files as partitions and request a run for each.
+    """One evaluation: register ready files as partitions and request runs that load them,
+    each run a group of files (HARMONIZER_RUN_MAX_FILES, HARMONIZER_RUN_MAX_BYTES).
 
-    The run key is the content hash, so the same bytes never start a second run whatever
-    the file is called, while a corrected re-upload under the same name does."""
+    The run key is made of the files' content hashes, so the same bytes never start a second
+    run whatever the files are called, while a corrected re-upload under the same name does."""
     state = ScanState.parse(context.cursor)
     ignored: list[Ignored] = []
     try:
-        items = listing(ignored)
+        items = listing(ignored, state.mark)
     except Exception as exc:  # an unreachable folder or bucket must not lose the cursor
         context.log.warning(f"{spec.name}: landing area unreadable, tick skipped: {exc}")
         return dg.SkipReason(f"landing area unreadable: {type(exc).__name__}")
-    ready, next_state = state.advance(items)
-    for item in ignored:
-        if item.key not in state.ignored:
-            context.log.warning(f"{spec.name}: {item.key} ignored: {item.reason}")
-    next_state.ignored = sorted(item.key for item in ignored)
-    requests: list[dg.RunRequest] = []
-    already_loaded: list[str] = []
+    scan = state.advance(items, ignored)
+    for item in scan.reported:
+        context.log.warning(f"{spec.name}: {item.key} ignored: {item.reason}")
+    hashed: list[tuple[Landed, FileFingerprint]] = []
+    left: list[Landed] = []
     started = time.monotonic()
-    for position, item in enumerate(ready):
+    for position, item in enumerate(scan.ready):
         if time.monotonic() - started > HASH_BUDGET_SECONDS:
             # Keep the tick inside Dagster's sensor timeout: the rest stay ready for the next tick.
-            for later in ready[position:]:
-                next_state.waiting[later.key] = later.signature
-            context.log.info(f"{spec.name}: {len(ready) - position} ready file(s) left for the next tick")
+            left = scan.ready[position:]
+            context.log.info(f"{spec.name}: {len(left)} ready file(s) left for the next tick")
             break
         try:
-            fp = content_hash(item)
+            hashed.append((item, content_hash(item)))
         except FileNotFoundError:
             context.log.info(f"{spec.name}: {item.key} disappeared before it could be hashed")
-            continue
         except RefusedFile as exc:  # became a link since it was listed: the next scan reports it
             context.log.warning(f"{spec.name}: {item.key} not hashed: {exc}")
-            continue
-        next_state.handled[item.key] = item.signature
-        if _materialized_with(context.instance, spec, item.key, fp.file_hash):
-            # Loaded already, say by `ingest_landing` before the daemon first ran: no second run.
-            already_loaded.append(item.key)
-            continue
-        requests.append(
-            dg.RunRequest(
-                partition_key=item.key,
-                run_key=f"{spec.name}:{fp.file_hash}",
-                tags={"harmonizer/file_hash": fp.file_hash},
-            )
-        )
-    if already_loaded:
-        context.log.info(f"{spec.name}: already loaded with the same content, no run: {', '.join(already_loaded)}")
-    keys = [*already_loaded, *(str(r.partition_key) for r in requests)]
+    partitions = partitions_for(spec)
+    known = set(context.instance.get_dynamic_partitions(partitions.name or spec.name)) if hashed else set()
+    # Loaded already, say by `ingest_landing` before the daemon first ran: no second run.
+    loaded = {
+        item.key for item, fp in hashed if item.key in known and _materialized_with(context.instance, spec, item, fp)
+    }
+    if loaded:
+        context.log.info(f"{spec.name}: already loaded with the same content, no run: {', '.join(sorted(loaded))}")
+    bounds = int(current("HARMONIZER_RUN_MAX_FILES")), int(current("HARMONIZER_RUN_MAX_BYTES"))
+    batches = group_runs([pair for pair in hashed if pair[0].key not in loaded], lambda p: p[1].size_bytes, *bounds)
+    new_keys = [item.key for item, _ in hashed if item.key not in known]
     return dg.SensorResult(
-        run_requests=requests,
-        dynamic_partitions_requests=[partitions_for(spec).build_add_request(keys)] if keys else [],
-        cursor=next_state.dump(),
+        run_requests=[_run_request(spec, batch) for batch in batches],
+        dynamic_partitions_requests=[partitions.build_add_request(new_keys)] if new_keys else [],
+        cursor=scan.finish(left).dump(),
     )
 
 
-def _materialized_with(instance: dg.DagsterInstance, spec: SourceSpec, partition_key: str, file_hash: str) -> bool:
+def _run_request(spec: SourceSpec, batch: list[tuple[Landed, FileFingerprint]]) -> dg.RunRequest:
+    """One run of the source's files job over a group of files, each loaded as its own partition."""
+    keys = [item.key for item, _ in batch]
+    return dg.RunRequest(
+        run_key=f"{spec.name}:{run_key(fp.file_hash for _, fp in batch)}",
+        run_config=files_run_config(spec, keys),
+        tags={"harmonizer/files": str(len(keys))},
+    )
+
+
+def _materialized_with(instance: dg.DagsterInstance, spec: SourceSpec, item: Landed, fp: FileFingerprint) -> bool:
     """Whether the partition's latest materialization is of exactly these bytes."""
     records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey(spec.name), asset_partitions=[partition_key]), limit=1
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(spec.name), asset_partitions=[item.key]), limit=1
     ).records
     if not records or records[0].asset_materialization is None:
         return False
     recorded = records[0].asset_materialization.metadata.get("file_hash")
-    return recorded is not None and recorded.value == file_hash
+    return recorded is not None and recorded.value == fp.file_hash
 
 
 def build_folder_sensor(spec: SourceSpec, job, interval: int, status: dg.DefaultSensorStatus) -> dg.SensorDefinition:
@@ -102,7 +115,7 @@ def build_folder_sensor(spec: SourceSpec, job, interval: int, status: dg.Default
         job=job,
         minimum_interval_seconds=interval,
         default_status=status,
-        description=f"Starts a run for each new or changed file in the {spec.name} landing folder.",
+        description=f"Starts runs that load the new or changed files in the {spec.name} landing folder.",
     )
     def folder_sensor(context: dg.SensorEvaluationContext, landing: LandingZone):
         def content_hash(item: Landed) -> FileFingerprint:
@@ -110,7 +123,10 @@ def build_folder_sensor(spec: SourceSpec, job, interval: int, status: dg.Default
                 return fingerprint(handle)
 
         return landing_tick(
-            context, spec, lambda ignored: scan_folder(landing.landing_path, spec.name, ignored), content_hash
+            context,
+            spec,
+            lambda ignored, since: scan_folder(landing.landing_path, spec.name, ignored, since),
+            content_hash,
         )
 
     return folder_sensor
@@ -122,14 +138,14 @@ def build_s3_sensor(spec: SourceSpec, job, interval: int, status: dg.DefaultSens
         job=job,
         minimum_interval_seconds=interval,
         default_status=status,
-        description=f"Starts a run for each new or changed object under the {spec.name} S3 prefix.",
+        description=f"Starts runs that load the new or changed objects under the {spec.name} S3 prefix.",
     )
     def bucket_sensor(context: dg.SensorEvaluationContext, s3: S3Resource, s3_landing: S3Landing):
         client = s3.get_client()
         return landing_tick(
             context,
             spec,
-            lambda _: scan_s3(client, s3_landing.bucket, s3_prefix(s3_landing.prefix, spec.name)),
+            lambda _ignored, _since: scan_s3(client, s3_landing.bucket, s3_prefix(s3_landing.prefix, spec.name)),
             lambda item: fingerprint_s3(client, item.key),
         )
 

@@ -1,0 +1,154 @@
+"""The landing sensors at scale: an idle tick over many landed files, and a drain of many small
+files through the real daemon.
+
+    python benchmarks/landing.py idle --files 100000
+    python benchmarks/landing.py drain --files 1000
+
+idle   creates the files in a temporary landing folder, brings the sensor's cursor to the state
+       where every file is handled, then times the folder sensor's tick (median of 5) and prints
+       the cursor's size. Targets: a tick <= 1 s, a cursor <= 100 KB.
+drain  starts `dagster-daemon run` on a temporary SQLite instance (as `dagster dev` runs it),
+       drops that many 3-row files at once into a DuckDB-backed landing folder, and prints the
+       seconds until every file's rows are in the warehouse and the last run has ended, with the
+       number of runs the sensor started. Target: 1,000 files within 2 minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).parent.parent
+sys.path.insert(0, str(REPO))
+SOURCE = "business_registry"
+
+
+def idle(count: int) -> None:
+    import dagster as dg
+
+    from harmonizer_dagster.core.landing import ScanState, scan_folder
+    from harmonizer_dagster.orchestration.resources import LandingZone
+    from harmonizer_dagster.orchestration.sensors import build_folder_sensor
+    from harmonizer_dagster_tests.test_sensors import drop_small_files
+
+    with tempfile.TemporaryDirectory() as root:
+        drop = Path(root) / "drop"
+        folder = drop / SOURCE
+        folder.mkdir(parents=True)
+        started = time.perf_counter()
+        for start in range(0, count, 1000):  # 1,000 files a sub-folder, as a feed of daily folders
+            (folder / f"day{start // 1000:04d}").mkdir()
+            drop_small_files(folder / f"day{start // 1000:04d}", min(1000, count - start), start)
+        print(f"created {count} files in {time.perf_counter() - started:.1f} s")
+        listing = scan_folder(drop, SOURCE)
+        state = ScanState()
+        while True:  # every file seen twice and handled, as the ticks that loaded them leave it
+            scan = state.advance(listing)
+            state = scan.finish()
+            if not scan.ready and not scan.fresh and not scan.overflow:
+                break
+        cursor = state.dump()
+        os.environ["HARMONIZER_SOURCES"] = SOURCE
+        from harmonizer_dagster.core.settings import current
+        from harmonizer_dagster.core.spec import load_specs
+
+        [spec] = [s for s in load_specs(Path(current("HARMONIZER_SOURCES_DIR"))) if s.name == SOURCE]
+        sensor = build_folder_sensor(spec, None, 10, dg.DefaultSensorStatus.RUNNING)
+        zone = LandingZone(landing_dir=str(drop), staging_dir=str(Path(root) / "staging"))
+        timings = []
+        with dg.instance_for_test() as instance:
+            for _ in range(5):
+                context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"landing": zone})
+                started = time.perf_counter()
+                result = sensor(context)
+                timings.append(time.perf_counter() - started)
+                assert not result.run_requests, "an idle tick requests nothing"
+                cursor = result.cursor
+        print(f"idle tick over {count} files: {statistics.median(timings):.3f} s (median of 5)")
+        print(f"cursor: {len(cursor.encode())} bytes")
+
+
+def drain(count: int, timeout: float) -> None:
+    import dagster as dg
+    import duckdb
+
+    from harmonizer_dagster_tests.test_sensors import drop_small_files
+
+    root = Path(tempfile.mkdtemp(prefix="drain-"))
+    home, drop, incoming = root / "dagster_home", root / "drop", root / "incoming"
+    for folder in (home, drop / SOURCE, incoming):
+        folder.mkdir(parents=True)
+    shutil.copy(REPO / "deploy" / "local" / "dagster.yaml", home / "dagster.yaml")
+    with dg.DagsterInstance.from_config(str(home)):
+        pass
+    warehouse = root / "warehouse.duckdb"
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "HARMONIZER_SOURCES": SOURCE,
+        "HARMONIZER_LANDING_DIR": str(drop),
+        "HARMONIZER_STAGING_DIR": str(root / "staging"),
+        "HARMONIZER_WAREHOUSE_URL": f"duckdb:///{warehouse}",
+        "PYTHONPATH": str(REPO),
+    }
+    daemon = subprocess.Popen(
+        [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", str(REPO / "workspace.yaml")],
+        env=env,
+        cwd=root,
+        stdout=(root / "daemon.log").open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        names = drop_small_files(incoming, count)
+        time.sleep(15)  # the daemon and its code server start before the drop, as in production
+        dropped = time.perf_counter()
+        for name in names:  # a rename is atomic: the files appear at once, complete
+            (incoming / name).rename(drop / SOURCE / name)
+        while time.perf_counter() - dropped < timeout:
+            time.sleep(2)
+            with dg.DagsterInstance.from_config(str(home)) as instance:
+                runs = instance.get_runs(dg.RunsFilter(job_name=f"load_{SOURCE}_files"))
+            if runs and all(run.is_finished for run in runs) and warehouse.exists():
+                try:
+                    with duckdb.connect(str(warehouse), read_only=True) as con:
+                        [(loaded,)] = con.execute(
+                            "SELECT count(*) FROM harmonizer.sources WHERE status = 'completed'"
+                        ).fetchall()
+                except duckdb.Error:  # a run holds the file
+                    continue
+                if loaded >= count:
+                    failed = sum(run.status != dg.DagsterRunStatus.SUCCESS for run in runs)
+                    print(
+                        f"drain of {count} files: {time.perf_counter() - dropped:.1f} s, {len(runs)} run(s), "
+                        f"{failed} failed"
+                    )
+                    return
+        print(f"drain of {count} files: not done after {timeout:.0f} s (see {root / 'daemon.log'})")
+    finally:
+        os.killpg(daemon.pid, signal.SIGKILL)
+        daemon.wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("case", choices=["idle", "drain"])
+    parser.add_argument("--files", type=int)
+    parser.add_argument("--timeout", type=float, default=1800)
+    args = parser.parse_args()
+    if args.case == "idle":
+        idle(args.files or 100_000)
+    else:
+        drain(args.files or 1_000, args.timeout)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""A run of several files: each is its own partition, and a bad file fails only itself."""
+
+import gzip
+import uuid
+
+import dagster as dg
+import psycopg
+import pytest
+
+from harmonizer_dagster.core.quality import checks_for
+from harmonizer_dagster.core.warehouse import open_warehouse
+from harmonizer_dagster.definitions import build_definitions
+from harmonizer_dagster.orchestration.jobs import files_run_config
+from harmonizer_dagster_tests.conftest import WAREHOUSES
+from harmonizer_dagster_tests.test_sensors import drop_small_files
+
+SOURCE = "business_registry"
+
+
+@pytest.fixture(params=WAREHOUSES)
+def warehouse_url(request, monkeypatch, tmp_path):
+    """The code location's warehouse: a DuckDB file, or a PostgreSQL database of its own."""
+    monkeypatch.setenv("HARMONIZER_LANDING_DIR", str(tmp_path / "drop"))
+    monkeypatch.setenv("HARMONIZER_STAGING_DIR", str(tmp_path / "staging"))
+    if request.param == "duckdb":
+        url = f"duckdb:///{tmp_path / 'warehouse.duckdb'}"
+        monkeypatch.setenv("HARMONIZER_WAREHOUSE_URL", url)
+        yield url
+        return
+    server = request.getfixturevalue("postgres_url")
+    name = f"files_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(server, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = server.rsplit("/", 1)[0] + "/" + name
+    monkeypatch.setenv("HARMONIZER_WAREHOUSE_URL", url)
+    yield url
+    with psycopg.connect(server, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_a_bad_file_fails_only_itself_and_the_others_load_publish_and_materialize(
+    warehouse_url, specs, instance, tmp_path
+):
+    folder = tmp_path / "drop" / SOURCE
+    folder.mkdir(parents=True)
+    good = drop_small_files(folder, 2)
+    (folder / "cut.csv.gz").write_bytes(gzip.compress((folder / good[0]).read_bytes())[:-12])
+    keys = [good[0], "cut.csv.gz", good[1]]
+
+    job = build_definitions().resolve_job_def(f"load_{SOURCE}_files")
+    config = files_run_config(specs[SOURCE], keys)
+    result = job.execute_in_process(instance=instance, run_config=config, raise_on_error=False)
+
+    assert not result.success, "the run says a file failed"
+    failed = {event.step_key for event in result.all_events if event.event_type == dg.DagsterEventType.STEP_FAILURE}
+    assert len(failed) == 1 and "cut_csv_gz" in failed.pop()
+    materialized = {(e.asset_key.to_user_string(), e.partition) for e in result.get_asset_materialization_events()}
+    assert materialized == {(asset, key) for key in good for asset in (SOURCE, f"{SOURCE}_published")}
+    evaluations = {(e.check_name, e.partition) for e in result.get_asset_check_evaluations()}
+    assert {key for _, key in evaluations} == set(good)
+    assert len(evaluations) == 2 * len(checks_for(specs[SOURCE]))
+    assert set(instance.get_dynamic_partitions(f"{SOURCE}_files")) == set(keys)
+
+    store = open_warehouse(warehouse_url, "harmonizer")
+    rows = store.query(f'SELECT count(*) FROM harmonizer."{SOURCE}"')
+    assert rows[0][0] == 6, "both good files' rows are in"
+    loaded = store.query("SELECT partition_key, status, published_at IS NOT NULL FROM harmonizer.sources")
+    assert sorted((key, status, published) for key, status, published in loaded if key in good) == [
+        (key, "completed", True) for key in sorted(good)
+    ]
+    assert all(status != "completed" for key, status, _ in loaded if key == "cut.csv.gz")
