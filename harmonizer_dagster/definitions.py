@@ -192,7 +192,7 @@ def build_definitions() -> dg.Definitions:
             *([spec_error_sensor(catalog.errors)] if catalog.errors else []),
             *build_alert_sensors(
                 current("HARMONIZER_ALERTS").strip().lower(),
-                int(current("HARMONIZER_STALL_MINUTES")),
+                float(current("HARMONIZER_STALL_MINUTES")),
                 host_tags.get("harmonizer/host"),
             ),
         ],

@@ -12,6 +12,7 @@ from dagster_aws.s3 import S3Resource
 
 from harmonizer_dagster.core.files import FileVersion, RefusedFile, locate
 from harmonizer_dagster.core.landing import missing_file_message
+from harmonizer_dagster.core.monitoring import ProgressReporter
 from harmonizer_dagster.core.pipeline import (
     HashedVersion,
     UpsertResult,
@@ -129,8 +130,12 @@ def build_source_ops(spec: SourceSpec) -> SourceOps:
     def validate_op(
         context: dg.OpExecutionContext, warehouse: WarehouseResource, landing: LandingZone, hashed: HashedVersion
     ) -> HashedVersion:
-        with refused_as_failure(), warehouse.open().failure_recorded(hashed.source_id):
-            summary = validate_step(spec, hashed, landing.batch_rows)
+        store = warehouse.open()
+        # Each checkpointed group moves the version's position in the registry; a line in the
+        # run's log every few seconds says how far the step has got.
+        progress = ProgressReporter(store, hashed.source_id, hashed.partition_key, context.log.info)
+        with refused_as_failure(), store.failure_recorded(hashed.source_id):
+            summary = validate_step(spec, hashed, landing.batch_rows, progress)
         if summary:
             context.log.info(f"{hashed.partition_key}: {summary}")
         return hashed
