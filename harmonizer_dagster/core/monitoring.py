@@ -60,21 +60,17 @@ class ProgressReporter:
         self.warehouse, self.source_id, self.name, self.log, self.every_s = warehouse, source_id, name, log, every_s
         self.started = time.monotonic()
         self.logged_at: float | None = None
-        self.first_records: int | None = None
 
     def __call__(self, progress: Progress) -> None:
         share = progress.bytes_read / progress.bytes_total if progress.bytes_total else None
         expected = round(progress.records / share) if share else None
         self.warehouse.record_progress(self.source_id, progress.records, expected)
-        if self.first_records is None:
-            # A resumed step starts at its checkpoint: the rate counts what this run did.
-            self.first_records = progress.records
-            self.started = time.monotonic()
         now = time.monotonic()
         if self.logged_at is not None and now - self.logged_at < self.every_s:
             return
         self.logged_at = now
-        rate = (progress.records - self.first_records) / max(now - self.started, 1e-6)
+        # A resumed step starts at its checkpoint: the rate counts what this run did.
+        rate = (progress.records - progress.resumed) / max(now - self.started, 1e-6)
         read = f", {share:.0%} of the file's {progress.bytes_total:,} bytes read" if share is not None else ""
         self.log(f"{self.name}: {progress.records:,} records checkpointed{read}, {rate:,.0f} records/s")
 

@@ -258,6 +258,8 @@ class Progress:
     records: int
     bytes_read: int
     bytes_total: int
+    # Records an earlier run of the step had checkpointed: this run resumed after them.
+    resumed: int = 0
 
 
 # (first batch, batch count, where the step will be once it is checkpointed, work)
@@ -363,7 +365,7 @@ def _validate_batches(
     def group(first: int, pending: list[pa.RecordBatch]) -> Group:
         nonlocal records
         records += sum(b.num_rows for b in pending)
-        reached = Progress(records, result.bytes_read, result.bytes_total)
+        reached = Progress(records, result.bytes_read, result.bytes_total, done * batch_rows)
         return first, len(pending), reached, partial(check, pending)
 
     def groups() -> Iterator[Group]:

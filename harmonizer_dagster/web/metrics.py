@@ -58,7 +58,9 @@ class HarmonizerCollector(Collector):
             found = self.last
         yield from _registry_metrics(found)
         if self.runs is not None:
-            runs = GaugeMetricFamily("harmonizer_dagster_runs", "Runs in the Dagster instance by status", ["status"])
+            runs = GaugeMetricFamily(
+                "harmonizer_dagster_runs", "Runs in the Dagster instance by status", labels=["status"]
+            )
             for status, count in self.runs().items():
                 runs.add_metric([status.lower()], count)
             yield runs
