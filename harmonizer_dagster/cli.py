@@ -118,6 +118,41 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def status(args: argparse.Namespace) -> int:
+    """The loader_status view: the last 7 days' versions, how far each got, and which stalled."""
+    from harmonizer_dagster.core.monitoring import loader_status
+
+    store = opened()
+    store.migrate([])
+    rows = loader_status(store, "STALLED" if args.stalled else None)
+    print(
+        f"{'source':<20} {'file':<28} {'health':<10} {'processed':>10} {'expected':>10} {'imported':>10} "
+        f"{'failed':>8} {'per min':>9}  last heartbeat"
+    )
+    for row in rows:
+        figures = " ".join(
+            f"{'' if row[name] is None else row[name]:>{width}}"
+            for name, width in (("records_processed", 10), ("records_expected", 10), ("records_imported", 10))
+        )
+        rate = "" if row["records_per_minute"] is None else f"{row['records_per_minute']:,.0f}"
+        print(
+            f"{row['source_type']:<20} {row['partition_key']:<28} {row['health_status']:<10} {figures} "
+            f"{row['records_failed'] or 0:>8} {rate:>9}  {row['heartbeat_at'] or ''}"
+        )
+    return 1 if args.stalled and rows else 0
+
+
+def metrics(args: argparse.Namespace) -> int:
+    """`/metrics` on its own, for a machine without the triage page."""
+    import uvicorn
+
+    from harmonizer_dagster.web.metrics import create_metrics_app
+
+    store = open_warehouse(current("HARMONIZER_WAREHOUSE_URL"))
+    uvicorn.run(create_metrics_app(store), host=args.host, port=args.port)
+    return 0
+
+
 def dq(args: argparse.Namespace) -> int:
     if args.dq_command == "serve":
         return serve(args)
@@ -282,6 +317,15 @@ def main(argv: list[str] | None = None) -> int:
         default=current("HARMONIZER_DQ_ROOT_PATH"),
         help="the path prefix the proxy serves the page under, e.g. /dq (default: HARMONIZER_DQ_ROOT_PATH)",
     )
+    status_parser = commands.add_parser(
+        "status", help="the loader_status view: each recent version's status, progress and health (STALLED)"
+    )
+    status_parser.add_argument("--stalled", action="store_true", help="only stalled versions; exit 1 if any")
+    metrics_parser = commands.add_parser("metrics", help="Prometheus metrics")
+    metrics_commands = metrics_parser.add_subparsers(dest="metrics_command", required=True)
+    metrics_serve = metrics_commands.add_parser("serve", help="serve GET /metrics without the triage page")
+    metrics_serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback)")
+    metrics_serve.add_argument("--port", type=int, default=9108)
     secrets = commands.add_parser(
         "with-secrets",
         help="run a Dagster process (webserver, daemon, code server) with the instance's PostgreSQL login "
@@ -294,6 +338,10 @@ def main(argv: list[str] | None = None) -> int:
             return summary()
         if args.command == "check-specs":
             return check_specs(args.folder or Path(current("HARMONIZER_SOURCES_DIR")))
+        if args.command == "status":
+            return status(args)
+        if args.command == "metrics":
+            return metrics(args)
         if args.command == "with-secrets":
             return with_secrets(args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd)
         return dq(args)

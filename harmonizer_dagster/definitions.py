@@ -199,7 +199,7 @@ def build_definitions() -> dg.Definitions:
             *([build_unrecorded_failures_sensor(specs)] if specs else []),
             *build_alert_sensors(
                 current("HARMONIZER_ALERTS").strip().lower(),
-                int(current("HARMONIZER_STALL_MINUTES")),
+                float(current("HARMONIZER_STALL_MINUTES")),
                 host_tags.get("harmonizer/host"),
             ),
         ],

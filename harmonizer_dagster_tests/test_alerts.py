@@ -4,10 +4,11 @@ import time
 
 import dagster as dg
 import pytest
+from dagster_aws.secretsmanager import SecretsManagerResource
 
 from harmonizer_dagster.definitions import build_definitions
 from harmonizer_dagster.orchestration.alerts import build_alert_sensors, build_stall_sensor
-from harmonizer_dagster.orchestration.resources import Notifier
+from harmonizer_dagster.orchestration.resources import Notifier, WarehouseResource
 from harmonizer_dagster_tests.inbox import smtp_server
 
 run_failure_alerts, run_success_alerts, _ = build_alert_sensors("location", stall_minutes=30, host=None)
@@ -53,8 +54,10 @@ def test_a_failed_run_is_emailed(smtp, monkeypatch, tmp_path):
     assert result.run_id in body and "missing.csv" in body
 
 
-def test_a_silent_started_run_is_reported_once(smtp):
+def test_a_silent_started_run_is_reported_once(smtp, tmp_path):
     inbox, port = smtp
+    warehouse = WarehouseResource(url=f"duckdb:///{tmp_path / 'w.duckdb'}", secrets=SecretsManagerResource())
+    resources = {"notifier": notifier(port), "warehouse": warehouse}
     sensor = build_stall_sensor(stall_minutes=0, host=None)
     with dg.instance_for_test() as instance:
         run = instance.create_run_for_job(build_definitions().resolve_job_def("register_file_versions"))
@@ -63,13 +66,11 @@ def test_a_silent_started_run_is_reported_once(smtp):
             dg.DagsterEvent(dg.DagsterEventType.RUN_START.value, job_name=run.job_name, message="started"),
         )
         time.sleep(0.1)
-        context = dg.build_sensor_context(instance=instance, resources={"notifier": notifier(port)})
-        sensor(context)
+        with dg.build_sensor_context(instance=instance, resources=resources) as context:
+            sensor(context)
         assert inbox.subjects() == ["[harmonizer] run stalled: register_file_versions"]
-        again = dg.build_sensor_context(
-            instance=instance, cursor=context.cursor, resources={"notifier": notifier(port)}
-        )
-        sensor(again)
+        with dg.build_sensor_context(instance=instance, cursor=context.cursor, resources=resources) as again:
+            sensor(again)
         assert len(inbox.messages) == 1, "a stalled run is reported once"
 
 

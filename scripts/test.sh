@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The test suite: installs the project when .venv is missing, and Debian's Chromium for the UI
-# tests when it is missing (Playwright drives it; no browser is ever downloaded). They start
+# The test suite: installs the project when .venv is missing, Debian's Chromium for the UI
+# tests when it is missing (Playwright drives it; no browser is ever downloaded), and Debian's
+# Prometheus for the monitoring tests (they start it, scraping the project's /metrics). They start
 # what else they need, PostgreSQL included. Arguments go to pytest. Test files run two at a
 # time (most of the suite waits on servers, daemons and browsers); -n 0 runs them one by one.
 set -euo pipefail
@@ -13,6 +14,15 @@ if ! command -v chromium >/dev/null 2>&1; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
   else
     echo "The UI tests need Chromium: sudo apt-get install chromium" >&2
+    exit 1
+  fi
+fi
+if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "Installing Debian's Prometheus for the monitoring tests ..."
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null
+  else
+    echo "The monitoring tests need Prometheus: sudo apt-get install prometheus" >&2
     exit 1
   fi
 fi

@@ -250,31 +250,55 @@ def _batches_per_group(batch_rows: int) -> int:
     return max(1, min(GROUP_BATCHES, ROWS_PER_GROUP // batch_rows))
 
 
-Group = tuple[int, int, Callable[[], dict[str, pl.DataFrame]]]
+@dataclass(frozen=True)
+class Progress:
+    """How far a step has got: records checkpointed, and how far into the file the read is
+    (bytes_total 0 when the format gives no position: JSON arrays, line-by-line reads)."""
+
+    records: int
+    bytes_read: int
+    bytes_total: int
+    # Records an earlier run of the step had checkpointed: this run resumed after them.
+    resumed: int = 0
 
 
-def _stage_groups(stage: staging.StepStage, groups: Iterable[Group]) -> None:
-    """Runs each group's (first batch, batch count, work) on WORKERS threads, which also write
-    its files; marks the groups done in order, so a resumed step finds no gap."""
+# (first batch, batch count, where the step will be once it is checkpointed, work)
+Group = tuple[int, int, Progress, Callable[[], dict[str, pl.DataFrame]]]
+
+
+def _stage_groups(
+    stage: staging.StepStage, groups: Iterable[Group], on_progress: Callable[[Progress], None] | None
+) -> None:
+    """Runs each group's work on WORKERS threads, which also write its files; marks the groups
+    done in order, so a resumed step finds no gap, telling `on_progress` after each."""
 
     def run(first: int, count: int, work: Callable[[], dict[str, pl.DataFrame]]) -> None:
         stage.write_files(first, work(), count)
 
+    def checkpoint(first: int, count: int, reached: Progress, future: Future[None]) -> None:
+        future.result()
+        stage.mark(first, count)
+        if on_progress is not None:
+            on_progress(reached)
+
     with ThreadPoolExecutor(WORKERS) as pool:
-        pending: deque[tuple[int, int, Future[None]]] = deque()
-        for first, count, work in groups:
-            pending.append((first, count, pool.submit(run, first, count, work)))
-            while len(pending) > WORKERS or (pending and pending[0][2].done()):
-                done_first, done_count, future = pending.popleft()
-                future.result()
-                stage.mark(done_first, done_count)
-        for done_first, done_count, future in pending:
-            future.result()
-            stage.mark(done_first, done_count)
+        pending: deque[tuple[int, int, Progress, Future[None]]] = deque()
+        for first, count, reached, work in groups:
+            pending.append((first, count, reached, pool.submit(run, first, count, work)))
+            while len(pending) > WORKERS or (pending and pending[0][3].done()):
+                checkpoint(*pending.popleft())
+        for group in pending:
+            checkpoint(*group)
 
 
-def validate_step(spec: SourceSpec, hashed: HashedVersion, batch_rows: int = DEFAULT_BATCH_ROWS) -> dict[str, Any]:
-    """Validates and harmonizes the file in checkpointed batches; returns the staged counts."""
+def validate_step(
+    spec: SourceSpec,
+    hashed: HashedVersion,
+    batch_rows: int = DEFAULT_BATCH_ROWS,
+    on_progress: Callable[[Progress], None] | None = None,
+) -> dict[str, Any]:
+    """Validates and harmonizes the file in checkpointed batches; returns the staged counts.
+    `on_progress` hears where the step is after each checkpointed group."""
     stage = staging.StepStage(Path(hashed.stage_dir) / "validate")
     if hashed.skipped or stage.summary() is not None:
         return stage.summary() or {}
@@ -282,12 +306,12 @@ def validate_step(spec: SourceSpec, hashed: HashedVersion, batch_rows: int = DEF
         done = stage.prepare(batch_rows)
         with _hashed_file(hashed) as path:
             try:
-                result = _validate_batches(spec, hashed, path, stage, batch_rows, done, line_by_line=False)
+                result = _validate_batches(spec, hashed, path, stage, batch_rows, done, False, on_progress)
             except UnreliableParse:
                 # DuckDB lost track of a quote: drop what it parsed and read the file line by line.
                 staging.remove(stage.directory)
                 again = stage.prepare(batch_rows)
-                result = _validate_batches(spec, hashed, path, stage, batch_rows, again, line_by_line=True)
+                result = _validate_batches(spec, hashed, path, stage, batch_rows, again, True, on_progress)
         stage.write_final(_file_level_findings(spec, stage.files(UNIQUE_VALUES), result))
     accepted = _count(stage.files("harmonized"))
     summary = {
@@ -311,6 +335,7 @@ def _validate_batches(
     batch_rows: int,
     done: int,
     line_by_line: bool,
+    on_progress: Callable[[Progress], None] | None,
 ) -> ReadResult:
     """Stages the validated and harmonized batches after the `done` ones; returns what the read found."""
     validator = SpecValidator(spec)
@@ -335,6 +360,14 @@ def _validate_batches(
             staged[UNIQUE_VALUES] = checked.accepted.select(list(kept))
         return staged
 
+    records = done * batch_rows  # every checkpointed batch before the last one is full
+
+    def group(first: int, pending: list[pa.RecordBatch]) -> Group:
+        nonlocal records
+        records += sum(b.num_rows for b in pending)
+        reached = Progress(records, result.bytes_read, result.bytes_total, done * batch_rows)
+        return first, len(pending), reached, partial(check, pending)
+
     def groups() -> Iterator[Group]:
         pending: list[pa.RecordBatch] = []
         first = done  # the batches after the `done` ones are read
@@ -342,12 +375,12 @@ def _validate_batches(
         for batch in batches:
             pending.append(batch)
             if len(pending) == _batches_per_group(batch_rows):
-                yield first, len(pending), partial(check, pending)
+                yield group(first, pending)
                 first, pending = first + len(pending), []
         if pending:
-            yield first, len(pending), partial(check, pending)
+            yield group(first, pending)
 
-    _stage_groups(stage, groups())
+    _stage_groups(stage, groups(), on_progress)
     return result
 
 

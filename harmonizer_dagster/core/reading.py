@@ -13,6 +13,7 @@ import codecs
 import csv
 import gzip
 import io
+import os
 import shutil
 import tempfile
 import zlib
@@ -71,6 +72,10 @@ class ReadResult:
 
     malformed: list[MalformedRecord] = field(default_factory=list)
     extra_fields: list[str] = field(default_factory=list)
+    # How far the scan of the lines has read the file (compressed bytes of a gzip file), of how
+    # many: the batches parsed trail it by at most one scan chunk. Unknown (0) for JSON arrays.
+    bytes_read: int = 0
+    bytes_total: int = 0
 
 
 def quoted_name(name: str) -> str:
@@ -354,7 +359,7 @@ def _read_batches(
 ) -> Iterator[pa.RecordBatch]:
     if spec.format != "csv":
         if spec.format == "ndjson":
-            starts = _ndjson_record_starts(path, _gzipped(spec, path))
+            starts = _ndjson_record_starts(path, _gzipped(spec, path), result)
             scanned = _scanned(
                 spec, path, lambda: _query(spec, path, result, None, []), batch_rows, lambda _: starts.finish(path.name)
             )
@@ -373,7 +378,7 @@ def _read_batches(
         if line_by_line:
             batches = _parsed_lines(spec, path.name, source, header, batch_rows, result)
         else:
-            starts = _csv_record_starts(source, spec.delimiter, len(header))
+            starts = _csv_record_starts(source, spec.delimiter, len(header), result)
             scanned = _scanned(
                 spec,
                 path,
@@ -469,30 +474,35 @@ class _RecordStarts:
             raise UnreliableParse(f"{name}: the file's lines hold more records than the parse found")
 
 
-def _code_units(source: _Source) -> Iterator[np.ndarray]:
-    """The decompressed file as arrays of code units (two bytes each in UTF-16), in big chunks."""
+def _code_units(source: _Source, result: ReadResult) -> Iterator[np.ndarray]:
+    """The decompressed file as arrays of code units (two bytes each in UTF-16), in big chunks;
+    how far into the file they are goes to `result`."""
     dtype = np.dtype("<u2") if source.codec == "utf-16-le" else np.dtype(np.uint8)
     carry = b""
-    with _open_bytes(source.path, source.gzipped) as handle:
+    with source.path.open("rb") as raw, gzip.GzipFile(fileobj=raw) if source.gzipped else raw as handle:
+        result.bytes_total = os.fstat(raw.fileno()).st_size
         while chunk := handle.read(SCAN_BYTES):
+            result.bytes_read = raw.tell()
             chunk = carry + chunk
             usable = len(chunk) - len(chunk) % dtype.itemsize
             carry = chunk[usable:]
             yield np.frombuffer(chunk, dtype, usable // dtype.itemsize)
 
 
-def _csv_record_starts(source: _Source, delimiter: str, columns: int) -> _RecordStarts:
+def _csv_record_starts(source: _Source, delimiter: str, columns: int, result: ReadResult) -> _RecordStarts:
     starts = _RecordStarts(iter(()))
-    starts.accepted = _csv_scan(source, delimiter, columns, starts.rejected)
+    starts.accepted = _csv_scan(source, delimiter, columns, starts.rejected, result)
     return starts
 
 
-def _csv_scan(source: _Source, delimiter: str, columns: int, rejected: list[int]) -> Iterator[np.ndarray]:
+def _csv_scan(
+    source: _Source, delimiter: str, columns: int, rejected: list[int], result: ReadResult
+) -> Iterator[np.ndarray]:
     quotes = fields = length = 0  # quotes seen, and the current record's outside delimiters and length
     first_unit = -1  # the current record's first code unit
     line = record_line = 1  # the line the chunk starts on, and the one the current record starts on
     header = True
-    for units in _code_units(source):
+    for units in _code_units(source, result):
         quote_at = np.flatnonzero(units == 0x22)
         breaks = np.flatnonzero(units == 0x0A)
         delims = np.flatnonzero(units == ord(delimiter))
@@ -538,13 +548,13 @@ def _csv_scan(source: _Source, delimiter: str, columns: int, rejected: list[int]
             rejected.append(record_line)
 
 
-def _ndjson_record_starts(path: Path, gzipped: bool) -> _RecordStarts:
-    return _RecordStarts(_ndjson_scan(_Source(path, gzipped, "utf-8")))
+def _ndjson_record_starts(path: Path, gzipped: bool, result: ReadResult) -> _RecordStarts:
+    return _RecordStarts(_ndjson_scan(_Source(path, gzipped, "utf-8"), result))
 
 
-def _ndjson_scan(source: _Source) -> Iterator[np.ndarray]:
+def _ndjson_scan(source: _Source, result: ReadResult) -> Iterator[np.ndarray]:
     line, filled = 1, False  # the line the chunk starts on; whether it holds more than whitespace so far
-    for units in _code_units(source):
+    for units in _code_units(source, result):
         breaks = np.flatnonzero(units == 0x0A)
         solid = np.flatnonzero(~np.isin(units, (0x20, 0x09, 0x0D, 0x0A)))
         per_line = np.diff(np.searchsorted(solid, breaks), prepend=0)

@@ -30,8 +30,12 @@ DEFAULTS = {
     # or warehouse error, waiting this many seconds first, doubled on each attempt (+/- jitter).
     "HARMONIZER_STEP_RETRIES": "4",
     "HARMONIZER_RETRY_DELAY_SECONDS": "2",
-    # Minutes without a single event before a started run is reported as stalled.
+    # Minutes without a single event before a started run is reported as stalled, and without a
+    # heartbeat before a processing version shows STALLED in loader_status (fractions allowed).
     "HARMONIZER_STALL_MINUTES": "30",
+    # Seconds a metrics scrape waits for a DuckDB warehouse a load holds before it serves the
+    # values of its last scrape (harmonizer_scrape_warehouse_busy 1).
+    "HARMONIZER_METRICS_LOCK_WAIT": "1",
     # Whose runs this location's alert sensors watch: "location" (its own), "fleet" (every
     # location's: the central machine's location), "off" (a Pi, when the central one alerts).
     "HARMONIZER_ALERTS": "location",
@@ -77,3 +81,8 @@ def engine_threads() -> int:
 def lock_timeout() -> float:
     """Seconds to wait for a warehouse another process holds (HARMONIZER_WAREHOUSE_LOCK_TIMEOUT)."""
     return max(0.0, float(current("HARMONIZER_WAREHOUSE_LOCK_TIMEOUT")))
+
+
+def stall_seconds() -> float:
+    """Seconds without progress after which a load counts as stalled (HARMONIZER_STALL_MINUTES)."""
+    return max(0.0, float(current("HARMONIZER_STALL_MINUTES"))) * 60

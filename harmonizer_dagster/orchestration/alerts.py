@@ -5,8 +5,13 @@ import time
 
 import dagster as dg
 
+from harmonizer_dagster.core.monitoring import loader_status
 from harmonizer_dagster.core.notify import Alert
-from harmonizer_dagster.orchestration.resources import Notifier
+from harmonizer_dagster.core.warehouse.base import WarehouseBusy
+from harmonizer_dagster.orchestration.resources import Notifier, WarehouseResource
+
+# Seconds the sensor waits for a DuckDB warehouse a load holds; it looks again next tick.
+SENSOR_LOCK_WAIT_S = 5.0
 
 ALERT_SCOPES = ("location", "fleet", "off")
 
@@ -59,10 +64,11 @@ def build_alert_sensors(scope: str, stall_minutes: int, host: str | None) -> lis
     return [run_failure_alerts, run_success_alerts, build_stall_sensor(stall_minutes, None if fleet else host)]
 
 
-def build_stall_sensor(stall_minutes: int, host: str | None) -> dg.SensorDefinition:
-    """Replaces the legacy `loader_status` view's STALLED flag: a started run whose event log
-    has been silent for `stall_minutes` is reported once. Run monitoring (dagster.yaml) then
-    fails runs whose worker died, and run retries take over."""
+def build_stall_sensor(stall_minutes: float, host: str | None) -> dg.SensorDefinition:
+    """Reports, once each, a started run whose event log has been silent for `stall_minutes`,
+    and a version the warehouse's `loader_status` view marks STALLED (processing, with no
+    heartbeat for HARMONIZER_STALL_MINUTES: its worker died, or hangs between checkpoints).
+    Run monitoring (dagster.yaml) then fails runs whose worker died, and run retries take over."""
 
     @dg.sensor(
         name="stalled_run_alerts",
@@ -70,8 +76,23 @@ def build_stall_sensor(stall_minutes: int, host: str | None) -> dg.SensorDefinit
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=f"Reports runs with no progress for {stall_minutes} minutes.",
     )
-    def stalled_run_alerts(context: dg.SensorEvaluationContext, notifier: Notifier):
-        reported = set(json.loads(context.cursor or "[]"))
+    def stalled_run_alerts(context: dg.SensorEvaluationContext, notifier: Notifier, warehouse: WarehouseResource):
+        cursor = json.loads(context.cursor or "{}")
+        # An older cursor is the list of reported runs.
+        reported = set(cursor if isinstance(cursor, list) else cursor.get("runs", []))
+        versions = _stalled_versions(warehouse, context)
+        known = set(cursor.get("versions", []) if isinstance(cursor, dict) else [])
+        for name, row in versions.items():
+            if name not in known:
+                notifier.send(
+                    Alert(
+                        f"[harmonizer] load stalled: {name}",
+                        f"{name} is processing with no heartbeat since "
+                        f"{row['heartbeat_at'] or row['import_started_at']} "
+                        f"({row['records_processed'] or 0:,} records done); see harmonizer status",
+                    )
+                )
+                context.log.warning(f"version {name} stalled")
         # A Pi's location watches its own host's runs; the fleet's central location watches all.
         tags = {"harmonizer/host": host} if host else None
         started = context.instance.get_run_records(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED], tags=tags))
@@ -91,9 +112,24 @@ def build_stall_sensor(stall_minutes: int, host: str | None) -> dg.SensorDefinit
                 )
             )
             context.log.warning(f"run {run.run_id} stalled")
-        context.update_cursor(json.dumps(sorted((reported & still_running) | {r.run_id for r in stalled})))
-        if not stalled:
-            return dg.SkipReason("no stalled runs")
+        runs = sorted((reported & still_running) | {r.run_id for r in stalled})
+        context.update_cursor(json.dumps({"runs": runs, "versions": sorted(versions)}))
+        if not stalled and not versions.keys() - known:
+            return dg.SkipReason("no stalled runs or versions")
         return None
 
     return stalled_run_alerts
+
+
+def _stalled_versions(warehouse: WarehouseResource, context: dg.SensorEvaluationContext) -> dict[str, dict]:
+    """The versions loader_status marks STALLED, by source/partition; none this tick when a
+    load holds the (DuckDB) warehouse for longer than a short wait."""
+    store = warehouse.open()
+    store.lock_wait = SENSOR_LOCK_WAIT_S
+    try:
+        store.migrate([])
+        rows = loader_status(store, "STALLED")
+    except WarehouseBusy as exc:
+        context.log.info(f"stalled versions not checked this time: {exc}")
+        return {}
+    return {f"{row['source_type']}/{row['partition_key']}": row for row in rows}

@@ -14,6 +14,7 @@ from dagster_aws.s3 import S3Resource
 from harmonizer_dagster.core.faults import is_transient
 from harmonizer_dagster.core.files import FileVersion, RefusedFile, locate
 from harmonizer_dagster.core.landing import missing_file_message
+from harmonizer_dagster.core.monitoring import ProgressReporter
 from harmonizer_dagster.core.pipeline import (
     HashedVersion,
     UpsertResult,
@@ -172,8 +173,12 @@ def build_source_ops(spec: SourceSpec) -> SourceOps:
     def validate_op(
         context: dg.OpExecutionContext, warehouse: WarehouseResource, landing: LandingZone, hashed: HashedVersion
     ) -> HashedVersion:
-        with faults_classified(context), warehouse.open().failure_recorded(hashed.source_id):
-            summary = validate_step(spec, hashed, landing.batch_rows)
+        store = warehouse.open()
+        # Each checkpointed group moves the version's position in the registry; a line in the
+        # run's log every few seconds says how far the step has got.
+        progress = ProgressReporter(store, hashed.source_id, hashed.partition_key, context.log.info)
+        with faults_classified(context), store.failure_recorded(hashed.source_id):
+            summary = validate_step(spec, hashed, landing.batch_rows, progress)
         if summary:
             context.log.info(f"{hashed.partition_key}: {summary}")
         return hashed

@@ -46,6 +46,7 @@ from harmonizer_dagster.core.triage import (
 )
 from harmonizer_dagster.core.warehouse import Warehouse, open_warehouse
 from harmonizer_dagster.web.dagster import DagsterError, launch_partition_runs
+from harmonizer_dagster.web.metrics import metrics_endpoint
 
 HERE = Path(__file__).parent
 PAGE_SIZE = 50
@@ -144,7 +145,7 @@ def page_number(request: Request) -> int:
 
 
 def create_app(settings: Settings, store: Warehouse | None = None) -> Starlette:
-    """The triage page over `store` (default: the warehouse the settings name)."""
+    """The triage page over `store` (default: the warehouse the settings name), and `/metrics`."""
     store = store or open_warehouse(settings.warehouse_url, settings.schema)
     store.migrate([])
     environment = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True)
@@ -350,6 +351,8 @@ def create_app(settings: Settings, store: Warehouse | None = None) -> Starlette:
             Route("/rules/{rule_id:int}/enabled", rule_toggle, methods=["POST"]),
             Route("/dead-letters", dead_letters_page),
             Route("/dead-letters/reprocess", dead_letters_reprocess, methods=["POST"]),
+            # A warehouse of its own: a scrape waits briefly for a load, the pages as long as it takes.
+            Route("/metrics", metrics_endpoint(open_warehouse(settings.warehouse_url, settings.schema))),
             Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
         ],
         middleware=[

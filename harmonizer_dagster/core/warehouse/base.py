@@ -27,10 +27,17 @@ from typing import Any, Literal
 from harmonizer_dagster.core.harmonization import ROW_HASH_COLUMN, WAREHOUSE_ONLY_COLUMNS
 from harmonizer_dagster.core.reading import LINE_COLUMN
 from harmonizer_dagster.core.rules import FIX_SCHEMA, Rule, canonical_params
+from harmonizer_dagster.core.settings import lock_timeout, stall_seconds
 from harmonizer_dagster.core.spec import SourceSpec
 from harmonizer_dagster.core.sql import quote_ident, quote_literal
 from harmonizer_dagster.core.validation import FAILED_SCHEMA, ISSUE_SCHEMA
-from harmonizer_dagster.core.warehouse.tables import MIGRATIONS, canonical_columns, source_table_ddl
+from harmonizer_dagster.core.warehouse.tables import (
+    MIGRATIONS,
+    TALLY_NAMES,
+    TALLY_SELECTS,
+    canonical_columns,
+    source_table_ddl,
+)
 
 ISSUE_COLUMNS = [(name, "BIGINT" if name == "source_line_number" else "VARCHAR") for name in ISSUE_SCHEMA]
 FAILED_COLUMNS = [(name, "BIGINT" if name == "source_line_number" else "VARCHAR") for name in FAILED_SCHEMA]
@@ -129,6 +136,13 @@ class Warehouse(ABC):
         self._open = threading.local()
         # Told once each time a session waits for another process (the CLI prints it on stderr).
         self.on_wait: Callable[[str], None] = log.warning
+        # Seconds this warehouse's sessions wait for another process; None: the configured
+        # HARMONIZER_WAREHOUSE_LOCK_TIMEOUT. A metrics scrape waits briefly, never for a whole load.
+        self.lock_wait: float | None = None
+
+    def wait_limit(self) -> float:
+        """Seconds a session may wait for what another process holds."""
+        return lock_timeout() if self.lock_wait is None else self.lock_wait
 
     @property
     def _shared(self) -> Session | None:
@@ -210,6 +224,8 @@ class Warehouse(ABC):
                     (version, description),
                 )
             tables = self._tables(s)
+            if "loader_settings" in tables:
+                s.execute(f"UPDATE {self.schema}.loader_settings SET stall_seconds = %s", (stall_seconds(),))
             for spec in specs:
                 if spec.name not in tables:
                     s.execute(source_table_ddl(self.schema, spec, primary_key=self.key_index))
@@ -243,6 +259,8 @@ class Warehouse(ABC):
         """Whether every migration ran and every spec's table has its columns, as `migrate` leaves them."""
         tables = self._tables(s)
         if "schema_migrations" not in tables or not {v for v, _, _ in MIGRATIONS} <= self._applied(s):
+            return False
+        if s.execute(f"SELECT stall_seconds FROM {self.schema}.loader_settings")[0][0] != stall_seconds():
             return False
         return all(
             spec.name in tables
@@ -480,6 +498,46 @@ class Warehouse(ABC):
             )
         return [(int(source_id), str(key), str(run_id or "")) for source_id, key, run_id in rows]
 
+    def record_progress(self, source_id: int, records: int, expected: int | None) -> None:
+        """Where a running load of the version has got: its records done, the records it expects
+        (estimated from the bytes read), and a heartbeat the loader_status view judges stalls by."""
+        self.query(
+            "UPDATE {schema}.sources SET records_processed = %s, records_expected = %s, heartbeat_at = now() "
+            "WHERE source_id = %s AND status = 'processing'",
+            (records, expected, source_id),
+        )
+
+    def refresh_tallies(self, s: Session, source_ids: Sequence[int]) -> None:
+        """Counts the issues and dead letters of these versions again into their tallies, and
+        moves their sources' sums by the difference: the cost follows the versions' rows, not
+        the warehouse's. Called in the transaction that changed those rows, under a lock per
+        source, so concurrent refreshes of one source add up."""
+        if not source_ids:
+            return
+        ids = ", ".join(str(int(i)) for i in sorted(set(source_ids)))
+        for (source_type,) in s.execute(
+            f"SELECT DISTINCT source_type FROM {self.schema}.sources WHERE source_id IN ({ids}) ORDER BY 1"
+        ):
+            self.hold(s, f"tallies {source_type}")
+        versions = f"source_id IN ({ids})"
+        self._add_to_source_tallies(s, versions, -1)
+        s.execute(f"DELETE FROM {self.schema}.version_tallies WHERE {versions}")
+        for select in TALLY_SELECTS:
+            s.execute(
+                f"INSERT INTO {self.schema}.version_tallies (source_id, {TALLY_NAMES}) "
+                + select.replace("{versions}", versions).replace("{schema}", self.schema)
+            )
+        self._add_to_source_tallies(s, versions, 1)
+
+    def _add_to_source_tallies(self, s: Session, versions: str, sign: int) -> None:
+        s.execute(
+            f"INSERT INTO {self.schema}.source_tallies ({TALLY_NAMES}) SELECT source_type, kind, label, severity, "
+            f"{sign} * sum(total), {sign} * sum(pending) FROM {self.schema}.version_tallies WHERE {versions} "
+            "GROUP BY source_type, kind, label, severity ON CONFLICT (source_type, kind, label, severity) "
+            "DO UPDATE SET total = source_tallies.total + excluded.total, "
+            "pending = source_tallies.pending + excluded.pending"
+        )
+
     def mark_failed(self, source_id: int, message: str) -> None:
         self.query(
             "UPDATE {schema}.sources SET status = 'failed', error_message = %s, updated_at = now() "
@@ -498,6 +556,7 @@ class Warehouse(ABC):
             counts = self._upsert(s, spec, staged.harmonized_files, staged.superseded_files, version, arrival)
             self._replace_version_rows(s, spec, staged, run_id)
             self._restore_triage(s, staged.source_id)
+            self.refresh_tallies(s, [staged.source_id])
             s.execute(
                 f"UPDATE {self.schema}.sources SET status = 'completed', import_completed_at = now(), "
                 "records_in_file = %s, records_processed = %s, records_imported = %s, records_failed = %s, "
@@ -562,6 +621,11 @@ class Warehouse(ABC):
                     f"ON {joined} AND t.{ROW_HASH_COLUMN} = s.{ROW_HASH_COLUMN}"
                 )
             }
+            versions = s.execute(
+                f"SELECT DISTINCT source_id FROM {self.schema}.failed_records WHERE source_type = %s "
+                "AND file_hash = %s AND partition_key = %s",
+                (spec.name, *version),
+            )
             for record_id, line in record_ids:
                 if line in written:
                     s.execute(
@@ -575,6 +639,7 @@ class Warehouse(ABC):
                         "WHERE CAST(record_id AS VARCHAR) = %s",
                         ("passes now, but its key holds data another file wrote: left for review", record_id),
                     )
+            self.refresh_tallies(s, [row[0] for row in versions])
         return counts, len(written)
 
     def _upsert(

@@ -17,7 +17,7 @@ from typing import Any
 import duckdb
 
 from harmonizer_dagster.core.reading import LINE_COLUMN
-from harmonizer_dagster.core.settings import engine_threads, lock_timeout
+from harmonizer_dagster.core.settings import engine_threads
 from harmonizer_dagster.core.sql import quote_ident, quote_literal
 from harmonizer_dagster.core.warehouse.base import Session, Warehouse, WarehouseBusy
 
@@ -97,7 +97,7 @@ class DuckDBWarehouse(Warehouse):
     def _connect(self) -> duckdb.DuckDBPyConnection:
         """Opens the file, waiting with growing pauses while another process holds it."""
         config = {"memory_limit": self.memory_limit, "threads": engine_threads()}
-        timeout = lock_timeout()
+        timeout = self.wait_limit()
         deadline, pause, told = time.monotonic() + timeout, 0.02, False
         while True:
             try:

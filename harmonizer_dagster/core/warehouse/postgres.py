@@ -28,7 +28,7 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from harmonizer_dagster.core.reading import LINE_COLUMN
-from harmonizer_dagster.core.settings import engine_threads, lock_timeout
+from harmonizer_dagster.core.settings import engine_threads
 from harmonizer_dagster.core.sql import quote_ident
 from harmonizer_dagster.core.warehouse.base import Session, Warehouse, WarehouseBusy
 
@@ -172,7 +172,7 @@ class PostgresWarehouse(Warehouse):
             key,
         )[0][0]
         holder = f"server process {holders}" if holders else "another session"
-        timeout = lock_timeout()
+        timeout = self.wait_limit()
         self.on_wait(
             f"waiting for the warehouse: {holder} holds the {name} lock of schema {self.schema_name} in "
             f"{self.description}; up to {timeout:g} s (HARMONIZER_WAREHOUSE_LOCK_TIMEOUT)"

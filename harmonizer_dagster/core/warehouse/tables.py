@@ -33,6 +33,25 @@ def canonical_columns(spec: SourceSpec) -> list[tuple[str, str]]:
     return columns
 
 
+# A tally counts one kind of row (kind: issue, dead_letter) of one label (issue type, error type)
+# and severity: all of them, and those still pending (issues not triaged, dead letters not reprocessed).
+TALLY_COLUMNS = (
+    "source_type VARCHAR NOT NULL, kind VARCHAR NOT NULL, label VARCHAR NOT NULL, severity VARCHAR NOT NULL, "
+    "total BIGINT NOT NULL, pending BIGINT NOT NULL"
+)
+TALLY_NAMES = "source_type, kind, label, severity, total, pending"
+# The tallies of the versions that `{versions}` selects (a condition on source_id), from their rows.
+TALLY_SELECTS = [
+    "SELECT source_id, source_type, 'issue', issue_type, severity, count(*), "
+    "count(*) FILTER (WHERE resolution_status = 'pending') FROM {schema}.data_quality_issues "
+    "WHERE {versions} GROUP BY source_id, source_type, issue_type, severity",
+    "SELECT source_id, source_type, 'dead_letter', error_type, '', count(*), count(*) FILTER (WHERE NOT reprocessed) "
+    "FROM {schema}.failed_records WHERE {versions} GROUP BY source_id, source_type, error_type",
+]
+
+ALL_TALLIES = [select.replace("{versions}", "TRUE") for select in TALLY_SELECTS]
+
+
 # Each migration runs once per warehouse, in order; never edit one that has shipped.
 MIGRATIONS: list[tuple[int, str, list[str]]] = [
     (
@@ -208,6 +227,43 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             "ALTER TABLE {schema}.transformation_rules_merged RENAME TO transformation_rules",
             "CREATE UNIQUE INDEX transformation_rules_identity_idx "
             "ON {schema}.transformation_rules (source_type, field_name, kind, params)",
+        ],
+    ),
+    (
+        7,
+        "live progress, issue and dead-letter tallies, and the loader_status view",
+        [
+            "ALTER TABLE {schema}.sources ADD COLUMN heartbeat_at TIMESTAMPTZ",
+            "ALTER TABLE {schema}.sources ADD COLUMN records_expected BIGINT",
+            "CREATE INDEX IF NOT EXISTS sources_status_idx ON {schema}.sources (status)",
+            "CREATE INDEX IF NOT EXISTS dq_issues_source_idx ON {schema}.data_quality_issues (source_id)",
+            "CREATE INDEX IF NOT EXISTS failed_records_source_idx ON {schema}.failed_records (source_id)",
+            # What each version's issues and dead letters come to, and their sums per source:
+            # a scrape reads a few rows per source instead of counting millions of issues.
+            f"CREATE TABLE IF NOT EXISTS {{schema}}.version_tallies ({TALLY_COLUMNS}, source_id BIGINT NOT NULL, "
+            "PRIMARY KEY (source_id, kind, label, severity))",
+            f"CREATE TABLE IF NOT EXISTS {{schema}}.source_tallies ({TALLY_COLUMNS}, "
+            "PRIMARY KEY (source_type, kind, label, severity))",
+            *(f"INSERT INTO {{schema}}.version_tallies (source_id, {TALLY_NAMES}) {tally}" for tally in ALL_TALLIES),
+            f"INSERT INTO {{schema}}.source_tallies ({TALLY_NAMES}) SELECT source_type, kind, label, severity, "
+            "sum(total), sum(pending) FROM {schema}.version_tallies GROUP BY source_type, kind, label, severity",
+            # The stall threshold the views apply: migrate keeps it at HARMONIZER_STALL_MINUTES.
+            "CREATE TABLE IF NOT EXISTS {schema}.loader_settings (stall_seconds DOUBLE PRECISION NOT NULL)",
+            "INSERT INTO {schema}.loader_settings VALUES (1800)",
+            """CREATE VIEW {schema}.version_health AS SELECT s.*, CASE
+                WHEN s.status = 'processing' AND extract(epoch FROM now()
+                    - coalesce(s.heartbeat_at, s.import_started_at, s.updated_at)) > c.stall_seconds THEN 'STALLED'
+                ELSE s.status END AS health_status
+                FROM {schema}.sources s CROSS JOIN {schema}.loader_settings c""",
+            # The legacy view's columns and window, over every backend.
+            """CREATE VIEW {schema}.loader_status AS SELECT source_id, source_type, source_name, source_version,
+                partition_key, status, import_started_at, import_completed_at, records_processed,
+                records_expected, records_imported, records_failed, heartbeat_at, health_status,
+                CASE WHEN import_completed_at > import_started_at THEN records_imported * 60.0
+                    / extract(epoch FROM import_completed_at - import_started_at) END AS records_per_minute
+                FROM {schema}.version_health
+                WHERE coalesce(import_started_at, updated_at) > now() - INTERVAL '7 days'
+                ORDER BY coalesce(import_started_at, updated_at) DESC, source_id DESC""",
         ],
     ),
 ]
