@@ -28,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 
 from harmonizer_dagster.core.settings import engine_threads
-from harmonizer_dagster.core.spec import SourceSpec
+from harmonizer_dagster.core.spec import Column, SourceSpec, header_key
 from harmonizer_dagster.core.sql import quote_ident, quote_literal
 
 LINE_COLUMN = "_source_line"
@@ -91,12 +91,62 @@ def _found(spec: SourceSpec, names: list[str]) -> str:
     """What a message says of the names a file has: quoted when the file shares at least one
     with the spec (a renamed or dropped column); when it shares none it is likely no file of
     the source at all, and only their count is given."""
-    if set(names) & {c.source for c in spec.columns}:
+    if {header_key(n) for n in names} & {header_key(n) for c in spec.columns for n in c.source_names}:
         return f"the file has {quoted_names(names)}"
     return (
         f"the file has none of the {spec.name} spec's names ({len(names)} other name(s), not quoted): "
         f"is it a {spec.name} file?"
     )
+
+
+def _described(column: Column) -> str:
+    """A spec column as a message names it: its source name, and its aliases."""
+    aliases = f" (or {', '.join(quoted_name(a) for a in column.aliases)})" if column.aliases else ""
+    return quoted_name(column.source) + aliases
+
+
+@dataclass(frozen=True)
+class Matched:
+    """Which of a file's names each spec column reads, matched whatever their case and
+    surrounding whitespace, under the column's source name or one of its aliases."""
+
+    names: dict[str, list[str]]  # spec column -> the file's names it matched, in the file's order
+    extra: list[str]  # the file's names no column reads
+
+    def missing(self, spec: SourceSpec, required_only: bool = False) -> list[Column]:
+        return [c for c in spec.columns if not self.names[c.name] and (c.required or not required_only)]
+
+    def single(self, spec: SourceSpec, file_name: str) -> dict[str, str]:
+        """The one name each column reads; a column matching two names is ambiguous and fails the file."""
+        for column in spec.columns:
+            found = self.names[column.name]
+            if len(found) > 1:
+                raise SourceFormatError(
+                    f"{file_name}: the file has {quoted_names(found)}, which all match column {column.name} "
+                    f"({_described(column)}); keep one of them"
+                )
+        return {name: found[0] for name, found in self.names.items() if found}
+
+
+def match_names(spec: SourceSpec, names: list[str]) -> Matched:
+    """Matches a file's column names (a header, JSON keys, Parquet columns) to the spec's."""
+    wanted = {header_key(n): c.name for c in spec.columns for n in c.source_names}
+    matched: dict[str, list[str]] = {c.name: [] for c in spec.columns}
+    extra = []
+    for name in names:
+        column = wanted.get(header_key(name))
+        if column is None:
+            extra.append(name)
+        else:
+            matched[column].append(name)
+    return Matched(matched, extra)
+
+
+def _missing_error(
+    spec: SourceSpec, file_name: str, missing: list[Column], names: list[str], what: str
+) -> SourceFormatError:
+    listed = ", ".join(_described(c) for c in missing)
+    return SourceFormatError(f"{file_name}: {what} [{listed}]; {_found(spec, names)}")
 
 
 def _gzipped(spec: SourceSpec, path: Path) -> bool:
@@ -270,7 +320,7 @@ def _named_columns(name: str, header: list[str]) -> list[str]:
     return names
 
 
-def _check_json_keys(spec: SourceSpec, path: Path, json_format: str, result: ReadResult) -> None:
+def _check_json_keys(spec: SourceSpec, path: Path, json_format: str, result: ReadResult) -> Matched:
     """A required field no record carries is a renamed or dropped column: reading it as
     nulls would blank stored values, so the file is refused; unknown keys are reported."""
     with duckdb.connect() as con:
@@ -281,21 +331,28 @@ def _check_json_keys(spec: SourceSpec, path: Path, json_format: str, result: Rea
                 f"format={quote_literal(json_format)}, compression={quote_literal(_duckdb_compression(spec, path))})"
             ).fetchall()
         }
-    missing = [c.source for c in spec.columns if c.required and c.source not in present]
+    matched = match_names(spec, sorted(present))
+    missing = matched.missing(spec, required_only=True)
     if missing:
-        raise SourceFormatError(
-            f"{path.name}: no record has the required field(s) {quoted_names(missing)}; {_found(spec, sorted(present))}"
-        )
-    result.extra_fields = sorted(present - {c.source for c in spec.columns})
+        raise _missing_error(spec, path.name, missing, sorted(present), "no record has the required field(s)")
+    result.extra_fields = matched.extra
+    return matched
 
 
 def _duckdb_compression(spec: SourceSpec, path: Path) -> str:
     return "gzip" if _gzipped(spec, path) else "none"
 
 
-def _query(spec: SourceSpec, path: Path, result: ReadResult, source: _Source | None, header: list[str]) -> str:
-    """The DuckDB query of the file's spec columns; `source` and `header` are a CSV's."""
-    wanted = [c.source for c in spec.columns]
+def _query(
+    spec: SourceSpec,
+    path: Path,
+    result: ReadResult,
+    source: _Source | None,
+    header: list[str],
+    positions: list[int] | None = None,
+) -> str:
+    """The DuckDB query of the file's spec columns; `source`, `header` and the header position
+    each column reads are a CSV's."""
     if source is not None:
         # DuckDB reads the columns under positional names: a file's names need not be valid there.
         columns = ", ".join(f"{quote_literal(_positional(position))}: 'VARCHAR'" for position in range(len(header)))
@@ -307,13 +364,22 @@ def _query(spec: SourceSpec, path: Path, result: ReadResult, source: _Source | N
         )
     else:
         json_format = "array" if spec.format == "json" else "newline_delimited"
-        _check_json_keys(spec, path, json_format, result)
-        columns = ", ".join(f"{quote_literal(name)}: 'VARCHAR'" for name in wanted)
+        matched = _check_json_keys(spec, path, json_format, result)
+        # Records may spell a field differently (`Name`, `name`): the first spelling a record has
+        # counts. Keys are looked up exactly (read_json's columns would fold case and collide).
         scan = (
-            f"read_json({quote_literal(str(path))}, format={quote_literal(json_format)}, "
-            f"columns={{{columns}}}, compression={quote_literal(_duckdb_compression(spec, path))})"
+            f"read_json_objects({quote_literal(str(path))}, format={quote_literal(json_format)}, "
+            f"compression={quote_literal(_duckdb_compression(spec, path))})"
         )
-    read = [_positional(header.index(c.source)) for c in spec.columns] if source is not None else wanted
+        selected = ", ".join(
+            f"coalesce({', '.join(f'json ->> {quote_literal(key)}' for key in matched.names[c.name])}) "
+            f"AS {quote_ident(c.name)}"
+            if matched.names[c.name]
+            else f"CAST(NULL AS VARCHAR) AS {quote_ident(c.name)}"
+            for c in spec.columns
+        )
+        return f"SELECT {selected} FROM {scan}"
+    read = [_positional(position) for position in positions or []]
     pairs = zip(read, spec.columns, strict=True)
     selected = ", ".join(f"{quote_ident(field)} AS {quote_ident(c.name)}" for field, c in pairs)
     return f"SELECT {selected} FROM {scan}"
@@ -365,19 +431,21 @@ def _read_batches(
         return
     with _decoded(spec, path) as source:
         header = _csv_header(spec, path.name, source)
-        wanted = [c.source for c in spec.columns]
-        missing = [name for name in wanted if name not in header]
+        matched = match_names(spec, header)
+        missing = matched.missing(spec)
         if missing:
-            raise SourceFormatError(f"{path.name}: missing columns {quoted_names(missing)}; {_found(spec, header)}")
-        result.extra_fields = [name for name in header if name not in wanted]
+            raise _missing_error(spec, path.name, missing, header, "missing columns")
+        names = matched.single(spec, path.name)
+        result.extra_fields = matched.extra
+        positions = [header.index(names[c.name]) for c in spec.columns]
         if line_by_line:
-            batches = _parsed_lines(spec, path.name, source, header, batch_rows, result)
+            batches = _parsed_lines(spec, path.name, source, header, positions, batch_rows, result)
         else:
             starts = _csv_record_starts(source, spec.delimiter, len(header))
             scanned = _scanned(
                 spec,
                 path,
-                lambda: _query(spec, path, result, source, header),
+                lambda: _query(spec, path, result, source, header, positions),
                 batch_rows,
                 lambda con: _rejects(con, spec, path.name, source, result, starts),
             )
@@ -642,14 +710,19 @@ def _quote_error(exc: csv.Error) -> str:
 
 
 def _parsed_lines(
-    spec: SourceSpec, name: str, source: _Source, header: list[str], batch_rows: int, result: ReadResult
+    spec: SourceSpec,
+    name: str,
+    source: _Source,
+    header: list[str],
+    positions: list[int],
+    batch_rows: int,
+    result: ReadResult,
 ) -> Iterator[pa.RecordBatch]:
     """The CSV parsed in Python record by record, for a file DuckDB cannot follow. A line whose
     quote does not close where a value ends is one malformed record and parsing resumes on the
     next line, so every line is either a record or recorded; line numbers are physical lines.
     A quoted value longer than csv's field limit (131,072 characters) counts as a quote that
     never closes, which bounds what a runaway quote can hold in memory."""
-    positions = [header.index(c.source) for c in spec.columns]
     names = [c.name for c in spec.columns] + [LINE_COLUMN]
     values: list[list[str | None]] = [[] for _ in positions]
     starts: list[int] = []

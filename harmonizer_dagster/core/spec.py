@@ -96,6 +96,15 @@ class Column:
     scale: int = 4
     harmonize: tuple[str, ...] = ()
     checks: tuple[Check, ...] = ()
+    # Other headers the field has gone by (`source: [Corp Number, CorpNo]`): a file having any
+    # one of them loads. Out of the repr, which fingerprints processing: a file that matched no
+    # name failed, so the names read never change what a loaded file gave.
+    aliases: tuple[str, ...] = field(default=(), repr=False)
+
+    @property
+    def source_names(self) -> tuple[str, ...]:
+        """The field's names in a file, the canonical `source` first; matched case-insensitively."""
+        return (self.source, *self.aliases)
 
     @property
     def parse_formats(self) -> tuple[str, ...]:
@@ -370,9 +379,11 @@ def _parse_column(name: str, r: _Reader, natural_key: tuple[str, ...]) -> Column
     formats = r.get("formats", [], kind=list)
     if formats and col_type not in ("date", "timestamp"):
         raise r.fail("formats", "only date and timestamp columns take formats")
+    names = _source_names(r, name)
     column = Column(
         name=name,
-        source=r.get("source", name, kind=str),
+        source=names[0],
+        aliases=names[1:],
         type=col_type,
         required=r.get("required", False, kind=bool) or name in natural_key,
         formats=tuple(str(f) for f in formats),
@@ -384,6 +395,20 @@ def _parse_column(name: str, r: _Reader, natural_key: tuple[str, ...]) -> Column
     parsed = r.each(((f"checks[{i}]", c) for i, c in enumerate(checks)), lambda _, c: _parse_check(c, column))
     r.finish()
     return Column(**{**column.__dict__, "checks": parsed})
+
+
+def _source_names(r: _Reader, name: str) -> tuple[str, ...]:
+    """`source: Corp Number` or `source: [Corp Number, CorpNo]`: the first is the canonical name."""
+    value = r.get("source", name, kind=(str, list))
+    names = [value] if isinstance(value, str) else value
+    if not names or not all(isinstance(n, str) and n.strip() for n in names):
+        raise r.fail("source", "must be a header name or a non-empty list of header names")
+    return tuple(n.strip() for n in names)
+
+
+def header_key(name: str) -> str:
+    """How a header name is compared with a spec's: case and surrounding whitespace ignored."""
+    return name.strip().casefold()
 
 
 def _parse_schedule(r: _Reader) -> Schedule:
@@ -476,9 +501,14 @@ def _parse_source(r: _Reader, file: str) -> SourceSpec:
     for key in natural_key:
         if key not in names:
             raise r.fail("natural_key", f"'{key}' is not a declared column")
-    sources = [c.source for c in columns]
-    if len(set(sources)) != len(sources):
-        raise r.fail("columns", "two columns read the same source field")
+    seen: dict[str, str] = {}
+    for column in columns:
+        for source in dict.fromkeys(header_key(n) for n in column.source_names):
+            if seen.setdefault(source, column.name) != column.name:
+                raise r.fail(
+                    f"columns.{column.name}.source",
+                    f"'{source}' is read by column '{seen[source]}' too (names match whatever their case)",
+                )
     spec = SourceSpec(
         name=name,
         title=r.get("title", name.replace("_", " ").title(), kind=str),
