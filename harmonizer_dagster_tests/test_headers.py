@@ -8,37 +8,7 @@ import pytest
 
 from harmonizer_dagster.core.reading import SourceFormatError
 from harmonizer_dagster.core.spec import SpecError, parse_spec
-from harmonizer_dagster_tests.conftest import SAMPLES_DIR, load_file
-
-SAMPLE = SAMPLES_DIR / "business_registry" / "registry_2026-Q3.csv"
-
-
-def registry_rows(warehouse, spec):
-    names = ", ".join(c.name for c in spec.columns)
-    return warehouse.query(f"SELECT {names} FROM {warehouse.table(spec.name)} ORDER BY corp_number")
-
-
-def land(tmp_path, spec, name: str, data: bytes):
-    folder = tmp_path / "landing" / spec.name
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / name).write_bytes(data)
-    return tmp_path / "landing"
-
-
-def load_sample(warehouse, tmp_path, spec, name: str, data: bytes):
-    """Loads `data` as one file of the source; returns the table's rows and the version's counts."""
-    load_file(spec, land(tmp_path, spec, name, data), name, warehouse, tmp_path / "staging")
-    return registry_rows(warehouse, spec), warehouse.partition_counts(spec.name, name)
-
-
-@pytest.fixture
-def reference(specs, tmp_path_factory):
-    """The sample as shipped, loaded into a DuckDB warehouse of its own: what every other form must give."""
-    from harmonizer_dagster.core.warehouse import open_warehouse
-
-    folder = tmp_path_factory.mktemp("reference")
-    store = open_warehouse(f"duckdb:///{folder / 'w.duckdb'}", "reference")
-    return load_sample(store, folder, specs["business_registry"], SAMPLE.name, SAMPLE.read_bytes())
+from harmonizer_dagster_tests.conftest import SAMPLE, land, load_file, load_sample
 
 
 def with_header(header: str) -> bytes:

@@ -13,7 +13,6 @@ from its last completed batch. Nothing here knows about Dagster.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import os
 import time
@@ -174,7 +173,7 @@ def _register(
     with warehouse.transaction():
         warehouse.migrate([spec])
         rules = warehouse.active_rules(spec.name)
-        processing = rules_fingerprint(rules, repr(dataclasses.replace(spec, path=None)))
+        processing = rules_fingerprint(rules, spec.processing)
         stage_dir = staging.staging_dir(staging_root, spec.name, file.partition_key, fp.file_hash, processing)
         register = dict(
             partition_key=file.partition_key,

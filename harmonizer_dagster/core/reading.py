@@ -142,7 +142,7 @@ def match_names(spec: SourceSpec, names: list[str]) -> Matched:
     return Matched(matched, extra)
 
 
-def _missing_error(
+def missing_error(
     spec: SourceSpec, file_name: str, missing: list[Column], names: list[str], what: str
 ) -> SourceFormatError:
     listed = ", ".join(_described(c) for c in missing)
@@ -215,7 +215,7 @@ def _first_undecodable(source: _Source) -> tuple[int, int] | None:
             offset += len(chunk)
 
 
-def _encoding_error(spec: SourceSpec, name: str, source: _Source, line: int | None = None) -> SourceFormatError:
+def encoding_error(spec: SourceSpec, name: str, source: _Source, line: int | None = None) -> SourceFormatError:
     """Names the first byte the file's encoding cannot decode, and the spec field to change."""
     found = _first_undecodable(source)
     decompressed = " of the decompressed data" if source.gzipped else ""
@@ -247,7 +247,7 @@ def _sniffed_codec(spec: SourceSpec, path: Path, gzipped: bool) -> str:
 
 
 @contextmanager
-def _decoded(spec: SourceSpec, path: Path) -> Iterator[_Source]:
+def decoded(spec: SourceSpec, path: Path) -> Iterator[_Source]:
     """The CSV as DuckDB can read it: as landed, or transcoded to UTF-8 in a temporary file
     (streamed, so memory stays constant) when DuckDB cannot decode its encoding."""
     gzipped = _gzipped(spec, path)
@@ -261,7 +261,7 @@ def _decoded(spec: SourceSpec, path: Path) -> Iterator[_Source]:
             with landed.open() as text, target.open("w", encoding="utf-8", newline="") as out:
                 shutil.copyfileobj(text, out, CHUNK_BYTES)
         except UnicodeDecodeError:
-            raise _encoding_error(spec, path.name, landed) from None
+            raise encoding_error(spec, path.name, landed) from None
         yield _Source(target, False, "utf-8")
 
 
@@ -272,7 +272,7 @@ def _csv_header(spec: SourceSpec, name: str, source: _Source) -> list[str]:
         with source.open() as handle:
             line = handle.readline().removeprefix("\ufeff")
     except UnicodeDecodeError:
-        raise _encoding_error(spec, name, source) from None
+        raise encoding_error(spec, name, source) from None
     if "\x00" in line:
         raise SourceFormatError(
             f"{name} line 1: the header holds NUL bytes, as UTF-16 without a byte-order mark does; "
@@ -288,7 +288,7 @@ def _csv_header(spec: SourceSpec, name: str, source: _Source) -> list[str]:
                 f'("{fields[-1].rstrip()[:30]}...); a header must be one line with every quote closed'
             ) from exc
         raise SourceFormatError(f"{name} line 1: the header cannot be parsed: {exc}") from exc
-    return _named_columns(name, header)
+    return named_columns(name, header)
 
 
 def _unnamed(position: int) -> str:
@@ -296,7 +296,7 @@ def _unnamed(position: int) -> str:
     return f"(unnamed column {position})"
 
 
-def _named_columns(name: str, header: list[str]) -> list[str]:
+def named_columns(name: str, header: list[str]) -> list[str]:
     """The header's names with surrounding whitespace trimmed, as the spec names them. Only the
     last column may be unnamed (a delimiter ending every line): it is reported as a field not in
     the spec. An unnamed column elsewhere, or a name appearing twice, is ambiguous and refused."""
@@ -334,7 +334,7 @@ def _check_json_keys(spec: SourceSpec, path: Path, json_format: str, result: Rea
     matched = match_names(spec, sorted(present))
     missing = matched.missing(spec, required_only=True)
     if missing:
-        raise _missing_error(spec, path.name, missing, sorted(present), "no record has the required field(s)")
+        raise missing_error(spec, path.name, missing, sorted(present), "no record has the required field(s)")
     result.extra_fields = matched.extra
     return matched
 
@@ -418,6 +418,13 @@ def read_batches(
 def _read_batches(
     spec: SourceSpec, path: Path, batch_rows: int, result: ReadResult, skip_batches: int, line_by_line: bool
 ) -> Iterator[pa.RecordBatch]:
+    # Imported here: those readers build on this module's matching and messages.
+    from harmonizer_dagster.core import tabular
+
+    readers = {"parquet": tabular.read_parquet, "xlsx": tabular.read_xlsx, "fixed_width": tabular.read_fixed_width}
+    if spec.format in readers:
+        yield from _batched(readers[spec.format](spec, path, batch_rows, result), batch_rows, skip_batches)
+        return
     if spec.format != "csv":
         if spec.format == "ndjson":
             starts = _ndjson_record_starts(path, _gzipped(spec, path))
@@ -429,12 +436,12 @@ def _read_batches(
             lined = _positioned(_scanned(spec, path, lambda: _query(spec, path, result, None, []), batch_rows))
         yield from _batched(lined, batch_rows, skip_batches)
         return
-    with _decoded(spec, path) as source:
+    with decoded(spec, path) as source:
         header = _csv_header(spec, path.name, source)
         matched = match_names(spec, header)
         missing = matched.missing(spec)
         if missing:
-            raise _missing_error(spec, path.name, missing, header, "missing columns")
+            raise missing_error(spec, path.name, missing, header, "missing columns")
         names = matched.single(spec, path.name)
         result.extra_fields = matched.extra
         positions = [header.index(names[c.name]) for c in spec.columns]
@@ -492,7 +499,7 @@ def _rejects(
     ).fetchall()
     for line, _, _, undecodable, _ in rows:
         if undecodable:
-            raise _encoding_error(spec, name, source, int(line))
+            raise encoding_error(spec, name, source, int(line))
     for line, _, _, _, unquoted in rows:
         if unquoted:
             raise UnreliableParse(f"{name} line {line}: a quote does not close where a value ends")
@@ -758,7 +765,7 @@ def _parsed_lines(
                     yield _record_batch(values, starts, names)
                     values, starts, rows = [[] for _ in positions], [], 0
     except UnicodeDecodeError:
-        raise _encoding_error(spec, name, source) from None
+        raise encoding_error(spec, name, source) from None
     if rows:
         yield _record_batch(values, starts, names)
 

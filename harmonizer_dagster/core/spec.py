@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime
+from itertools import pairwise
 from pathlib import Path
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -18,7 +19,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import polars as pl
 import yaml
 
-FORMATS = ("csv", "json", "ndjson")
+FORMATS = ("csv", "json", "ndjson", "parquet", "xlsx", "fixed_width")
+# Formats that carry their own encoding and compression.
+BINARY_FORMATS = ("parquet", "xlsx")
 COMPRESSIONS = ("auto", "none", "gzip")
 # `auto` detects UTF-8, UTF-16 or Latin-1 per file (see reading.py); a byte-order mark always decides.
 ENCODINGS = ("utf-8", "utf-16", "latin-1", "auto")
@@ -100,6 +103,10 @@ class Column:
     # one of them loads. Out of the repr, which fingerprints processing: a file that matched no
     # name failed, so the names read never change what a loaded file gave.
     aliases: tuple[str, ...] = field(default=(), repr=False)
+    # A fixed-width field's first character (1-based) and its width. Out of the repr, which stays
+    # what it was for the other formats; `SourceSpec.processing` adds them.
+    start: int | None = field(default=None, repr=False)
+    width: int | None = field(default=None, repr=False)
 
     @property
     def source_names(self) -> tuple[str, ...]:
@@ -175,7 +182,23 @@ class SourceSpec:
     # None when `anomalies: false`. Kept out of the repr, which fingerprints how files are
     # processed: thresholds only change how versions are judged, not what gets loaded.
     anomalies: Anomalies | None = field(default=Anomalies(), repr=False)
+    # A workbook's sheet (a name, or its 1-based position; None: the first) and the 1-based row
+    # holding the column names (a fixed-width file's header line; 0: it has none). Out of the repr
+    # with the columns' positions, see `processing`.
+    sheet: str | int | None = field(default=None, repr=False)
+    header_row: int = field(default=1, repr=False)
     path: Path | None = field(default=None, compare=False)
+
+    @property
+    def processing(self) -> str:
+        """What decides how a file is processed, fingerprinted with the rules: the spec's repr (as
+        it always was, so a change of code alone reloads nothing) and the layout fields of the
+        workbook and fixed-width formats."""
+        text = repr(replace(self, path=None))
+        if self.format in ("xlsx", "fixed_width"):
+            positions = [(c.name, c.start, c.width) for c in self.columns]
+            text += f" layout={(self.sheet, self.header_row, positions)!r}"
+        return text
 
     def column(self, name: str) -> Column:
         return next(c for c in self.columns if c.name == name)
@@ -376,6 +399,12 @@ def _parse_column(name: str, r: _Reader, natural_key: tuple[str, ...]) -> Column
             r.record(
                 r.fail(f"harmonize[{i}]", f"unknown harmonization rule '{rule}' (known: {', '.join(HARMONIZE_RULES)})")
             )
+    start, width = r.get("start", None, kind=int), r.get("width", None, kind=int)
+    for key, value in (("start", start), ("width", width)):
+        if value is not None and value < 1:
+            raise r.fail(key, "must be at least 1")
+    if (start is None) != (width is None):
+        raise r.fail("start" if start is None else "width", "a fixed-width column needs both start and width")
     formats = r.get("formats", [], kind=list)
     if formats and col_type not in ("date", "timestamp"):
         raise r.fail("formats", "only date and timestamp columns take formats")
@@ -390,6 +419,8 @@ def _parse_column(name: str, r: _Reader, natural_key: tuple[str, ...]) -> Column
         precision=r.get("precision", 18, kind=int),
         scale=r.get("scale", 4, kind=int),
         harmonize=tuple(harmonize),
+        start=start,
+        width=width,
     )
     checks = r.get("checks", [], kind=list)
     parsed = r.each(((f"checks[{i}]", c) for i, c in enumerate(checks)), lambda _, c: _parse_check(c, column))
@@ -526,18 +557,52 @@ def _parse_source(r: _Reader, file: str) -> SourceSpec:
         freshness_hours=r.get("freshness_hours", None, kind=int),
         anomalies=_parse_anomalies(r, r.get("anomalies", True, kind=(bool, dict))),
         max_rejected_rate=_parse_rate(r, "max_rejected_rate", DEFAULT_MAX_REJECTED_RATE),
+        sheet=r.get("sheet", None, kind=(str, int)),
+        header_row=r.get("header_row", 0 if r.data.get("format") == "fixed_width" else 1, kind=int),
         path=Path(file),
     )
     if len(spec.delimiter) != 1:
         raise r.fail("delimiter", "must be a single character")
-    if spec.format != "csv" and spec.encoding != "utf-8":
-        raise r.fail("encoding", "JSON sources must be utf-8")
+    if spec.format in ("json", "ndjson", *BINARY_FORMATS) and spec.encoding != "utf-8":
+        raise r.fail(
+            "encoding",
+            f"{spec.format} sources must be utf-8"
+            if spec.format in ("json", "ndjson")
+            else f"a {spec.format} file carries its own encoding: leave `encoding` out",
+        )
+    if spec.format in BINARY_FORMATS and spec.compression == "gzip":
+        raise r.fail("compression", f"a {spec.format} file is compressed inside: leave `compression` out")
+    _check_layout(r, spec)
     if spec.version_pattern is not None:
         problem = version_pattern_problem(spec.version_pattern, spec.version_strategy)
         if problem:
             r.record(r.fail("version_pattern", problem))
     r.finish()
     return spec
+
+
+def _check_layout(r: _Reader, spec: SourceSpec) -> None:
+    """The layout fields belong to their formats: a workbook's sheet and header row, a
+    fixed-width file's header line and every column's position."""
+    if "sheet" in r.data and spec.format != "xlsx":
+        r.record(r.fail("sheet", "only xlsx sources have sheets"))
+    if isinstance(spec.sheet, int) and spec.sheet < 1:
+        r.record(r.fail("sheet", "a sheet's position counts from 1"))
+    if "header_row" in r.data and spec.format not in ("xlsx", "fixed_width"):
+        r.record(r.fail("header_row", "only xlsx and fixed_width sources take a header row"))
+    if spec.header_row < (1 if spec.format == "xlsx" else 0):
+        r.record(r.fail("header_row", "counts from 1" + (", or is 0 for none" if spec.format == "fixed_width" else "")))
+    placed = [c for c in spec.columns if c.start is not None]
+    if spec.format == "fixed_width":
+        for c in spec.columns:
+            if c.start is None:
+                r.record(r.fail(f"columns.{c.name}", "a fixed-width column needs start and width"))
+        ordered = sorted(placed, key=lambda c: c.start or 0)
+        for before, after in pairwise(ordered):
+            if (before.start or 0) + (before.width or 0) > (after.start or 0):
+                r.record(r.fail(f"columns.{after.name}.start", f"overlaps column '{before.name}'"))
+    elif placed:
+        r.record(r.fail(f"columns.{placed[0].name}.start", "only fixed_width columns have positions"))
 
 
 # The named groups a version pattern needs for each strategy, unless it has a `version` group.
