@@ -127,6 +127,20 @@ class Matched:
                 )
         return {name: found[0] for name, found in self.names.items() if found}
 
+    def enforce(self, spec: SourceSpec, file_name: str) -> None:
+        """Under `schema_evolution: freeze` a file has the spec's columns, no more and no fewer."""
+        missing = self.missing(spec)
+        if spec.schema_evolution != "freeze" or not (self.extra or missing):
+            return
+        found = [f"columns not in the spec {quoted_names(self.extra)}"] if self.extra else []
+        if missing:
+            found.append(f"no column for [{', '.join(_described(c) for c in missing)}]")
+        raise SourceFormatError(
+            f"{file_name}: the file has {' and '.join(found)}, and the spec's columns are frozen "
+            f"(`schema_evolution: freeze` in {_spec_file(spec)}); declare the change in the spec, "
+            "or set schema_evolution: report or evolve"
+        )
+
 
 def match_names(spec: SourceSpec, names: list[str]) -> Matched:
     """Matches a file's column names (a header, JSON keys, Parquet columns) to the spec's."""
@@ -291,9 +305,12 @@ def _csv_header(spec: SourceSpec, name: str, source: _Source) -> list[str]:
     return named_columns(name, header)
 
 
+UNNAMED = "(unnamed column "
+
+
 def _unnamed(position: int) -> str:
     """How a trailing column without a name is reported among the fields not in the spec."""
-    return f"(unnamed column {position})"
+    return f"{UNNAMED}{position})"
 
 
 def named_columns(name: str, header: list[str]) -> list[str]:
@@ -323,20 +340,24 @@ def named_columns(name: str, header: list[str]) -> list[str]:
 def _check_json_keys(spec: SourceSpec, path: Path, json_format: str, result: ReadResult) -> Matched:
     """A required field no record carries is a renamed or dropped column: reading it as
     nulls would blank stored values, so the file is refused; unknown keys are reported."""
-    with duckdb.connect() as con:
-        present = {
-            row[0]
-            for row in con.sql(
-                f"SELECT DISTINCT unnest(json_keys(json)) FROM read_json_objects({quote_literal(str(path))}, "
-                f"format={quote_literal(json_format)}, compression={quote_literal(_duckdb_compression(spec, path))})"
-            ).fetchall()
-        }
-    matched = match_names(spec, sorted(present))
+    present = _json_keys(spec, path, json_format)
+    matched = match_names(spec, present)
+    matched.enforce(spec, path.name)
     missing = matched.missing(spec, required_only=True)
     if missing:
         raise missing_error(spec, path.name, missing, sorted(present), "no record has the required field(s)")
     result.extra_fields = matched.extra
     return matched
+
+
+def _json_keys(spec: SourceSpec, path: Path, json_format: str) -> list[str]:
+    """Every key a record of the file has, in one scan."""
+    with duckdb.connect() as con:
+        rows = con.sql(
+            f"SELECT DISTINCT unnest(json_keys(json)) FROM read_json_objects({quote_literal(str(path))}, "
+            f"format={quote_literal(json_format)}, compression={quote_literal(_duckdb_compression(spec, path))})"
+        ).fetchall()
+    return sorted(row[0] for row in rows)
 
 
 def _duckdb_compression(spec: SourceSpec, path: Path) -> str:
@@ -406,13 +427,38 @@ def read_batches(
     A CSV with a quote that never closes raises UnreliableParse once DuckDB has scanned it:
     discard what was yielded and read it again with `line_by_line=True`. A gzip stream that
     cannot be read fails the file saying what is wrong with it and what to do."""
-    try:
+    with _read_errors(spec, path):
         yield from _read_batches(spec, path, batch_rows, result, skip_batches, line_by_line)
+
+
+@contextmanager
+def _read_errors(spec: SourceSpec, path: Path) -> Iterator[None]:
+    """A gzip stream that cannot be read fails the file saying what is wrong with it and what to do."""
+    try:
+        yield
     except (SourceFormatError, EOFError, gzip.BadGzipFile, zlib.error) as exc:
         problem = _gzip_problem(spec, path) if _gzipped(spec, path) else None
         if problem is None:
             raise
         raise problem from exc
+
+
+def evolved_spec(spec: SourceSpec, path: Path) -> SourceSpec:
+    """The spec the file loads with: under `schema_evolution: evolve`, with a text column for each
+    of the file's columns the spec does not name (see `SourceSpec.evolved`); else the spec."""
+    if spec.schema_evolution != "evolve":
+        return spec
+    from harmonizer_dagster.core import tabular
+
+    with _read_errors(spec, path):
+        if spec.format == "csv":
+            with decoded(spec, path) as source:
+                names = _csv_header(spec, path.name, source)
+        elif spec.format in ("json", "ndjson"):
+            names = _json_keys(spec, path, "array" if spec.format == "json" else "newline_delimited")
+        else:
+            names = tabular.column_names(spec, path)
+    return spec.evolved([n for n in match_names(spec, names).extra if not n.startswith(UNNAMED)])
 
 
 def _read_batches(
@@ -442,6 +488,7 @@ def _read_batches(
         missing = matched.missing(spec)
         if missing:
             raise missing_error(spec, path.name, missing, header, "missing columns")
+        matched.enforce(spec, path.name)
         names = matched.single(spec, path.name)
         result.extra_fields = matched.extra
         positions = [header.index(names[c.name]) for c in spec.columns]

@@ -27,6 +27,10 @@ COMPRESSIONS = ("auto", "none", "gzip")
 ENCODINGS = ("utf-8", "utf-16", "latin-1", "auto")
 TYPES = ("string", "integer", "decimal", "boolean", "date", "timestamp")
 SEVERITIES = ("warning", "error")
+# What a file with other columns than the spec's does: `report` loads the spec's columns and
+# warns (schema_drift), `evolve` also loads each new column into a new nullable text column,
+# `freeze` fails the file when a column is new or missing and makes schema_drift blocking.
+SCHEMA_EVOLUTIONS = ("report", "evolve", "freeze")
 VERSION_STRATEGIES = ("quarterly", "monthly", "daily", "content_hash")
 HARMONIZE_RULES = (
     "trim",
@@ -187,6 +191,8 @@ class SourceSpec:
     # with the columns' positions, see `processing`.
     sheet: str | int | None = field(default=None, repr=False)
     header_row: int = field(default=1, repr=False)
+    # Out of the repr as the layout is; `processing` adds it unless it is the default.
+    schema_evolution: str = field(default="report", repr=False)
     path: Path | None = field(default=None, compare=False)
 
     @property
@@ -198,7 +204,20 @@ class SourceSpec:
         if self.format in ("xlsx", "fixed_width"):
             positions = [(c.name, c.start, c.width) for c in self.columns]
             text += f" layout={(self.sheet, self.header_row, positions)!r}"
+        if self.schema_evolution != "report":
+            text += f" schema_evolution={self.schema_evolution}"
         return text
+
+    def evolved(self, names: Sequence[str]) -> SourceSpec:
+        """The spec with a nullable text column for each of the file's names it has no column
+        for (`schema_evolution: evolve`), named in lower_snake_case after the header."""
+        taken = {c.name for c in self.columns}
+        added = []
+        for source in names:
+            name = evolved_name(source, taken)
+            taken.add(name)
+            added.append(Column(name=name, source=source))
+        return replace(self, columns=self.columns + tuple(added)) if added else self
 
     def column(self, name: str) -> Column:
         return next(c for c in self.columns if c.name == name)
@@ -206,6 +225,19 @@ class SourceSpec:
     @property
     def key_columns(self) -> tuple[Column, ...]:
         return tuple(self.column(k) for k in self.natural_key)
+
+
+def evolved_name(header: str, taken: set[str]) -> str:
+    """A column name for a header: lower_snake_case, a letter first (so never a provenance
+    column's), unique among `taken`."""
+    name = re.sub(r"[^a-z0-9]+", "_", header.strip().lower()).strip("_")
+    if not name or not name[0].isalpha():
+        name = f"c_{name}".rstrip("_")
+    name = name[:56]
+    unique, number = name, 2
+    while unique in taken:
+        unique, number = f"{name}_{number}", number + 1
+    return unique
 
 
 class _Reader:
@@ -558,6 +590,7 @@ def _parse_source(r: _Reader, file: str) -> SourceSpec:
         anomalies=_parse_anomalies(r, r.get("anomalies", True, kind=(bool, dict))),
         max_rejected_rate=_parse_rate(r, "max_rejected_rate", DEFAULT_MAX_REJECTED_RATE),
         sheet=r.get("sheet", None, kind=(str, int)),
+        schema_evolution=r.choice("schema_evolution", SCHEMA_EVOLUTIONS, "report"),
         header_row=r.get("header_row", 0 if r.data.get("format") == "fixed_width" else 1, kind=int),
         path=Path(file),
     )

@@ -72,14 +72,29 @@ def _text_array(array: pa.Array, column: Column) -> pa.Array:
     return pc.if_else(pc.equal(text, ""), pa.scalar(None, pa.string()), text)
 
 
-def read_parquet(spec: SourceSpec, path: Path, batch_rows: int, result: ReadResult) -> Iterator[pa.RecordBatch]:
-    """Streams the file by row group; `_source_line` is a row's 1-based position in the file."""
+def _parquet_file(path: Path) -> pq.ParquetFile:
     try:
-        handle = pq.ParquetFile(path)
+        return pq.ParquetFile(path)
     except (pa.ArrowException, OSError) as exc:
         raise SourceFormatError(f"{path.name}: is not a readable Parquet file ({exc}); re-upload the file") from None
+
+
+def column_names(spec: SourceSpec, path: Path) -> list[str]:
+    """The file's column names: a Parquet file's, a workbook's header row; a fixed-width file's
+    are the spec's."""
+    if spec.format == "parquet":
+        return _parquet_file(path).schema_arrow.names
+    if spec.format == "xlsx":
+        return _xlsx_header(spec, path)[1]
+    return [c.source for c in spec.columns]
+
+
+def read_parquet(spec: SourceSpec, path: Path, batch_rows: int, result: ReadResult) -> Iterator[pa.RecordBatch]:
+    """Streams the file by row group; `_source_line` is a row's 1-based position in the file."""
+    handle = _parquet_file(path)
     names = handle.schema_arrow.names
     matched = match_names(spec, names)
+    matched.enforce(spec, path.name)
     missing = matched.missing(spec, required_only=True)
     if missing:
         raise missing_error(spec, path.name, missing, names, "missing columns")
@@ -170,9 +185,8 @@ def _sheet(spec: SourceSpec, path: Path) -> Any:
     return workbook.get_sheet_by_name(sheet)
 
 
-def read_xlsx(spec: SourceSpec, path: Path, batch_rows: int, result: ReadResult) -> Iterator[pa.RecordBatch]:
-    """The spec's sheet from its header row on; `_source_line` is a record's row number in the sheet
-    (as the workbook shows it). Blank rows are skipped, as blank lines are in a CSV."""
+def _xlsx_header(spec: SourceSpec, path: Path) -> tuple[str, list[str], Iterator[tuple[int, list[Any]]]]:
+    """How messages name the sheet, its header row's names, and its numbered rows after it."""
     sheet = _sheet(spec, path)
     first_row = sheet.start[0] + 1 if sheet.start else 1  # the sheet's first row that holds a cell
     rows = enumerate(sheet.iter_rows(), start=first_row)
@@ -183,8 +197,15 @@ def read_xlsx(spec: SourceSpec, path: Path, batch_rows: int, result: ReadResult)
     cells = [_cell_text(c) or "" for c in header[1]]
     while cells and not cells[-1].strip():
         cells.pop()  # a workbook's used range often runs past the last named column
-    names = named_columns(f"{where} row {spec.header_row}", cells)
+    return where, named_columns(f"{where} row {spec.header_row}", cells), rows
+
+
+def read_xlsx(spec: SourceSpec, path: Path, batch_rows: int, result: ReadResult) -> Iterator[pa.RecordBatch]:
+    """The spec's sheet from its header row on; `_source_line` is a record's row number in the sheet
+    (as the workbook shows it). Blank rows are skipped, as blank lines are in a CSV."""
+    where, names, rows = _xlsx_header(spec, path)
     matched = match_names(spec, names)
+    matched.enforce(spec, where)
     missing = matched.missing(spec)
     if missing:
         raise missing_error(spec, where, missing, names, "missing columns")
