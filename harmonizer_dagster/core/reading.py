@@ -19,7 +19,7 @@ import zlib
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO
 
@@ -258,6 +258,12 @@ def _sniffed_codec(spec: SourceSpec, path: Path, gzipped: bool) -> str:
     if head[0::2].count(0) > len(head) // 4:
         return "utf-16-be"
     return "utf-8" if _first_undecodable(_Source(path, gzipped, "utf-8")) is None else "latin-1"
+
+
+def detected_encoding(spec: SourceSpec, path: Path) -> str:
+    """The spec encoding (`utf-8`, `utf-16`, `latin-1`) `encoding: auto` finds for the file."""
+    codec = _sniffed_codec(replace(spec, encoding="auto"), path, _gzipped(spec, path))
+    return "utf-16" if codec.startswith("utf-16") else codec
 
 
 @contextmanager

@@ -191,8 +191,11 @@ class SourceSpec:
     # with the columns' positions, see `processing`.
     sheet: str | int | None = field(default=None, repr=False)
     header_row: int = field(default=1, repr=False)
-    # Out of the repr as the layout is; `processing` adds it unless it is the default.
+    # Out of the repr as the layout is; `processing` adds them unless they are the default.
     schema_evolution: str = field(default="report", repr=False)
+    # Values that mean "no value" in this source's files (`NA`, `N/A`), read as empty; matched
+    # exactly, after trimming.
+    null_values: tuple[str, ...] = field(default=(), repr=False)
     path: Path | None = field(default=None, compare=False)
 
     @property
@@ -206,6 +209,8 @@ class SourceSpec:
             text += f" layout={(self.sheet, self.header_row, positions)!r}"
         if self.schema_evolution != "report":
             text += f" schema_evolution={self.schema_evolution}"
+        if self.null_values:
+            text += f" null_values={self.null_values!r}"
         return text
 
     def evolved(self, names: Sequence[str]) -> SourceSpec:
@@ -591,6 +596,7 @@ def _parse_source(r: _Reader, file: str) -> SourceSpec:
         max_rejected_rate=_parse_rate(r, "max_rejected_rate", DEFAULT_MAX_REJECTED_RATE),
         sheet=r.get("sheet", None, kind=(str, int)),
         schema_evolution=r.choice("schema_evolution", SCHEMA_EVOLUTIONS, "report"),
+        null_values=_parse_null_values(r),
         header_row=r.get("header_row", 0 if r.data.get("format") == "fixed_width" else 1, kind=int),
         path=Path(file),
     )
@@ -612,6 +618,14 @@ def _parse_source(r: _Reader, file: str) -> SourceSpec:
             r.record(r.fail("version_pattern", problem))
     r.finish()
     return spec
+
+
+def _parse_null_values(r: _Reader) -> tuple[str, ...]:
+    values = r.get("null_values", [], kind=list)
+    if not all(isinstance(v, str) and v.strip() for v in values):
+        r.record(r.fail("null_values", "must be a list of non-empty strings (quote NA, null, ... in YAML)"))
+        return ()
+    return tuple(v.strip() for v in values)
 
 
 def _check_layout(r: _Reader, spec: SourceSpec) -> None:
