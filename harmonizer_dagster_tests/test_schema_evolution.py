@@ -127,3 +127,58 @@ def test_schema_evolution_is_one_of_the_policies_and_part_of_the_fingerprint(spe
             }
         )
     assert policy(specs, "evolve").processing != specs[SOURCE].processing
+
+
+def test_evolve_loads_a_new_parquet_column_too(warehouse, tmp_path):
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    spec = parse_spec(
+        {
+            "name": "people",
+            "owner": "o",
+            "format": "parquet",
+            "schema_evolution": "evolve",
+            "natural_key": ["id"],
+            "columns": {"id": {"type": "integer"}},
+        }
+    )
+    out = io.BytesIO()
+    pq.write_table(pa.table({"id": [1, 2], "Signed Up": [True, None]}), out)
+    load_file(spec, land(tmp_path, spec, "p.parquet", out.getvalue()), "p.parquet", warehouse, tmp_path / "s")
+    assert warehouse.query(f"SELECT id, signed_up FROM {warehouse.table('people')} ORDER BY id") == [
+        (1, "true"),
+        (2, None),
+    ]
+
+
+def test_null_values_are_read_as_empty_and_must_be_strings(warehouse, tmp_path):
+    spec = parse_spec(
+        {
+            "name": "t",
+            "owner": "o",
+            "format": "csv",
+            "null_values": ["NA", "n/a"],
+            "natural_key": ["k"],
+            "columns": {"k": {}, "mass": {"type": "integer", "required": True}},
+        }
+    )
+    load_file(spec, land(tmp_path, spec, "t.csv", b"k,mass\na,NA\nb, n/a \nc,3\n"), "t.csv", warehouse, tmp_path / "s")
+    assert warehouse.query(f"SELECT k, mass FROM {warehouse.table('t')}") == [("c", 3)]
+    assert warehouse.query("SELECT source_line_number, issue_type FROM {schema}.data_quality_issues ORDER BY 1") == [
+        (2, "missing_required_field"),
+        (3, "missing_required_field"),
+    ]
+    with pytest.raises(SpecError, match=r"'null_values': must be a list of non-empty strings"):
+        parse_spec(
+            {
+                "name": "t",
+                "owner": "o",
+                "format": "csv",
+                "natural_key": ["k"],
+                "columns": {"k": {}},
+                "null_values": [None],
+            }
+        )
