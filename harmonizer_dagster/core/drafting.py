@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass, field, replace
 from itertools import combinations
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import yaml
@@ -44,64 +45,10 @@ TIMESTAMP_FORMATS = (
     "%m/%d/%Y %H:%M",
     "%m/%d/%Y %H:%M:%S",
 )
-US_STATES = [
-    "AL",
-    "AK",
-    "AZ",
-    "AR",
-    "CA",
-    "CO",
-    "CT",
-    "DE",
-    "DC",
-    "FL",
-    "GA",
-    "HI",
-    "ID",
-    "IL",
-    "IN",
-    "IA",
-    "KS",
-    "KY",
-    "LA",
-    "ME",
-    "MD",
-    "MA",
-    "MI",
-    "MN",
-    "MS",
-    "MO",
-    "MT",
-    "NE",
-    "NV",
-    "NH",
-    "NJ",
-    "NM",
-    "NY",
-    "NC",
-    "ND",
-    "OH",
-    "OK",
-    "OR",
-    "PA",
-    "RI",
-    "SC",
-    "SD",
-    "TN",
-    "TX",
-    "UT",
-    "VT",
-    "VA",
-    "WA",
-    "WV",
-    "WI",
-    "WY",
-    "PR",
-    "VI",
-    "GU",
-    "AS",
-    "MP",
-]
+US_STATES = tuple(
+    "AL AK AZ AR CA CO CT DE DC FL GA HI ID IL IN IA KS KY LA ME MD MA MI MN MS MO MT NE NV NH NJ NM NY NC ND "  # noqa: SIM905
+    "OH OK OR PA RI SC SD TN TX UT VT VA WA WV WI WY PR VI GU AS MP".split()
+)
 PHONE = r"^\+?[\d\s().-]{7,20}$"
 ZIP = r"^\d{4,5}(-?\d{4})?$"
 # A value set this small, in a sample this much larger, is a list of allowed values.
@@ -109,8 +56,8 @@ ALLOWED_VALUES_MAX = 12
 ALLOWED_VALUES_MIN_ROWS = 20
 # The share of values a harmonize rule's pattern must match for the rule to be proposed.
 PATTERN_SHARE = 0.95
-# Names that say a column identifies a record: tried first as natural keys.
-# A name that is an identifier itself (`id`, `Case ID`, `person_id`) beats one that only holds a word of one.
+# Names that say a column identifies a record, tried first as natural keys: a name that is an
+# identifier itself (`id`, `Case ID`, `person_id`) before one holding such a word (`Corp Number`).
 ID_NAME = re.compile(r"(^|[^a-z])id$", re.IGNORECASE)
 KEY_NAME = re.compile(r"(^|[^a-z])(id|key|code|number|no|num|nbr)([^a-z]|$)|_id$|^id", re.IGNORECASE)
 KEY_COLUMNS_MAX = 3
@@ -174,7 +121,7 @@ def _fullest_sheet(path: Path) -> tuple[str, int]:
     return fullest.name, (fullest.start[0] + 1) if fullest.start else 1
 
 
-def _provisional(name: str, file_format: str, **fields: object) -> SourceSpec:
+def _provisional(name: str, file_format: str, **fields: Any) -> SourceSpec:
     """A spec without columns, evolving: read with it, a file gives every column it has, as text."""
     return SourceSpec(
         name=name,
@@ -184,7 +131,7 @@ def _provisional(name: str, file_format: str, **fields: object) -> SourceSpec:
         natural_key=(),
         columns=(),
         schema_evolution="evolve",
-        **fields,  # type: ignore[arg-type]
+        **fields,
     )
 
 
@@ -425,7 +372,7 @@ def draft(path: Path, name: str | None = None) -> Draft:
     name = name or source_name(path)
     notes: list[str] = []
     file_format = _detect_format(path)
-    fields: dict[str, object] = {}
+    fields: dict[str, Any] = {}
     header: list[str] = [
         f"name: {name}",
         f"title: {_quote(name.replace('_', ' ').capitalize())}",
