@@ -12,6 +12,7 @@ from pathlib import Path
 import duckdb
 import psycopg
 
+from harmonizer_dagster.core.drafting import checked, draft
 from harmonizer_dagster.core.secrets import database_login, environment_variables, read_secret, redact, secret_values
 from harmonizer_dagster.core.settings import current
 from harmonizer_dagster.core.spec import SpecError, load_specs
@@ -259,6 +260,24 @@ def _add_selection(parser: argparse.ArgumentParser) -> None:
 EXPECTED_ERRORS = (OSError, ValueError, duckdb.Error, psycopg.Error)
 
 
+def init_source(file: Path, name: str | None, output: Path | None) -> int:
+    """Drafts a spec from a sample file; the draft is checked as `check-specs` checks a spec."""
+    if not file.is_file():
+        raise FileNotFoundError(f"no file {file}")
+    result = draft(file, name)
+    checked(result.text, str(output or f"{file.name} draft"))
+    for note in result.notes:
+        print(note, file=sys.stderr)
+    if output is None:
+        sys.stdout.write(result.text)
+        return 0
+    if output.exists():
+        raise FileExistsError(f"{output} exists: choose another path, or remove it first")
+    output.write_text(result.text, encoding="utf-8")
+    print(f"wrote {output}: read it, correct what it guessed, then `harmonizer check-specs`", file=sys.stderr)
+    return 0
+
+
 def report(command: str, error: Exception) -> None:
     """Prints a failure on one line (a spec error: a line per problem), passwords masked."""
     if isinstance(error, SpecError):
@@ -283,6 +302,13 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument(
         "folder", nargs="?", type=Path, help="the folder of specs (default: HARMONIZER_SOURCES_DIR, else the shipped)"
     )
+    init = commands.add_parser(
+        "init-source",
+        help="draft a source spec from a sample file: the spec on stdout (or -o), what was guessed and why on stderr",
+    )
+    init.add_argument("file", type=Path, help="a sample file of the source (csv, json, ndjson, parquet, xlsx)")
+    init.add_argument("--name", help="the source's name (default: from the file name)")
+    init.add_argument("-o", "--output", type=Path, help="write the spec here (a sources folder's NAME.yaml)")
     dq_parser = commands.add_parser("dq", help="data-quality triage")
     dq_commands = dq_parser.add_subparsers(dest="dq_command", required=True)
     listing = dq_commands.add_parser(
@@ -342,6 +368,8 @@ def main(argv: list[str] | None = None) -> int:
             return status(args)
         if args.command == "metrics":
             return metrics(args)
+        if args.command == "init-source":
+            return init_source(args.file, args.name, args.output)
         if args.command == "with-secrets":
             return with_secrets(args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd)
         return dq(args)

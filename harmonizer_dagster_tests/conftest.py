@@ -24,6 +24,8 @@ UNCLOSED_LIST = (
     else "expected ',' or ']', but got '<stream end>'"
 )
 SAMPLES_DIR = PACKAGE_DIR / "samples"
+# The registry sample every other file format is converted from.
+SAMPLE = SAMPLES_DIR / "business_registry" / "registry_2026-Q3.csv"
 WAREHOUSES = ["duckdb", "postgres"]
 
 
@@ -140,3 +142,33 @@ def s3_bucket(s3_endpoint, monkeypatch) -> tuple[str, object]:
     bucket = f"landing-{uuid.uuid4().hex[:8]}"
     client.create_bucket(Bucket=bucket)
     return bucket, client
+
+
+def registry_rows(warehouse, spec):
+    """The registry table's canonical columns, in key order."""
+    names = ", ".join(c.name for c in spec.columns)
+    return warehouse.query(f"SELECT {names} FROM {warehouse.table(spec.name)} ORDER BY corp_number")
+
+
+def land(tmp_path, spec, name: str, data: bytes):
+    """Lands `data` as a file of the source; returns the landing folder."""
+    folder = tmp_path / "landing" / spec.name
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_bytes(data)
+    return tmp_path / "landing"
+
+
+def load_sample(warehouse, tmp_path, spec, name: str, data: bytes):
+    """Loads `data` as one file of the source; returns the table's rows and the version's counts."""
+    load_file(spec, land(tmp_path, spec, name, data), name, warehouse, tmp_path / "staging")
+    return registry_rows(warehouse, spec), warehouse.partition_counts(spec.name, name)
+
+
+@pytest.fixture(scope="session")
+def reference(specs, tmp_path_factory):
+    """The sample as shipped, loaded into a DuckDB warehouse of its own: what every other form must give."""
+    from harmonizer_dagster.core.warehouse import open_warehouse
+
+    folder = tmp_path_factory.mktemp("reference")
+    store = open_warehouse(f"duckdb:///{folder / 'w.duckdb'}", "reference")
+    return load_sample(store, folder, specs["business_registry"], SAMPLE.name, SAMPLE.read_bytes())

@@ -14,6 +14,7 @@ import pytest
 
 from harmonizer_dagster.cli import main
 from harmonizer_dagster.core.secrets import redact, secret_values
+from harmonizer_dagster.core.spec import FORMATS
 from harmonizer_dagster_tests.conftest import SOURCES_DIR, UNCLOSED_LIST
 
 REPO = Path(__file__).parent.parent
@@ -145,12 +146,12 @@ def harmonizer(capsys, *args: str) -> tuple[int, str, str]:
 def test_check_specs_lists_every_error_of_every_spec_at_once(tmp_path, capsys):
     shutil.copy(SOURCES_DIR / "court_records.yaml", tmp_path)
     registry = (SOURCES_DIR / "business_registry.yaml").read_text()
-    (tmp_path / "business_registry.yaml").write_text(registry.replace("format: csv", "format: xlsx\ncolour: red", 1))
+    (tmp_path / "business_registry.yaml").write_text(registry.replace("format: csv", "format: xml\ncolour: red", 1))
     (tmp_path / "news.yml").write_text("name: news\nowner: [unclosed\n")
     code, out, err = harmonizer(capsys, "check-specs", str(tmp_path))
     assert (code, err) == (1, "")
     assert out.splitlines() == [
-        f"{tmp_path / 'business_registry.yaml'}, line 6: field 'format': 'xlsx' is not one of csv, json, ndjson",
+        f"{tmp_path / 'business_registry.yaml'}, line 6: field 'format': 'xml' is not one of {', '.join(FORMATS)}",
         f"{tmp_path / 'business_registry.yaml'}, line 7: field 'colour': unknown field",
         f"{tmp_path / 'news.yml'}, line 3: not valid YAML: {UNCLOSED_LIST}",
         "3 errors in 2 specs; 1 spec OK",

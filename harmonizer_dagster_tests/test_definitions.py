@@ -6,7 +6,7 @@ import shutil
 import dagster as dg
 import pytest
 
-from harmonizer_dagster.core.spec import SpecError
+from harmonizer_dagster.core.spec import FORMATS, SpecError
 from harmonizer_dagster.definitions import build_definitions
 from harmonizer_dagster_tests.conftest import SOURCES_DIR
 
@@ -21,9 +21,9 @@ def sources(tmp_path, monkeypatch) -> str:
         shutil.copy(SOURCES_DIR / f"{name}.yaml", folder)
     spec = (SOURCES_DIR / "business_registry.yaml").read_text()
     assert spec.splitlines()[5] == "format: csv"
-    (folder / "business_registry.yaml").write_text(spec.replace("format: csv", "format: xlsx", 1))
+    (folder / "business_registry.yaml").write_text(spec.replace("format: csv", "format: xml", 1))
     monkeypatch.setenv("HARMONIZER_SOURCES_DIR", str(folder))
-    return f"{folder / 'business_registry.yaml'}, line 6: field 'format': 'xlsx' is not one of csv, json, ndjson"
+    return f"{folder / 'business_registry.yaml'}, line 6: field 'format': 'xml' is not one of {', '.join(FORMATS)}"
 
 
 def test_a_broken_spec_leaves_the_healthy_sources_and_names_file_field_and_line(sources, caplog):

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from harmonizer_dagster.core.spec import SpecCatalog, SpecError, load_spec, load_specs
+from harmonizer_dagster.core.spec import FORMATS, SpecCatalog, SpecError, load_spec, load_specs
 from harmonizer_dagster_tests.conftest import SOURCES_DIR, UNCLOSED_LIST
 
 VALID = """
@@ -126,7 +126,7 @@ def test_a_broken_spec_leaves_the_others_loaded_and_reports_every_file(tmp_path)
     assert isinstance(catalog, SpecCatalog)
     assert [spec.name for spec in catalog] == ["widgets"]
     assert [str(error) for error in catalog.errors] == [
-        f"{tmp_path / 'gadgets.yaml'}, line 4: field 'format': 'xml' is not one of csv, json, ndjson",
+        f"{tmp_path / 'gadgets.yaml'}, line 4: field 'format': 'xml' is not one of {', '.join(FORMATS)}",
         f"{tmp_path / 'gizmos.yml'}, line 3: not valid YAML: {UNCLOSED_LIST}",
     ]
     with pytest.raises(SpecError) as strict:

@@ -13,7 +13,6 @@ from its last completed batch. Nothing here knows about Dagster.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import os
 import time
@@ -44,7 +43,14 @@ from harmonizer_dagster.core.files import (
     version_key,
 )
 from harmonizer_dagster.core.harmonization import duplicate_key_sql, harmonize
-from harmonizer_dagster.core.reading import LINE_COLUMN, ReadResult, SourceFormatError, UnreliableParse, read_batches
+from harmonizer_dagster.core.reading import (
+    LINE_COLUMN,
+    ReadResult,
+    SourceFormatError,
+    UnreliableParse,
+    evolved_spec,
+    read_batches,
+)
 from harmonizer_dagster.core.rules import Rule, apply_rules
 from harmonizer_dagster.core.rules import fingerprint as rules_fingerprint
 from harmonizer_dagster.core.settings import engine_threads
@@ -174,7 +180,7 @@ def _register(
     with warehouse.transaction():
         warehouse.migrate([spec])
         rules = warehouse.active_rules(spec.name)
-        processing = rules_fingerprint(rules, repr(dataclasses.replace(spec, path=None)))
+        processing = rules_fingerprint(rules, spec.processing)
         stage_dir = staging.staging_dir(staging_root, spec.name, file.partition_key, fp.file_hash, processing)
         register = dict(
             partition_key=file.partition_key,
@@ -302,9 +308,11 @@ def validate_step(
     stage = staging.StepStage(Path(hashed.stage_dir) / "validate")
     if hashed.skipped or stage.summary() is not None:
         return stage.summary() or {}
+    original = len(spec.columns)
     with _space_guard(hashed):
         done = stage.prepare(batch_rows)
         with _hashed_file(hashed) as path:
+            spec = evolved_spec(spec, path)
             try:
                 result = _validate_batches(spec, hashed, path, stage, batch_rows, done, False, on_progress)
             except UnreliableParse:
@@ -321,7 +329,10 @@ def validate_step(
         "records_failed": _count(stage.files("failed")),
         "issues": _count(stage.files("issues")),
         "fixes_applied": _count(stage.files("fixes")),
-        "extra_fields": result.extra_fields,
+        # Fields not in the spec's file, loaded or not: `schema_evolution: evolve` loaded the
+        # `evolved_columns`, which the upsert adds to the table.
+        "extra_fields": [c.source for c in spec.columns[original:]] + result.extra_fields,
+        "evolved_columns": [c.source for c in spec.columns[original:]],
         "batch_rows": batch_rows,
     }
     return stage.finish(summary)
@@ -504,6 +515,9 @@ def upsert_step(spec: SourceSpec, hashed: HashedVersion, warehouse: Warehouse, r
         if warehouse.version_counts(hashed.source_id) is not None:
             return _result(spec, hashed, _recorded_counts(spec, hashed.source_id, warehouse))
         raise RuntimeError(f"{hashed.partition_key}: staged outputs are missing; re-run validate and harmonize")
+    # The file's new columns, under `schema_evolution: evolve`, become nullable columns of the table.
+    spec = spec.evolved(validate_summary.get("evolved_columns", []))
+    warehouse.migrate([spec])
     issue_files = validated.files("issues") + harmonized.files("issues")
     staged = StagedPartition(
         source_id=hashed.source_id,

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from harmonizer_dagster.core.reading import UNNAMED
 from harmonizer_dagster.core.spec import SourceSpec
 from harmonizer_dagster.core.sql import quote_ident
 from harmonizer_dagster.core.validation import NUL_RULE
@@ -158,18 +159,26 @@ def _schema_drift(store: Warehouse, spec: SourceSpec, key: str, v: Version) -> E
             (v.source_id, "%:type"),
         )
         retyped = sorted(f for f, n in rows if n / v.records_in_file >= RETYPED_FAILURE_RATE)
-    drifted = bool(v.extra_fields or retyped)
+    # Under `evolve` the new columns were loaded into columns of their own: no drift, but recorded.
+    named = [f for f in v.extra_fields if not f.startswith(UNNAMED)] if spec.schema_evolution == "evolve" else []
+    evolved = spec.evolved(named).columns[len(spec.columns) :]
+    unloaded = [f for f in v.extra_fields if f not in named]
     parts = []
-    if v.extra_fields:
-        parts.append(f"columns not in the spec: {', '.join(v.extra_fields)}")
+    if evolved:
+        parts.append("columns added to the table: " + ", ".join(f"{c.name} (from '{c.source}')" for c in evolved))
+    if unloaded:
+        parts.append(f"columns not in the spec: {', '.join(unloaded)}")
     if retyped:
         parts.append(f"columns whose values no longer parse as their type: {', '.join(retyped)}")
+    counts: dict[str, Any] = {"added": list(v.extra_fields), "retyped": retyped}
+    if evolved:
+        counts["evolved"] = {c.name: c.source for c in evolved}
     return Evaluation(
-        passed=not drifted,
-        observed=float(len(v.extra_fields) + len(retyped)),
+        passed=not (unloaded or retyped),
+        observed=float(len(unloaded) + len(retyped)),
         threshold=0.0,
         message="; ".join(parts) or "the file matches the spec's columns and types",
-        counts={"added": list(v.extra_fields), "retyped": retyped},
+        counts=counts,
     )
 
 
@@ -445,7 +454,12 @@ def checks_for(spec: SourceSpec) -> list[QualityCheck]:
             _rejected_share,
         ),
         QualityCheck(
-            "schema_drift", "warning", "The file has the spec's columns, and typed values still parse.", _schema_drift
+            "schema_drift",
+            # A frozen schema blocks a version whose typed values stopped parsing (new or missing
+            # columns already failed its load).
+            "error" if spec.schema_evolution == "freeze" else "warning",
+            "The file has the spec's columns, and typed values still parse.",
+            _schema_drift,
         ),
     ]
     for column in spec.columns:

@@ -20,7 +20,7 @@ import zlib
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO
 
@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 
 from harmonizer_dagster.core.settings import engine_threads
-from harmonizer_dagster.core.spec import SourceSpec
+from harmonizer_dagster.core.spec import Column, SourceSpec, header_key
 from harmonizer_dagster.core.sql import quote_ident, quote_literal
 
 LINE_COLUMN = "_source_line"
@@ -96,12 +96,76 @@ def _found(spec: SourceSpec, names: list[str]) -> str:
     """What a message says of the names a file has: quoted when the file shares at least one
     with the spec (a renamed or dropped column); when it shares none it is likely no file of
     the source at all, and only their count is given."""
-    if set(names) & {c.source for c in spec.columns}:
+    if {header_key(n) for n in names} & {header_key(n) for c in spec.columns for n in c.source_names}:
         return f"the file has {quoted_names(names)}"
     return (
         f"the file has none of the {spec.name} spec's names ({len(names)} other name(s), not quoted): "
         f"is it a {spec.name} file?"
     )
+
+
+def _described(column: Column) -> str:
+    """A spec column as a message names it: its source name, and its aliases."""
+    aliases = f" (or {', '.join(quoted_name(a) for a in column.aliases)})" if column.aliases else ""
+    return quoted_name(column.source) + aliases
+
+
+@dataclass(frozen=True)
+class Matched:
+    """Which of a file's names each spec column reads, matched whatever their case and
+    surrounding whitespace, under the column's source name or one of its aliases."""
+
+    names: dict[str, list[str]]  # spec column -> the file's names it matched, in the file's order
+    extra: list[str]  # the file's names no column reads
+
+    def missing(self, spec: SourceSpec, required_only: bool = False) -> list[Column]:
+        return [c for c in spec.columns if not self.names[c.name] and (c.required or not required_only)]
+
+    def single(self, spec: SourceSpec, file_name: str) -> dict[str, str]:
+        """The one name each column reads; a column matching two names is ambiguous and fails the file."""
+        for column in spec.columns:
+            found = self.names[column.name]
+            if len(found) > 1:
+                raise SourceFormatError(
+                    f"{file_name}: the file has {quoted_names(found)}, which all match column {column.name} "
+                    f"({_described(column)}); keep one of them"
+                )
+        return {name: found[0] for name, found in self.names.items() if found}
+
+    def enforce(self, spec: SourceSpec, file_name: str) -> None:
+        """Under `schema_evolution: freeze` a file has the spec's columns, no more and no fewer."""
+        missing = self.missing(spec)
+        if spec.schema_evolution != "freeze" or not (self.extra or missing):
+            return
+        found = [f"columns not in the spec {quoted_names(self.extra)}"] if self.extra else []
+        if missing:
+            found.append(f"no column for [{', '.join(_described(c) for c in missing)}]")
+        raise SourceFormatError(
+            f"{file_name}: the file has {' and '.join(found)}, and the spec's columns are frozen "
+            f"(`schema_evolution: freeze` in {_spec_file(spec)}); declare the change in the spec, "
+            "or set schema_evolution: report or evolve"
+        )
+
+
+def match_names(spec: SourceSpec, names: list[str]) -> Matched:
+    """Matches a file's column names (a header, JSON keys, Parquet columns) to the spec's."""
+    wanted = {header_key(n): c.name for c in spec.columns for n in c.source_names}
+    matched: dict[str, list[str]] = {c.name: [] for c in spec.columns}
+    extra = []
+    for name in names:
+        column = wanted.get(header_key(name))
+        if column is None:
+            extra.append(name)
+        else:
+            matched[column].append(name)
+    return Matched(matched, extra)
+
+
+def missing_error(
+    spec: SourceSpec, file_name: str, missing: list[Column], names: list[str], what: str
+) -> SourceFormatError:
+    listed = ", ".join(_described(c) for c in missing)
+    return SourceFormatError(f"{file_name}: {what} [{listed}]; {_found(spec, names)}")
 
 
 def _gzipped(spec: SourceSpec, path: Path) -> bool:
@@ -170,7 +234,7 @@ def _first_undecodable(source: _Source) -> tuple[int, int] | None:
             offset += len(chunk)
 
 
-def _encoding_error(spec: SourceSpec, name: str, source: _Source, line: int | None = None) -> SourceFormatError:
+def encoding_error(spec: SourceSpec, name: str, source: _Source, line: int | None = None) -> SourceFormatError:
     """Names the first byte the file's encoding cannot decode, and the spec field to change."""
     found = _first_undecodable(source)
     decompressed = " of the decompressed data" if source.gzipped else ""
@@ -201,8 +265,14 @@ def _sniffed_codec(spec: SourceSpec, path: Path, gzipped: bool) -> str:
     return "utf-8" if _first_undecodable(_Source(path, gzipped, "utf-8")) is None else "latin-1"
 
 
+def detected_encoding(spec: SourceSpec, path: Path) -> str:
+    """The spec encoding (`utf-8`, `utf-16`, `latin-1`) `encoding: auto` finds for the file."""
+    codec = _sniffed_codec(replace(spec, encoding="auto"), path, _gzipped(spec, path))
+    return "utf-16" if codec.startswith("utf-16") else codec
+
+
 @contextmanager
-def _decoded(spec: SourceSpec, path: Path) -> Iterator[_Source]:
+def decoded(spec: SourceSpec, path: Path) -> Iterator[_Source]:
     """The CSV as DuckDB can read it: as landed, or transcoded to UTF-8 in a temporary file
     (streamed, so memory stays constant) when DuckDB cannot decode its encoding."""
     gzipped = _gzipped(spec, path)
@@ -216,7 +286,7 @@ def _decoded(spec: SourceSpec, path: Path) -> Iterator[_Source]:
             with landed.open() as text, target.open("w", encoding="utf-8", newline="") as out:
                 shutil.copyfileobj(text, out, CHUNK_BYTES)
         except UnicodeDecodeError:
-            raise _encoding_error(spec, path.name, landed) from None
+            raise encoding_error(spec, path.name, landed) from None
         yield _Source(target, False, "utf-8")
 
 
@@ -227,7 +297,7 @@ def _csv_header(spec: SourceSpec, name: str, source: _Source) -> list[str]:
         with source.open() as handle:
             line = handle.readline().removeprefix("\ufeff")
     except UnicodeDecodeError:
-        raise _encoding_error(spec, name, source) from None
+        raise encoding_error(spec, name, source) from None
     if "\x00" in line:
         raise SourceFormatError(
             f"{name} line 1: the header holds NUL bytes, as UTF-16 without a byte-order mark does; "
@@ -243,15 +313,18 @@ def _csv_header(spec: SourceSpec, name: str, source: _Source) -> list[str]:
                 f'("{fields[-1].rstrip()[:30]}...); a header must be one line with every quote closed'
             ) from exc
         raise SourceFormatError(f"{name} line 1: the header cannot be parsed: {exc}") from exc
-    return _named_columns(name, header)
+    return named_columns(name, header)
+
+
+UNNAMED = "(unnamed column "
 
 
 def _unnamed(position: int) -> str:
     """How a trailing column without a name is reported among the fields not in the spec."""
-    return f"(unnamed column {position})"
+    return f"{UNNAMED}{position})"
 
 
-def _named_columns(name: str, header: list[str]) -> list[str]:
+def named_columns(name: str, header: list[str]) -> list[str]:
     """The header's names with surrounding whitespace trimmed, as the spec names them. Only the
     last column may be unnamed (a delimiter ending every line): it is reported as a field not in
     the spec. An unnamed column elsewhere, or a name appearing twice, is ambiguous and refused."""
@@ -275,32 +348,43 @@ def _named_columns(name: str, header: list[str]) -> list[str]:
     return names
 
 
-def _check_json_keys(spec: SourceSpec, path: Path, json_format: str, result: ReadResult) -> None:
+def _check_json_keys(spec: SourceSpec, path: Path, json_format: str, result: ReadResult) -> Matched:
     """A required field no record carries is a renamed or dropped column: reading it as
     nulls would blank stored values, so the file is refused; unknown keys are reported."""
-    with duckdb.connect() as con:
-        present = {
-            row[0]
-            for row in con.sql(
-                f"SELECT DISTINCT unnest(json_keys(json)) FROM read_json_objects({quote_literal(str(path))}, "
-                f"format={quote_literal(json_format)}, compression={quote_literal(_duckdb_compression(spec, path))})"
-            ).fetchall()
-        }
-    missing = [c.source for c in spec.columns if c.required and c.source not in present]
+    present = _json_keys(spec, path, json_format)
+    matched = match_names(spec, present)
+    matched.enforce(spec, path.name)
+    missing = matched.missing(spec, required_only=True)
     if missing:
-        raise SourceFormatError(
-            f"{path.name}: no record has the required field(s) {quoted_names(missing)}; {_found(spec, sorted(present))}"
-        )
-    result.extra_fields = sorted(present - {c.source for c in spec.columns})
+        raise missing_error(spec, path.name, missing, sorted(present), "no record has the required field(s)")
+    result.extra_fields = matched.extra
+    return matched
+
+
+def _json_keys(spec: SourceSpec, path: Path, json_format: str) -> list[str]:
+    """Every key a record of the file has, in one scan."""
+    with duckdb.connect() as con:
+        rows = con.sql(
+            f"SELECT DISTINCT unnest(json_keys(json)) FROM read_json_objects({quote_literal(str(path))}, "
+            f"format={quote_literal(json_format)}, compression={quote_literal(_duckdb_compression(spec, path))})"
+        ).fetchall()
+    return sorted(row[0] for row in rows)
 
 
 def _duckdb_compression(spec: SourceSpec, path: Path) -> str:
     return "gzip" if _gzipped(spec, path) else "none"
 
 
-def _query(spec: SourceSpec, path: Path, result: ReadResult, source: _Source | None, header: list[str]) -> str:
-    """The DuckDB query of the file's spec columns; `source` and `header` are a CSV's."""
-    wanted = [c.source for c in spec.columns]
+def _query(
+    spec: SourceSpec,
+    path: Path,
+    result: ReadResult,
+    source: _Source | None,
+    header: list[str],
+    positions: list[int] | None = None,
+) -> str:
+    """The DuckDB query of the file's spec columns; `source`, `header` and the header position
+    each column reads are a CSV's."""
     if source is not None:
         # DuckDB reads the columns under positional names: a file's names need not be valid there.
         columns = ", ".join(f"{quote_literal(_positional(position))}: 'VARCHAR'" for position in range(len(header)))
@@ -312,13 +396,22 @@ def _query(spec: SourceSpec, path: Path, result: ReadResult, source: _Source | N
         )
     else:
         json_format = "array" if spec.format == "json" else "newline_delimited"
-        _check_json_keys(spec, path, json_format, result)
-        columns = ", ".join(f"{quote_literal(name)}: 'VARCHAR'" for name in wanted)
+        matched = _check_json_keys(spec, path, json_format, result)
+        # Records may spell a field differently (`Name`, `name`): the first spelling a record has
+        # counts. Keys are looked up exactly (read_json's columns would fold case and collide).
         scan = (
-            f"read_json({quote_literal(str(path))}, format={quote_literal(json_format)}, "
-            f"columns={{{columns}}}, compression={quote_literal(_duckdb_compression(spec, path))})"
+            f"read_json_objects({quote_literal(str(path))}, format={quote_literal(json_format)}, "
+            f"compression={quote_literal(_duckdb_compression(spec, path))})"
         )
-    read = [_positional(header.index(c.source)) for c in spec.columns] if source is not None else wanted
+        selected = ", ".join(
+            f"coalesce({', '.join(f'json ->> {quote_literal(key)}' for key in matched.names[c.name])}) "
+            f"AS {quote_ident(c.name)}"
+            if matched.names[c.name]
+            else f"CAST(NULL AS VARCHAR) AS {quote_ident(c.name)}"
+            for c in spec.columns
+        )
+        return f"SELECT {selected} FROM {scan}"
+    read = [_positional(position) for position in positions or []]
     pairs = zip(read, spec.columns, strict=True)
     selected = ", ".join(f"{quote_ident(field)} AS {quote_ident(c.name)}" for field, c in pairs)
     return f"SELECT {selected} FROM {scan}"
@@ -345,8 +438,15 @@ def read_batches(
     A CSV with a quote that never closes raises UnreliableParse once DuckDB has scanned it:
     discard what was yielded and read it again with `line_by_line=True`. A gzip stream that
     cannot be read fails the file saying what is wrong with it and what to do."""
-    try:
+    with _read_errors(spec, path):
         yield from _read_batches(spec, path, batch_rows, result, skip_batches, line_by_line)
+
+
+@contextmanager
+def _read_errors(spec: SourceSpec, path: Path) -> Iterator[None]:
+    """A gzip stream that cannot be read fails the file saying what is wrong with it and what to do."""
+    try:
+        yield
     except (SourceFormatError, EOFError, gzip.BadGzipFile, zlib.error) as exc:
         problem = _gzip_problem(spec, path) if _gzipped(spec, path) else None
         if problem is None:
@@ -354,9 +454,34 @@ def read_batches(
         raise problem from exc
 
 
+def evolved_spec(spec: SourceSpec, path: Path) -> SourceSpec:
+    """The spec the file loads with: under `schema_evolution: evolve`, with a text column for each
+    of the file's columns the spec does not name (see `SourceSpec.evolved`); else the spec."""
+    if spec.schema_evolution != "evolve":
+        return spec
+    from harmonizer_dagster.core import tabular
+
+    with _read_errors(spec, path):
+        if spec.format == "csv":
+            with decoded(spec, path) as source:
+                names = _csv_header(spec, path.name, source)
+        elif spec.format in ("json", "ndjson"):
+            names = _json_keys(spec, path, "array" if spec.format == "json" else "newline_delimited")
+        else:
+            names = tabular.column_names(spec, path)
+    return spec.evolved([n for n in match_names(spec, names).extra if not n.startswith(UNNAMED)])
+
+
 def _read_batches(
     spec: SourceSpec, path: Path, batch_rows: int, result: ReadResult, skip_batches: int, line_by_line: bool
 ) -> Iterator[pa.RecordBatch]:
+    # Imported here: those readers build on this module's matching and messages.
+    from harmonizer_dagster.core import tabular
+
+    readers = {"parquet": tabular.read_parquet, "xlsx": tabular.read_xlsx, "fixed_width": tabular.read_fixed_width}
+    if spec.format in readers:
+        yield from _batched(readers[spec.format](spec, path, batch_rows, result), batch_rows, skip_batches)
+        return
     if spec.format != "csv":
         if spec.format == "ndjson":
             starts = _ndjson_record_starts(path, _gzipped(spec, path), result)
@@ -368,21 +493,24 @@ def _read_batches(
             lined = _positioned(_scanned(spec, path, lambda: _query(spec, path, result, None, []), batch_rows))
         yield from _batched(lined, batch_rows, skip_batches)
         return
-    with _decoded(spec, path) as source:
+    with decoded(spec, path) as source:
         header = _csv_header(spec, path.name, source)
-        wanted = [c.source for c in spec.columns]
-        missing = [name for name in wanted if name not in header]
+        matched = match_names(spec, header)
+        missing = matched.missing(spec)
         if missing:
-            raise SourceFormatError(f"{path.name}: missing columns {quoted_names(missing)}; {_found(spec, header)}")
-        result.extra_fields = [name for name in header if name not in wanted]
+            raise missing_error(spec, path.name, missing, header, "missing columns")
+        matched.enforce(spec, path.name)
+        names = matched.single(spec, path.name)
+        result.extra_fields = matched.extra
+        positions = [header.index(names[c.name]) for c in spec.columns]
         if line_by_line:
-            batches = _parsed_lines(spec, path.name, source, header, batch_rows, result)
+            batches = _parsed_lines(spec, path.name, source, header, positions, batch_rows, result)
         else:
             starts = _csv_record_starts(source, spec.delimiter, len(header), result)
             scanned = _scanned(
                 spec,
                 path,
-                lambda: _query(spec, path, result, source, header),
+                lambda: _query(spec, path, result, source, header, positions),
                 batch_rows,
                 lambda con: _rejects(con, spec, path.name, source, result, starts),
             )
@@ -429,7 +557,7 @@ def _rejects(
     ).fetchall()
     for line, _, _, undecodable, _ in rows:
         if undecodable:
-            raise _encoding_error(spec, name, source, int(line))
+            raise encoding_error(spec, name, source, int(line))
     for line, _, _, _, unquoted in rows:
         if unquoted:
             raise UnreliableParse(f"{name} line {line}: a quote does not close where a value ends")
@@ -652,14 +780,19 @@ def _quote_error(exc: csv.Error) -> str:
 
 
 def _parsed_lines(
-    spec: SourceSpec, name: str, source: _Source, header: list[str], batch_rows: int, result: ReadResult
+    spec: SourceSpec,
+    name: str,
+    source: _Source,
+    header: list[str],
+    positions: list[int],
+    batch_rows: int,
+    result: ReadResult,
 ) -> Iterator[pa.RecordBatch]:
     """The CSV parsed in Python record by record, for a file DuckDB cannot follow. A line whose
     quote does not close where a value ends is one malformed record and parsing resumes on the
     next line, so every line is either a record or recorded; line numbers are physical lines.
     A quoted value longer than csv's field limit (131,072 characters) counts as a quote that
     never closes, which bounds what a runaway quote can hold in memory."""
-    positions = [header.index(c.source) for c in spec.columns]
     names = [c.name for c in spec.columns] + [LINE_COLUMN]
     values: list[list[str | None]] = [[] for _ in positions]
     starts: list[int] = []
@@ -695,7 +828,7 @@ def _parsed_lines(
                     yield _record_batch(values, starts, names)
                     values, starts, rows = [[] for _ in positions], [], 0
     except UnicodeDecodeError:
-        raise _encoding_error(spec, name, source) from None
+        raise encoding_error(spec, name, source) from None
     if rows:
         yield _record_batch(values, starts, names)
 

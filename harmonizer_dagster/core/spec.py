@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime
+from itertools import pairwise
 from pathlib import Path
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -18,12 +19,18 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import polars as pl
 import yaml
 
-FORMATS = ("csv", "json", "ndjson")
+FORMATS = ("csv", "json", "ndjson", "parquet", "xlsx", "fixed_width")
+# Formats that carry their own encoding and compression.
+BINARY_FORMATS = ("parquet", "xlsx")
 COMPRESSIONS = ("auto", "none", "gzip")
 # `auto` detects UTF-8, UTF-16 or Latin-1 per file (see reading.py); a byte-order mark always decides.
 ENCODINGS = ("utf-8", "utf-16", "latin-1", "auto")
 TYPES = ("string", "integer", "decimal", "boolean", "date", "timestamp")
 SEVERITIES = ("warning", "error")
+# What a file with other columns than the spec's does: `report` loads the spec's columns and
+# warns (schema_drift), `evolve` also loads each new column into a new nullable text column,
+# `freeze` fails the file when a column is new or missing and makes schema_drift blocking.
+SCHEMA_EVOLUTIONS = ("report", "evolve", "freeze")
 VERSION_STRATEGIES = ("quarterly", "monthly", "daily", "content_hash")
 HARMONIZE_RULES = (
     "trim",
@@ -96,6 +103,19 @@ class Column:
     scale: int = 4
     harmonize: tuple[str, ...] = ()
     checks: tuple[Check, ...] = ()
+    # Other headers the field has gone by (`source: [Corp Number, CorpNo]`): a file having any
+    # one of them loads. Out of the repr, which fingerprints processing: a file that matched no
+    # name failed, so the names read never change what a loaded file gave.
+    aliases: tuple[str, ...] = field(default=(), repr=False)
+    # A fixed-width field's first character (1-based) and its width. Out of the repr, which stays
+    # what it was for the other formats; `SourceSpec.processing` adds them.
+    start: int | None = field(default=None, repr=False)
+    width: int | None = field(default=None, repr=False)
+
+    @property
+    def source_names(self) -> tuple[str, ...]:
+        """The field's names in a file, the canonical `source` first; matched case-insensitively."""
+        return (self.source, *self.aliases)
 
     @property
     def parse_formats(self) -> tuple[str, ...]:
@@ -166,7 +186,43 @@ class SourceSpec:
     # None when `anomalies: false`. Kept out of the repr, which fingerprints how files are
     # processed: thresholds only change how versions are judged, not what gets loaded.
     anomalies: Anomalies | None = field(default=Anomalies(), repr=False)
+    # A workbook's sheet (a name, or its 1-based position; None: the first) and the 1-based row
+    # holding the column names (a fixed-width file's header line; 0: it has none). Out of the repr
+    # with the columns' positions, see `processing`.
+    sheet: str | int | None = field(default=None, repr=False)
+    header_row: int = field(default=1, repr=False)
+    # Out of the repr as the layout is; `processing` adds them unless they are the default.
+    schema_evolution: str = field(default="report", repr=False)
+    # Values that mean "no value" in this source's files (`NA`, `N/A`), read as empty; matched
+    # exactly, after trimming.
+    null_values: tuple[str, ...] = field(default=(), repr=False)
     path: Path | None = field(default=None, compare=False)
+
+    @property
+    def processing(self) -> str:
+        """What decides how a file is processed, fingerprinted with the rules: the spec's repr (as
+        it always was, so a change of code alone reloads nothing) and the layout fields of the
+        workbook and fixed-width formats."""
+        text = repr(replace(self, path=None))
+        if self.format in ("xlsx", "fixed_width"):
+            positions = [(c.name, c.start, c.width) for c in self.columns]
+            text += f" layout={(self.sheet, self.header_row, positions)!r}"
+        if self.schema_evolution != "report":
+            text += f" schema_evolution={self.schema_evolution}"
+        if self.null_values:
+            text += f" null_values={self.null_values!r}"
+        return text
+
+    def evolved(self, names: Sequence[str]) -> SourceSpec:
+        """The spec with a nullable text column for each of the file's names it has no column
+        for (`schema_evolution: evolve`), named in lower_snake_case after the header."""
+        taken = {c.name for c in self.columns}
+        added = []
+        for source in names:
+            name = evolved_name(source, taken)
+            taken.add(name)
+            added.append(Column(name=name, source=source))
+        return replace(self, columns=self.columns + tuple(added)) if added else self
 
     def column(self, name: str) -> Column:
         return next(c for c in self.columns if c.name == name)
@@ -174,6 +230,19 @@ class SourceSpec:
     @property
     def key_columns(self) -> tuple[Column, ...]:
         return tuple(self.column(k) for k in self.natural_key)
+
+
+def evolved_name(header: str, taken: set[str]) -> str:
+    """A column name for a header: lower_snake_case, a letter first (so never a provenance
+    column's), unique among `taken`."""
+    name = re.sub(r"[^a-z0-9]+", "_", header.strip().lower()).strip("_")
+    if not name or not name[0].isalpha():
+        name = f"c_{name}".rstrip("_")
+    name = name[:56]
+    unique, number = name, 2
+    while unique in taken:
+        unique, number = f"{name}_{number}", number + 1
+    return unique
 
 
 class _Reader:
@@ -367,23 +436,47 @@ def _parse_column(name: str, r: _Reader, natural_key: tuple[str, ...]) -> Column
             r.record(
                 r.fail(f"harmonize[{i}]", f"unknown harmonization rule '{rule}' (known: {', '.join(HARMONIZE_RULES)})")
             )
+    start, width = r.get("start", None, kind=int), r.get("width", None, kind=int)
+    for key, value in (("start", start), ("width", width)):
+        if value is not None and value < 1:
+            raise r.fail(key, "must be at least 1")
+    if (start is None) != (width is None):
+        raise r.fail("start" if start is None else "width", "a fixed-width column needs both start and width")
     formats = r.get("formats", [], kind=list)
     if formats and col_type not in ("date", "timestamp"):
         raise r.fail("formats", "only date and timestamp columns take formats")
+    names = _source_names(r, name)
     column = Column(
         name=name,
-        source=r.get("source", name, kind=str),
+        source=names[0],
+        aliases=names[1:],
         type=col_type,
         required=r.get("required", False, kind=bool) or name in natural_key,
         formats=tuple(str(f) for f in formats),
         precision=r.get("precision", 18, kind=int),
         scale=r.get("scale", 4, kind=int),
         harmonize=tuple(harmonize),
+        start=start,
+        width=width,
     )
     checks = r.get("checks", [], kind=list)
     parsed = r.each(((f"checks[{i}]", c) for i, c in enumerate(checks)), lambda _, c: _parse_check(c, column))
     r.finish()
     return Column(**{**column.__dict__, "checks": parsed})
+
+
+def _source_names(r: _Reader, name: str) -> tuple[str, ...]:
+    """`source: Corp Number` or `source: [Corp Number, CorpNo]`: the first is the canonical name."""
+    value = r.get("source", name, kind=(str, list))
+    names = [value] if isinstance(value, str) else value
+    if not names or not all(isinstance(n, str) and n.strip() for n in names):
+        raise r.fail("source", "must be a header name or a non-empty list of header names")
+    return tuple(n.strip() for n in names)
+
+
+def header_key(name: str) -> str:
+    """How a header name is compared with a spec's: case and surrounding whitespace ignored."""
+    return name.strip().casefold()
 
 
 def _parse_schedule(r: _Reader) -> Schedule:
@@ -476,9 +569,14 @@ def _parse_source(r: _Reader, file: str) -> SourceSpec:
     for key in natural_key:
         if key not in names:
             raise r.fail("natural_key", f"'{key}' is not a declared column")
-    sources = [c.source for c in columns]
-    if len(set(sources)) != len(sources):
-        raise r.fail("columns", "two columns read the same source field")
+    seen: dict[str, str] = {}
+    for column in columns:
+        for source in dict.fromkeys(header_key(n) for n in column.source_names):
+            if seen.setdefault(source, column.name) != column.name:
+                raise r.fail(
+                    f"columns.{column.name}.source",
+                    f"'{source}' is read by column '{seen[source]}' too (names match whatever their case)",
+                )
     spec = SourceSpec(
         name=name,
         title=r.get("title", name.replace("_", " ").title(), kind=str),
@@ -496,18 +594,62 @@ def _parse_source(r: _Reader, file: str) -> SourceSpec:
         freshness_hours=r.get("freshness_hours", None, kind=int),
         anomalies=_parse_anomalies(r, r.get("anomalies", True, kind=(bool, dict))),
         max_rejected_rate=_parse_rate(r, "max_rejected_rate", DEFAULT_MAX_REJECTED_RATE),
+        sheet=r.get("sheet", None, kind=(str, int)),
+        schema_evolution=r.choice("schema_evolution", SCHEMA_EVOLUTIONS, "report"),
+        null_values=_parse_null_values(r),
+        header_row=r.get("header_row", 0 if r.data.get("format") == "fixed_width" else 1, kind=int),
         path=Path(file),
     )
     if len(spec.delimiter) != 1:
         raise r.fail("delimiter", "must be a single character")
-    if spec.format != "csv" and spec.encoding != "utf-8":
-        raise r.fail("encoding", "JSON sources must be utf-8")
+    if spec.format in ("json", "ndjson", *BINARY_FORMATS) and spec.encoding != "utf-8":
+        raise r.fail(
+            "encoding",
+            f"{spec.format} sources must be utf-8"
+            if spec.format in ("json", "ndjson")
+            else f"a {spec.format} file carries its own encoding: leave `encoding` out",
+        )
+    if spec.format in BINARY_FORMATS and spec.compression == "gzip":
+        raise r.fail("compression", f"a {spec.format} file is compressed inside: leave `compression` out")
+    _check_layout(r, spec)
     if spec.version_pattern is not None:
         problem = version_pattern_problem(spec.version_pattern, spec.version_strategy)
         if problem:
             r.record(r.fail("version_pattern", problem))
     r.finish()
     return spec
+
+
+def _parse_null_values(r: _Reader) -> tuple[str, ...]:
+    values = r.get("null_values", [], kind=list)
+    if not all(isinstance(v, str) and v.strip() for v in values):
+        r.record(r.fail("null_values", "must be a list of non-empty strings (quote NA, null, ... in YAML)"))
+        return ()
+    return tuple(v.strip() for v in values)
+
+
+def _check_layout(r: _Reader, spec: SourceSpec) -> None:
+    """The layout fields belong to their formats: a workbook's sheet and header row, a
+    fixed-width file's header line and every column's position."""
+    if "sheet" in r.data and spec.format != "xlsx":
+        r.record(r.fail("sheet", "only xlsx sources have sheets"))
+    if isinstance(spec.sheet, int) and spec.sheet < 1:
+        r.record(r.fail("sheet", "a sheet's position counts from 1"))
+    if "header_row" in r.data and spec.format not in ("xlsx", "fixed_width"):
+        r.record(r.fail("header_row", "only xlsx and fixed_width sources take a header row"))
+    if spec.header_row < (1 if spec.format == "xlsx" else 0):
+        r.record(r.fail("header_row", "counts from 1" + (", or is 0 for none" if spec.format == "fixed_width" else "")))
+    placed = [c for c in spec.columns if c.start is not None]
+    if spec.format == "fixed_width":
+        for c in spec.columns:
+            if c.start is None:
+                r.record(r.fail(f"columns.{c.name}", "a fixed-width column needs start and width"))
+        ordered = sorted(placed, key=lambda c: c.start or 0)
+        for before, after in pairwise(ordered):
+            if (before.start or 0) + (before.width or 0) > (after.start or 0):
+                r.record(r.fail(f"columns.{after.name}.start", f"overlaps column '{before.name}'"))
+    elif placed:
+        r.record(r.fail(f"columns.{placed[0].name}.start", "only fixed_width columns have positions"))
 
 
 # The named groups a version pattern needs for each strategy, unless it has a `version` group.

@@ -240,9 +240,9 @@ class SpecValidator:
         assert isinstance(frame, pl.DataFrame)
         return frame.with_columns(pl.col(c).cast(pl.Utf8) for c in self.columns)
 
-    @staticmethod
-    def clean(columns: list[str], with_nul: list[str]) -> list[pl.Expr]:
-        """Trimmed text values with blanks as nulls; the form every rule judges."""
+    def clean(self, columns: list[str], with_nul: list[str]) -> list[pl.Expr]:
+        """Trimmed text values with blanks, and the spec's `null_values`, as nulls; the form every
+        rule judges."""
         # NUL bytes are stripped: PostgreSQL text cannot hold them, and both warehouses must agree.
         # `validate` reports every value this alters. Only columns holding one pay for the replace.
         cleaned = []
@@ -250,7 +250,7 @@ class SpecValidator:
             value = pl.col(c).str.replace_all("\x00", "", literal=True) if c in with_nul else pl.col(c)
             value = value.str.strip_chars()
             # `replace` measured twice as fast as a when/then over the same values.
-            cleaned.append(value.replace("", None).alias(c))
+            cleaned.append(value.replace(["", *self.spec.null_values], None).alias(c))
         return cleaned
 
     def record_id(self) -> pl.Expr:

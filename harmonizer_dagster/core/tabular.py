@@ -1,0 +1,279 @@
+"""Reads Parquet files, Excel workbooks and fixed-width text as the text formats are read: batches
+of the spec's columns as raw text, with the record's position in `_source_line`.
+
+Typed values (a Parquet column's, a workbook's cells) become the text the validator parses, so
+every format goes through one validation: a number as its digits, a boolean as true/false, a date
+in the column's first format. A typed column that cannot hold the spec's type fails the file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import date, datetime, time
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from harmonizer_dagster.core.reading import (
+    CHUNK_BYTES,
+    LINE_COLUMN,
+    MalformedRecord,
+    ReadResult,
+    SourceFormatError,
+    decoded,
+    encoding_error,
+    match_names,
+    missing_error,
+    named_columns,
+    quoted_name,
+)
+from harmonizer_dagster.core.spec import Column, SourceSpec
+
+# The Arrow types that can hold each spec type's values without losing them.
+_HOLDS = {
+    "integer": lambda t: pa.types.is_integer(t) or (pa.types.is_decimal(t) and t.scale == 0),
+    "decimal": lambda t: pa.types.is_integer(t) or pa.types.is_decimal(t) or pa.types.is_floating(t),
+    "boolean": pa.types.is_boolean,
+    "date": pa.types.is_date,
+    "timestamp": lambda t: pa.types.is_timestamp(t) or pa.types.is_date(t),
+}
+
+
+def _is_text(kind: pa.DataType) -> bool:
+    return pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind)
+
+
+def _type_problem(kind: pa.DataType, column: Column) -> str | None:
+    """Why a Parquet column of `kind` cannot feed the spec column, or None when it can."""
+    if pa.types.is_dictionary(kind):
+        kind = kind.value_type
+    if _is_text(kind) or pa.types.is_null(kind):
+        return None
+    if pa.types.is_nested(kind) or pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
+        return f"holds {kind} values, which are not one value per record"
+    if column.type == "string" or _HOLDS[column.type](kind):
+        return None
+    return f"holds {kind} values, which cannot be {column.type} values"
+
+
+def _text_array(array: pa.Array, column: Column) -> pa.Array:
+    """A typed column's values as the text the validator parses."""
+    if pa.types.is_dictionary(array.type):
+        array = array.dictionary_decode()
+    if (pa.types.is_date(array.type) or pa.types.is_timestamp(array.type)) and column.type in ("date", "timestamp"):
+        # To the second, as the spec's formats read it (Arrow's %S would add the fraction).
+        zone = array.type.tz if pa.types.is_timestamp(array.type) else None
+        stamps = array.cast(pa.timestamp("s", zone), safe=False)
+        return pc.strftime(stamps, format=column.parse_formats[0])
+    text = array.cast(pa.string())
+    return pc.if_else(pc.equal(text, ""), pa.scalar(None, pa.string()), text)
+
+
+def _parquet_file(path: Path) -> pq.ParquetFile:
+    try:
+        return pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise SourceFormatError(f"{path.name}: is not a readable Parquet file ({exc}); re-upload the file") from None
+
+
+def column_names(spec: SourceSpec, path: Path) -> list[str]:
+    """The file's column names: a Parquet file's, a workbook's header row; a fixed-width file's
+    are the spec's."""
+    if spec.format == "parquet":
+        return _parquet_file(path).schema_arrow.names
+    if spec.format == "xlsx":
+        return _xlsx_header(spec, path)[1]
+    return [c.source for c in spec.columns]
+
+
+def read_parquet(spec: SourceSpec, path: Path, batch_rows: int, result: ReadResult) -> Iterator[pa.RecordBatch]:
+    """Streams the file by row group; `_source_line` is a row's 1-based position in the file."""
+    handle = _parquet_file(path)
+    names = handle.schema_arrow.names
+    matched = match_names(spec, names)
+    matched.enforce(spec, path.name)
+    missing = matched.missing(spec, required_only=True)
+    if missing:
+        raise missing_error(spec, path.name, missing, names, "missing columns")
+    read = matched.single(spec, path.name)
+    for column in spec.columns:
+        if column.name in read:
+            problem = _type_problem(handle.schema_arrow.field(read[column.name]).type, column)
+            if problem:
+                raise SourceFormatError(
+                    f"{path.name}: column {quoted_name(read[column.name])} {problem} ({column.name} is {column.type} "
+                    "in the spec); change the column's type in the spec or the file"
+                )
+    result.extra_fields = matched.extra
+    position = 1
+    try:
+        for batch in handle.iter_batches(batch_size=batch_rows, columns=list(dict.fromkeys(read.values()))):
+            arrays = [
+                _text_array(batch.column(read[c.name]), c) if c.name in read else pa.nulls(batch.num_rows, pa.string())
+                for c in spec.columns
+            ]
+            lines = pa.array(range(position, position + batch.num_rows), pa.int64())
+            position += batch.num_rows
+            yield pa.record_batch([*arrays, lines], names=[*(c.name for c in spec.columns), LINE_COLUMN])
+    except (pa.ArrowException, OSError) as exc:
+        raise SourceFormatError(
+            f"{path.name}: the Parquet data is damaged after row {position - 1} ({exc}); re-upload the file"
+        ) from None
+
+
+def _cell_text(value: Any, column: Column | None = None) -> str | None:
+    """A workbook cell as the text the validator parses for `column` (none: as plain text); an
+    empty cell is None."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))  # a workbook stores every number as a float
+    if isinstance(value, datetime | date) and column is not None and column.type in ("date", "timestamp"):
+        return value.strftime(column.parse_formats[0])
+    if isinstance(value, datetime | date | time):
+        return value.isoformat()
+    return str(value)
+
+
+# A password-protected xlsx is no zip but an OLE compound file (as a legacy .xls is) holding
+# the encrypted workbook in a stream of this name.
+COMPOUND_FILE_MAGIC = bytes.fromhex("d0cf11e0a1b11ae1")
+ENCRYPTED_PACKAGE = "EncryptedPackage".encode("utf-16-le")
+
+
+def _holds_bytes(path: Path, needle: bytes) -> bool:
+    """Whether the file holds `needle`, read in chunks (an overlap keeps one split across two)."""
+    tail = b""
+    with path.open("rb") as handle:
+        while chunk := handle.read(CHUNK_BYTES):
+            if needle in tail + chunk:
+                return True
+            tail = chunk[-len(needle) :]
+    return False
+
+
+def _sheet(spec: SourceSpec, path: Path) -> Any:
+    """The workbook's sheet the spec names; a workbook that cannot be opened fails saying why."""
+    from python_calamine import CalamineWorkbook
+
+    with path.open("rb") as handle:
+        compound = handle.read(len(COMPOUND_FILE_MAGIC)) == COMPOUND_FILE_MAGIC
+    if compound:
+        if _holds_bytes(path, ENCRYPTED_PACKAGE):
+            raise SourceFormatError(
+                f"{path.name}: the workbook is password-protected (encrypted); save it without a password "
+                "and land it again"
+            )
+        raise SourceFormatError(f"{path.name}: is a legacy .xls workbook, not xlsx; save it as .xlsx and land it again")
+    try:
+        workbook = CalamineWorkbook.from_path(str(path))
+    except Exception as exc:  # calamine raises a family of its own errors for a broken workbook
+        raise SourceFormatError(f"{path.name}: is not a readable xlsx workbook ({exc}); re-upload the file") from None
+    names = workbook.sheet_names
+    sheet = spec.sheet if spec.sheet is not None else 1
+    if isinstance(sheet, int):
+        if sheet > len(names):
+            raise SourceFormatError(f"{path.name}: has {len(names)} sheet(s), no sheet {sheet}: {names}")
+        return workbook.get_sheet_by_index(sheet - 1)
+    if sheet not in names:
+        raise SourceFormatError(f"{path.name}: has no sheet {quoted_name(sheet)}; its sheets are {names}")
+    return workbook.get_sheet_by_name(sheet)
+
+
+def _xlsx_header(spec: SourceSpec, path: Path) -> tuple[str, list[str], Iterator[tuple[int, list[Any]]]]:
+    """How messages name the sheet, its header row's names, and its numbered rows after it."""
+    sheet = _sheet(spec, path)
+    first_row = sheet.start[0] + 1 if sheet.start else 1  # the sheet's first row that holds a cell
+    rows = enumerate(sheet.iter_rows(), start=first_row)
+    header = next(((number, cells) for number, cells in rows if number >= spec.header_row), None)
+    where = f"{path.name} sheet {quoted_name(sheet.name)}"
+    if header is None or header[0] != spec.header_row or not any(c not in (None, "") for c in header[1]):
+        raise SourceFormatError(f"{where}: row {spec.header_row} holds no column names; is the sheet empty?")
+    cells = [_cell_text(c) or "" for c in header[1]]
+    while cells and not cells[-1].strip():
+        cells.pop()  # a workbook's used range often runs past the last named column
+    return where, named_columns(f"{where} row {spec.header_row}", cells), rows
+
+
+def read_xlsx(spec: SourceSpec, path: Path, batch_rows: int, result: ReadResult) -> Iterator[pa.RecordBatch]:
+    """The spec's sheet from its header row on; `_source_line` is a record's row number in the sheet
+    (as the workbook shows it). Blank rows are skipped, as blank lines are in a CSV."""
+    where, names, rows = _xlsx_header(spec, path)
+    matched = match_names(spec, names)
+    matched.enforce(spec, where)
+    missing = matched.missing(spec)
+    if missing:
+        raise missing_error(spec, where, missing, names, "missing columns")
+    read = matched.single(spec, where)
+    result.extra_fields = matched.extra
+    positions = [(names.index(read[c.name]), c) for c in spec.columns]
+    values: list[list[str | None]] = [[] for _ in positions]
+    lines: list[int] = []
+    for number, row in rows:
+        if all(c in (None, "") for c in row):
+            continue
+        stray = next((i for i in range(len(names), len(row)) if row[i] not in (None, "")), None)
+        if stray is not None:
+            text = ",".join(_cell_text(c) or "" for c in row)
+            result.malformed.append(MalformedRecord(number, text, f"a value in column {stray + 1}, which has no name"))
+            continue
+        for column, (position, spec_column) in zip(values, positions, strict=True):
+            column.append(_cell_text(row[position], spec_column) if position < len(row) else None)
+        lines.append(number)
+        if len(lines) == batch_rows:
+            yield _batch(spec, values, lines)
+            values, lines = [[] for _ in positions], []
+    if lines:
+        yield _batch(spec, values, lines)
+
+
+def _batch(spec: SourceSpec, values: list[list[str | None]], lines: list[int]) -> pa.RecordBatch:
+    arrays = [*(pa.array(v, pa.string()) for v in values), pa.array(lines, pa.int64())]
+    return pa.record_batch(arrays, names=[*(c.name for c in spec.columns), LINE_COLUMN])
+
+
+def read_fixed_width(spec: SourceSpec, path: Path, batch_rows: int, result: ReadResult) -> Iterator[pa.RecordBatch]:
+    """Each line is a record cut at the spec's positions, the padding around a value trimmed; the
+    lines up to `header_row` are skipped and blank lines too. A line running on past the last
+    column with more than spaces is malformed: its positions are not the spec's."""
+    width = max((c.start or 1) + (c.width or 0) - 1 for c in spec.columns)
+    with decoded(spec, path) as source:
+        try:
+            with source.open() as handle:
+                lines: list[str] = []
+                numbers: list[int] = []
+                for number, line in enumerate(handle, start=1):
+                    text = line.rstrip("\r\n")
+                    if number <= spec.header_row or not text.strip():
+                        continue
+                    if len(text) > width and text[width:].strip():
+                        message = f"{len(text)} characters, past the last column's end at {width}"
+                        result.malformed.append(MalformedRecord(number, text, message))
+                        continue
+                    lines.append(text)
+                    numbers.append(number)
+                    if len(lines) == batch_rows:
+                        yield _cut(spec, lines, numbers)
+                        lines, numbers = [], []
+                if lines:
+                    yield _cut(spec, lines, numbers)
+        except UnicodeDecodeError:
+            raise encoding_error(spec, path.name, source) from None
+
+
+def _cut(spec: SourceSpec, lines: list[str], numbers: list[int]) -> pa.RecordBatch:
+    """The batch's lines cut into the spec's columns in one vectorized pass per column."""
+    text = pa.array(lines, pa.string())
+    arrays = []
+    for column in spec.columns:
+        begin = (column.start or 1) - 1
+        value = pc.utf8_trim_whitespace(pc.utf8_slice_codeunits(text, begin, begin + (column.width or 0)))
+        arrays.append(pc.if_else(pc.equal(value, ""), pa.scalar(None, pa.string()), value))
+    return pa.record_batch(
+        [*arrays, pa.array(numbers, pa.int64())], names=[*(c.name for c in spec.columns), LINE_COLUMN]
+    )
