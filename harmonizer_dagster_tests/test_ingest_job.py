@@ -101,3 +101,17 @@ def test_a_skipped_version_shows_the_counts_of_its_earlier_load(environment, ins
         "rejected": 12,
         "dagster/row_count": 988,
     }
+
+
+def test_ingest_landing_over_an_empty_landing_area_reports_on_a_new_warehouse(environment, landing, instance):
+    for folder in landing.iterdir():
+        if folder.is_dir():
+            shutil.rmtree(folder)
+
+    result = build_definitions().resolve_job_def("ingest_landing").execute_in_process(instance=instance)
+
+    assert result.success
+    reports = instance.fetch_materializations(dg.AssetKey(f"{SOURCE}_dq_report"), limit=1).records
+    assert reports, "the report of a source with no file yet is materialized all the same"
+    with duckdb.connect(str(environment), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM harmonizer.sources").fetchone() == (0,)

@@ -23,6 +23,7 @@ import yaml
 from starlette.testclient import TestClient
 
 from harmonizer_dagster.core.monitoring import OUTCOMES, loader_status, snapshot
+from harmonizer_dagster.core.samples import registry_rows
 from harmonizer_dagster.core.triage import Selection, act
 from harmonizer_dagster.core.warehouse import Warehouse, open_warehouse
 from harmonizer_dagster.web.metrics import create_metrics_app
@@ -183,16 +184,44 @@ def registry(env: dict[str, str]) -> dict:
     }
 
 
+def scraped_position(prometheus: str) -> int | None:
+    """The running load's position as Prometheus last scraped it, once a scrape could read the
+    warehouse (a load paused inside a DuckDB transaction holds the file)."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        busy = promql(prometheus, "harmonizer_scrape_warehouse_busy")
+        position = promql(prometheus, "harmonizer_load_records_processed")
+        if position and busy == {(): 0.0}:
+            return int(next(iter(position.values())))
+        time.sleep(0.1)
+    return None
+
+
 def test_prometheus_sees_a_load_progress_and_its_counts_equal_the_warehouse(deployment, prometheus):
-    started = time.time()
-    running = load(deployment)
-    # While the load runs, Prometheus has its position: records done and expected.
-    seen = wait_for(
-        "a scraped position of the running load",
-        lambda: promql(prometheus, "harmonizer_load_records_processed > 0") or running.poll() is not None,
-    )
+    # A file of 20,000 records in checkpoints of 500: forty positions to see.
+    frame, _ = registry_rows(0, 20_000, seed=3)
+    frame.write_csv(Path(deployment["HARMONIZER_LANDING_DIR"]) / SOURCE / FILE)
+    # Prometheus scrapes its first a while after it starts: the load begins once it has.
+    wait_for("Prometheus's first scrape", lambda: promql(prometheus, "up") == {(): 1.0})
+    running = load({**deployment, "HARMONIZER_BATCH_ROWS": "50"})
+    # The load is paused now and then, so Prometheus scrapes it between checkpoints however fast
+    # the machine: each pause shows the position the load had reached.
+    positions: list[int] = []
+    while running.poll() is None:
+        if not promql(prometheus, "harmonizer_load_records_processed"):
+            time.sleep(0.02)  # no checkpoint yet: the load is still starting
+            continue
+        os.killpg(running.pid, signal.SIGSTOP)
+        try:
+            position = scraped_position(prometheus)
+        finally:
+            os.killpg(running.pid, signal.SIGCONT)
+        if position and (not positions or position != positions[-1]):
+            positions.append(position)
+        time.sleep(0.02)
     assert running.wait(300) == 0, running.stderr.read() if running.stderr else ""
-    assert isinstance(seen, dict), "the load ended before Prometheus scraped its position"
+    # Over the load, the scraped position rose through several checkpoints.
+    assert positions == sorted(positions) and len(positions) >= 3, positions
     expected = registry(deployment)
 
     def scraped_final() -> dict | None:
@@ -206,13 +235,6 @@ def test_prometheus_sees_a_load_progress_and_its_counts_equal_the_warehouse(depl
     assert promql(prometheus, "harmonizer_versions") == {(("source", SOURCE), ("status", "completed")): 1.0}
     assert promql(prometheus, "harmonizer_load_duration_seconds_count") == {(("source", SOURCE),): 1.0}
     assert promql(prometheus, "harmonizer_load_records_processed") == {}, "no load runs any more"
-    # Over the load, the scraped position rose through several checkpoints.
-    query = urllib.parse.urlencode(
-        {"query": "harmonizer_load_records_processed", "start": started, "end": time.time(), "step": "0.25"}
-    )
-    series = json.loads(get(f"{prometheus}/query_range?{query}"))["data"]["result"]
-    positions = [int(float(v)) for _, v in series[0]["values"]]
-    assert positions == sorted(positions) and len(set(positions)) >= 3, positions
     # A scrape held the warehouse now and then, and the load waited its turn rather than failing.
     assert promql(prometheus, "harmonizer_scrape_warehouse_busy") == {(): 0.0}
 

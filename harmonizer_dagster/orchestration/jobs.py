@@ -192,7 +192,10 @@ def _report_op(spec: SourceSpec) -> dg.OpDefinition:
         description="Refreshes the source's data-quality report once its files are loaded.",
     )
     def report(context: dg.OpExecutionContext, warehouse: WarehouseResource, checked: list[str]) -> None:
-        metadata = report_metadata(warehouse.open(), spec)
+        store = warehouse.open()
+        # A landing area with no file yet leaves a new warehouse without its tables.
+        store.migrate([spec])
+        metadata = report_metadata(store, spec)
         context.log_event(dg.AssetMaterialization(asset_key=f"{spec.name}_dq_report", metadata=metadata))
 
     return report
