@@ -44,6 +44,7 @@ from harmonizer_dagster.core.files import (
     version_key,
 )
 from harmonizer_dagster.core.harmonization import duplicate_key_sql, harmonize
+from harmonizer_dagster.core.quality import issue_links
 from harmonizer_dagster.core.reading import LINE_COLUMN, ReadResult, SourceFormatError, UnreliableParse, read_batches
 from harmonizer_dagster.core.rules import Rule, apply_rules
 from harmonizer_dagster.core.rules import fingerprint as rules_fingerprint
@@ -486,7 +487,7 @@ def upsert_step(spec: SourceSpec, hashed: HashedVersion, warehouse: Warehouse, r
         records_skipped=harmonize_summary["records_duplicate"],
         extra_fields=tuple(validate_summary["extra_fields"]),
     )
-    warehouse.publish(spec, staged, run_id)
+    warehouse.publish(spec, staged, run_id, issue_links(spec))
     staging.remove(root)
     return _result(spec, hashed, _recorded_counts(spec, hashed.source_id, warehouse))
 

@@ -6,6 +6,8 @@ one definition of each table; backends differ only in how bulk data gets in.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from harmonizer_dagster.core.harmonization import PROVENANCE_COLUMNS
 from harmonizer_dagster.core.spec import Column, SourceSpec
 from harmonizer_dagster.core.sql import quote_ident
@@ -33,8 +35,75 @@ def canonical_columns(spec: SourceSpec) -> list[tuple[str, str]]:
     return columns
 
 
+@dataclass(frozen=True)
+class Indexing:
+    """A migration statement only backends that keep indexes on disk run (`on_disk`: PostgreSQL),
+    or only those that hold them in memory (DuckDB, which loads a table's ART indexes whole to
+    write to it: the primary key of 5M issue rows alone took hundreds of MiB on every load)."""
+
+    sql: str
+    on_disk: bool
+
+
+# The issue and dead-letter tables as DuckDB keeps them from migration 6 on: no primary key
+# (ids are random UUIDs) and no secondary index, so writing them needs no index in memory.
+_RECORDED = (
+    ("source_id", "BIGINT NOT NULL"),
+    ("source_type", "VARCHAR NOT NULL"),
+    ("partition_key", "VARCHAR NOT NULL"),
+    ("file_hash", "VARCHAR NOT NULL"),
+    ("run_id", "VARCHAR"),
+    ("source_line_number", "BIGINT"),
+    ("source_record_id", "VARCHAR"),
+)
+_UNINDEXED = {
+    "data_quality_issues": (
+        ("issue_id", "UUID NOT NULL DEFAULT gen_random_uuid()"),
+        *_RECORDED,
+        ("issue_type", "VARCHAR NOT NULL"),
+        ("severity", "VARCHAR NOT NULL"),
+        ("field_name", "VARCHAR"),
+        ("invalid_value", "VARCHAR"),
+        ("expected_format", "VARCHAR"),
+        ("rule", "VARCHAR"),
+        ("resolution_status", "VARCHAR NOT NULL DEFAULT 'pending'"),
+        ("resolution_notes", "VARCHAR"),
+        ("created_at", "TIMESTAMPTZ NOT NULL DEFAULT now()"),
+        ("resolved_at", "TIMESTAMPTZ"),
+        ("check_name", "VARCHAR"),
+        ("fix_rule_id", "BIGINT"),
+        ("resolved_by", "VARCHAR"),
+    ),
+    "failed_records": (
+        ("record_id", "UUID NOT NULL DEFAULT gen_random_uuid()"),
+        *_RECORDED,
+        ("record_data", "VARCHAR NOT NULL"),
+        ("error_type", "VARCHAR NOT NULL"),
+        ("error_message", "VARCHAR NOT NULL"),
+        ("reprocessed", "BOOLEAN NOT NULL DEFAULT FALSE"),
+        ("reprocessed_at", "TIMESTAMPTZ"),
+        ("created_at", "TIMESTAMPTZ NOT NULL DEFAULT now()"),
+    ),
+}
+
+
+def _rebuilt_unindexed(table: str) -> list[str | Indexing]:
+    """DuckDB cannot drop a primary key: the table is copied into one without it."""
+    definition = ", ".join(f"{name} {kind}" for name, kind in _UNINDEXED[table])
+    columns = ", ".join(name for name, _ in _UNINDEXED[table])
+    return [
+        Indexing(sql, on_disk=False)
+        for sql in (
+            f"CREATE TABLE {{schema}}.{table}_unindexed ({definition})",
+            f"INSERT INTO {{schema}}.{table}_unindexed ({columns}) SELECT {columns} FROM {{schema}}.{table}",
+            f"DROP TABLE {{schema}}.{table}",
+            f"ALTER TABLE {{schema}}.{table}_unindexed RENAME TO {table}",
+        )
+    ]
+
+
 # Each migration runs once per warehouse, in order; never edit one that has shipped.
-MIGRATIONS: list[tuple[int, str, list[str]]] = [
+MIGRATIONS: list[tuple[int, str, list[str | Indexing]]] = [
     (
         1,
         "registry, data-quality issues and failed records",
@@ -210,7 +279,46 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             "ON {schema}.transformation_rules (source_type, field_name, kind, params)",
         ],
     ),
+    (
+        6,
+        "issue counts kept per version; issues and dead letters found by version",
+        # What checks, reports and baselines read instead of the issues: a few rows a version
+        # (one per issue type, severity, field and rule), written in the publish transaction and
+        # recounted when triage changes a version's issues.
+        [
+            """CREATE TABLE {schema}.version_issue_counts (
+                source_id BIGINT NOT NULL,
+                source_type VARCHAR NOT NULL,
+                issue_type VARCHAR NOT NULL,
+                severity VARCHAR NOT NULL,
+                field_name VARCHAR,
+                rule VARCHAR,
+                issues BIGINT NOT NULL,
+                pending BIGINT NOT NULL
+            )""",
+            """INSERT INTO {schema}.version_issue_counts SELECT source_id, source_type, issue_type, severity,
+                field_name, rule, count(*), count(*) FILTER (WHERE resolution_status = 'pending')
+                FROM {schema}.data_quality_issues GROUP BY source_id, source_type, issue_type, severity,
+                field_name, rule""",
+            Indexing("CREATE INDEX version_issue_counts_source_idx ON {schema}.version_issue_counts (source_id)", True),
+            Indexing("CREATE INDEX dq_issues_source_idx ON {schema}.data_quality_issues (source_id)", True),
+            Indexing("CREATE INDEX failed_records_source_idx ON {schema}.failed_records (source_id)", True),
+            Indexing("CREATE INDEX applied_fixes_source_idx ON {schema}.applied_fixes (source_id)", True),
+            Indexing("CREATE INDEX dq_checks_source_idx ON {schema}.data_quality_checks (source_id)", True),
+            *_rebuilt_unindexed("data_quality_issues"),
+            *_rebuilt_unindexed("failed_records"),
+        ],
+    ),
 ]
+
+
+def version_index_ddl(schema: str, table: str) -> str:
+    """The index that finds the rows one file version wrote in a source table (PostgreSQL):
+    checks read those rows only, whatever the table holds."""
+    return (
+        f"CREATE INDEX IF NOT EXISTS {quote_ident(table + '_file_hash_idx')} "
+        f"ON {schema}.{quote_ident(table)} (_file_hash)"
+    )
 
 
 def source_table_ddl(schema: str, spec: SourceSpec, *, primary_key: bool) -> str:
