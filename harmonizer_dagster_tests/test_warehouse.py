@@ -338,3 +338,36 @@ def test_a_versions_issue_counts_are_kept_as_it_is_published_and_triaged(warehou
     # Issues point at the check that counts them from the moment they are stored.
     linked = dict(warehouse.query("SELECT rule, min(check_name) FROM {schema}.data_quality_issues GROUP BY rule"))
     assert (linked["natural_key"], linked["not_nullable"]) == ("natural_key_unique", "required_fields_complete")
+
+
+def test_every_copy_of_a_repeated_record_is_recorded_as_a_duplicate(warehouse, tmp_path):
+    """A file of one record repeated: each copy but the last is one duplicate-key issue, staged by
+    DuckDB straight to disk and published whole, with the right counts everywhere."""
+    import gzip
+
+    from harmonizer_dagster.core.quality import checks_for, run_check
+
+    spec = csv_spec({"k": {"source": "k"}, "v": {"source": "v"}})
+    copies = 50_000
+    (tmp_path / "landing" / "t").mkdir(parents=True)
+    with gzip.open(tmp_path / "landing" / "t" / "copies.csv.gz", "wb") as handle:
+        handle.write(b"k,v\n" + b"7,same\n" * copies)
+    result = load_file(spec, tmp_path / "landing", "copies.csv.gz", warehouse, tmp_path / "staging")
+
+    assert (result.records_in_file, result.records_imported, result.records_skipped) == (copies, 1, copies - 1)
+    assert (result.issues, result.warnings) == (copies - 1, copies - 1)
+    lines, distinct, first, last, kept = warehouse.query(
+        "SELECT count(*), count(DISTINCT source_line_number), min(source_line_number), max(source_line_number), "
+        "min(expected_format) FROM {schema}.data_quality_issues WHERE issue_type = 'duplicate_key' "
+        "AND invalid_value = '7' AND check_name = 'natural_key_unique'"
+    )[0]
+    # Line 1 is the header: the copies are lines 2 to copies + 1, and the last one is kept.
+    assert (lines, distinct, first, last) == (copies - 1, copies - 1, 2, copies)
+    assert kept == f"unique natural key; the record on line {copies + 1} was kept"
+    assert warehouse.query(f"SELECT k, v, _source_line FROM {warehouse.table('t')}") == [("7", "same", copies + 1)]
+    assert warehouse.query("SELECT issue_type, issues, pending FROM {schema}.version_issue_counts") == [
+        ("duplicate_key", copies - 1, copies - 1)
+    ]
+    with warehouse.transaction():
+        evaluations = {c.name: run_check(warehouse, spec, c, "copies.csv.gz", "r") for c in checks_for(spec)}
+    assert evaluations["row_count_reconciliation"].passed and evaluations["natural_key_unique"].passed
