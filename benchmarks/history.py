@@ -118,7 +118,7 @@ def build_history(url: str, versions: int, issues: int, rows: int) -> None:
                 min(first + ISSUES_PER_TRANSACTION, issues) - 1,
             ),
         )
-    store.recount_issues(list(range(1, versions + 1)))
+    store.recount(list(range(1, versions + 1)))
 
 
 def load_and_check(file: Path, url: str, work: Path) -> dict:

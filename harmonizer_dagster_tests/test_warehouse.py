@@ -312,6 +312,72 @@ def test_migration_6_counts_the_issues_an_older_version_recorded(warehouse, spec
         assert {"dq_issues_source_idx", "business_registry_file_hash_idx"} <= indexes
 
 
+def test_a_warehouse_with_migration_7_but_not_6_keeps_one_count_per_version(warehouse, specs, monkeypatch):
+    """Warehouses made before migration 6 existed ran 7 (tallies, source-id indexes): 6 and 8 then
+    leave one count store per version, the same source tallies, and DuckDB's issue tables index-free."""
+    from harmonizer_dagster.core.warehouse import base
+    from harmonizer_dagster.core.warehouse.tables import MIGRATIONS
+
+    by_version = {migration[0]: migration for migration in MIGRATIONS}
+    monkeypatch.setattr(base, "MIGRATIONS", [by_version[v] for v in (1, 2, 3, 4, 5)])
+    warehouse.migrate([specs["business_registry"]])
+    warehouse.query(
+        "INSERT INTO {schema}.data_quality_issues (source_id, source_type, partition_key, file_hash, "
+        "source_line_number, issue_type, severity, field_name, rule, resolution_status) "
+        "SELECT CASE WHEN n <= 3 THEN 1 ELSE 2 END, 'business_registry', 'q', 'h', n, 'invalid_zip_code', 'warning', "
+        "'home_office_zip', 'home_office_zip:0', CASE WHEN n = 1 THEN 'ignored' ELSE 'pending' END "
+        "FROM generate_series(1, 5) AS g(n)"
+    )
+    warehouse.query(
+        "INSERT INTO {schema}.failed_records (source_id, source_type, partition_key, file_hash, record_data, "
+        "error_type, error_message, reprocessed) SELECT 2, 'business_registry', 'q', 'h', '{}', 'validation_error', "
+        "'bad', n = 1 FROM generate_series(1, 3) AS g(n)"
+    )
+    monkeypatch.setattr(base, "MIGRATIONS", [by_version[v] for v in (1, 2, 3, 4, 5, 7)])
+    warehouse.migrate([specs["business_registry"]])
+    tallies = "SELECT kind, label, severity, total, pending FROM {schema}.source_tallies ORDER BY kind"
+    before = warehouse.query(tallies)
+    monkeypatch.setattr(base, "MIGRATIONS", MIGRATIONS)
+    warehouse.migrate([specs["business_registry"]])
+
+    assert before == [("dead_letter", "validation_error", "", 3, 2), ("issue", "invalid_zip_code", "warning", 5, 4)]
+    assert warehouse.query(tallies) == before
+    assert warehouse.query(
+        "SELECT source_id, issues, pending FROM {schema}.version_issue_counts ORDER BY source_id"
+    ) == [(1, 3, 2), (2, 2, 2)]
+    assert warehouse.query(
+        "SELECT source_id, error_type, records, pending FROM {schema}.version_dead_letter_counts"
+    ) == [(2, "validation_error", 3, 2)]
+    tables = {
+        t
+        for t, _ in warehouse.query(
+            "SELECT table_name, 1 FROM information_schema.tables WHERE table_schema = %s", (warehouse.schema_name,)
+        )
+    }
+    assert "version_tallies" not in tables, "one count store per version"
+    if not warehouse.key_index:
+        indexed = warehouse.query(
+            "SELECT DISTINCT table_name FROM duckdb_indexes() WHERE schema_name = %s", (warehouse.schema_name,)
+        )
+        assert not {"data_quality_issues", "failed_records"} & {t for (t,) in indexed}
+    else:
+        indexes = warehouse.query(
+            "SELECT tablename, indexname FROM pg_indexes WHERE schemaname = %s AND indexdef LIKE %s",
+            (warehouse.schema_name, "%(source_id)"),
+        )
+        by_table = {}
+        for table, index in indexes:
+            by_table.setdefault(table, []).append(index)
+        assert by_table["data_quality_issues"] == ["dq_issues_source_idx"], "one source-id index"
+        assert by_table["failed_records"] == ["failed_records_source_idx"]
+    # Triage moves the per-version counts and the source tallies together.
+    from harmonizer_dagster.core.triage import Selection, act
+
+    act(warehouse, Selection(issue_type="invalid_zip_code"), "ignore", "known", actor="dana")
+    assert warehouse.query("SELECT sum(pending) FROM {schema}.version_issue_counts") == [(0,)]
+    assert warehouse.query(tallies)[1] == ("issue", "invalid_zip_code", "warning", 5, 0)
+
+
 def test_a_versions_issue_counts_are_kept_as_it_is_published_and_triaged(warehouse, specs, landing, tmp_path):
     from harmonizer_dagster.core.triage import Selection, act
 

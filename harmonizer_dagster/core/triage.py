@@ -290,7 +290,7 @@ def act(
                 f"resolved_at = now(), resolved_by = %s, fix_rule_id = NULL WHERE {where} RETURNING source_id",
                 [ACTIONS[action], note or None, actor, *params],
             )
-            store.recount_issues([row[0] for row in changed])
+            store.recount([row[0] for row in changed])
         return Outcome(action, len(changed))
     if action == "manual_fix" and map_to is None:
         raise ValueError("manual_fix needs the corrected value")
@@ -407,7 +407,7 @@ def _mark_fixed(
                 "AND issue_type = v.fixed_type AND rule = v.fixed_check AND invalid_value = v.fixed_value",
                 [status, note or None, actor, *[value for key in chunk for value in key], *params],
             )
-        store.recount_issues(versions)
+        store.recount(versions)
 
 
 # The issue filters a page offers, by the name each goes by, and the column it selects on.

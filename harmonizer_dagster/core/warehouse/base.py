@@ -33,8 +33,9 @@ from harmonizer_dagster.core.sql import quote_ident, quote_literal
 from harmonizer_dagster.core.validation import FAILED_SCHEMA, ISSUE_SCHEMA
 from harmonizer_dagster.core.warehouse.tables import (
     MIGRATIONS,
+    SOURCE_SUMS,
     TALLY_NAMES,
-    TALLY_SELECTS,
+    VERSION_COUNTS,
     Indexing,
     canonical_columns,
     source_table_ddl,
@@ -526,37 +527,6 @@ class Warehouse(ABC):
             (records, expected, source_id),
         )
 
-    def refresh_tallies(self, s: Session, source_ids: Sequence[int]) -> None:
-        """Counts the issues and dead letters of these versions again into their tallies, and
-        moves their sources' sums by the difference: the cost follows the versions' rows, not
-        the warehouse's. Called in the transaction that changed those rows, under a lock per
-        source, so concurrent refreshes of one source add up."""
-        if not source_ids:
-            return
-        ids = ", ".join(str(int(i)) for i in sorted(set(source_ids)))
-        for (source_type,) in s.execute(
-            f"SELECT DISTINCT source_type FROM {self.schema}.sources WHERE source_id IN ({ids}) ORDER BY 1"
-        ):
-            self.hold(s, f"tallies {source_type}")
-        versions = f"source_id IN ({ids})"
-        self._add_to_source_tallies(s, versions, -1)
-        s.execute(f"DELETE FROM {self.schema}.version_tallies WHERE {versions}")
-        for select in TALLY_SELECTS:
-            s.execute(
-                f"INSERT INTO {self.schema}.version_tallies (source_id, {TALLY_NAMES}) "
-                + select.replace("{versions}", versions).replace("{schema}", self.schema)
-            )
-        self._add_to_source_tallies(s, versions, 1)
-
-    def _add_to_source_tallies(self, s: Session, versions: str, sign: int) -> None:
-        s.execute(
-            f"INSERT INTO {self.schema}.source_tallies ({TALLY_NAMES}) SELECT source_type, kind, label, severity, "
-            f"{sign} * sum(total), {sign} * sum(pending) FROM {self.schema}.version_tallies WHERE {versions} "
-            "GROUP BY source_type, kind, label, severity ON CONFLICT (source_type, kind, label, severity) "
-            "DO UPDATE SET total = source_tallies.total + excluded.total, "
-            "pending = source_tallies.pending + excluded.pending"
-        )
-
     def mark_failed(self, source_id: int, message: str) -> None:
         self.query(
             "UPDATE {schema}.sources SET status = 'failed', error_message = %s, updated_at = now() "
@@ -578,8 +548,7 @@ class Warehouse(ABC):
             counts = self._upsert(s, spec, staged.harmonized_files, staged.superseded_files, version, arrival)
             self._replace_version_rows(s, spec, staged, run_id, issue_checks)
             self._restore_triage(s, staged.source_id)
-            self.refresh_tallies(s, [staged.source_id])
-            self._count_issues(s, [staged.source_id])
+            self._count_versions(s, [staged.source_id])
             s.execute(
                 f"UPDATE {self.schema}.sources SET status = 'completed', import_completed_at = now(), "
                 "records_in_file = %s, records_processed = %s, records_imported = %s, records_failed = %s, "
@@ -601,23 +570,47 @@ class Warehouse(ABC):
             )
         return counts
 
-    def recount_issues(self, source_ids: Sequence[int]) -> None:
-        """Counts the versions' issues again, after their triage changed (or a bulk load wrote them)."""
+    def recount(self, source_ids: Sequence[int]) -> None:
+        """Counts the versions' issues and dead letters again, after their triage changed (or a
+        bulk load wrote them)."""
         with self._connected() as s:
-            self._count_issues(s, source_ids)
-            self.refresh_tallies(s, source_ids)
+            self._count_versions(s, source_ids)
 
-    def _count_issues(self, s: Session, source_ids: Sequence[int]) -> None:
-        """Keeps the versions' issue counts, by type, severity, field and rule: what checks and
-        reports read instead of the issues. Each version's issues are found by its id, which
-        PostgreSQL indexes and DuckDB's zone maps narrow to the row groups the version wrote."""
-        for source_id in dict.fromkeys(int(i) for i in source_ids):
-            s.execute(f"DELETE FROM {self.schema}.version_issue_counts WHERE source_id = %s", (source_id,))
+    def _count_versions(self, s: Session, source_ids: Sequence[int]) -> None:
+        """Keeps the versions' counts: their issues by type, severity, field and rule (what checks
+        and reports read instead of the issues) and their dead letters by error type, and moves
+        their sources' tallies (what a metrics scrape reads) by the difference. The cost follows
+        the versions' rows, not the warehouse's: each version's rows are found by its id, which
+        PostgreSQL indexes and DuckDB's zone maps narrow to the row groups the version wrote.
+        Runs in the transaction that changed those rows, under a lock per source, so concurrent
+        recounts of one source add up."""
+        ids = sorted({int(i) for i in source_ids})
+        if not ids:
+            return
+        versions = f"source_id IN ({', '.join(map(str, ids))})"
+        for (source_type,) in s.execute(
+            f"SELECT DISTINCT source_type FROM {self.schema}.sources WHERE {versions} ORDER BY 1"
+        ):
+            self.hold(s, f"tallies {source_type}")
+        self._add_to_source_tallies(s, versions, -1)
+        for source_id in ids:
+            for table, select in VERSION_COUNTS.items():
+                s.execute(f"DELETE FROM {self.schema}.{table} WHERE source_id = {source_id}")
+                s.execute(
+                    f"INSERT INTO {self.schema}.{table} "
+                    + select.replace("{versions}", f"source_id = {source_id}").replace("{schema}", self.schema)
+                )
+        self._add_to_source_tallies(s, versions, 1)
+
+    def _add_to_source_tallies(self, s: Session, versions: str, sign: int) -> None:
+        for select in SOURCE_SUMS:
             s.execute(
-                f"INSERT INTO {self.schema}.version_issue_counts SELECT source_id, source_type, issue_type, "
-                "severity, field_name, rule, count(*), count(*) FILTER (WHERE resolution_status = 'pending') "
-                f"FROM {self.schema}.data_quality_issues WHERE source_id = {source_id} "
-                "GROUP BY source_id, source_type, issue_type, severity, field_name, rule"
+                f"INSERT INTO {self.schema}.source_tallies ({TALLY_NAMES}) SELECT source_type, kind, label, "
+                f"severity, {sign} * total, {sign} * pending FROM ("
+                + select.replace("{versions}", versions).replace("{schema}", self.schema)
+                + f") AS t ({TALLY_NAMES}) ON CONFLICT (source_type, kind, label, severity) "
+                "DO UPDATE SET total = source_tallies.total + excluded.total, "
+                "pending = source_tallies.pending + excluded.pending"
             )
 
     def _restore_triage(self, s: Session, source_id: int) -> None:
@@ -682,7 +675,7 @@ class Warehouse(ABC):
                         "WHERE CAST(record_id AS VARCHAR) = %s",
                         ("passes now, but its key holds data another file wrote: left for review", record_id),
                     )
-            self.refresh_tallies(s, [row[0] for row in versions])
+            self._count_versions(s, [row[0] for row in versions])
         return counts, len(written)
 
     def _upsert(

@@ -35,23 +35,40 @@ def canonical_columns(spec: SourceSpec) -> list[tuple[str, str]]:
     return columns
 
 
-# A tally counts one kind of row (kind: issue, dead_letter) of one label (issue type, error type)
-# and severity: all of them, and those still pending (issues not triaged, dead letters not reprocessed).
+# A source tally sums one kind of row (kind: issue, dead_letter) of one label (issue type, error
+# type) and severity over a source's versions: all of them, and those still pending (issues not
+# triaged, dead letters not reprocessed). What a metrics scrape reads: a few rows per source.
 TALLY_COLUMNS = (
     "source_type VARCHAR NOT NULL, kind VARCHAR NOT NULL, label VARCHAR NOT NULL, severity VARCHAR NOT NULL, "
     "total BIGINT NOT NULL, pending BIGINT NOT NULL"
 )
 TALLY_NAMES = "source_type, kind, label, severity, total, pending"
-# The tallies of the versions that `{versions}` selects (a condition on source_id), from their rows.
-TALLY_SELECTS = [
+# Migration 7's per-version tallies, from every version's rows (migration 8 replaces them).
+ALL_TALLIES = [
     "SELECT source_id, source_type, 'issue', issue_type, severity, count(*), "
     "count(*) FILTER (WHERE resolution_status = 'pending') FROM {schema}.data_quality_issues "
-    "WHERE {versions} GROUP BY source_id, source_type, issue_type, severity",
+    "GROUP BY source_id, source_type, issue_type, severity",
     "SELECT source_id, source_type, 'dead_letter', error_type, '', count(*), count(*) FILTER (WHERE NOT reprocessed) "
-    "FROM {schema}.failed_records WHERE {versions} GROUP BY source_id, source_type, error_type",
+    "FROM {schema}.failed_records GROUP BY source_id, source_type, error_type",
 ]
 
-ALL_TALLIES = [select.replace("{versions}", "TRUE") for select in TALLY_SELECTS]
+# What each version's issues and dead letters come to, by table, for the versions that
+# `{versions}` selects (a condition on source_id), counted from their rows.
+VERSION_COUNTS = {
+    "version_issue_counts": "SELECT source_id, source_type, issue_type, severity, field_name, rule, count(*), "
+    "count(*) FILTER (WHERE resolution_status = 'pending') FROM {schema}.data_quality_issues WHERE {versions} "
+    "GROUP BY source_id, source_type, issue_type, severity, field_name, rule",
+    "version_dead_letter_counts": "SELECT source_id, source_type, error_type, count(*), "
+    "count(*) FILTER (WHERE NOT reprocessed) FROM {schema}.failed_records WHERE {versions} "
+    "GROUP BY source_id, source_type, error_type",
+}
+# The source tallies (TALLY_NAMES) those versions' counts add up to.
+SOURCE_SUMS = [
+    "SELECT source_type, 'issue', issue_type, severity, sum(issues), sum(pending) "
+    "FROM {schema}.version_issue_counts WHERE {versions} GROUP BY source_type, issue_type, severity",
+    "SELECT source_type, 'dead_letter', error_type, '', sum(records), sum(pending) "
+    "FROM {schema}.version_dead_letter_counts WHERE {versions} GROUP BY source_type, error_type",
+]
 
 
 @dataclass(frozen=True)
@@ -315,10 +332,8 @@ MIGRATIONS: list[tuple[int, str, list[str | Indexing]]] = [
                 issues BIGINT NOT NULL,
                 pending BIGINT NOT NULL
             )""",
-            """INSERT INTO {schema}.version_issue_counts SELECT source_id, source_type, issue_type, severity,
-                field_name, rule, count(*), count(*) FILTER (WHERE resolution_status = 'pending')
-                FROM {schema}.data_quality_issues GROUP BY source_id, source_type, issue_type, severity,
-                field_name, rule""",
+            "INSERT INTO {schema}.version_issue_counts "
+            + VERSION_COUNTS["version_issue_counts"].replace("{versions}", "TRUE"),
             Indexing("CREATE INDEX version_issue_counts_source_idx ON {schema}.version_issue_counts (source_id)", True),
             Indexing("CREATE INDEX applied_fixes_source_idx ON {schema}.applied_fixes (source_id)", True),
             Indexing("CREATE INDEX dq_checks_source_idx ON {schema}.data_quality_checks (source_id)", True),
@@ -368,10 +383,26 @@ MIGRATIONS: list[tuple[int, str, list[str | Indexing]]] = [
     ),
     (
         8,
-        "no in-memory index on the issue and dead-letter tables",
+        "dead letters counted per version apart; no in-memory index on the issue and dead-letter tables",
         [
-            # Migration 7 indexed their source ids on every backend; DuckDB keeps the issue and
-            # dead-letter tables index-free (migration 6), PostgreSQL keeps those indexes.
+            # One count per version of its issues: version_issue_counts (migration 6), which the
+            # source tallies now sum. Dead letters get counts of their own, as migration 7 tallied them.
+            """CREATE TABLE {schema}.version_dead_letter_counts (
+                source_id BIGINT NOT NULL,
+                source_type VARCHAR NOT NULL,
+                error_type VARCHAR NOT NULL,
+                records BIGINT NOT NULL,
+                pending BIGINT NOT NULL
+            )""",
+            "INSERT INTO {schema}.version_dead_letter_counts SELECT source_id, source_type, label, total, pending "
+            "FROM {schema}.version_tallies WHERE kind = 'dead_letter'",
+            "DROP TABLE {schema}.version_tallies",
+            Indexing(
+                "CREATE INDEX version_dead_letter_counts_source_idx ON {schema}.version_dead_letter_counts (source_id)",
+                on_disk=True,
+            ),
+            # Migration 7 indexed the issue and dead-letter tables' source ids on every backend;
+            # DuckDB keeps those tables index-free (migration 6), PostgreSQL keeps the indexes.
             Indexing("DROP INDEX IF EXISTS {schema}.dq_issues_source_idx", on_disk=False),
             Indexing("DROP INDEX IF EXISTS {schema}.failed_records_source_idx", on_disk=False),
         ],
