@@ -5,9 +5,9 @@
 Fills a fresh warehouse (a temporary DuckDB file, or with --postgres a database of its own on
 HARMONIZER_BENCH_POSTGRES_URL, default postgresql://postgres@127.0.0.1:5432/postgres) with bulk
 SQL: versions of 20 sources (completed, some failed or skipped, a few processing), issues of
-five types and two severities spread over them, a failed record per ten issues, and the
-tallies as migration 7 builds them. Then times the endpoint in-process (Starlette's test
-client: the scrape's own work, no network), best and median of ten. Target: under 200 ms.
+five types and two severities spread over them, a failed record per ten issues, and the counts
+per version and tallies per source that loads keep. Then times the endpoint in-process
+(Starlette's test client: the scrape's own work, no network), best and median of ten. Target: under 200 ms.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from starlette.testclient import TestClient
 
 from harmonizer_dagster.core.warehouse import open_warehouse
 from harmonizer_dagster.core.warehouse.duckdb import DuckDBWarehouse
-from harmonizer_dagster.core.warehouse.tables import ALL_TALLIES, TALLY_NAMES
+from harmonizer_dagster.core.warehouse.tables import SOURCE_SUMS, TALLY_NAMES, VERSION_COUNTS
 from harmonizer_dagster.web.metrics import create_metrics_app
 
 DATABASE = "harmonizer_metrics_bench"
@@ -69,15 +69,13 @@ def fill(url: str, versions: int, issues: int) -> None:
         "mod(n, 4) = 0 FROM (SELECT n, 1 + mod(n, %s) AS v FROM generate_series(1, %s) AS g(n)) AS s",
         (versions, issues // 10),
     )
-    # The tallies as migration 7 builds them from existing rows.
-    store.query("DELETE FROM {schema}.version_tallies")
+    # Every version's counts and the source tallies they add up to, as loads keep them.
+    for table, select in VERSION_COUNTS.items():
+        store.query(f"DELETE FROM {{schema}}.{table}")
+        store.query(f"INSERT INTO {{schema}}.{table} " + select.replace("{versions}", "TRUE"))
     store.query("DELETE FROM {schema}.source_tallies")
-    for tally in ALL_TALLIES:
-        store.query(f"INSERT INTO {{schema}}.version_tallies (source_id, {TALLY_NAMES}) {tally}")
-    store.query(
-        f"INSERT INTO {{schema}}.source_tallies ({TALLY_NAMES}) SELECT source_type, kind, label, severity, "
-        "sum(total), sum(pending) FROM {schema}.version_tallies GROUP BY source_type, kind, label, severity"
-    )
+    for select in SOURCE_SUMS:
+        store.query(f"INSERT INTO {{schema}}.source_tallies ({TALLY_NAMES}) " + select.replace("{versions}", "TRUE"))
     if url.startswith("postgres"):
         store.query("ANALYZE")
 

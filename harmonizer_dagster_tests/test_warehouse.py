@@ -270,3 +270,166 @@ def test_a_transaction_belongs_to_the_thread_that_opened_it(warehouse, specs):
         assert warehouse.query("SELECT count(*) FROM {schema}.probe")[0][0] == 1
     assert seen == [0], "another thread's query ran in its own session, not inside the open transaction"
     assert warehouse.query("SELECT count(*) FROM {schema}.probe")[0][0] == 1
+
+
+def test_migration_6_counts_the_issues_an_older_version_recorded(warehouse, specs, monkeypatch):
+    from harmonizer_dagster.core.warehouse import base
+    from harmonizer_dagster.core.warehouse.tables import MIGRATIONS
+
+    monkeypatch.setattr(base, "MIGRATIONS", MIGRATIONS[:5])
+    warehouse.migrate([specs["business_registry"]])
+    warehouse.query(
+        "INSERT INTO {schema}.data_quality_issues (source_id, source_type, partition_key, file_hash, "
+        "source_line_number, issue_type, severity, field_name, rule, resolution_status) "
+        "SELECT CASE WHEN n <= 3 THEN 1 ELSE 2 END, 'business_registry', 'q', 'h', n, 'invalid_zip_code', 'warning', "
+        "'home_office_zip', 'home_office_zip:0', CASE WHEN n = 1 THEN 'ignored' ELSE 'pending' END "
+        "FROM generate_series(1, 5) AS g(n)"
+    )
+    monkeypatch.setattr(base, "MIGRATIONS", MIGRATIONS)
+    warehouse.migrate([specs["business_registry"]])
+
+    assert warehouse.query(
+        "SELECT source_id, issues, pending FROM {schema}.version_issue_counts ORDER BY source_id"
+    ) == [(1, 3, 2), (2, 2, 2)]
+    assert count(warehouse, "data_quality_issues") == 5, "every issue kept"
+    if not warehouse.key_index:
+        # DuckDB loads a table's indexes whole to write to it: the issue tables keep none.
+        tables = warehouse.query(
+            "SELECT DISTINCT table_name FROM duckdb_indexes() WHERE schema_name = %s UNION "
+            "SELECT DISTINCT table_name FROM duckdb_constraints() WHERE schema_name = %s AND constraint_type = "
+            "'PRIMARY KEY'",
+            (warehouse.schema_name, warehouse.schema_name),
+        )
+        assert not {"data_quality_issues", "failed_records"} & {t for (t,) in tables}
+        assert warehouse.query("SELECT count(DISTINCT issue_id) FROM {schema}.data_quality_issues") == [(5,)]
+    else:
+        indexes = {
+            name
+            for (name,) in warehouse.query(
+                "SELECT indexname FROM pg_indexes WHERE schemaname = %s", (warehouse.schema_name,)
+            )
+        }
+        assert {"dq_issues_source_idx", "business_registry_file_hash_idx"} <= indexes
+
+
+def test_a_warehouse_with_migration_7_but_not_6_keeps_one_count_per_version(warehouse, specs, monkeypatch):
+    """Warehouses made before migration 6 existed ran 7 (tallies, source-id indexes): 6 and 8 then
+    leave one count store per version, the same source tallies, and DuckDB's issue tables index-free."""
+    from harmonizer_dagster.core.warehouse import base
+    from harmonizer_dagster.core.warehouse.tables import MIGRATIONS
+
+    by_version = {migration[0]: migration for migration in MIGRATIONS}
+    monkeypatch.setattr(base, "MIGRATIONS", [by_version[v] for v in (1, 2, 3, 4, 5)])
+    warehouse.migrate([specs["business_registry"]])
+    warehouse.query(
+        "INSERT INTO {schema}.data_quality_issues (source_id, source_type, partition_key, file_hash, "
+        "source_line_number, issue_type, severity, field_name, rule, resolution_status) "
+        "SELECT CASE WHEN n <= 3 THEN 1 ELSE 2 END, 'business_registry', 'q', 'h', n, 'invalid_zip_code', 'warning', "
+        "'home_office_zip', 'home_office_zip:0', CASE WHEN n = 1 THEN 'ignored' ELSE 'pending' END "
+        "FROM generate_series(1, 5) AS g(n)"
+    )
+    warehouse.query(
+        "INSERT INTO {schema}.failed_records (source_id, source_type, partition_key, file_hash, record_data, "
+        "error_type, error_message, reprocessed) SELECT 2, 'business_registry', 'q', 'h', '{}', 'validation_error', "
+        "'bad', n = 1 FROM generate_series(1, 3) AS g(n)"
+    )
+    monkeypatch.setattr(base, "MIGRATIONS", [by_version[v] for v in (1, 2, 3, 4, 5, 7)])
+    warehouse.migrate([specs["business_registry"]])
+    tallies = "SELECT kind, label, severity, total, pending FROM {schema}.source_tallies ORDER BY kind"
+    before = warehouse.query(tallies)
+    monkeypatch.setattr(base, "MIGRATIONS", MIGRATIONS)
+    warehouse.migrate([specs["business_registry"]])
+
+    assert before == [("dead_letter", "validation_error", "", 3, 2), ("issue", "invalid_zip_code", "warning", 5, 4)]
+    assert warehouse.query(tallies) == before
+    assert warehouse.query(
+        "SELECT source_id, issues, pending FROM {schema}.version_issue_counts ORDER BY source_id"
+    ) == [(1, 3, 2), (2, 2, 2)]
+    assert warehouse.query(
+        "SELECT source_id, error_type, records, pending FROM {schema}.version_dead_letter_counts"
+    ) == [(2, "validation_error", 3, 2)]
+    tables = {
+        t
+        for t, _ in warehouse.query(
+            "SELECT table_name, 1 FROM information_schema.tables WHERE table_schema = %s", (warehouse.schema_name,)
+        )
+    }
+    assert "version_tallies" not in tables, "one count store per version"
+    if not warehouse.key_index:
+        indexed = warehouse.query(
+            "SELECT DISTINCT table_name FROM duckdb_indexes() WHERE schema_name = %s", (warehouse.schema_name,)
+        )
+        assert not {"data_quality_issues", "failed_records"} & {t for (t,) in indexed}
+    else:
+        indexes = warehouse.query(
+            "SELECT tablename, indexname FROM pg_indexes WHERE schemaname = %s AND indexdef LIKE %s",
+            (warehouse.schema_name, "%(source_id)"),
+        )
+        by_table = {}
+        for table, index in indexes:
+            by_table.setdefault(table, []).append(index)
+        assert by_table["data_quality_issues"] == ["dq_issues_source_idx"], "one source-id index"
+        assert by_table["failed_records"] == ["failed_records_source_idx"]
+    # Triage moves the per-version counts and the source tallies together.
+    from harmonizer_dagster.core.triage import Selection, act
+
+    act(warehouse, Selection(issue_type="invalid_zip_code"), "ignore", "known", actor="dana")
+    assert warehouse.query("SELECT sum(pending) FROM {schema}.version_issue_counts") == [(0,)]
+    assert warehouse.query(tallies)[1] == ("issue", "invalid_zip_code", "warning", 5, 0)
+
+
+def test_a_versions_issue_counts_are_kept_as_it_is_published_and_triaged(warehouse, specs, landing, tmp_path):
+    from harmonizer_dagster.core.triage import Selection, act
+
+    spec = specs["business_registry"]
+    result = load_file(spec, landing, Q3, warehouse, tmp_path / "staging")
+
+    def kept(column):
+        return dict(
+            warehouse.query(
+                f"SELECT issue_type, sum({column}) FROM {{schema}}.version_issue_counts GROUP BY issue_type"
+            )
+        )
+
+    actual = dict(warehouse.query("SELECT issue_type, count(*) FROM {schema}.data_quality_issues GROUP BY 1"))
+    assert kept("issues") == kept("pending") == actual
+    assert sum(actual.values()) == result.issues and actual["duplicate_key"] == 6
+    act(warehouse, Selection(issue_type="duplicate_key"), "ignore", "known", actor="dana")
+    assert kept("pending") == actual | {"duplicate_key": 0}
+    assert kept("issues") == actual
+    # Issues point at the check that counts them from the moment they are stored.
+    linked = dict(warehouse.query("SELECT rule, min(check_name) FROM {schema}.data_quality_issues GROUP BY rule"))
+    assert (linked["natural_key"], linked["not_nullable"]) == ("natural_key_unique", "required_fields_complete")
+
+
+def test_every_copy_of_a_repeated_record_is_recorded_as_a_duplicate(warehouse, tmp_path):
+    """A file of one record repeated: each copy but the last is one duplicate-key issue, staged by
+    DuckDB straight to disk and published whole, with the right counts everywhere."""
+    import gzip
+
+    from harmonizer_dagster.core.quality import checks_for, run_check
+
+    spec = csv_spec({"k": {"source": "k"}, "v": {"source": "v"}})
+    copies = 50_000
+    (tmp_path / "landing" / "t").mkdir(parents=True)
+    with gzip.open(tmp_path / "landing" / "t" / "copies.csv.gz", "wb") as handle:
+        handle.write(b"k,v\n" + b"7,same\n" * copies)
+    result = load_file(spec, tmp_path / "landing", "copies.csv.gz", warehouse, tmp_path / "staging")
+
+    assert (result.records_in_file, result.records_imported, result.records_skipped) == (copies, 1, copies - 1)
+    assert (result.issues, result.warnings) == (copies - 1, copies - 1)
+    lines, distinct, first, last, kept = warehouse.query(
+        "SELECT count(*), count(DISTINCT source_line_number), min(source_line_number), max(source_line_number), "
+        "min(expected_format) FROM {schema}.data_quality_issues WHERE issue_type = 'duplicate_key' "
+        "AND invalid_value = '7' AND check_name = 'natural_key_unique'"
+    )[0]
+    # Line 1 is the header: the copies are lines 2 to copies + 1, and the last one is kept.
+    assert (lines, distinct, first, last) == (copies - 1, copies - 1, 2, copies)
+    assert kept == f"unique natural key; the record on line {copies + 1} was kept"
+    assert warehouse.query(f"SELECT k, v, _source_line FROM {warehouse.table('t')}") == [("7", "same", copies + 1)]
+    assert warehouse.query("SELECT issue_type, issues, pending FROM {schema}.version_issue_counts") == [
+        ("duplicate_key", copies - 1, copies - 1)
+    ]
+    with warehouse.transaction():
+        evaluations = {c.name: run_check(warehouse, spec, c, "copies.csv.gz", "r") for c in checks_for(spec)}
+    assert evaluations["row_count_reconciliation"].passed and evaluations["natural_key_unique"].passed

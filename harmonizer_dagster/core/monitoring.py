@@ -2,7 +2,7 @@
 loader_status view, and the figures a metrics scrape serves.
 
 A scrape reads a few grouped rows: one pass over the registry (a row per version) and the
-tallies kept per source (tables.TALLY_SELECTS), never the issues themselves.
+tallies kept per source (tables.SOURCE_SUMS), never the issues themselves.
 """
 
 from __future__ import annotations

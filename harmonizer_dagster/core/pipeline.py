@@ -43,6 +43,7 @@ from harmonizer_dagster.core.files import (
     version_key,
 )
 from harmonizer_dagster.core.harmonization import duplicate_key_sql, harmonize
+from harmonizer_dagster.core.quality import issue_links
 from harmonizer_dagster.core.reading import (
     LINE_COLUMN,
     ReadResult,
@@ -475,31 +476,57 @@ def _space_guard(hashed: HashedVersion) -> Iterator[None]:
 
 
 def _harmonize(spec: SourceSpec, stage: staging.StepStage, validated: staging.StepStage) -> dict[str, Any]:
+    """The duplicate-key issues go from DuckDB straight to a staged Parquet file: a file of
+    millions of copies of one record has millions of issues, which never sit in memory."""
     stage.prepare()
     harmonized = validated.files("harmonized")
-    duplicates = pl.DataFrame(schema=ISSUE_SCHEMA)
-    if harmonized:
-        # Grouping every key of the file is what this step's memory grows by: DuckDB spills
-        # past its limit.
-        paths = ", ".join(quote_literal(str(p)) for p in harmonized)
-        with duckdb.connect(config={"threads": engine_threads(), "memory_limit": "256MB"}) as connection:
-            found = pl.from_arrow(connection.sql(duplicate_key_sql(spec, f"read_parquet([{paths}])")).to_arrow_table())
-        assert isinstance(found, pl.DataFrame)
-        duplicates = found.select(
-            pl.col("source_line_number"),
-            pl.col("source_record_id"),
-            pl.lit("duplicate_key").alias("issue_type"),
-            pl.lit("warning").alias("severity"),
-            pl.lit(", ".join(spec.natural_key)).alias("field_name"),
-            pl.col("source_record_id").alias("invalid_value"),
-            pl.format("unique natural key; the record on line {} was kept", pl.col("kept_line")).alias(
-                "expected_format"
+    if not harmonized:
+        empty = pl.DataFrame(schema=ISSUE_SCHEMA)
+        stage.write_final({"issues": empty, "superseded": empty.select("source_line_number")})
+        return stage.finish({"records_harmonized": 0, "records_duplicate": 0})
+    paths = ", ".join(quote_literal(str(p)) for p in harmonized)
+    duplicates = duplicate_key_sql(spec, f"read_parquet([{paths}])")
+    columns = {
+        "source_line_number": "CAST(source_line_number AS BIGINT)",
+        "source_record_id": "source_record_id",
+        "issue_type": "'duplicate_key'",
+        "severity": "'warning'",
+        "field_name": quote_literal(", ".join(spec.natural_key)),
+        "invalid_value": "source_record_id",
+        "expected_format": "'unique natural key; the record on line ' || CAST(kept_line AS VARCHAR) || ' was kept'",
+        "rule": "'natural_key'",
+    }
+    assert list(columns) == list(ISSUE_SCHEMA)
+    issues = ", ".join(
+        f"CAST({sql} AS VARCHAR) AS {name}" if name != "source_line_number" else f"{sql} AS {name}"
+        for name, sql in columns.items()
+    )
+    # Grouping every key of the file is what this step's memory grows by: DuckDB spills past its
+    # limit into the stage's own folder (an in-memory database has no spill folder otherwise).
+    config = {
+        "threads": engine_threads(),
+        "memory_limit": "256MB",
+        "temp_directory": str(stage.directory / "spill"),
+        "preserve_insertion_order": False,
+    }
+    with duckdb.connect(config=config) as connection:
+        written = stage.write_final_by(
+            "issues",
+            lambda path: connection.execute(
+                f"COPY (SELECT {issues} FROM ({duplicates}) AS d) "
+                f"TO {quote_literal(str(path))} (FORMAT parquet, COMPRESSION uncompressed)"
             ),
-            pl.lit("natural_key").alias("rule"),
-        ).cast(ISSUE_SCHEMA)
-    # The superseded lines are what the upsert leaves out: the rule is applied once, here.
-    stage.write_final({"issues": duplicates, "superseded": duplicates.select("source_line_number")})
-    return stage.finish({"records_harmonized": _count(harmonized), "records_duplicate": duplicates.height})
+        )
+        # The superseded lines are what the upsert leaves out: the rule is applied once, here.
+        stage.write_final_by(
+            "superseded",
+            lambda path: connection.execute(
+                f"COPY (SELECT source_line_number FROM read_parquet({quote_literal(str(written))})) "
+                f"TO {quote_literal(str(path))} (FORMAT parquet, COMPRESSION uncompressed)"
+            ),
+        )
+    staging.remove(stage.directory / "spill")
+    return stage.finish({"records_harmonized": _count(harmonized), "records_duplicate": _count([written])})
 
 
 def upsert_step(spec: SourceSpec, hashed: HashedVersion, warehouse: Warehouse, run_id: str) -> UpsertResult:
@@ -533,7 +560,7 @@ def upsert_step(spec: SourceSpec, hashed: HashedVersion, warehouse: Warehouse, r
         records_skipped=harmonize_summary["records_duplicate"],
         extra_fields=tuple(validate_summary["extra_fields"]),
     )
-    warehouse.publish(spec, staged, run_id)
+    warehouse.publish(spec, staged, run_id, issue_links(spec))
     staging.remove(root)
     return _result(spec, hashed, _recorded_counts(spec, hashed.source_id, warehouse))
 

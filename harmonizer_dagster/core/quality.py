@@ -14,7 +14,7 @@ from typing import Any
 
 from harmonizer_dagster.core.reading import UNNAMED
 from harmonizer_dagster.core.spec import SourceSpec
-from harmonizer_dagster.core.sql import quote_ident
+from harmonizer_dagster.core.sql import quote_ident, quote_literal
 from harmonizer_dagster.core.validation import NUL_RULE
 from harmonizer_dagster.core.warehouse import Warehouse
 
@@ -37,6 +37,8 @@ class Version:
 
     source_id: int
     file_hash: str
+    partition_key: str
+    arrival: int
     records_in_file: int
     records_imported: int
     records_failed: int
@@ -56,8 +58,10 @@ class QualityCheck:
 def latest_version(store: Warehouse, spec: SourceSpec, partition_key: str) -> Version | None:
     # A file identical to one already loaded is judged by that load.
     rows = store.query(
-        "SELECT source_id, file_hash, records_in_file, records_imported, records_failed, records_skipped, "
-        "records_inserted, extra_fields FROM {schema}.sources WHERE status = 'completed' AND source_id = ("
+        "SELECT source_id, file_hash, partition_key, (SELECT min(a.source_id) FROM {schema}.sources a "
+        "WHERE a.source_type = s.source_type AND a.partition_key = s.partition_key), records_in_file, "
+        "records_imported, records_failed, records_skipped, records_inserted, extra_fields "
+        "FROM {schema}.sources s WHERE status = 'completed' AND source_id = ("
         "SELECT coalesce(duplicate_of_source_id, source_id) FROM {schema}.sources WHERE source_type = %s "
         "AND partition_key = %s AND status IN ('completed', 'skipped') ORDER BY source_id DESC LIMIT 1)",
         (spec.name, partition_key),
@@ -68,13 +72,37 @@ def latest_version(store: Warehouse, spec: SourceSpec, partition_key: str) -> Ve
     return Version(*numbers, extra_fields=tuple(extra.split(",")) if extra else ())
 
 
-def _link_issues(store: Warehouse, check_name: str, source_id: int, by: str, value: str) -> None:
-    """Points the version's row-level issues that a check counts at that check."""
-    assert by in ("rule", "field_name")
-    store.query(
-        f"UPDATE {{schema}}.data_quality_issues SET check_name = %s WHERE source_id = %s AND {by} = %s",
-        (check_name, source_id, value),
+def issue_links(spec: SourceSpec) -> list[tuple[str, str, str]]:
+    """Which check each row-level issue counts towards, as (column, value, check), the first
+    match winning: stored with the issue when it is published, so no check rewrites issues."""
+    rated = [c.name for c in spec.columns if any(check.min_pass_rate is not None for check in c.checks)]
+    return [
+        *(("field_name", column, f"{column}_pass_rate") for column in rated),
+        ("rule", "not_nullable", "required_fields_complete"),
+        ("rule", "natural_key", "natural_key_unique"),
+    ]
+
+
+def _written(v: Version) -> str:
+    """The condition on a source table's rows that this version wrote. PostgreSQL finds them by
+    an index on `_file_hash`; DuckDB skips row groups by the zone maps of `_arrival`, which
+    grows as versions arrive. Either way the cost is the version's, not the table's."""
+    return (
+        f"_arrival = {int(v.arrival)} AND _file_hash = {quote_literal(v.file_hash)} "
+        f"AND _partition_key = {quote_literal(v.partition_key)}"
     )
+
+
+def _issue_counts(store: Warehouse, v: Version) -> list[tuple[str, str, str | None, str | None, int]]:
+    """The version's stored issue counts: (issue type, severity, field, rule, issues)."""
+    return [
+        (t, severity, field_name, rule, int(n))
+        for t, severity, field_name, rule, n in store.query(
+            "SELECT issue_type, severity, field_name, rule, issues FROM {schema}.version_issue_counts "
+            "WHERE source_id = %s",
+            (v.source_id,),
+        )
+    ]
 
 
 def _reconciliation(store: Warehouse, spec: SourceSpec, key: str, v: Version) -> Evaluation:
@@ -96,28 +124,30 @@ def _reconciliation(store: Warehouse, spec: SourceSpec, key: str, v: Version) ->
 
 
 def _key_unique(store: Warehouse, spec: SourceSpec, key: str, v: Version) -> Evaluation:
-    keys = ", ".join(quote_ident(k) for k in spec.natural_key)
+    """Only a write can duplicate a key: the keys this version wrote are looked up in the table."""
+    keys = [quote_ident(k) for k in spec.natural_key]
+    listed = ", ".join(keys)
+    joined = " AND ".join(f"t.{k} = w.{k}" for k in keys)
+    table = store.table(spec.name)
     duplicated, rows = store.query(
-        f"SELECT (SELECT count(*) FROM (SELECT {keys} FROM {store.table(spec.name)} GROUP BY {keys} "
-        f"HAVING count(*) > 1) d), (SELECT count(*) FROM {store.table(spec.name)})"
+        f"WITH w AS (SELECT {listed} FROM {table} WHERE {_written(v)}) "
+        f"SELECT (SELECT count(*) FROM (SELECT {', '.join('t.' + k for k in keys)} FROM {table} t "
+        f"JOIN (SELECT DISTINCT {listed} FROM w) w ON {joined} GROUP BY {', '.join('t.' + k for k in keys)} "
+        "HAVING count(*) > 1) d), (SELECT count(*) FROM w)"
     )[0]
-    _link_issues(store, "natural_key_unique", v.source_id, "rule", "natural_key")
     return Evaluation(
         passed=duplicated == 0,
         observed=float(duplicated),
         threshold=0.0,
-        message=f"{duplicated} duplicated natural keys among {rows} rows",
-        counts={"duplicated_keys": int(duplicated), "table_rows": int(rows)},
+        message=f"{duplicated} duplicated natural keys among the {rows} rows written from this file",
+        counts={"duplicated_keys": int(duplicated), "rows_written": int(rows)},
     )
 
 
 def _required_complete(store: Warehouse, spec: SourceSpec, key: str, v: Version) -> Evaluation:
     required = [c.name for c in spec.columns if c.required]
-    nulls = " + ".join(f"count(*) FILTER (WHERE {quote_ident(c)} IS NULL)" for c in required)
-    missing, rows = store.query(
-        f"SELECT {nulls}, count(*) FROM {store.table(spec.name)} WHERE _file_hash = %s", (v.file_hash,)
-    )[0]
-    _link_issues(store, "required_fields_complete", v.source_id, "rule", "not_nullable")
+    nulls = " + ".join(f"count(*) FILTER (WHERE {quote_ident(c)} IS NULL)" for c in required) or "0"
+    missing, rows = store.query(f"SELECT {nulls}, count(*) FROM {store.table(spec.name)} WHERE {_written(v)}")[0]
     return Evaluation(
         passed=missing == 0,
         observed=float(missing),
@@ -130,13 +160,19 @@ def _required_complete(store: Warehouse, spec: SourceSpec, key: str, v: Version)
 
 def _pass_rate(column: str, threshold: float) -> Callable[[Warehouse, SourceSpec, str, Version], Evaluation]:
     def evaluate(store: Warehouse, spec: SourceSpec, key: str, v: Version) -> Evaluation:
-        # A value only cleaned of NUL bytes is still valid: its warning is not a failure.
-        failing = store.query(
-            "SELECT count(DISTINCT source_line_number) FROM {schema}.data_quality_issues "
-            "WHERE source_id = %s AND field_name = %s AND rule <> %s",
-            (v.source_id, column, NUL_RULE),
-        )[0][0]
-        _link_issues(store, f"{column}_pass_rate", v.source_id, "field_name", column)
+        # A value only cleaned of NUL bytes is still valid: its warning is not a failure. The
+        # stored counts tell whether the column has issues at all; only then are the version's
+        # own issues (found by its id) read, for the records they fall on.
+        flagged = any(f == column and rule != NUL_RULE for _, _, f, rule, _ in _issue_counts(store, v))
+        failing = (
+            store.query(
+                "SELECT count(DISTINCT source_line_number) FROM {schema}.data_quality_issues "
+                f"WHERE source_id = {int(v.source_id)} AND field_name = %s AND rule <> %s",
+                (column, NUL_RULE),
+            )[0][0]
+            if flagged
+            else 0
+        )
         rate = 1.0 - failing / v.records_in_file if v.records_in_file else 1.0
         return Evaluation(
             passed=rate >= threshold,
@@ -153,12 +189,11 @@ def _schema_drift(store: Warehouse, spec: SourceSpec, key: str, v: Version) -> E
     typed = [c.name for c in spec.columns if c.type != "string"]
     retyped = []
     if typed and v.records_in_file:
-        rows = store.query(
-            "SELECT field_name, count(*) FROM {schema}.data_quality_issues WHERE source_id = %s "
-            "AND rule LIKE %s GROUP BY field_name",
-            (v.source_id, "%:type"),
-        )
-        retyped = sorted(f for f, n in rows if n / v.records_in_file >= RETYPED_FAILURE_RATE)
+        failures: dict[str, int] = {}
+        for _, _, field_name, rule, n in _issue_counts(store, v):
+            if field_name and rule and rule.endswith(":type"):
+                failures[field_name] = failures.get(field_name, 0) + n
+        retyped = sorted(f for f, n in failures.items() if n / v.records_in_file >= RETYPED_FAILURE_RATE)
     # Under `evolve` the new columns were loaded into columns of their own: no drift, but recorded.
     named = [f for f in v.extra_fields if not f.startswith(UNNAMED)] if spec.schema_evolution == "evolve" else []
     evolved = spec.evolved(named).columns[len(spec.columns) :]
@@ -302,8 +337,7 @@ def _null_rate_drift(threshold: float, versions: int) -> Callable[[Warehouse, So
         nullable = [c.name for c in spec.columns if not c.required]
         counted = ", ".join(f"count(*) FILTER (WHERE {quote_ident(c)} IS NULL)" for c in nullable)
         written, *nulls = store.query(
-            f"SELECT count(*){', ' if counted else ''}{counted} FROM {store.table(spec.name)} WHERE _file_hash = %s",
-            (v.file_hash,),
+            f"SELECT count(*){', ' if counted else ''}{counted} FROM {store.table(spec.name)} WHERE {_written(v)}"
         )[0]
         earlier = earlier_versions(store, spec, v, versions)
         baseline = _baseline_null_rates(store, spec, [e.source_id for e in earlier])

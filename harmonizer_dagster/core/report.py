@@ -5,13 +5,47 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from harmonizer_dagster.core.spec import SourceSpec
-from harmonizer_dagster.core.triage import Selection, summarize
+from harmonizer_dagster.core.triage import IssueGroup
 from harmonizer_dagster.core.warehouse import Warehouse
+
+# Issues read, at most, to find a group's example values: a few distinct ones among the first.
+EXAMPLE_SCAN = 50
+
+
+def open_issue_groups(store: Warehouse, spec: SourceSpec, examples: int = 3) -> list[IssueGroup]:
+    """The source's pending issues by type and severity, largest first, from the counts kept per
+    version; each group's examples are a few distinct values among the first pending issues of
+    the latest version that has any. Nothing here reads more than one version's issues, and of
+    those at most EXAMPLE_SCAN a group: a report costs the same after a file of millions."""
+    groups = store.query(
+        "SELECT issue_type, severity, sum(pending), max(source_id) FILTER (WHERE pending > 0) "
+        "FROM {schema}.version_issue_counts WHERE source_type = %s GROUP BY issue_type, severity "
+        "HAVING sum(pending) > 0 ORDER BY sum(pending) DESC, issue_type",
+        (spec.name,),
+    )
+    found = []
+    for issue_type, severity, count, latest in groups:
+        rows = store.query(
+            "SELECT source_record_id, invalid_value, expected_format FROM {schema}.data_quality_issues "
+            f"WHERE source_id = {int(latest)} AND issue_type = %s AND severity = %s "
+            "AND resolution_status = 'pending' LIMIT %s",
+            (issue_type, severity, EXAMPLE_SCAN),
+        )
+        distinct = list({value: (record, value, expected) for record, value, expected in reversed(rows)}.values())
+        found.append(IssueGroup(spec.name, issue_type, severity, int(count), distinct[::-1][:examples]))
+    return found
 
 
 def quality_report(store: Warehouse, spec: SourceSpec, versions: int = 5) -> tuple[str, dict[str, int]]:
-    """Markdown report and headline figures: open issues, check pass rates, trend."""
-    groups = summarize(store, Selection(source=spec.name), examples=3)
+    """Markdown report and headline figures: open issues, check pass rates over the last
+    `versions` versions, the issue trend. Read from the registry, the check history and the
+    issue counts kept per version, never from all issues."""
+    with store.transaction():
+        return _quality_report(store, spec, versions)
+
+
+def _quality_report(store: Warehouse, spec: SourceSpec, versions: int) -> tuple[str, dict[str, int]]:
+    groups = open_issue_groups(store, spec)
     lines = [f"# Data quality: {spec.title}", "", "## Open issues", ""]
     if groups:
         lines += ["| type | severity | count | examples |", "|---|---|---:|---|"]
@@ -38,7 +72,14 @@ def quality_report(store: Warehouse, spec: SourceSpec, versions: int = 5) -> tup
     else:
         lines.append("No check has run yet.")
     per_version = [
-        (key, store.query("SELECT count(*) FROM {schema}.data_quality_issues WHERE source_id = %s", (sid,))[0][0])
+        (
+            key,
+            int(
+                store.query(
+                    "SELECT coalesce(sum(issues), 0) FROM {schema}.version_issue_counts WHERE source_id = %s", (sid,)
+                )[0][0]
+            ),
+        )
         for key, sid in recent[:2]
     ]
     lines += ["", "## Trend", ""]
@@ -96,10 +137,7 @@ def overview(store: Warehouse) -> list[SourceOverview]:
             )
         }
         open_issues = dict(
-            s.execute(
-                f"SELECT source_type, count(*) FROM {store.schema}.data_quality_issues "
-                "WHERE resolution_status = 'pending' GROUP BY source_type"
-            )
+            s.execute(f"SELECT source_type, sum(pending) FROM {store.schema}.version_issue_counts GROUP BY source_type")
         )
         dead = dict(
             s.execute(

@@ -19,7 +19,7 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -88,6 +88,16 @@ class StepStage:
         """Outputs that need the whole input, under fixed names: writing them again replaces them."""
         for name, frame in frames.items():
             self._write(self.directory / f"{name}-final.parquet", frame)
+
+    def write_final_by(self, name: str, write: Callable[[Path], None]) -> Path:
+        """An output that needs the whole input, written by `write` to the path it is handed (a
+        writer that streams to disk, such as DuckDB's COPY, so the output never sits in memory
+        whole), then put in place as `write_final` does; returns where it is."""
+        target = self.directory / f"{name}-final.parquet"
+        temporary = target.with_suffix(".parquet.tmp")
+        write(temporary)
+        os.replace(temporary, target)
+        return target
 
     @staticmethod
     def _write(target: Path, frame: pl.DataFrame) -> None:

@@ -22,7 +22,7 @@ from harmonizer_dagster.core.spec import SourceSpec
 from harmonizer_dagster.core.sql import quote_ident
 from harmonizer_dagster.core.validation import SpecValidator
 from harmonizer_dagster.core.warehouse import Warehouse
-from harmonizer_dagster.core.warehouse.base import SavedRule, Session
+from harmonizer_dagster.core.warehouse.base import SavedRule
 
 ACTIONS = {"resolve": "resolved", "ignore": "ignored", "auto_fix": "auto_fix", "manual_fix": "manual_fix"}
 FIXES = ("auto_fix", "manual_fix")
@@ -284,14 +284,13 @@ def act(
         raise ValueError(f"action must be one of {', '.join(ACTIONS)}")
     where, params = selection.where()
     if action not in FIXES:
-        with store.session() as s:
-            versions = _selected_versions(store, s, where, params)
-            changed = s.execute(
-                f"UPDATE {store.schema}.data_quality_issues SET resolution_status = %s, resolution_notes = %s, "
-                f"resolved_at = now(), resolved_by = %s, fix_rule_id = NULL WHERE {where} RETURNING issue_id",
+        with store.transaction():
+            changed = store.query(
+                "UPDATE {schema}.data_quality_issues SET resolution_status = %s, resolution_notes = %s, "
+                f"resolved_at = now(), resolved_by = %s, fix_rule_id = NULL WHERE {where} RETURNING source_id",
                 [ACTIONS[action], note or None, actor, *params],
             )
-            store.refresh_tallies(s, versions)
+            store.recount([row[0] for row in changed])
         return Outcome(action, len(changed))
     if action == "manual_fix" and map_to is None:
         raise ValueError("manual_fix needs the corrected value")
@@ -393,11 +392,13 @@ def _mark_fixed(
     """Marks the selected issues with a repaired value, each with the rule that repairs it, in
     one transaction. (No RETURNING: DuckDB takes seconds to return 100k ids; the candidates
     query already counted them.)"""
-    with store.session() as s:
-        versions = _selected_versions(store, s, where, params)
+    with store.transaction():
+        # The versions whose issue counts the marks change, counted again in the same transaction.
+        selected = f"SELECT DISTINCT source_id FROM {{schema}}.data_quality_issues WHERE {where}"
+        versions = [row[0] for row in store.query(selected, params)]
         for start in range(0, len(fixed_keys), UPDATE_BATCH):
             chunk = fixed_keys[start : start + UPDATE_BATCH]
-            s.execute(
+            store.query(
                 f"UPDATE {store.schema}.data_quality_issues SET resolution_status = %s, resolution_notes = %s, "
                 "resolved_at = now(), resolved_by = %s, fix_rule_id = v.rule_id FROM (VALUES "
                 + ", ".join(["(%s, %s, %s, %s, %s, %s)"] * len(chunk))
@@ -406,13 +407,7 @@ def _mark_fixed(
                 "AND issue_type = v.fixed_type AND rule = v.fixed_check AND invalid_value = v.fixed_value",
                 [status, note or None, actor, *[value for key in chunk for value in key], *params],
             )
-        store.refresh_tallies(s, versions)
-
-
-def _selected_versions(store: Warehouse, s: Session, where: str, params: list[Any]) -> list[int]:
-    """The versions whose issues a triage action selects: their tallies change with it."""
-    rows = s.execute(f"SELECT DISTINCT source_id FROM {store.schema}.data_quality_issues WHERE {where}", params)
-    return [int(row[0]) for row in rows]
+        store.recount(versions)
 
 
 # The issue filters a page offers, by the name each goes by, and the column it selects on.

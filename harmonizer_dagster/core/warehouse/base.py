@@ -33,10 +33,13 @@ from harmonizer_dagster.core.sql import quote_ident, quote_literal
 from harmonizer_dagster.core.validation import FAILED_SCHEMA, ISSUE_SCHEMA
 from harmonizer_dagster.core.warehouse.tables import (
     MIGRATIONS,
+    SOURCE_SUMS,
     TALLY_NAMES,
-    TALLY_SELECTS,
+    VERSION_COUNTS,
+    Indexing,
     canonical_columns,
     source_table_ddl,
+    version_index_ddl,
 )
 
 ISSUE_COLUMNS = [(name, "BIGINT" if name == "source_line_number" else "VARCHAR") for name in ISSUE_SCHEMA]
@@ -104,6 +107,9 @@ class StagedPartition:
     records_skipped: int
     extra_fields: tuple[str, ...] = ()
 
+
+# Which check a stored issue counts towards: (column, value, check name), the first match wins.
+IssueLink = tuple[str, str, str]
 
 # How often a rule is saved again after a concurrent transaction wrote the same one.
 RULE_ATTEMPTS = 10
@@ -218,6 +224,10 @@ class Warehouse(ABC):
                 if version in applied:
                     continue
                 for statement in statements:
+                    if isinstance(statement, Indexing):
+                        if statement.on_disk != self.key_index:
+                            continue
+                        statement = statement.sql
                     s.execute(statement.format(schema=self.schema, schema_literal=quote_literal(self.schema)[1:-1]))
                 s.execute(
                     f"INSERT INTO {self.schema}.schema_migrations (version, description) VALUES (%s, %s)",
@@ -226,9 +236,16 @@ class Warehouse(ABC):
             tables = self._tables(s)
             if "loader_settings" in tables:
                 s.execute(f"UPDATE {self.schema}.loader_settings SET stall_seconds = %s", (stall_seconds(),))
+            if self.key_index and 6 not in applied:
+                # Source tables made before migration 6, whichever specs this code location has.
+                for table, columns in tables.items():
+                    if "_file_hash" in columns:
+                        s.execute(version_index_ddl(self.schema, table))
             for spec in specs:
                 if spec.name not in tables:
                     s.execute(source_table_ddl(self.schema, spec, primary_key=self.key_index))
+                    if self.key_index:
+                        s.execute(version_index_ddl(self.schema, spec.name))
                     continue
                 existing = tables[spec.name]
                 for name, kind in canonical_columns(spec):
@@ -349,10 +366,13 @@ class Warehouse(ABC):
             "records_updated",
             "records_unchanged",
         ]
+        # The issue counts kept for the version, not a count of its issues: as cheap after a
+        # file of millions of issues as before.
         rows = self.query(
             "WITH v AS (SELECT coalesce(duplicate_of_source_id, source_id) AS id FROM {schema}.sources "
-            "WHERE source_id = %s), i AS (SELECT count(*) AS issues, count(*) FILTER (WHERE severity = 'warning') "
-            "AS warnings FROM {schema}.data_quality_issues WHERE source_id = (SELECT id FROM v)) "
+            "WHERE source_id = %s), i AS (SELECT sum(c.issues) AS issues, sum(c.issues) FILTER "
+            "(WHERE c.severity = 'warning') AS warnings FROM {schema}.version_issue_counts c, v "
+            "WHERE c.source_id = v.id) "
             f"SELECT {', '.join('s.' + n for n in names)}, i.issues, i.warnings FROM {{schema}}.sources s, v, i "
             "WHERE s.source_id = v.id AND s.status = 'completed'",
             (source_id,),
@@ -507,37 +527,6 @@ class Warehouse(ABC):
             (records, expected, source_id),
         )
 
-    def refresh_tallies(self, s: Session, source_ids: Sequence[int]) -> None:
-        """Counts the issues and dead letters of these versions again into their tallies, and
-        moves their sources' sums by the difference: the cost follows the versions' rows, not
-        the warehouse's. Called in the transaction that changed those rows, under a lock per
-        source, so concurrent refreshes of one source add up."""
-        if not source_ids:
-            return
-        ids = ", ".join(str(int(i)) for i in sorted(set(source_ids)))
-        for (source_type,) in s.execute(
-            f"SELECT DISTINCT source_type FROM {self.schema}.sources WHERE source_id IN ({ids}) ORDER BY 1"
-        ):
-            self.hold(s, f"tallies {source_type}")
-        versions = f"source_id IN ({ids})"
-        self._add_to_source_tallies(s, versions, -1)
-        s.execute(f"DELETE FROM {self.schema}.version_tallies WHERE {versions}")
-        for select in TALLY_SELECTS:
-            s.execute(
-                f"INSERT INTO {self.schema}.version_tallies (source_id, {TALLY_NAMES}) "
-                + select.replace("{versions}", versions).replace("{schema}", self.schema)
-            )
-        self._add_to_source_tallies(s, versions, 1)
-
-    def _add_to_source_tallies(self, s: Session, versions: str, sign: int) -> None:
-        s.execute(
-            f"INSERT INTO {self.schema}.source_tallies ({TALLY_NAMES}) SELECT source_type, kind, label, severity, "
-            f"{sign} * sum(total), {sign} * sum(pending) FROM {self.schema}.version_tallies WHERE {versions} "
-            "GROUP BY source_type, kind, label, severity ON CONFLICT (source_type, kind, label, severity) "
-            "DO UPDATE SET total = source_tallies.total + excluded.total, "
-            "pending = source_tallies.pending + excluded.pending"
-        )
-
     def mark_failed(self, source_id: int, message: str) -> None:
         self.query(
             "UPDATE {schema}.sources SET status = 'failed', error_message = %s, updated_at = now() "
@@ -547,16 +536,19 @@ class Warehouse(ABC):
 
     # -- publishing one partition -----------------------------------------------------------
 
-    def publish(self, spec: SourceSpec, staged: StagedPartition, run_id: str) -> PublishCounts:
-        """Upserts the canonical rows, replaces the version's issues and failed records and
-        marks it completed, all in one transaction: a crash leaves the previous state intact."""
+    def publish(
+        self, spec: SourceSpec, staged: StagedPartition, run_id: str, issue_checks: Sequence[IssueLink] = ()
+    ) -> PublishCounts:
+        """Upserts the canonical rows, replaces the version's issues and failed records, counts
+        its issues and marks it completed, all in one transaction: a crash leaves the previous
+        state intact. Each issue is stored pointing at the first of `issue_checks` it matches."""
         with self._connected() as s:
             arrival = self._arrival(s, spec, staged.partition_key)
             version = (staged.file_hash, staged.partition_key)
             counts = self._upsert(s, spec, staged.harmonized_files, staged.superseded_files, version, arrival)
-            self._replace_version_rows(s, spec, staged, run_id)
+            self._replace_version_rows(s, spec, staged, run_id, issue_checks)
             self._restore_triage(s, staged.source_id)
-            self.refresh_tallies(s, [staged.source_id])
+            self._count_versions(s, [staged.source_id])
             s.execute(
                 f"UPDATE {self.schema}.sources SET status = 'completed', import_completed_at = now(), "
                 "records_in_file = %s, records_processed = %s, records_imported = %s, records_failed = %s, "
@@ -578,14 +570,58 @@ class Warehouse(ABC):
             )
         return counts
 
+    def recount(self, source_ids: Sequence[int]) -> None:
+        """Counts the versions' issues and dead letters again, after their triage changed (or a
+        bulk load wrote them)."""
+        with self._connected() as s:
+            self._count_versions(s, source_ids)
+
+    def _count_versions(self, s: Session, source_ids: Sequence[int]) -> None:
+        """Keeps the versions' counts: their issues by type, severity, field and rule (what checks
+        and reports read instead of the issues) and their dead letters by error type, and moves
+        their sources' tallies (what a metrics scrape reads) by the difference. The cost follows
+        the versions' rows, not the warehouse's: each version's rows are found by its id, which
+        PostgreSQL indexes and DuckDB's zone maps narrow to the row groups the version wrote.
+        Runs in the transaction that changed those rows, under a lock per source, so concurrent
+        recounts of one source add up."""
+        ids = sorted({int(i) for i in source_ids})
+        if not ids:
+            return
+        versions = f"source_id IN ({', '.join(map(str, ids))})"
+        for (source_type,) in s.execute(
+            f"SELECT DISTINCT source_type FROM {self.schema}.sources WHERE {versions} ORDER BY 1"
+        ):
+            self.hold(s, f"tallies {source_type}")
+        self._add_to_source_tallies(s, versions, -1)
+        for source_id in ids:
+            for table, select in VERSION_COUNTS.items():
+                s.execute(f"DELETE FROM {self.schema}.{table} WHERE source_id = {source_id}")
+                s.execute(
+                    f"INSERT INTO {self.schema}.{table} "
+                    + select.replace("{versions}", f"source_id = {source_id}").replace("{schema}", self.schema)
+                )
+        self._add_to_source_tallies(s, versions, 1)
+
+    def _add_to_source_tallies(self, s: Session, versions: str, sign: int) -> None:
+        for select in SOURCE_SUMS:
+            s.execute(
+                f"INSERT INTO {self.schema}.source_tallies ({TALLY_NAMES}) SELECT source_type, kind, label, "
+                f"severity, {sign} * total, {sign} * pending FROM ("
+                + select.replace("{versions}", versions).replace("{schema}", self.schema)
+                + f") AS t ({TALLY_NAMES}) ON CONFLICT (source_type, kind, label, severity) "
+                "DO UPDATE SET total = source_tallies.total + excluded.total, "
+                "pending = source_tallies.pending + excluded.pending"
+            )
+
     def _restore_triage(self, s: Session, source_id: int) -> None:
+        if not s.execute("SELECT count(*) FROM _harmonizer_triaged")[0][0]:
+            return  # nothing was triaged: no pass over the version's issues
         s.execute(
             f"UPDATE {self.schema}.data_quality_issues AS i SET resolution_status = p.resolution_status, "
             "resolution_notes = p.resolution_notes, resolved_at = p.resolved_at, resolved_by = p.resolved_by, "
-            "fix_rule_id = p.fix_rule_id FROM _harmonizer_triaged AS p WHERE i.source_id = %s "
+            f"fix_rule_id = p.fix_rule_id FROM _harmonizer_triaged AS p WHERE i.source_id = {int(source_id)} "
             "AND i.source_line_number IS NOT DISTINCT FROM p.source_line_number "
-            "AND i.rule IS NOT DISTINCT FROM p.rule AND i.field_name IS NOT DISTINCT FROM p.field_name",
-            (source_id,),
+            "AND i.rule IS NOT DISTINCT FROM p.rule AND i.field_name IS NOT DISTINCT FROM p.field_name"
         )
 
     def _arrival(self, s: Session, spec: SourceSpec, partition_key: str) -> int:
@@ -639,7 +675,7 @@ class Warehouse(ABC):
                         "WHERE CAST(record_id AS VARCHAR) = %s",
                         ("passes now, but its key holds data another file wrote: left for review", record_id),
                     )
-            self.refresh_tallies(s, [row[0] for row in versions])
+            self._count_versions(s, [row[0] for row in versions])
         return counts, len(written)
 
     def _upsert(
@@ -686,31 +722,35 @@ class Warehouse(ABC):
         )
         return PublishCounts(written - updated, updated, staged - written)
 
-    def _replace_version_rows(self, s: Session, spec: SourceSpec, staged: StagedPartition, run_id: str) -> None:
-        """Re-publishing a version replaces its issues and failed records instead of doubling them."""
+    def _replace_version_rows(
+        self, s: Session, spec: SourceSpec, staged: StagedPartition, run_id: str, issue_checks: Sequence[IssueLink]
+    ) -> None:
+        """Re-publishing a version replaces its issues and failed records instead of doubling them.
+        A version's rows are found by its id: one (source, partition, file) has one id."""
+        source_id = int(staged.source_id)
         # Triage decisions on the version's issues outlive the reload that replaces the issues.
         s.execute("DROP TABLE IF EXISTS _harmonizer_triaged")
         s.execute(
             "CREATE TEMPORARY TABLE _harmonizer_triaged AS SELECT source_line_number, rule, field_name, "
             f"resolution_status, resolution_notes, resolved_at, resolved_by, fix_rule_id "
-            f"FROM {self.schema}.data_quality_issues "
-            "WHERE source_type = %s AND partition_key = %s AND file_hash = %s AND resolution_status <> 'pending'",
-            (spec.name, staged.partition_key, staged.file_hash),
+            f"FROM {self.schema}.data_quality_issues WHERE source_id = {source_id} AND resolution_status <> 'pending'"
         )
-        for table, columns, files in (
-            ("data_quality_issues", ISSUE_COLUMNS, staged.issue_files),
-            ("failed_records", FAILED_COLUMNS, staged.failed_files),
-            ("applied_fixes", FIX_COLUMNS, staged.fix_files),
+        linked = " ".join(
+            f"WHEN {quote_ident(column)} = {quote_literal(value)} THEN {quote_literal(check)}"
+            for column, value, check in issue_checks
+        )
+        for table, columns, files, extra in (
+            ("data_quality_issues", ISSUE_COLUMNS, staged.issue_files, ", check_name"),
+            ("failed_records", FAILED_COLUMNS, staged.failed_files, ""),
+            ("applied_fixes", FIX_COLUMNS, staged.fix_files, ""),
         ):
-            s.execute(
-                f"DELETE FROM {self.schema}.{table} WHERE source_type = %s AND partition_key = %s AND file_hash = %s",
-                (spec.name, staged.partition_key, staged.file_hash),
-            )
+            s.execute(f"DELETE FROM {self.schema}.{table} WHERE source_id = {source_id}")
             staging = f"_harmonizer_{table}"
             s.load_parquet(staging, columns, files)
             names = ", ".join(name for name, _ in columns)
+            computed = (f", CASE {linked} END" if linked else ", NULL") if extra else ""
             s.execute(
                 f"INSERT INTO {self.schema}.{table} (source_id, source_type, partition_key, file_hash, run_id, "
-                f"{names}) SELECT %s, %s, %s, %s, %s, {names} FROM {staging}",
-                (staged.source_id, spec.name, staged.partition_key, staged.file_hash, run_id),
+                f"{names}{extra}) SELECT %s, %s, %s, %s, %s, {names}{computed} FROM {staging}",
+                (source_id, spec.name, staged.partition_key, staged.file_hash, run_id),
             )
