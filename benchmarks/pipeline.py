@@ -2,6 +2,9 @@
 
     python benchmarks/pipeline.py --rows 1000000
 
+This is the library path: the steps called in-process. The product path, whole `dagster`
+commands as users run them next to a trivial Dagster project, is benchmarks/product.py.
+
 Cases, each in a process of its own so its peak RSS is its own:
   a  full pipeline (hash, validate, harmonize, upsert) into DuckDB
   b  bare DuckDB: CREATE TABLE AS SELECT * FROM read_csv(file)
