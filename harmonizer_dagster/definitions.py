@@ -5,6 +5,7 @@ URL with a password never appear in the UI) and fall back to the embedded defaul
 new user runs everything with no server and no configuration.
 """
 
+import gc
 import os
 import warnings
 from collections.abc import Sequence
@@ -224,3 +225,7 @@ def build_definitions() -> dg.Definitions:
 
 
 defs = build_definitions()
+# Everything loaded by now lives as long as the process. Frozen, Python's cycle collector no
+# longer walks its few hundred thousand objects, neither in each full collection during a run
+# nor at exit, where that walk took a 3-row run more than a second.
+gc.freeze()
