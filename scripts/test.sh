@@ -7,23 +7,24 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # A venv from before a new test tool was added is brought up to date too.
-.venv/bin/python -c "import pytest, xdist, playwright" 2>/dev/null || scripts/install.sh
-if ! command -v chromium >/dev/null 2>&1; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "Installing Debian's Chromium for the UI tests ..."
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
-  else
-    echo "The UI tests need Chromium: sudo apt-get install chromium" >&2
+.venv/bin/python -c "import pytest, xdist, playwright, prometheus_client, python_calamine, openpyxl, palmerpenguins" \
+  2>/dev/null || scripts/install.sh
+# Installs Debian package $1 when one of the commands named after it and $2 (the tests that
+# need them) is missing.
+need() {
+  local package="$1" purpose="$2"
+  shift 2
+  for command in "$@"; do
+    command -v "$command" >/dev/null 2>&1 && continue
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+      echo "Installing Debian's $package for the $purpose tests ..."
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$package" >/dev/null
+      return
+    fi
+    echo "The $purpose tests need $package: sudo apt-get install $package" >&2
     exit 1
-  fi
-fi
-if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "Installing Debian's Prometheus for the monitoring tests ..."
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null
-  else
-    echo "The monitoring tests need Prometheus: sudo apt-get install prometheus" >&2
-    exit 1
-  fi
-fi
+  done
+}
+need chromium UI chromium
+need prometheus monitoring prometheus promtool
 exec .venv/bin/python -m pytest -n 2 --dist loadfile "$@"
