@@ -11,13 +11,12 @@ client: the page's own work, no network), best of five. Target: the grouped view
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-import psycopg
+from scratch import scratch_database
 from starlette.testclient import TestClient
 
 from harmonizer_dagster.core.warehouse import open_warehouse
@@ -70,16 +69,9 @@ def main() -> None:
             print(f"DuckDB, {args.issues:,} pending issues:")
             measure(f"duckdb:///{Path(folder) / 'bench.duckdb'}", args.issues)
         return
-    server = os.environ.get("HARMONIZER_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-    with psycopg.connect(server, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{DATABASE}"')
-        conn.execute(f'CREATE DATABASE "{DATABASE}"')
-    try:
+    with scratch_database(DATABASE) as url:
         print(f"PostgreSQL, {args.issues:,} pending issues:")
-        measure(server.rsplit("/", 1)[0] + "/" + DATABASE, args.issues)
-    finally:
-        with psycopg.connect(server, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
+        measure(url, args.issues)
 
 
 if __name__ == "__main__":

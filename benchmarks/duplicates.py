@@ -14,15 +14,13 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
-import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 from pipeline import peak_rss_kb, registry_spec, run_pipeline
+from scratch import drop_databases, recreated_database, run_load_case
 
 from harmonizer_dagster.core.quality import checks_for, run_check
 from harmonizer_dagster.core.samples import write_registry_csv
@@ -79,7 +77,6 @@ def main() -> None:
         print(json.dumps(load(args.file, args.url, args.work)))
         return
 
-    admin = os.environ.get("HARMONIZER_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
     folder = Path(tempfile.mkdtemp(prefix="duplicates_bench_"))
     try:
         file = folder / f"copies_{args.copies}.csv.gz"
@@ -88,25 +85,15 @@ def main() -> None:
         print(f"{'warehouse':<10} {'seconds':>8} {'records/s':>10} {'peak RSS MiB':>13} {'duplicates':>11}")
         targets = [("duckdb", f"duckdb:///{folder / 'duplicates.duckdb'}")]
         if not args.skip_postgres:
-            import psycopg
-
-            with psycopg.connect(admin, autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
-                conn.execute(f'CREATE DATABASE "{DATABASE}"')
-            targets.append(("postgres", admin.rsplit("/", 1)[0] + "/" + DATABASE))
+            targets.append(("postgres", recreated_database(DATABASE)))
         for backend, url in targets:
             work = folder / f"work_{backend}"
             work.mkdir()
-            child = subprocess.run(
-                [sys.executable, __file__, "--case", "load", "--file", str(file), "--url", url, "--work", str(work)],
-                capture_output=True,
-                text=True,
-                check=False,
-            )
-            if child.returncode:
-                print(f"{backend:<10} failed:\n{child.stderr[-3000:]}", flush=True)
+            try:
+                r = run_load_case(__file__, file, url, work)
+            except RuntimeError as exc:
+                print(f"{backend:<10} failed:\n{exc}", flush=True)
                 continue
-            r = json.loads(child.stdout.splitlines()[-1])
             rss = r["peak_rss_kb"] / 1024
             print(
                 f"{backend:<10} {r['seconds']:>8.1f} {r['records'] / r['seconds']:>10,.0f} {rss:>13.0f} "
@@ -122,10 +109,7 @@ def main() -> None:
             )
     finally:
         if not args.skip_postgres:
-            import psycopg
-
-            with psycopg.connect(admin, autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
+            drop_databases(DATABASE)
         shutil.rmtree(folder, ignore_errors=True)
 
 

@@ -18,16 +18,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 from pipeline import peak_rss_kb, registry_spec, run_pipeline
+from scratch import drop_databases, recreated_database, run_load_case
 
 from harmonizer_dagster.core.quality import checks_for, run_check
 from harmonizer_dagster.core.report import quality_report
@@ -106,7 +104,7 @@ def build_history(url: str, versions: int, issues: int, rows: int) -> None:
             "CASE WHEN v = %s THEN 'corp_number' ELSE 'home_office_zip' END, CAST(mod(n, 977) AS VARCHAR), "
             "'5 digits', CASE WHEN v = %s THEN 'natural_key' ELSE 'home_office_zip:0' END "
             f"FROM (SELECT n, CASE WHEN n < %s THEN {_version('n', per, versions - 1)} ELSE %s END AS v "
-            "FROM generate_series(%s, %s) AS g(n)) AS r",
+            "FROM generate_series(CAST(%s AS BIGINT), CAST(%s AS BIGINT)) AS g(n)) AS r",
             (
                 spec.name,
                 versions,
@@ -135,32 +133,10 @@ def load_and_check(file: Path, url: str, work: Path) -> dict:
 
 
 def measure(file: Path, url: str, work: Path) -> dict:
-    child = subprocess.run(
-        [sys.executable, __file__, "--case", "load", "--file", str(file), "--url", url, "--work", str(work)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if child.returncode:
-        raise SystemExit(f"the load failed:\n{child.stderr}")
-    return json.loads(child.stdout.splitlines()[-1])
-
-
-def fresh_postgres(admin: str, database: str) -> str:
-    import psycopg
-
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{database}"')
-    return admin.rsplit("/", 1)[0] + "/" + database
-
-
-def drop_postgres(admin: str) -> None:
-    import psycopg
-
-    with psycopg.connect(admin, autocommit=True) as conn:
-        for database in DATABASES.values():
-            conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+    try:
+        return run_load_case(__file__, file, url, work)
+    except RuntimeError as exc:
+        raise SystemExit(f"the load failed:\n{exc}") from None
 
 
 def main() -> None:
@@ -179,7 +155,6 @@ def main() -> None:
         print(json.dumps(load_and_check(args.file, args.url, args.work)))
         return
 
-    admin = os.environ.get("HARMONIZER_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
     folder = Path(tempfile.mkdtemp(prefix="history_bench_"))
     try:
         files = []
@@ -204,7 +179,7 @@ def main() -> None:
                             for leftover in (folder / f"{state}.duckdb", folder / f"{state}.duckdb.wal"):
                                 leftover.unlink(missing_ok=True)
                         else:
-                            url = fresh_postgres(admin, DATABASES[state])
+                            url = recreated_database(DATABASES[state])
                         if state == "history":
                             started = time.perf_counter()
                             build_history(url, args.versions, args.issues, args.rows)
@@ -227,7 +202,7 @@ def main() -> None:
                 print(f"  {backend:<10} {unit:<9} {ratio:>6.2f}x {'ok' if ratio <= 1.2 else 'MISSED'}")
     finally:
         if not args.skip_postgres:
-            drop_postgres(admin)
+            drop_databases(*DATABASES.values())
         shutil.rmtree(folder, ignore_errors=True)
 
 

@@ -13,13 +13,12 @@ per version and tallies per source that loads keep. Then times the endpoint in-p
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-import psycopg
+from scratch import scratch_database
 from starlette.testclient import TestClient
 
 from harmonizer_dagster.core.warehouse import open_warehouse
@@ -59,7 +58,8 @@ def fill(url: str, versions: int, issues: int) -> None:
             "SELECT v, 'source_' || CAST(mod(v, 20) AS VARCHAR), 'file', 'h', n, "
             "'issue_type_' || CAST(mod(n, 5) AS VARCHAR), CASE WHEN mod(n, 3) = 0 THEN 'error' ELSE 'warning' END, "
             "'f', 'x', CASE WHEN mod(n, 7) = 0 THEN 'resolved' ELSE 'pending' END "
-            "FROM (SELECT n, 1 + mod(n, %s) AS v FROM generate_series(%s, %s) AS g(n)) AS s",
+            "FROM (SELECT n, 1 + mod(n, %s) AS v "
+            "FROM generate_series(CAST(%s AS BIGINT), CAST(%s AS BIGINT)) AS g(n)) AS s",
             (versions, first, min(first + CHUNK - 1, issues)),
         )
     store.query(
@@ -110,16 +110,9 @@ def main() -> None:
             print(f"DuckDB, {title}:")
             measure(f"duckdb:///{Path(folder) / 'bench.duckdb'}", args.versions, args.issues)
         return
-    server = os.environ.get("HARMONIZER_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-    with psycopg.connect(server, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{DATABASE}"')
-        conn.execute(f'CREATE DATABASE "{DATABASE}"')
-    try:
+    with scratch_database(DATABASE) as url:
         print(f"PostgreSQL, {title}:")
-        measure(server.rsplit("/", 1)[0] + "/" + DATABASE, args.versions, args.issues)
-    finally:
-        with psycopg.connect(server, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
+        measure(url, args.versions, args.issues)
 
 
 if __name__ == "__main__":

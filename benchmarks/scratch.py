@@ -1,0 +1,57 @@
+"""What the benchmarks share: scratch PostgreSQL databases, and a case run in a child process
+so its peak memory is its own."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+# The server benchmarks create their databases on (trust auth on loopback by default).
+ADMIN_URL = os.environ.get("HARMONIZER_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def recreated_database(name: str) -> str:
+    """An empty database `name` on the benchmark server (dropped first if a run left it); its URL."""
+    import psycopg
+
+    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+
+
+def drop_databases(*names: str) -> None:
+    import psycopg
+
+    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+        for name in names:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextmanager
+def scratch_database(name: str) -> Iterator[str]:
+    """An empty database for the block, dropped afterwards; yields its URL."""
+    url = recreated_database(name)
+    try:
+        yield url
+    finally:
+        drop_databases(name)
+
+
+def run_load_case(script: str, file: Path, url: str, work: Path) -> dict:
+    """Runs `script --case load` on one file into one warehouse in a child process; the JSON it
+    printed last. Raises RuntimeError with the child's error output when it failed."""
+    child = subprocess.run(
+        [sys.executable, script, "--case", "load", "--file", str(file), "--url", url, "--work", str(work)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if child.returncode:
+        raise RuntimeError(child.stderr[-3000:])
+    return json.loads(child.stdout.splitlines()[-1])
