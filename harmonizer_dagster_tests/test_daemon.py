@@ -14,6 +14,7 @@ import duckdb
 import pytest
 import yaml
 
+from harmonizer_dagster_tests.fleet import wait_for
 from harmonizer_dagster_tests.test_faults import hold_duckdb_lock
 from harmonizer_dagster_tests.test_sensors import drop_small_files
 
@@ -21,16 +22,6 @@ REPO = Path(__file__).parent.parent
 ARTIFACTS = REPO / "test-artifacts"
 SOURCE = "business_registry"
 Q3 = "registry_2026-Q3.csv"
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 @pytest.fixture
