@@ -163,9 +163,8 @@ def build_definitions() -> dg.Definitions:
     # Runs carry the host that serves them, so the instance's per-host limit applies: jobs
     # through their tags, runs of the implicit asset job through their assets' tags.
     host_tags = {"harmonizer/host": os.environ["HARMONIZER_HOST"]} if os.environ.get("HARMONIZER_HOST") else {}
-    ops = {spec.name: build_source_ops(spec) for spec in specs}
     load_jobs = {spec.name: build_source_job(spec, host_tags) for spec in specs}
-    ingest_jobs, files_jobs = build_ingest_jobs(specs, ops, host_tags)
+    ingest_jobs, files_jobs = build_ingest_jobs(specs, host_tags)
     interval = int(current("HARMONIZER_SENSOR_INTERVAL_SECONDS"))
     automatic = current("HARMONIZER_AUTOMATION").strip().lower() not in ("off", "false", "no", "0")
     sensor_status = dg.DefaultSensorStatus.RUNNING if automatic else dg.DefaultSensorStatus.STOPPED
@@ -174,7 +173,7 @@ def build_definitions() -> dg.Definitions:
     if os.environ.get("HARMONIZER_S3_BUCKET"):
         sensors += [build_s3_sensor(spec, files_jobs[spec.name], interval, sensor_status) for spec in specs]
     fetch_jobs = {spec.name: build_fetch_job(spec, host_tags) for spec in specs if spec.schedule}
-    assets = {spec.name: build_source_asset(spec, ops[spec.name], host_tags) for spec in specs}
+    assets = {spec.name: build_source_asset(spec, build_source_ops(spec), host_tags) for spec in specs}
     if specs and automatic:
         # Dagster's implicit automation sensor starts stopped; declared here it runs, so each
         # source's report is refreshed after every load without a click.

@@ -52,11 +52,26 @@ def test_a_bad_file_fails_only_itself_and_the_others_load_publish_and_materializ
     result = job.execute_in_process(instance=instance, run_config=config, raise_on_error=False)
 
     assert not result.success, "the run says a file failed"
-    failed = {event.step_key for event in result.all_events if event.event_type == dg.DagsterEventType.STEP_FAILURE}
-    assert len(failed) == 1 and "cut_csv_gz" in failed.pop()
-    materialized = {(e.asset_key.to_user_string(), e.partition) for e in result.get_asset_materialization_events()}
-    assert materialized == {(asset, key) for key in good for asset in (SOURCE, f"{SOURCE}_published")}
-    evaluations = {(e.check_name, e.partition) for e in result.get_asset_check_evaluations()}
+    (failure,) = [event for event in result.all_events if event.event_type == dg.DagsterEventType.STEP_FAILURE]
+    reason = failure.step_failure_data.error.message
+    assert "1 of 3 file(s) failed: cut.csv.gz: " in reason and good[0] not in reason, reason
+    # What the instance holds, as the UI shows it: the step's events end with its failure.
+    events = [
+        record.event_log_entry.dagster_event
+        for record in instance.get_records_for_run(
+            result.run_id,
+            of_type={dg.DagsterEventType.ASSET_MATERIALIZATION, dg.DagsterEventType.ASSET_CHECK_EVALUATION},
+        ).records
+    ]
+    materialized = {(e.asset_key.to_user_string(), e.partition) for e in events if e.is_step_materialization}
+    assert materialized == {(asset, key) for key in good for asset in (SOURCE, f"{SOURCE}_published")} | {
+        (f"{SOURCE}_dq_report", None)
+    }
+    evaluations = {
+        (e.event_specific_data.check_name, e.event_specific_data.partition)
+        for e in events
+        if e.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION
+    }
     assert {key for _, key in evaluations} == set(good)
     assert len(evaluations) == 2 * len(checks_for(specs[SOURCE]))
     assert set(instance.get_dynamic_partitions(f"{SOURCE}_files")) == set(keys)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -515,33 +515,45 @@ def checks_for(spec: SourceSpec) -> list[QualityCheck]:
 def run_check(store: Warehouse, spec: SourceSpec, check: QualityCheck, partition_key: str, run_id: str) -> Evaluation:
     """Evaluates one check on the partition's latest load and records it in the history, in
     one transaction."""
-    with store.transaction():
-        return _run_check(store, spec, check, partition_key, run_id)
-
-
-def _run_check(store: Warehouse, spec: SourceSpec, check: QualityCheck, partition_key: str, run_id: str) -> Evaluation:
-    version = latest_version(store, spec, partition_key)
-    if version is None:
-        evaluation = Evaluation(False, None, None, f"{partition_key} has no completed load to check")
-    else:
-        evaluation = check.evaluate(store, spec, partition_key, version)
-    store.query(
-        "INSERT INTO {schema}.data_quality_checks (check_name, asset, partition_key, source_id, file_hash, "
-        "severity, passed, observed_value, threshold, counts, message, run_id) "
-        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-        (
-            check.name,
-            spec.name,
-            partition_key,
-            version.source_id if version else None,
-            version.file_hash if version else None,
-            check.severity,
-            evaluation.passed,
-            evaluation.observed,
-            evaluation.threshold,
-            json.dumps(evaluation.counts, sort_keys=True),
-            evaluation.message,
-            run_id,
-        ),
-    )
+    ((_, evaluation),) = run_checks(store, spec, [check], partition_key, run_id)
     return evaluation
+
+
+def run_checks(
+    store: Warehouse, spec: SourceSpec, checks: Sequence[QualityCheck], partition_key: str, run_id: str
+) -> list[tuple[QualityCheck, Evaluation]]:
+    """Evaluates the checks on the partition's latest load and records them in the history, in
+    one transaction: the version is looked up once, and the history rows written together."""
+    with store.transaction():
+        version = latest_version(store, spec, partition_key)
+        evaluations = [
+            (check, check.evaluate(store, spec, partition_key, version))
+            if version
+            else (check, Evaluation(False, None, None, f"{partition_key} has no completed load to check"))
+            for check in checks
+        ]
+        rows = [
+            (
+                check.name,
+                spec.name,
+                partition_key,
+                version.source_id if version else None,
+                version.file_hash if version else None,
+                check.severity,
+                evaluation.passed,
+                evaluation.observed,
+                evaluation.threshold,
+                json.dumps(evaluation.counts, sort_keys=True),
+                evaluation.message,
+                run_id,
+            )
+            for check, evaluation in evaluations
+        ]
+        if rows:
+            values = ", ".join(["(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"] * len(rows))
+            store.query(
+                "INSERT INTO {schema}.data_quality_checks (check_name, asset, partition_key, source_id, file_hash, "
+                f"severity, passed, observed_value, threshold, counts, message, run_id) VALUES {values}",
+                [value for row in rows for value in row],
+            )
+    return evaluations

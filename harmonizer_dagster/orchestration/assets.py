@@ -2,7 +2,7 @@
 
 import os
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -25,6 +25,7 @@ from harmonizer_dagster.core.pipeline import (
 )
 from harmonizer_dagster.core.settings import current
 from harmonizer_dagster.core.spec import SourceSpec
+from harmonizer_dagster.core.warehouse import Warehouse
 from harmonizer_dagster.core.warehouse.tables import sql_type
 from harmonizer_dagster.orchestration.outcomes import record_lost_outcomes
 from harmonizer_dagster.orchestration.resources import LandingZone, WarehouseResource
@@ -46,31 +47,48 @@ def transient_retry_policy() -> dg.RetryPolicy:
     )
 
 
+def step_failure(exc: Exception) -> dg.Failure | None:
+    """The Failure a step ends with for `exc`, or None for a passing fault, which is raised as it
+    is so that the step's retry policy tries again (retrying a bad file changes nothing)."""
+    if isinstance(exc, dg.Failure):
+        exc.allow_retries = False
+        return exc
+    if isinstance(exc, RefusedFile):
+        # A symbolic link, or a file changed since it was hashed: the reason alone is the run's
+        # error, with no traceback to dig through.
+        return dg.Failure(str(exc), allow_retries=False)
+    if is_transient(exc):
+        return None
+    return dg.Failure("".join(traceback.format_exception_only(exc)).strip(), allow_retries=False)
+
+
+def tag_retry(context: dg.OpExecutionContext, transient: bool) -> None:
+    """Tells the daemon's run retries whether re-executing the run could help."""
+    context.instance.add_run_tags(context.run_id, {RETRY_ON_OP_FAILURE_TAG: str(transient).lower()})
+
+
+def announce_retry(context: dg.OpExecutionContext, exc: Exception) -> None:
+    policy = context.op_def.retry_policy
+    attempts = f" (attempt {context.retry_number + 1} of {policy.max_retries + 1})" if policy else ""
+    context.log.warning(f"transient fault{attempts}: {type(exc).__name__}: {str(exc).strip()}")
+
+
 @contextmanager
 def faults_classified(context: dg.OpExecutionContext) -> Iterator[None]:
     """Lets a transient error reach the step's retry policy, and fails any other error at
-    once (retrying a bad file changes nothing). Either way the run is tagged, so the daemon's
-    run retries re-execute it later only when a passing fault failed it."""
+    once. Either way the run is tagged, so the daemon's run retries re-execute it later only
+    when a passing fault failed it."""
     try:
         yield
-    except dg.Failure as failure:
-        context.instance.add_run_tags(context.run_id, {RETRY_ON_OP_FAILURE_TAG: "false"})
-        failure.allow_retries = False
-        raise
-    except RefusedFile as exc:
-        # A symbolic link, or a file changed since it was hashed: the reason alone is the run's
-        # error, with no traceback to dig through.
-        context.instance.add_run_tags(context.run_id, {RETRY_ON_OP_FAILURE_TAG: "false"})
-        raise dg.Failure(str(exc), allow_retries=False) from None
     except Exception as exc:
-        transient = is_transient(exc)
-        context.instance.add_run_tags(context.run_id, {RETRY_ON_OP_FAILURE_TAG: str(transient).lower()})
-        if transient:
-            policy = context.op_def.retry_policy
-            attempts = f" (attempt {context.retry_number + 1} of {policy.max_retries + 1})" if policy else ""
-            context.log.warning(f"transient fault{attempts}: {type(exc).__name__}: {str(exc).strip()}")
+        failure = step_failure(exc)
+        tag_retry(context, failure is None)
+        if failure is None:
+            announce_retry(context, exc)
             raise
-        raise dg.Failure("".join(traceback.format_exception_only(exc)).strip(), allow_retries=False) from exc
+        if failure is exc:
+            raise
+        raise failure from (None if isinstance(exc, RefusedFile) else exc)
 
 
 def partitions_for(spec: SourceSpec) -> dg.DynamicPartitionsDefinition:
@@ -94,7 +112,7 @@ def column_schema(spec: SourceSpec) -> dg.TableSchema:
 
 @dataclass(frozen=True)
 class SourceOps:
-    """The four ops of one source, shared by its asset and by the ingest jobs."""
+    """The four ops of one source's asset; the files jobs run the same steps, file after file."""
 
     hash: dg.OpDefinition
     validate: dg.OpDefinition
@@ -130,39 +148,71 @@ def _metadata(spec: SourceSpec, hashed: HashedVersion, result: UpsertResult) -> 
     return {**metadata, "rows_per_second": dg.MetadataValue.float(round(rate, 1))}
 
 
+def hash_file(
+    spec: SourceSpec, target: FileVersion, store: Warehouse, landing: LandingZone, s3: S3Resource, run_id: str
+) -> HashedVersion:
+    if not target.is_s3 and not os.path.lexists(target.path):
+        raise dg.Failure(missing_file_message(landing.landing_path, spec.name, target.partition_key))
+    client = s3.get_client() if target.is_s3 else None
+    # A retried attempt downloads and hashes the object again from its first byte.
+    return hash_step(spec, target, store, landing.staging_path, run_id, s3_client=client)
+
+
+def hash_summary(hashed: HashedVersion) -> str:
+    return f"sha256 {hashed.file_hash[:12]}..., version {hashed.version}" + (
+        f", skipped: {hashed.skipped_because}" if hashed.skipped else ""
+    )
+
+
+def validate_file(
+    spec: SourceSpec, hashed: HashedVersion, store: Warehouse, landing: LandingZone, log: Callable[[str], None]
+) -> dict[str, Any]:
+    # Each checkpointed group moves the version's position in the registry; a line in the
+    # run's log every few seconds says how far the step has got.
+    progress = ProgressReporter(store, hashed.source_id, hashed.partition_key, log)
+    with store.failure_recorded(hashed.source_id):
+        return validate_step(spec, hashed, landing.batch_rows, progress)
+
+
+def harmonize_file(spec: SourceSpec, hashed: HashedVersion, store: Warehouse) -> dict[str, Any]:
+    with store.failure_recorded(hashed.source_id):
+        return harmonize_step(spec, hashed)
+
+
+def upsert_file(
+    spec: SourceSpec, hashed: HashedVersion, store: Warehouse, run_id: str
+) -> tuple[UpsertResult, dict[str, Any]]:
+    """The upsert and the metadata of the partition's materialization."""
+    with store.failure_recorded(hashed.source_id):
+        result = upsert_step(spec, hashed, store, run_id)
+    return result, _metadata(spec, hashed, result)
+
+
+def upsert_summary(store: Warehouse, metadata: dict[str, Any]) -> str:
+    figures = {k: v for k, v in metadata.items() if isinstance(v, int | str)}
+    return f"into {store.description}: {figures}"
+
+
 def build_source_ops(spec: SourceSpec) -> SourceOps:
     tags = {"source": spec.name}
 
     @dg.op(
         name=f"{spec.name}_hash",
-        ins={"file": dg.In(dg.Optional[FileVersion], default_value=None)},
         tags=tags,
         retry_policy=transient_retry_policy(),
         description="Streams the file through SHA-256 and registers the version; an already-loaded hash is skipped.",
     )
     def hash_op(
-        context: dg.OpExecutionContext,
-        warehouse: WarehouseResource,
-        landing: LandingZone,
-        s3: S3Resource,
-        file: FileVersion | None,
+        context: dg.OpExecutionContext, warehouse: WarehouseResource, landing: LandingZone, s3: S3Resource
     ) -> HashedVersion:
-        # Inside the asset the partition names the file; the ingest jobs pass it in.
-        target = file or locate(landing.landing_path, spec.name, context.partition_key)
+        target = locate(landing.landing_path, spec.name, context.partition_key)
         with faults_classified(context):
-            if not target.is_s3 and not os.path.lexists(target.path):
-                raise dg.Failure(missing_file_message(landing.landing_path, spec.name, target.partition_key))
-            client = s3.get_client() if target.is_s3 else None
             store = warehouse.open()
-            # A retried attempt downloads and hashes the object again from its first byte.
-            hashed = hash_step(spec, target, store, landing.staging_path, context.run_id, s3_client=client)
+            hashed = hash_file(spec, target, store, landing, s3, context.run_id)
             # What earlier runs of the source could not record (the unrecorded_failures sensor
             # does the same where a daemon runs); this run's own version is still going.
             record_lost_outcomes(context.instance, store, [spec.name], context.log)
-        context.log.info(
-            f"{target.partition_key}: sha256 {hashed.file_hash[:12]}..., version {hashed.version}"
-            + (f", skipped: {hashed.skipped_because}" if hashed.skipped else "")
-        )
+        context.log.info(f"{target.partition_key}: {hash_summary(hashed)}")
         return hashed
 
     @dg.op(
@@ -173,12 +223,8 @@ def build_source_ops(spec: SourceSpec) -> SourceOps:
     def validate_op(
         context: dg.OpExecutionContext, warehouse: WarehouseResource, landing: LandingZone, hashed: HashedVersion
     ) -> HashedVersion:
-        store = warehouse.open()
-        # Each checkpointed group moves the version's position in the registry; a line in the
-        # run's log every few seconds says how far the step has got.
-        progress = ProgressReporter(store, hashed.source_id, hashed.partition_key, context.log.info)
-        with faults_classified(context), store.failure_recorded(hashed.source_id):
-            summary = validate_step(spec, hashed, landing.batch_rows, progress)
+        with faults_classified(context):
+            summary = validate_file(spec, hashed, warehouse.open(), landing, context.log.info)
         if summary:
             context.log.info(f"{hashed.partition_key}: {summary}")
         return hashed
@@ -191,8 +237,8 @@ def build_source_ops(spec: SourceSpec) -> SourceOps:
     def harmonize_op(
         context: dg.OpExecutionContext, warehouse: WarehouseResource, hashed: HashedVersion
     ) -> HashedVersion:
-        with faults_classified(context), warehouse.open().failure_recorded(hashed.source_id):
-            summary = harmonize_step(spec, hashed)
+        with faults_classified(context):
+            summary = harmonize_file(spec, hashed, warehouse.open())
         if summary:
             context.log.info(f"{hashed.partition_key}: {summary}")
         return hashed
@@ -206,18 +252,10 @@ def build_source_ops(spec: SourceSpec) -> SourceOps:
     )
     def upsert_op(context: dg.OpExecutionContext, warehouse: WarehouseResource, hashed: HashedVersion):
         store = warehouse.open()
-        with faults_classified(context), store.failure_recorded(hashed.source_id):
-            result = upsert_step(spec, hashed, store, context.run_id)
-        metadata = _metadata(spec, hashed, result)
-        figures = {k: v for k, v in metadata.items() if isinstance(v, int | str)}
-        context.log.info(f"{hashed.partition_key} into {store.description}: {figures}")
-        if context.has_assets_def:
-            return dg.Output(result, metadata=metadata, data_version=dg.DataVersion(hashed.file_hash))
-        # Run from an ingest job: record the partition's materialization all the same.
-        context.log_event(
-            dg.AssetMaterialization(asset_key=spec.name, partition=hashed.partition_key, metadata=metadata)
-        )
-        return dg.Output(result)
+        with faults_classified(context):
+            result, metadata = upsert_file(spec, hashed, store, context.run_id)
+        context.log.info(f"{hashed.partition_key} {upsert_summary(store, metadata)}")
+        return dg.Output(result, metadata=metadata, data_version=dg.DataVersion(hashed.file_hash))
 
     return SourceOps(hash_op, validate_op, harmonize_op, upsert_op)
 

@@ -1,87 +1,101 @@
-"""Asset checks generated from each spec, evaluated per file version right after it loads.
+"""Each source's data-quality checks, evaluated per file version right after it loads.
 
-Error-severity checks are blocking: a partition failing one is not published downstream.
-Every evaluation is also written to the `data_quality_checks` table, with the same figures.
+Dagster sees two asset checks per source: `blocking_checks`, every error-severity check of the
+spec (a partition failing one is not published downstream), and `warning_checks`, the rest.
+Each evaluation's metadata holds every check it stands for, with its figures, and each check
+is also a row of the `data_quality_checks` table. Two evaluations per file, not one per check:
+each is several writes to the instance's storage, and a run of many files pays them all.
 """
 
 import warnings
+from collections.abc import Sequence
 from typing import Any
 
 import dagster as dg
 
-from harmonizer_dagster.core.quality import Evaluation, QualityCheck, checks_for, run_check
+from harmonizer_dagster.core.quality import Evaluation, QualityCheck, checks_for, run_checks
 from harmonizer_dagster.core.spec import SourceSpec
 from harmonizer_dagster.core.warehouse import Warehouse
 from harmonizer_dagster.orchestration.assets import partitions_for
 from harmonizer_dagster.orchestration.resources import WarehouseResource
 
-SEVERITIES = {"error": dg.AssetCheckSeverity.ERROR, "warning": dg.AssetCheckSeverity.WARN}
+# Dagster's asset check per severity of the spec's checks: its name, severity and whether it blocks.
+GROUPS = {
+    "error": ("blocking_checks", dg.AssetCheckSeverity.ERROR, True),
+    "warning": ("warning_checks", dg.AssetCheckSeverity.WARN, False),
+}
 
 
-def _metadata_value(value: Any) -> Any:
-    """A figure as is, a mapping (say, null rates by column) as JSON, a list as its items."""
-    if isinstance(value, int | float):
-        return value
-    if isinstance(value, dict):
-        return dg.MetadataValue.json(value)
-    return ", ".join(value) or "none"
-
-
-def _result_fields(check: QualityCheck, evaluation: Evaluation) -> dict[str, Any]:
-    """What the UI shows of an evaluation: the same figures as its data_quality_checks row."""
-    metadata = {
+def _figures(evaluation: Evaluation) -> dict[str, Any]:
+    """One check's evaluation as the JSON its group's metadata shows."""
+    figures = {
+        "passed": evaluation.passed,
         "observed_value": evaluation.observed,
         "threshold": evaluation.threshold,
         "message": evaluation.message,
-        **{name: _metadata_value(value) for name, value in evaluation.counts.items()},
+        **evaluation.counts,
     }
-    return {
-        "passed": evaluation.passed,
-        "severity": SEVERITIES[check.severity],
-        "description": evaluation.message,
-        "metadata": {k: v for k, v in metadata.items() if v is not None},
-    }
+    return {k: v for k, v in figures.items() if v is not None}
 
 
-def _asset_check(spec: SourceSpec, check: QualityCheck) -> dg.AssetChecksDefinition:
-    @dg.asset_check(
-        asset=spec.name,
-        name=check.name,
-        description=check.description,
-        blocking=check.severity == "error",
-        partitions_def=partitions_for(spec),
-    )
-    def evaluate(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource) -> dg.AssetCheckResult:
-        evaluation = run_check(warehouse.open(), spec, check, context.partition_key, context.run.run_id)
-        return dg.AssetCheckResult(**_result_fields(check, evaluation))
+def _group_results(
+    spec: SourceSpec, partition_key: str, evaluated: Sequence[tuple[QualityCheck, Evaluation]]
+) -> list[dg.AssetCheckEvaluation]:
+    """One evaluation per severity: it passes when all its checks pass, and says which did not."""
+    results = []
+    for severity, (name, dagster_severity, blocking) in GROUPS.items():
+        group = [(check, evaluation) for check, evaluation in evaluated if check.severity == severity]
+        if not group:
+            continue
+        failed = [(check.name, evaluation.message) for check, evaluation in group if not evaluation.passed]
+        description = (
+            f"{len(failed)} of {len(group)} failed: " + "; ".join(f"{check}: {why}" for check, why in failed)
+            if failed
+            else f"all {len(group)} passed"
+        )
+        results.append(
+            dg.AssetCheckEvaluation(
+                asset_key=dg.AssetKey(spec.name),
+                partition=partition_key,
+                check_name=name,
+                passed=not failed,
+                severity=dagster_severity,
+                blocking=blocking,
+                description=description,
+                metadata={
+                    "failed_checks": ", ".join(check for check, _ in failed) or "none",
+                    **{check.name: dg.MetadataValue.json(_figures(evaluation)) for check, evaluation in group},
+                },
+            )
+        )
+    return results
 
-    return evaluate
+
+def check_specs(spec: SourceSpec) -> list[dg.AssetCheckSpec]:
+    checks = checks_for(spec)
+    return [
+        dg.AssetCheckSpec(
+            name,
+            asset=spec.name,
+            blocking=blocking,
+            partitions_def=partitions_for(spec),
+            description="Every one of: " + ", ".join(check.name for check in checks if check.severity == severity),
+        )
+        for severity, (name, _, blocking) in GROUPS.items()
+        if any(check.severity == severity for check in checks)
+    ]
 
 
 def evaluate_all_checks(
     context: dg.OpExecutionContext, store: Warehouse, spec: SourceSpec, partition_key: str
 ) -> list[str]:
-    """Runs every check of a file version from an op (the ingest jobs), reporting each as the
-    asset check it is, so the UI and data_quality_checks show the same as for the asset.
+    """Runs every check of a file version from an op (the files jobs), reporting them as the
+    source's asset checks, so the UI and data_quality_checks show the same as for the asset.
     Returns the blocking checks that failed."""
-    blocking_failures = []
-    with store.transaction():
-        evaluations = [
-            (check, run_check(store, spec, check, partition_key, context.run_id)) for check in checks_for(spec)
-        ]
-    for check, evaluation in evaluations:
-        context.log_event(
-            dg.AssetCheckEvaluation(  # type: ignore[arg-type]  # log_event accepts check evaluations
-                asset_key=dg.AssetKey(spec.name),
-                check_name=check.name,
-                partition=partition_key,
-                blocking=check.severity == "error",
-                **_result_fields(check, evaluation),
-            )
-        )
-        if check.severity == "error" and not evaluation.passed:
-            blocking_failures.append(check.name)
-    return blocking_failures
+    evaluated = run_checks(store, spec, checks_for(spec), partition_key, context.run_id)
+    for result in _group_results(spec, partition_key, evaluated):
+        context.log_event(result)  # type: ignore[arg-type]  # log_event accepts check evaluations
+    return [check.name for check, evaluation in evaluated if check.severity == "error" and not evaluation.passed]
 
 
 def build_quality_checks(spec: SourceSpec) -> list[dg.AssetChecksDefinition]:
@@ -89,4 +103,22 @@ def build_quality_checks(spec: SourceSpec) -> list[dg.AssetChecksDefinition]:
     # check judge exactly the file version that was just loaded, so the warning is silenced.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", dg.PreviewWarning)
-        return [_asset_check(spec, check) for check in checks_for(spec)]
+
+        @dg.multi_asset_check(
+            name=f"{spec.name}_checks",
+            specs=check_specs(spec),
+            description="Evaluates the source's data-quality checks on the file version just loaded.",
+        )
+        def evaluate(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource):
+            key = context.partition_key
+            evaluated = run_checks(warehouse.open(), spec, checks_for(spec), key, context.run.run_id)
+            for result in _group_results(spec, key, evaluated):
+                yield dg.AssetCheckResult(
+                    check_name=result.check_name,
+                    passed=result.passed,
+                    severity=result.severity,
+                    description=result.description,
+                    metadata=result.metadata,
+                )
+
+        return [evaluate]

@@ -1,34 +1,44 @@
 """Jobs: registering landed files as partitions, and loading many files in one run.
 
-The ingest jobs and each source's files job fan out over files with the very ops the source
-assets are built from, so `dagster job execute` and the landing sensors' runs exercise the same
-code path as a materialization in the UI: each file is its own partition, with its own steps,
-materialization and checks, and a bad file fails only its own steps.
+The ingest jobs and each source's files job load file after file in one step, through the very
+steps the source assets are built from, so `dagster job execute` and the landing sensors' runs
+count exactly as materializations in the UI: each file is its own partition, with its own
+materialization and checks, and a bad file fails only itself. One step per source keeps a run
+of a thousand small files to a dozen events per file, where a step per file would cost tens.
 """
 
-import hashlib
 import json
-import re
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import dagster as dg
+from dagster_aws.s3 import S3Resource
 from pydantic import Field
 
 from harmonizer_dagster.core.files import FileVersion, locate
 from harmonizer_dagster.core.landing import Ignored, scan_folder
-from harmonizer_dagster.core.pipeline import HashedVersion
 from harmonizer_dagster.core.spec import SourceSpec
-from harmonizer_dagster.orchestration.assets import SourceOps, partitions_for
+from harmonizer_dagster.core.warehouse import Warehouse
+from harmonizer_dagster.orchestration.assets import (
+    announce_retry,
+    faults_classified,
+    harmonize_file,
+    hash_file,
+    hash_summary,
+    partitions_for,
+    step_failure,
+    tag_retry,
+    transient_retry_policy,
+    upsert_file,
+    upsert_summary,
+    validate_file,
+)
 from harmonizer_dagster.orchestration.checks import evaluate_all_checks
+from harmonizer_dagster.orchestration.outcomes import record_lost_outcomes
 from harmonizer_dagster.orchestration.resources import LandingZone, WarehouseResource
 from harmonizer_dagster.orchestration.triage import report_metadata
 
 MANIFEST = "manifest.json"
-
-
-def _mapping_key(partition_key: str) -> str:
-    readable = re.sub(r"[^A-Za-z0-9_]", "_", partition_key)[:60]
-    return f"{readable}_{hashlib.sha256(partition_key.encode()).hexdigest()[:8]}"
 
 
 def register_new_files(context: dg.OpExecutionContext, spec: SourceSpec, landing: LandingZone) -> list[str]:
@@ -91,26 +101,112 @@ class FilesConfig(dg.Config):
 
 def files_run_config(spec: SourceSpec, partition_keys: Sequence[str]) -> dict:
     """The run config that makes a run of the source's files job load exactly these files."""
-    return {"ops": {f"{spec.name}_discover": {"config": {"partition_keys": list(partition_keys)}}}}
+    return {"ops": {f"{spec.name}_load_files": {"config": {"partition_keys": list(partition_keys)}}}}
 
 
-def _discover_op(spec: SourceSpec) -> dg.OpDefinition:
-    @dg.op(
-        name=f"{spec.name}_discover",
-        out=dg.DynamicOut(FileVersion),
-        tags={"source": spec.name},
-        description="Hands each file to load to its own steps: the configured ones, or every landed file.",
+@dataclass
+class FileFailures:
+    """The files of a run that failed, by partition key, with what failed them."""
+
+    errors: dict[str, Exception] = field(default_factory=dict)
+
+    def raise_for(self, context: dg.OpExecutionContext, total: int) -> None:
+        """Fails the step once every file had its turn: with a passing fault when one failed a
+        file (the step's retry policy runs it again, and the files already loaded are skipped
+        by their hash), else with the list of files and why, which no retry would change."""
+        if not self.errors:
+            return
+        failures = {key: step_failure(exc) for key, exc in self.errors.items()}
+        transient = [self.errors[key] for key, failure in failures.items() if failure is None]
+        tag_retry(context, bool(transient))
+        if transient:
+            announce_retry(context, transient[0])
+            raise transient[0]
+        reasons = {key: failure.description or "" for key, failure in failures.items() if failure is not None}
+        raise dg.Failure(
+            f"{len(reasons)} of {total} file(s) failed: " + "; ".join(f"{key}: {why}" for key, why in reasons.items()),
+            metadata={"failed_files": dg.MetadataValue.json(reasons)},
+            allow_retries=False,
+        )
+
+
+def load_file(
+    context: dg.OpExecutionContext,
+    spec: SourceSpec,
+    target: FileVersion,
+    store: Warehouse,
+    landing: LandingZone,
+    s3: S3Resource,
+) -> None:
+    """One file through the asset's four steps, then its checks and publication, reported as a
+    materialization of its partition would report them."""
+    key = target.partition_key
+    hashed = hash_file(spec, target, store, landing, s3, context.run_id)
+    validate_file(spec, hashed, store, landing, context.log.info)
+    harmonize_file(spec, hashed, store)
+    _, metadata = upsert_file(spec, hashed, store, context.run_id)
+    # One line per file: what the asset's four steps would log, in short.
+    context.log.info(f"{key}: {hash_summary(hashed)}; {upsert_summary(store, metadata)}")
+    context.log_event(dg.AssetMaterialization(asset_key=spec.name, partition=key, metadata=metadata))
+    failures = evaluate_all_checks(context, store, spec, key)
+    if failures:
+        context.log.warning(f"{key} is not published: blocking check(s) failed: {failures}")
+        return
+    published = store.mark_published(spec.name, key)
+    if not published:
+        raise dg.Failure(f"{key} has no completed load to publish")
+    context.log_event(
+        dg.AssetMaterialization(
+            asset_key=f"{spec.name}_published",
+            partition=key,
+            metadata={"source_id": published[0], "file_hash": published[1]},
+        )
     )
-    def discover(context: dg.OpExecutionContext, config: FilesConfig, landing: LandingZone):
-        keys = config.partition_keys
+
+
+def _load_files_op(spec: SourceSpec) -> dg.OpDefinition:
+    @dg.op(
+        name=f"{spec.name}_load_files",
+        out=dg.Out(dg.Nothing),
+        tags={"source": spec.name},
+        retry_policy=transient_retry_policy(),
+        description="Loads each file as its own partition (hash, validate, harmonize, upsert, checks, "
+        "publication), then refreshes the source's report; a file that fails leaves the others loaded.",
+    )
+    def load_files(
+        context: dg.OpExecutionContext,
+        config: FilesConfig,
+        landing: LandingZone,
+        warehouse: WarehouseResource,
+        s3: S3Resource,
+    ) -> None:
+        keys = list(dict.fromkeys(config.partition_keys))
         if keys:
             register(context.instance, spec, keys)
         else:
             keys = register_new_files(context, spec, landing)
-        for key in dict.fromkeys(keys):
-            yield dg.DynamicOutput(locate(landing.landing_path, spec.name, key), mapping_key=_mapping_key(key))
+        store = warehouse.open()
+        failed = FileFailures()
+        # One step for all the files: a step costs Dagster tens of events, a file a dozen.
+        with faults_classified(context):
+            # What earlier runs of the source could not record (the unrecorded_failures sensor
+            # does the same where a daemon runs).
+            record_lost_outcomes(context.instance, store, [spec.name], context.log)
+        with store.kept_open():
+            for key in keys:
+                try:
+                    load_file(context, spec, locate(landing.landing_path, spec.name, key), store, landing, s3)
+                except Exception as exc:
+                    failed.errors[key] = exc
+                    context.log.error(f"{key} failed: {type(exc).__name__}: {str(exc).strip()}")
+        with faults_classified(context):
+            # A landing area with no file yet leaves a new warehouse without its tables.
+            store.migrate([spec])
+            metadata = report_metadata(store, spec)
+        context.log_event(dg.AssetMaterialization(asset_key=f"{spec.name}_dq_report", metadata=metadata))
+        failed.raise_for(context, len(keys))
 
-    return discover
+    return load_files
 
 
 def _expected_counts_op(specs: Sequence[SourceSpec]) -> dg.OpDefinition:
@@ -141,107 +237,34 @@ def _expected_counts_op(specs: Sequence[SourceSpec]) -> dg.OpDefinition:
     return check_expected_counts
 
 
-def _checks_op(spec: SourceSpec) -> dg.OpDefinition:
-    @dg.op(
-        name=f"{spec.name}_checks",
-        # The upsert's output lives in the warehouse, not in an IO manager: this op follows it
-        # and takes the file version from the harmonize step.
-        ins={"hashed": dg.In(HashedVersion), "upserted": dg.In(dg.Nothing)},
-        out={"checked": dg.Out(str), "passed": dg.Out(str, is_required=False)},
-        tags={"source": spec.name},
-        description="Evaluates the source's asset checks on the loaded file; passes it on only if no "
-        "blocking check failed.",
-    )
-    def run_checks(context: dg.OpExecutionContext, warehouse: WarehouseResource, hashed: HashedVersion):
-        failures = evaluate_all_checks(context, warehouse.open(), spec, hashed.partition_key)
-        yield dg.Output(hashed.partition_key, "checked")
-        if failures:
-            context.log.warning(f"{hashed.partition_key} is not published: blocking check(s) failed: {failures}")
-        else:
-            yield dg.Output(hashed.partition_key, "passed")
-
-    return run_checks
-
-
-def _publish_op(spec: SourceSpec) -> dg.OpDefinition:
-    @dg.op(
-        name=f"{spec.name}_publish",
-        tags={"source": spec.name},
-        description="Publishes a file version that passed every blocking check, as the published asset does.",
-    )
-    def publish(context: dg.OpExecutionContext, warehouse: WarehouseResource, partition_key: str) -> None:
-        published = warehouse.open().mark_published(spec.name, partition_key)
-        if not published:
-            raise dg.Failure(f"{partition_key} has no completed load to publish")
-        context.log_event(
-            dg.AssetMaterialization(
-                asset_key=f"{spec.name}_published",
-                partition=partition_key,
-                metadata={"source_id": published[0], "file_hash": published[1]},
-            )
-        )
-
-    return publish
-
-
-def _report_op(spec: SourceSpec) -> dg.OpDefinition:
-    @dg.op(
-        name=f"{spec.name}_report",
-        ins={"checked": dg.In(list[str])},
-        tags={"source": spec.name},
-        description="Refreshes the source's data-quality report once its files are loaded.",
-    )
-    def report(context: dg.OpExecutionContext, warehouse: WarehouseResource, checked: list[str]) -> None:
-        store = warehouse.open()
-        # A landing area with no file yet leaves a new warehouse without its tables.
-        store.migrate([spec])
-        metadata = report_metadata(store, spec)
-        context.log_event(dg.AssetMaterialization(asset_key=f"{spec.name}_dq_report", metadata=metadata))
-
-    return report
-
-
 def build_ingest_jobs(
-    specs: Sequence[SourceSpec], ops: dict[str, SourceOps], host_tags: dict[str, str]
+    specs: Sequence[SourceSpec], host_tags: dict[str, str]
 ) -> tuple[list[dg.JobDefinition], dict[str, dg.JobDefinition]]:
     """`ingest_landing` loads every landed file; `smoke_test` does the same, then checks the
     manifest; `load_<source>_files`, by source, loads the files its run config names (what the
     landing sensors launch) or every landed file of the source.
 
-    Each file goes through the asset's four ops, then its asset checks and publication, and
-    each source's report is refreshed: loading through a job counts exactly as materializing."""
-    discover = {spec.name: _discover_op(spec) for spec in specs}
-    checks = {spec.name: _checks_op(spec) for spec in specs}
-    publish = {spec.name: _publish_op(spec) for spec in specs}
-    report = {spec.name: _report_op(spec) for spec in specs}
-
-    def load_one(spec: SourceSpec, file):
-        source_ops = ops[spec.name]
-        hashed = source_ops.harmonize(source_ops.validate(source_ops.hash(file)))
-        checked, passed = checks[spec.name](hashed=hashed, upserted=source_ops.upsert(hashed))
-        publish[spec.name](passed)
-        return checked
-
-    def pipeline(spec: SourceSpec):
-        return report[spec.name](discover[spec.name]().map(lambda file: load_one(spec, file)).collect())
+    Each file goes through the asset's steps, then its asset checks and publication, and each
+    source's report is refreshed: loading through a job counts exactly as materializing."""
+    load = {spec.name: _load_files_op(spec) for spec in specs}
 
     @dg.graph(name="ingest_landing")
     def ingest_landing():
         for spec in specs:
-            pipeline(spec)
+            load[spec.name]()
 
     @dg.graph(name="smoke_test")
     def smoke_test():
-        _expected_counts_op(specs)(**{spec.name: pipeline(spec) for spec in specs})
+        _expected_counts_op(specs)(**{spec.name: load[spec.name]() for spec in specs})
 
     def files_job(spec: SourceSpec) -> dg.JobDefinition:
         @dg.graph(name=f"load_{spec.name}_files")
         def load_files():
-            pipeline(spec)
+            load[spec.name]()
 
         return load_files.to_job(
             description=f"Loads several files of {spec.title} in one run, each as its own partition; "
-            "a file whose step fails leaves the others loaded.",
+            "a file that fails leaves the others loaded.",
             # The queue's one-run-per-source and per-host limits hold for these runs too.
             tags={"source": spec.name, **host_tags},
         )

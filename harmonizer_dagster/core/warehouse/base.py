@@ -19,7 +19,7 @@ import logging
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -161,6 +161,11 @@ class Warehouse(ABC):
     @abstractmethod
     def session(self) -> AbstractContextManager[Session]:
         """A connection in a transaction: committed on success, rolled back on error."""
+
+    def kept_open(self) -> AbstractContextManager[None]:
+        """Keeps what a session connects to open between the block's sessions, where that saves
+        more than it costs others (a DuckDB file); a new connection is cheap elsewhere."""
+        return nullcontext()
 
     @abstractmethod
     def hold(self, s: Session, name: str) -> None:

@@ -8,6 +8,7 @@ loads, the CLI and the triage page take turns, transaction by transaction.
 from __future__ import annotations
 
 import re
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -24,6 +25,8 @@ from harmonizer_dagster.core.warehouse.base import Session, Warehouse, Warehouse
 # How DuckDB says another process holds the file, naming it when it can.
 HELD = re.compile(r"Conflicting lock is held in (?P<program>.*?) \(PID (?P<pid>\d+)\)")
 LONGEST_PAUSE_S = 1.0
+# How long `kept_open` holds the file before it lets another process have a turn.
+KEEP_OPEN_S = 2.0
 
 
 class DuckDBSession(Session):
@@ -72,6 +75,12 @@ class DuckDBWarehouse(Warehouse):
         super().__init__(schema)
         self.path = path
         self.memory_limit = memory_limit
+        # While `kept_open`: the open file, when it was opened, and the sessions using it.
+        self._kept: duckdb.DuckDBPyConnection | None = None
+        self._keeping = False
+        self._kept_since = 0.0
+        self._kept_users = 0
+        self._kept_lock = threading.Lock()
 
     @property
     def description(self) -> str:
@@ -83,7 +92,7 @@ class DuckDBWarehouse(Warehouse):
     @contextmanager
     def session(self) -> Iterator[DuckDBSession]:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        connection = self._connect()
+        connection = self._kept_cursor() if self._keeping else self._connect()
         try:
             connection.execute("BEGIN TRANSACTION")
             yield DuckDBSession(connection)
@@ -93,6 +102,41 @@ class DuckDBWarehouse(Warehouse):
             raise
         finally:
             connection.close()
+            if self._keeping:
+                self._session_ended()
+
+    @contextmanager
+    def kept_open(self) -> Iterator[None]:
+        """Opening the file costs more than a small file's transactions: a run of many files
+        keeps it open between sessions, and still closes it every KEEP_OPEN_S seconds, at the
+        end of a session, so the CLI and the triage page wait no longer than that."""
+        self._keeping = True
+        try:
+            yield
+        finally:
+            self._keeping = False
+            with self._kept_lock:
+                if self._kept_users == 0:
+                    self._close_kept()
+
+    def _kept_cursor(self) -> duckdb.DuckDBPyConnection:
+        """A connection of its own (sessions may run in other threads) to the open file."""
+        with self._kept_lock:
+            if self._kept is None:
+                self._kept, self._kept_since = self._connect(), time.monotonic()
+            self._kept_users += 1
+            return self._kept.cursor()
+
+    def _session_ended(self) -> None:
+        with self._kept_lock:
+            self._kept_users -= 1
+            if self._kept_users == 0 and time.monotonic() - self._kept_since >= KEEP_OPEN_S:
+                self._close_kept()
+
+    def _close_kept(self) -> None:
+        if self._kept is not None:
+            self._kept.close()
+            self._kept = None
 
     def _connect(self) -> duckdb.DuckDBPyConnection:
         """Opens the file, waiting with growing pauses while another process holds it."""
