@@ -172,3 +172,20 @@ def reference(specs, tmp_path_factory):
     folder = tmp_path_factory.mktemp("reference")
     store = open_warehouse(f"duckdb:///{folder / 'w.duckdb'}", "reference")
     return load_sample(store, folder, specs["business_registry"], SAMPLE.name, SAMPLE.read_bytes())
+
+
+def checks_evaluated(evaluations) -> dict[str, dict]:
+    """Each data-quality check behind a source's asset check evaluations (blocking_checks,
+    warning_checks), by name: its figures from the evaluation's metadata, and the severity,
+    blocking flag and name of the asset check it belongs to."""
+    found = {}
+    for evaluation in evaluations:
+        for name, value in evaluation.metadata.items():
+            if isinstance(value, dg.JsonMetadataValue):
+                found[name] = {
+                    **value.value,
+                    "severity": evaluation.severity,
+                    "blocking": evaluation.blocking,
+                    "asset_check": evaluation.check_name,
+                }
+    return found

@@ -99,7 +99,7 @@ def test_a_run_at_a_terminal_shows_its_info_messages_and_debug_on_request(base_e
 
     again = terminal_lines(launch())
     assert all(" - INFO - ingest_landing - " in line for line in again), again
-    skipped = [line for line in again if "_hash[" in line and "skipped: already loaded" in line]
+    skipped = [line for line in again if "_load_files - " in line and "skipped: already loaded" in line]
     assert len(skipped) == 4 and len(again) < 20, again
 
     (tmp_path / "debug.yaml").write_text("loggers:\n  console:\n    config:\n      log_level: DEBUG\n")

@@ -7,9 +7,9 @@ import dagster as dg
 import psycopg
 import pytest
 
-from harmonizer_dagster.core.quality import checks_for
 from harmonizer_dagster.core.warehouse import open_warehouse
 from harmonizer_dagster.definitions import build_definitions
+from harmonizer_dagster.orchestration.checks import check_specs
 from harmonizer_dagster.orchestration.jobs import files_run_config
 from harmonizer_dagster_tests.conftest import WAREHOUSES
 from harmonizer_dagster_tests.test_sensors import drop_small_files
@@ -73,7 +73,7 @@ def test_a_bad_file_fails_only_itself_and_the_others_load_publish_and_materializ
         if e.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION
     }
     assert {key for _, key in evaluations} == set(good)
-    assert len(evaluations) == 2 * len(checks_for(specs[SOURCE]))
+    assert len(evaluations) == 2 * len(check_specs(specs[SOURCE])) == 4
     assert set(instance.get_dynamic_partitions(f"{SOURCE}_files")) == set(keys)
 
     store = open_warehouse(warehouse_url, "harmonizer")

@@ -10,7 +10,9 @@ import polars as pl
 
 from harmonizer_dagster.core.quality import checks_for
 from harmonizer_dagster.definitions import build_definitions
+from harmonizer_dagster.orchestration.checks import check_specs
 from harmonizer_dagster.orchestration.resources import LandingZone
+from harmonizer_dagster_tests.conftest import checks_evaluated
 from harmonizer_dagster_tests.test_sensors import folder_sensor, requested, tick
 
 SOURCE = "business_registry"
@@ -44,13 +46,14 @@ def test_ingest_landing_checks_publishes_and_reports_every_file(environment, lan
     ), "one row per check per loaded file"
     assert published == {key: key != "bad zips.csv" for keys in LANDED.values() for key in keys}
 
-    evaluations = {
-        (e.asset_key.to_user_string(), e.check_name, e.partition) for e in result.get_asset_check_evaluations()
-    }
-    assert (SOURCE, "home_office_zip_pass_rate", "bad zips.csv") in evaluations
-    assert len(evaluations) == sum(len(checks_for(specs[s])) * len(keys) for s, keys in LANDED.items())
-    failed = [e.check_name for e in result.get_asset_check_evaluations() if not e.passed]
-    assert failed == ["home_office_zip_pass_rate"]
+    evaluations = result.get_asset_check_evaluations()
+    groups = {(e.asset_key.to_user_string(), e.check_name, e.partition) for e in evaluations}
+    assert len(groups) == len(evaluations) == sum(len(check_specs(specs[s])) * len(keys) for s, keys in LANDED.items())
+    bad = checks_evaluated(e for e in evaluations if e.partition == "bad zips.csv")
+    assert set(bad) == {check.name for check in checks_for(specs[SOURCE])}
+    assert not bad["home_office_zip_pass_rate"]["passed"] and bad["home_office_zip_pass_rate"]["blocking"]
+    failed = [(e.check_name, e.partition, e.metadata["failed_checks"].value) for e in evaluations if not e.passed]
+    assert failed == [("blocking_checks", "bad zips.csv", "home_office_zip_pass_rate")]
 
     materialized = {
         (event.asset_key.to_user_string(), event.partition) for event in result.get_asset_materialization_events()
@@ -62,7 +65,7 @@ def test_ingest_landing_checks_publishes_and_reports_every_file(environment, lan
             assert ((f"{source}_published", key) in materialized) is (key != "bad zips.csv")
     # The instance holds the checks as the asset's own: the UI shows them on the partition.
     latest = instance.event_log_storage.get_asset_check_execution_history(
-        dg.AssetCheckKey(dg.AssetKey(SOURCE), "home_office_zip_pass_rate"), limit=10
+        dg.AssetCheckKey(dg.AssetKey(SOURCE), "blocking_checks"), limit=10
     )
     assert {record.partition for record in latest} == set(LANDED[SOURCE])
 
