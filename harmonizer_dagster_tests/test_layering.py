@@ -1,6 +1,7 @@
 """The core knows nothing of Dagster; data flows one way, from core to the Dagster layer."""
 
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -30,3 +31,14 @@ def test_core_modules_import_neither_dagster_nor_the_dagster_layer():
 def test_importing_the_core_does_not_load_dagster():
     code = "import sys, harmonizer_dagster.core.pipeline; print('dagster' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"
+
+
+def test_a_code_location_without_aws_settings_does_not_load_dagster_aws_nor_boto():
+    aws_settings = ("HARMONIZER_S3_BUCKET", "HARMONIZER_S3_ENDPOINT_URL", "HARMONIZER_WAREHOUSE_SECRET_ID")
+    env = {name: value for name, value in os.environ.items() if name not in aws_settings}
+    code = (
+        "import sys; from harmonizer_dagster.definitions import defs; "
+        "print(sorted({m.split('.')[0] for m in sys.modules if m.startswith(('dagster_aws', 'boto'))}))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert loaded.stdout == "[]\n"

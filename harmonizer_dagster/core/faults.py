@@ -9,8 +9,8 @@ the same way every time, so retrying it only delays the message.
 from __future__ import annotations
 
 import builtins
+import sys
 
-import botocore.exceptions
 import duckdb
 import psycopg
 
@@ -48,19 +48,8 @@ def is_transient(exc: BaseException) -> bool:
 
 
 def _transient_itself(exc: BaseException) -> bool:
-    if isinstance(exc, builtins.ConnectionError | TimeoutError):
+    if isinstance(exc, builtins.ConnectionError | TimeoutError) or _transient_aws(exc):
         return True
-    if isinstance(
-        exc,
-        botocore.exceptions.ConnectionError
-        | botocore.exceptions.HTTPClientError
-        | botocore.exceptions.IncompleteReadError,
-    ):
-        return True
-    if isinstance(exc, botocore.exceptions.ClientError):
-        error = exc.response.get("Error", {})
-        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
-        return error.get("Code") in TRANSIENT_S3_CODES or status == 429 or status >= 500
     if isinstance(exc, duckdb.Error):
         conflict = isinstance(exc, duckdb.TransactionException) and "Conflict" in str(exc)
         return conflict or any(m in str(exc) for m in TRANSIENT_DUCKDB_MESSAGES)
@@ -68,4 +57,19 @@ def _transient_itself(exc: BaseException) -> bool:
         # No SQLSTATE: the client lost the server (closed connection, refused, reset).
         state = exc.sqlstate
         return state is None or state.startswith(TRANSIENT_SQLSTATES)
+    return False
+
+
+def _transient_aws(exc: BaseException) -> bool:
+    # A process that never imported botocore (it talks to neither S3 nor Secrets Manager) has
+    # none of its errors, and need not pay for importing it to say so.
+    botocore = sys.modules.get("botocore.exceptions")
+    if botocore is None:
+        return False
+    if isinstance(exc, botocore.ConnectionError | botocore.HTTPClientError | botocore.IncompleteReadError):
+        return True
+    if isinstance(exc, botocore.ClientError):
+        error = exc.response.get("Error", {})
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        return error.get("Code") in TRANSIENT_S3_CODES or status == 429 or status >= 500
     return False

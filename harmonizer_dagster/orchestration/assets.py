@@ -9,7 +9,6 @@ from datetime import timedelta
 from typing import Any
 
 import dagster as dg
-from dagster_aws.s3 import S3Resource
 
 from harmonizer_dagster.core.faults import is_transient
 from harmonizer_dagster.core.files import FileVersion, RefusedFile, locate
@@ -27,7 +26,7 @@ from harmonizer_dagster.core.settings import current
 from harmonizer_dagster.core.spec import SourceSpec
 from harmonizer_dagster.core.warehouse.tables import sql_type
 from harmonizer_dagster.orchestration.outcomes import record_lost_outcomes
-from harmonizer_dagster.orchestration.resources import LandingZone, WarehouseResource
+from harmonizer_dagster.orchestration.resources import LandingZone, WarehouseResource, s3_client
 
 # Dagster's run tag that says whether the daemon re-executes a run an op failed: the ops set
 # it from what failed, so only passing faults are retried (the instances default it to false).
@@ -130,29 +129,28 @@ def _metadata(spec: SourceSpec, hashed: HashedVersion, result: UpsertResult) -> 
     return {**metadata, "rows_per_second": dg.MetadataValue.float(round(rate, 1))}
 
 
-def build_source_ops(spec: SourceSpec) -> SourceOps:
+def build_source_ops(spec: SourceSpec, with_s3: bool = False) -> SourceOps:
+    """`with_s3`: the code location configures S3, so the hash op takes its `s3` resource."""
     tags = {"source": spec.name}
 
     @dg.op(
         name=f"{spec.name}_hash",
         ins={"file": dg.In(dg.Optional[FileVersion], default_value=None)},
+        # Named here, not as arguments, because `s3` is there only where S3 is configured.
+        required_resource_keys={"warehouse", "landing", *(["s3"] if with_s3 else [])},
         tags=tags,
         retry_policy=transient_retry_policy(),
         description="Streams the file through SHA-256 and registers the version; an already-loaded hash is skipped.",
     )
-    def hash_op(
-        context: dg.OpExecutionContext,
-        warehouse: WarehouseResource,
-        landing: LandingZone,
-        s3: S3Resource,
-        file: FileVersion | None,
-    ) -> HashedVersion:
+    def hash_op(context: dg.OpExecutionContext, file: FileVersion | None) -> HashedVersion:
+        warehouse: WarehouseResource = context.resources.warehouse
+        landing: LandingZone = context.resources.landing
         # Inside the asset the partition names the file; the ingest jobs pass it in.
         target = file or locate(landing.landing_path, spec.name, context.partition_key)
         with faults_classified(context):
             if not target.is_s3 and not os.path.lexists(target.path):
                 raise dg.Failure(missing_file_message(landing.landing_path, spec.name, target.partition_key))
-            client = s3.get_client() if target.is_s3 else None
+            client = s3_client(context, target.partition_key) if target.is_s3 else None
             store = warehouse.open()
             # A retried attempt downloads and hashes the object again from its first byte.
             hashed = hash_step(spec, target, store, landing.staging_path, context.run_id, s3_client=client)
