@@ -12,7 +12,6 @@ import builtins
 import sys
 
 import duckdb
-import psycopg
 
 # SQLSTATEs of a passing condition: the connection (class 08), a serialization failure or
 # deadlock the server rolled back, a lock not available, a server shutting down or starting
@@ -53,7 +52,11 @@ def _transient_itself(exc: BaseException) -> bool:
     if isinstance(exc, duckdb.Error):
         conflict = isinstance(exc, duckdb.TransactionException) and "Conflict" in str(exc)
         return conflict or any(m in str(exc) for m in TRANSIENT_DUCKDB_MESSAGES)
-    if isinstance(exc, psycopg.OperationalError):
+    # Errors of a library are only raised where it is loaded: a process that never imported
+    # psycopg (a DuckDB warehouse) or botocore (no S3, no Secrets Manager) has none of them,
+    # and need not pay for importing it to say so.
+    psycopg = sys.modules.get("psycopg")
+    if psycopg is not None and isinstance(exc, psycopg.OperationalError):
         # No SQLSTATE: the client lost the server (closed connection, refused, reset).
         state = exc.sqlstate
         return state is None or state.startswith(TRANSIENT_SQLSTATES)
@@ -61,8 +64,6 @@ def _transient_itself(exc: BaseException) -> bool:
 
 
 def _transient_aws(exc: BaseException) -> bool:
-    # A process that never imported botocore (it talks to neither S3 nor Secrets Manager) has
-    # none of its errors, and need not pay for importing it to say so.
     botocore = sys.modules.get("botocore.exceptions")
     if botocore is None:
         return False
