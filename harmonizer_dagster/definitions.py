@@ -13,16 +13,16 @@ from pathlib import Path
 from typing import NoReturn
 
 import dagster as dg
-from dagster_aws.s3 import S3Resource
-from dagster_aws.secretsmanager import SecretsManagerResource
 
+from harmonizer_dagster.core.fetching import upstream_location
 from harmonizer_dagster.core.settings import DEFAULTS, current, seeded_landing
-from harmonizer_dagster.core.spec import SpecCatalog, SpecError, load_specs
+from harmonizer_dagster.core.spec import SourceSpec, SpecCatalog, SpecError, load_specs
 from harmonizer_dagster.orchestration.alerts import build_alert_sensors
 from harmonizer_dagster.orchestration.assets import build_published_asset, build_source_asset, build_source_ops
 from harmonizer_dagster.orchestration.checks import build_quality_checks
 from harmonizer_dagster.orchestration.jobs import build_ingest_jobs, build_register_job, build_source_job
 from harmonizer_dagster.orchestration.resources import (
+    S3_SETTINGS,
     LandingZone,
     Notifier,
     S3Landing,
@@ -37,13 +37,6 @@ from harmonizer_dagster.orchestration.sensors import (
 )
 from harmonizer_dagster.orchestration.triage import build_report_asset, build_reprocess_job, triage_issues
 
-# dagster-aws marks SecretsManagerResource beta; it is the one resource that reads secrets, so it
-# stays, and its warning (raised where it is built here and again in every run) is not shown.
-warnings.filterwarnings(
-    "ignore",
-    message="Class `SecretsManagerResource` is currently in beta",
-    category=dg.BetaWarning,
-)
 # Dagster raises this one itself when it binds resources to the job a landing sensor targets
 # (it copies the sensor with its empty owners); no sensor here sets owners.
 warnings.filterwarnings(
@@ -72,26 +65,55 @@ def flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def build_resources() -> dict[str, dg.ConfigurableResource]:
-    return {
-        "warehouse": WarehouseResource(
-            url=setting("HARMONIZER_WAREHOUSE_URL"),
-            secret_id=setting("HARMONIZER_WAREHOUSE_SECRET_ID"),
-            secrets=SecretsManagerResource(
-                endpoint_url=setting("HARMONIZER_SECRETS_ENDPOINT_URL") or None,
-                region_name=setting("AWS_DEFAULT_REGION", "us-east-1"),
-            ),
+def configured(name: str) -> bool:
+    return bool(os.environ.get(name, "").strip())
+
+
+def uses_s3(specs: Sequence[SourceSpec]) -> bool:
+    """Whether this code location talks to S3: an S3 setting is set, or a schedule fetches from
+    s3://. Only then are dagster-aws and boto3 imported and the ops given the `s3` resource."""
+    if any(configured(name) for name in S3_SETTINGS):
+        return True
+    fetches = (upstream_location(spec.schedule.fetch) for spec in specs if spec.schedule)
+    return any(location and location.startswith("s3://") for location in fetches)
+
+
+def warehouse_resource() -> WarehouseResource:
+    if not configured("HARMONIZER_WAREHOUSE_SECRET_ID"):
+        return WarehouseResource(url=setting("HARMONIZER_WAREHOUSE_URL"))
+    from harmonizer_dagster.orchestration.aws import SecretsManagerResource, SecretWarehouseResource
+
+    return SecretWarehouseResource(
+        url=setting("HARMONIZER_WAREHOUSE_URL"),
+        secret_id=setting("HARMONIZER_WAREHOUSE_SECRET_ID"),
+        secrets=SecretsManagerResource(
+            endpoint_url=setting("HARMONIZER_SECRETS_ENDPOINT_URL") or None,
+            region_name=setting("AWS_DEFAULT_REGION", "us-east-1"),
         ),
+    )
+
+
+def s3_resources() -> dict[str, dg.ConfigurableResource]:
+    from harmonizer_dagster.orchestration.aws import S3Resource
+
+    # Credentials come from the standard AWS variables or the instance role, never from here.
+    return {
+        "s3": S3Resource(
+            endpoint_url=setting("HARMONIZER_S3_ENDPOINT_URL") or None,
+            region_name=setting("AWS_DEFAULT_REGION", "us-east-1"),
+        )
+    }
+
+
+def build_resources(with_s3: bool = False) -> dict[str, dg.ConfigurableResource]:
+    return {
+        "warehouse": warehouse_resource(),
         "landing": LandingZone(
             landing_dir=landing_setting(),
             staging_dir=setting("HARMONIZER_STAGING_DIR"),
             batch_rows=int_setting("HARMONIZER_BATCH_ROWS", 5_000),
         ),
-        # Credentials come from the standard AWS variables or the instance role, never from here.
-        "s3": S3Resource(
-            endpoint_url=setting("HARMONIZER_S3_ENDPOINT_URL") or None,
-            region_name=setting("AWS_DEFAULT_REGION", "us-east-1"),
-        ),
+        **(s3_resources() if with_s3 else {}),
         "source_tables": SourceTableIOManager(),
         "s3_landing": S3Landing(bucket=setting("HARMONIZER_S3_BUCKET"), prefix=setting("HARMONIZER_S3_PREFIX")),
         "notifier": Notifier(
@@ -163,8 +185,10 @@ def build_definitions() -> dg.Definitions:
     # Runs carry the host that serves them, so the instance's per-host limit applies: jobs
     # through their tags, runs of the implicit asset job through their assets' tags.
     host_tags = {"harmonizer/host": os.environ["HARMONIZER_HOST"]} if os.environ.get("HARMONIZER_HOST") else {}
+    with_s3 = uses_s3(specs)
+    ops = {spec.name: build_source_ops(spec, with_s3) for spec in specs}
     load_jobs = {spec.name: build_source_job(spec, host_tags) for spec in specs}
-    ingest_jobs, files_jobs = build_ingest_jobs(specs, host_tags)
+    ingest_jobs, files_jobs = build_ingest_jobs(specs, host_tags, with_s3)
     interval = int(current("HARMONIZER_SENSOR_INTERVAL_SECONDS"))
     automatic = current("HARMONIZER_AUTOMATION").strip().lower() not in ("off", "false", "no", "0")
     sensor_status = dg.DefaultSensorStatus.RUNNING if automatic else dg.DefaultSensorStatus.STOPPED
@@ -172,8 +196,8 @@ def build_definitions() -> dg.Definitions:
     sensors = [build_folder_sensor(spec, files_jobs[spec.name], interval, sensor_status) for spec in specs]
     if os.environ.get("HARMONIZER_S3_BUCKET"):
         sensors += [build_s3_sensor(spec, files_jobs[spec.name], interval, sensor_status) for spec in specs]
-    fetch_jobs = {spec.name: build_fetch_job(spec, host_tags) for spec in specs if spec.schedule}
-    assets = {spec.name: build_source_asset(spec, build_source_ops(spec), host_tags) for spec in specs}
+    fetch_jobs = {spec.name: build_fetch_job(spec, host_tags, with_s3) for spec in specs if spec.schedule}
+    assets = {spec.name: build_source_asset(spec, ops[spec.name], host_tags) for spec in specs}
     if specs and automatic:
         # Dagster's implicit automation sensor starts stopped; declared here it runs, so each
         # source's report is refreshed after every load without a click.
@@ -215,7 +239,7 @@ def build_definitions() -> dg.Definitions:
             for spec in specs
             if spec.name in fetch_jobs
         ],
-        resources=build_resources(),
+        resources=build_resources(with_s3),
         # Steps run in the run worker's process: the multiprocess executor re-imports the code
         # location for every step (seconds each, far more on a Pi) and the steps pass only
         # small references to staged files, so a process per step buys nothing.

@@ -4,7 +4,6 @@ import time
 
 import dagster as dg
 import pytest
-from dagster_aws.secretsmanager import SecretsManagerResource
 
 from harmonizer_dagster.definitions import build_definitions
 from harmonizer_dagster.orchestration.alerts import build_alert_sensors, build_stall_sensor
@@ -56,7 +55,7 @@ def test_a_failed_run_is_emailed(smtp, monkeypatch, tmp_path):
 
 def test_a_silent_started_run_is_reported_once(smtp, tmp_path):
     inbox, port = smtp
-    warehouse = WarehouseResource(url=f"duckdb:///{tmp_path / 'w.duckdb'}", secrets=SecretsManagerResource())
+    warehouse = WarehouseResource(url=f"duckdb:///{tmp_path / 'w.duckdb'}")
     resources = {"notifier": notifier(port), "warehouse": warehouse}
     sensor = build_stall_sensor(stall_minutes=0, host=None)
     with dg.instance_for_test() as instance:

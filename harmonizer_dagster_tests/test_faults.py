@@ -208,6 +208,26 @@ def test_an_object_that_is_not_there_fails_at_once_without_retries(dying_s3, ins
     assert instance.get_run_by_id(result.run_id).tags["dagster/will_retry"] == "false", "a missing object stays missing"
 
 
+def test_an_s3_object_where_s3_is_not_configured_fails_at_once_saying_what_to_set(instance, environment, monkeypatch):
+    for name in ("HARMONIZER_S3_BUCKET", "HARMONIZER_S3_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
+    uri = f"s3://landing/{SOURCE}/{Q3}"
+    instance.add_dynamic_partitions(PARTITIONS, [uri])
+    defs = build_definitions()
+    assert "s3" not in defs.resources
+
+    result = defs.resolve_job_def(f"load_{SOURCE}").execute_in_process(
+        instance=instance, partition_key=uri, raise_on_error=False
+    )
+
+    (failure,) = step_events(result, dg.DagsterEventType.STEP_FAILURE, "_hash")
+    assert failure.step_failure_data.error.message.startswith(
+        f"dagster._core.definitions.events.Failure: {uri} is in S3, but this code location has no S3 configured: "
+        "set HARMONIZER_S3_BUCKET or HARMONIZER_S3_ENDPOINT_URL"
+    )
+    assert instance.get_run_by_id(result.run_id).tags["dagster/will_retry"] == "false"
+
+
 # -- PostgreSQL --------------------------------------------------------------------------------
 
 

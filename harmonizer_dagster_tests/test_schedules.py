@@ -11,6 +11,7 @@ from dagster._utils.schedules import cron_string_iterator
 
 from harmonizer_dagster.definitions import build_definitions
 
+SAMPLE = "business_registry/registry_2026-Q3.csv"
 START = datetime.datetime(2026, 11, 22, tzinfo=datetime.UTC).timestamp()
 
 
@@ -75,3 +76,21 @@ def test_scheduled_fetch_drops_the_upstream_file_into_the_landing_folder(monkeyp
     fetched = drop / "business_registry" / "registry_2027-01-04.csv"
     assert fetched.read_bytes().startswith(b"Corp Number,Legal Name")
     assert not list(fetched.parent.glob(".*.part")), "no half-fetched file is left behind"
+
+
+def test_a_schedule_fetching_from_s3_gives_its_fetch_the_s3_resource(monkeypatch, tmp_path, landing, s3_bucket):
+    bucket, client = s3_bucket
+    client.put_object(Bucket=bucket, Key="upstream/registry.csv", Body=(landing / SAMPLE).read_bytes())
+    for name in ("HARMONIZER_S3_BUCKET", "HARMONIZER_S3_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
+    # Only the schedule names S3; boto3 finds the endpoint in the standard AWS variable.
+    monkeypatch.setenv("AWS_ENDPOINT_URL", client.meta.endpoint_url)
+    monkeypatch.setenv("HARMONIZER_UPSTREAM_BUSINESS_REGISTRY", f"s3://{bucket}/upstream/registry.csv")
+    monkeypatch.setenv("HARMONIZER_LANDING_DIR", str(tmp_path / "drop"))
+    defs = build_definitions()
+    assert "s3" in defs.resources
+    with dg.instance_for_test() as instance:
+        result = defs.resolve_job_def("fetch_business_registry").execute_in_process(instance=instance)
+    assert result.success
+    (fetched,) = (tmp_path / "drop" / "business_registry").glob("registry_*.csv")
+    assert fetched.read_bytes() == (landing / SAMPLE).read_bytes()

@@ -16,7 +16,7 @@ import pytest
 from dagster_aws.secretsmanager import SecretsManagerResource
 
 from harmonizer_dagster.definitions import build_definitions
-from harmonizer_dagster.orchestration.resources import WarehouseResource
+from harmonizer_dagster.orchestration.aws import SecretWarehouseResource
 
 pytestmark = pytest.mark.postgres
 PASSWORD = "s3cr3t-" + uuid.uuid4().hex[:8]
@@ -50,7 +50,7 @@ def secret(s3_endpoint, s3_bucket, postgres_url):
 
 def test_the_warehouse_connects_with_credentials_from_secrets_manager(secret, s3_endpoint):
     name, role = secret
-    resource = WarehouseResource(
+    resource = SecretWarehouseResource(
         secret_id=name,
         schema_name="harmonizer_secret_test",
         secrets=SecretsManagerResource(endpoint_url=s3_endpoint, region_name="us-east-1"),

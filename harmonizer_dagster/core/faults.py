@@ -9,10 +9,9 @@ the same way every time, so retrying it only delays the message.
 from __future__ import annotations
 
 import builtins
+import sys
 
-import botocore.exceptions
 import duckdb
-import psycopg
 
 # SQLSTATEs of a passing condition: the connection (class 08), a serialization failure or
 # deadlock the server rolled back, a lock not available, a server shutting down or starting
@@ -48,24 +47,30 @@ def is_transient(exc: BaseException) -> bool:
 
 
 def _transient_itself(exc: BaseException) -> bool:
-    if isinstance(exc, builtins.ConnectionError | TimeoutError):
+    if isinstance(exc, builtins.ConnectionError | TimeoutError) or _transient_aws(exc):
         return True
-    if isinstance(
-        exc,
-        botocore.exceptions.ConnectionError
-        | botocore.exceptions.HTTPClientError
-        | botocore.exceptions.IncompleteReadError,
-    ):
-        return True
-    if isinstance(exc, botocore.exceptions.ClientError):
-        error = exc.response.get("Error", {})
-        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
-        return error.get("Code") in TRANSIENT_S3_CODES or status == 429 or status >= 500
     if isinstance(exc, duckdb.Error):
         conflict = isinstance(exc, duckdb.TransactionException) and "Conflict" in str(exc)
         return conflict or any(m in str(exc) for m in TRANSIENT_DUCKDB_MESSAGES)
-    if isinstance(exc, psycopg.OperationalError):
+    # Errors of a library are only raised where it is loaded: a process that never imported
+    # psycopg (a DuckDB warehouse) or botocore (no S3, no Secrets Manager) has none of them,
+    # and need not pay for importing it to say so.
+    psycopg = sys.modules.get("psycopg")
+    if psycopg is not None and isinstance(exc, psycopg.OperationalError):
         # No SQLSTATE: the client lost the server (closed connection, refused, reset).
         state = exc.sqlstate
         return state is None or state.startswith(TRANSIENT_SQLSTATES)
+    return False
+
+
+def _transient_aws(exc: BaseException) -> bool:
+    botocore = sys.modules.get("botocore.exceptions")
+    if botocore is None:
+        return False
+    if isinstance(exc, botocore.ConnectionError | botocore.HTTPClientError | botocore.IncompleteReadError):
+        return True
+    if isinstance(exc, botocore.ClientError):
+        error = exc.response.get("Error", {})
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        return error.get("Code") in TRANSIENT_S3_CODES or status == 429 or status >= 500
     return False

@@ -697,6 +697,14 @@ def _ndjson_scan(source: _Source, result: ReadResult) -> Iterator[np.ndarray]:
         yield np.array([line], np.int64)
 
 
+def _int64s(values: np.ndarray) -> pa.Array:
+    """The numbers as an Arrow array, sharing their memory. `pa.array` first imports pandas
+    wherever it is installed (the dev extra installs it), to see whether it was handed a pandas
+    object: 0.4 s and 45 MiB for a run that uses no pandas."""
+    values = np.ascontiguousarray(values, np.int64)
+    return pa.Array.from_buffers(pa.int64(), len(values), [None, pa.py_buffer(values)])
+
+
 def _lined(batches: Iterator[pa.RecordBatch], starts: _RecordStarts, name: str) -> Iterator[pa.RecordBatch]:
     """Each batch with the physical line its records start on (the parse calls `starts.finish`
     once it is done)."""
@@ -704,7 +712,7 @@ def _lined(batches: Iterator[pa.RecordBatch], starts: _RecordStarts, name: str) 
         lines = starts.take(batch.num_rows)
         if len(lines) < batch.num_rows:
             raise UnreliableParse(f"{name}: the parse found more records than the file's lines hold")
-        yield batch.append_column(LINE_COLUMN, pa.array(lines))
+        yield batch.append_column(LINE_COLUMN, _int64s(lines))
 
 
 def _positioned(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
@@ -714,7 +722,7 @@ def _positioned(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
     for batch in batches:
         lines = np.arange(position, position + batch.num_rows, dtype=np.int64)
         position += batch.num_rows
-        yield batch.append_column(LINE_COLUMN, pa.array(lines))
+        yield batch.append_column(LINE_COLUMN, _int64s(lines))
 
 
 def _batched(batches: Iterator[pa.RecordBatch], batch_rows: int, skip_batches: int) -> Iterator[pa.RecordBatch]:

@@ -9,7 +9,6 @@ from datetime import timedelta
 from typing import Any
 
 import dagster as dg
-from dagster_aws.s3 import S3Resource
 
 from harmonizer_dagster.core.faults import is_transient
 from harmonizer_dagster.core.files import FileVersion, RefusedFile, locate
@@ -28,7 +27,7 @@ from harmonizer_dagster.core.spec import SourceSpec
 from harmonizer_dagster.core.warehouse import Warehouse
 from harmonizer_dagster.core.warehouse.tables import sql_type
 from harmonizer_dagster.orchestration.outcomes import record_lost_outcomes
-from harmonizer_dagster.orchestration.resources import LandingZone, WarehouseResource
+from harmonizer_dagster.orchestration.resources import LandingZone, WarehouseResource, resource_keys, s3_client
 
 # Dagster's run tag that says whether the daemon re-executes a run an op failed: the ops set
 # it from what failed, so only passing faults are retried (the instances default it to false).
@@ -149,13 +148,13 @@ def _metadata(spec: SourceSpec, hashed: HashedVersion, result: UpsertResult) -> 
 
 
 def hash_file(
-    spec: SourceSpec, target: FileVersion, store: Warehouse, landing: LandingZone, s3: S3Resource, run_id: str
+    context: dg.OpExecutionContext, spec: SourceSpec, target: FileVersion, store: Warehouse, landing: LandingZone
 ) -> HashedVersion:
     if not target.is_s3 and not os.path.lexists(target.path):
         raise dg.Failure(missing_file_message(landing.landing_path, spec.name, target.partition_key))
-    client = s3.get_client() if target.is_s3 else None
+    client = s3_client(context, target.partition_key) if target.is_s3 else None
     # A retried attempt downloads and hashes the object again from its first byte.
-    return hash_step(spec, target, store, landing.staging_path, run_id, s3_client=client)
+    return hash_step(spec, target, store, landing.staging_path, context.run_id, s3_client=client)
 
 
 def hash_summary(hashed: HashedVersion) -> str:
@@ -193,22 +192,25 @@ def upsert_summary(store: Warehouse, metadata: dict[str, Any]) -> str:
     return f"into {store.description}: {figures}"
 
 
-def build_source_ops(spec: SourceSpec) -> SourceOps:
+def build_source_ops(spec: SourceSpec, with_s3: bool = False) -> SourceOps:
+    """`with_s3`: the code location configures S3, so the hash op takes its `s3` resource."""
     tags = {"source": spec.name}
 
     @dg.op(
         name=f"{spec.name}_hash",
+        # Named here, not as arguments, because `s3` is there only where S3 is configured.
+        required_resource_keys=resource_keys(with_s3, "warehouse", "landing"),
         tags=tags,
         retry_policy=transient_retry_policy(),
         description="Streams the file through SHA-256 and registers the version; an already-loaded hash is skipped.",
     )
-    def hash_op(
-        context: dg.OpExecutionContext, warehouse: WarehouseResource, landing: LandingZone, s3: S3Resource
-    ) -> HashedVersion:
+    def hash_op(context: dg.OpExecutionContext) -> HashedVersion:
+        warehouse: WarehouseResource = context.resources.warehouse
+        landing: LandingZone = context.resources.landing
         target = locate(landing.landing_path, spec.name, context.partition_key)
         with faults_classified(context):
             store = warehouse.open()
-            hashed = hash_file(spec, target, store, landing, s3, context.run_id)
+            hashed = hash_file(context, spec, target, store, landing)
             # What earlier runs of the source could not record (the unrecorded_failures sensor
             # does the same where a daemon runs); this run's own version is still going.
             record_lost_outcomes(context.instance, store, [spec.name], context.log)

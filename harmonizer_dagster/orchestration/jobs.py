@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import dagster as dg
-from dagster_aws.s3 import S3Resource
 from pydantic import Field
 
 from harmonizer_dagster.core.files import FileVersion, locate
@@ -35,7 +34,7 @@ from harmonizer_dagster.orchestration.assets import (
 )
 from harmonizer_dagster.orchestration.checks import evaluate_all_checks
 from harmonizer_dagster.orchestration.outcomes import record_lost_outcomes
-from harmonizer_dagster.orchestration.resources import LandingZone, WarehouseResource
+from harmonizer_dagster.orchestration.resources import LandingZone, WarehouseResource, resource_keys
 from harmonizer_dagster.orchestration.triage import report_metadata
 
 MANIFEST = "manifest.json"
@@ -136,12 +135,11 @@ def load_file(
     target: FileVersion,
     store: Warehouse,
     landing: LandingZone,
-    s3: S3Resource,
 ) -> None:
     """One file through the asset's four steps, then its checks and publication, reported as a
     materialization of its partition would report them."""
     key = target.partition_key
-    hashed = hash_file(spec, target, store, landing, s3, context.run_id)
+    hashed = hash_file(context, spec, target, store, landing)
     validate_file(spec, hashed, store, landing, context.log.info)
     harmonize_file(spec, hashed, store)
     _, metadata = upsert_file(spec, hashed, store, context.run_id)
@@ -164,22 +162,20 @@ def load_file(
     )
 
 
-def _load_files_op(spec: SourceSpec) -> dg.OpDefinition:
+def _load_files_op(spec: SourceSpec, with_s3: bool) -> dg.OpDefinition:
     @dg.op(
         name=f"{spec.name}_load_files",
         out=dg.Out(dg.Nothing),
+        # Named here, not as arguments, because `s3` is there only where S3 is configured.
+        required_resource_keys=resource_keys(with_s3, "warehouse", "landing"),
         tags={"source": spec.name},
         retry_policy=transient_retry_policy(),
         description="Loads each file as its own partition (hash, validate, harmonize, upsert, checks, "
         "publication), then refreshes the source's report; a file that fails leaves the others loaded.",
     )
-    def load_files(
-        context: dg.OpExecutionContext,
-        config: FilesConfig,
-        landing: LandingZone,
-        warehouse: WarehouseResource,
-        s3: S3Resource,
-    ) -> None:
+    def load_files(context: dg.OpExecutionContext, config: FilesConfig) -> None:
+        landing: LandingZone = context.resources.landing
+        warehouse: WarehouseResource = context.resources.warehouse
         keys = list(dict.fromkeys(config.partition_keys))
         if keys:
             register(context.instance, spec, keys)
@@ -195,7 +191,7 @@ def _load_files_op(spec: SourceSpec) -> dg.OpDefinition:
         with store.kept_open():
             for key in keys:
                 try:
-                    load_file(context, spec, locate(landing.landing_path, spec.name, key), store, landing, s3)
+                    load_file(context, spec, locate(landing.landing_path, spec.name, key), store, landing)
                 except Exception as exc:
                     failed.errors[key] = exc
                     context.log.error(f"{key} failed: {type(exc).__name__}: {str(exc).strip()}")
@@ -238,7 +234,7 @@ def _expected_counts_op(specs: Sequence[SourceSpec]) -> dg.OpDefinition:
 
 
 def build_ingest_jobs(
-    specs: Sequence[SourceSpec], host_tags: dict[str, str]
+    specs: Sequence[SourceSpec], host_tags: dict[str, str], with_s3: bool = False
 ) -> tuple[list[dg.JobDefinition], dict[str, dg.JobDefinition]]:
     """`ingest_landing` loads every landed file; `smoke_test` does the same, then checks the
     manifest; `load_<source>_files`, by source, loads the files its run config names (what the
@@ -246,7 +242,7 @@ def build_ingest_jobs(
 
     Each file goes through the asset's steps, then its asset checks and publication, and each
     source's report is refreshed: loading through a job counts exactly as materializing."""
-    load = {spec.name: _load_files_op(spec) for spec in specs}
+    load = {spec.name: _load_files_op(spec, with_s3) for spec in specs}
 
     @dg.graph(name="ingest_landing")
     def ingest_landing():

@@ -1,36 +1,55 @@
 """Resources: every external place the pipeline touches, configured from the environment."""
 
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
-from dagster_aws.secretsmanager import SecretsManagerResource
 from pydantic import Field
 
 from harmonizer_dagster.core.notify import Alert, SmtpSettings, send_email, send_slack
 from harmonizer_dagster.core.pipeline import DEFAULT_BATCH_ROWS
-from harmonizer_dagster.core.secrets import database_url, read_secret
 from harmonizer_dagster.core.warehouse import Warehouse, open_warehouse
+
+# What makes a code location talk to S3 (with a schedule that fetches from s3://). Only then do
+# its ops take dagster-aws's `s3` resource: dagster-aws and boto3 cost every process 0.8 s and
+# 50 MB of imports, so a location without S3 never imports them (see orchestration/aws.py).
+S3_SETTINGS = ("HARMONIZER_S3_BUCKET", "HARMONIZER_S3_ENDPOINT_URL")
+
+
+def resource_keys(with_s3: bool, *keys: str) -> set[str]:
+    """An op's resources, with `s3` where the code location configures S3 (see s3_client below)."""
+    return {*keys, *(["s3"] if with_s3 else [])}
+
+
+def s3_client(context: dg.OpExecutionContext, uri: str) -> Any:
+    """The boto3 client the op's `s3` resource (dagster-aws's S3Resource) sets on its context,
+    for an s3:// file. An op of a code location without S3 settings has no such resource: the
+    file fails at once, saying what to set."""
+    if "s3" not in context.op_def.required_resource_keys:
+        raise dg.Failure(
+            f"{uri} is in S3, but this code location has no S3 configured: set {' or '.join(S3_SETTINGS)}",
+            allow_retries=False,
+        )
+    return context.resources.s3
 
 
 class WarehouseResource(dg.ConfigurableResource):
-    """The warehouse holding canonical tables, the sources registry and data-quality records."""
+    """The warehouse holding canonical tables, the sources registry and data-quality records.
+    With HARMONIZER_WAREHOUSE_SECRET_ID, its URL comes from AWS Secrets Manager instead
+    (orchestration/aws.py)."""
 
     url: str = Field(
         default="",
         description="duckdb:///relative.duckdb, duckdb:////absolute.duckdb or postgresql://user@host/db. "
         "Set HARMONIZER_WAREHOUSE_URL; default: the embedded DuckDB file .harmonizer/warehouse.duckdb.",
     )
-    secret_id: str = Field(
-        default="",
-        description="An AWS Secrets Manager secret holding the URL, or RDS-style JSON (username, password, host, "
-        "port, dbname); takes precedence over `url` (HARMONIZER_WAREHOUSE_SECRET_ID).",
-    )
-    secrets: SecretsManagerResource = Field(default_factory=SecretsManagerResource)
     schema_name: str = Field(default="harmonizer", description="Schema that holds every table the project creates.")
 
+    def database_url(self) -> str:
+        return self.url
+
     def open(self) -> Warehouse:
-        url = database_url(read_secret(self.secrets.get_client(), self.secret_id)) if self.secret_id else self.url
-        store = open_warehouse(url, self.schema_name)
+        store = open_warehouse(self.database_url(), self.schema_name)
         # A step waiting for a warehouse another process holds says so in the run's event log.
         store.on_wait = dg.get_dagster_logger().warning
         return store

@@ -4,26 +4,32 @@ landing zone, where the landing sensor picks it up like any other drop."""
 from datetime import UTC, datetime
 
 import dagster as dg
-from dagster_aws.s3 import S3Resource
 
 from harmonizer_dagster.core.fetching import fetch_upstream, upstream_location
 from harmonizer_dagster.core.spec import SourceSpec
-from harmonizer_dagster.orchestration.resources import LandingZone
+from harmonizer_dagster.orchestration.resources import LandingZone, resource_keys, s3_client
 
 SCHEDULED_TIME_TAG = "dagster/scheduled_execution_time"
 
 
-def build_fetch_job(spec: SourceSpec, host_tags: dict[str, str]) -> dg.JobDefinition:
+def build_fetch_job(spec: SourceSpec, host_tags: dict[str, str], with_s3: bool = False) -> dg.JobDefinition:
+    """`with_s3`: the code location configures S3, so the fetch op takes its `s3` resource."""
     assert spec.schedule is not None
     fetch = spec.schedule.fetch
 
-    @dg.op(name=f"{spec.name}_fetch", tags={"source": spec.name})
-    def fetch_op(context: dg.OpExecutionContext, landing: LandingZone, s3: S3Resource) -> str:
+    @dg.op(
+        name=f"{spec.name}_fetch",
+        # Named here, not as arguments, because `s3` is there only where S3 is configured.
+        required_resource_keys=resource_keys(with_s3, "landing"),
+        tags={"source": spec.name},
+    )
+    def fetch_op(context: dg.OpExecutionContext) -> str:
+        landing: LandingZone = context.resources.landing
         # A scheduled run names the file after its scheduled time; a manual run after now.
         scheduled = context.run.tags.get(SCHEDULED_TIME_TAG)
         moment = datetime.fromisoformat(scheduled) if scheduled else datetime.now(UTC)
         location = upstream_location(fetch)
-        client = s3.get_client() if location and location.startswith("s3://") else None
+        client = s3_client(context, location) if location and location.startswith("s3://") else None
         target = fetch_upstream(fetch, landing.landing_path, spec.name, moment, client)
         context.log.info(f"fetched {spec.name} upstream into {target}")
         return str(target)

@@ -9,7 +9,6 @@ import time
 from collections.abc import Callable, Sequence
 
 import dagster as dg
-from dagster_aws.s3 import S3Resource
 
 from harmonizer_dagster.core.faults import is_transient
 from harmonizer_dagster.core.files import FileFingerprint, RefusedFile, fingerprint, fingerprint_s3, locate
@@ -133,6 +132,9 @@ def build_folder_sensor(spec: SourceSpec, job, interval: int, status: dg.Default
 
 
 def build_s3_sensor(spec: SourceSpec, job, interval: int, status: dg.DefaultSensorStatus) -> dg.SensorDefinition:
+    """Built only where HARMONIZER_S3_BUCKET is set: dagster-aws is imported here, not with the module."""
+    from harmonizer_dagster.orchestration.aws import S3Resource
+
     @dg.sensor(
         name=f"{spec.name}_s3_sensor",
         job=job,
