@@ -45,6 +45,9 @@ class Version:
     records_skipped: int
     records_inserted: int
     extra_fields: tuple[str, ...]
+    # The versions before it, as the longest list a check asked for: the anomaly checks share
+    # one look at the registry.
+    earlier: dict[int, list[EarlierVersion]] = field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -249,6 +252,9 @@ def earlier_versions(store: Warehouse, spec: SourceSpec, v: Version, limit: int)
     """The latest completed load of each of the `limit` partitions that arrived before the judged
     version's partition, the most recent first. Arrival is a partition's first registration, as
     the upsert orders versions; a partition's own earlier loads and skipped duplicates are left out."""
+    known = next((rows for fetched, rows in v.earlier.items() if fetched >= limit), None)
+    if known is not None:
+        return known[:limit]
     rows = store.query(
         "WITH partitions AS (SELECT partition_key, min(source_id) AS arrival, "
         "max(source_id) FILTER (WHERE status = 'completed') AS latest "
@@ -260,7 +266,8 @@ def earlier_versions(store: Warehouse, spec: SourceSpec, v: Version, limit: int)
         "ORDER BY p.arrival DESC LIMIT %s",
         (spec.name, v.source_id, limit),
     )
-    return [EarlierVersion(*(int(n or 0) for n in row)) for row in rows]
+    v.earlier[limit] = [EarlierVersion(*(int(n or 0) for n in row)) for row in rows]
+    return v.earlier[limit]
 
 
 def _median(values: list[float]) -> float:

@@ -188,13 +188,13 @@ def _load_files_op(spec: SourceSpec, with_s3: bool) -> dg.OpDefinition:
             # What earlier runs of the source could not record (the unrecorded_failures sensor
             # does the same where a daemon runs).
             record_lost_outcomes(context.instance, store, [spec.name], context.log)
-        with store.kept_open():
-            for key in keys:
-                try:
+        for key in keys:
+            try:
+                with store.kept_open():
                     load_file(context, spec, locate(landing.landing_path, spec.name, key), store, landing)
-                except Exception as exc:
-                    failed.errors[key] = exc
-                    context.log.error(f"{key} failed: {type(exc).__name__}: {str(exc).strip()}")
+            except Exception as exc:
+                failed.errors[key] = exc
+                context.log.error(f"{key} failed: {type(exc).__name__}: {str(exc).strip()}")
         with faults_classified(context):
             # A landing area with no file yet leaves a new warehouse without its tables.
             store.migrate([spec])

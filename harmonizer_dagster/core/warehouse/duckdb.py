@@ -25,8 +25,9 @@ from harmonizer_dagster.core.warehouse.base import Session, Warehouse, Warehouse
 # How DuckDB says another process holds the file, naming it when it can.
 HELD = re.compile(r"Conflicting lock is held in (?P<program>.*?) \(PID (?P<pid>\d+)\)")
 LONGEST_PAUSE_S = 1.0
-# How long `kept_open` holds the file before it lets another process have a turn.
-KEEP_OPEN_S = 2.0
+# How long `kept_open` holds the file before it lets another process have a turn: about a
+# small file's whole load, and short enough for a metrics scrape's wait.
+KEEP_OPEN_S = 0.25
 
 
 class DuckDBSession(Session):
@@ -107,9 +108,9 @@ class DuckDBWarehouse(Warehouse):
 
     @contextmanager
     def kept_open(self) -> Iterator[None]:
-        """Opening the file costs more than a small file's transactions: a run of many files
-        keeps it open between sessions, and still closes it every KEEP_OPEN_S seconds, at the
-        end of a session, so the CLI and the triage page wait no longer than that."""
+        """Opening the file costs more than a small file's transactions: a file's load keeps
+        it open between its sessions, and still closes it at the end of a session once it was
+        open KEEP_OPEN_S seconds, so the CLI, a scrape and the triage page get their turns."""
         self._keeping = True
         try:
             yield
