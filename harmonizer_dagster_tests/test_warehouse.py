@@ -11,8 +11,9 @@ from harmonizer_dagster.core.files import locate
 from harmonizer_dagster.core.pipeline import harmonize_step, hash_step, upsert_step, validate_step
 from harmonizer_dagster.core.samples import REGISTRY_HEADER
 from harmonizer_dagster.core.spec import parse_spec
+from harmonizer_dagster.core.warehouse import open_warehouse
 from harmonizer_dagster.core.warehouse.tables import MIGRATIONS
-from harmonizer_dagster_tests.conftest import csv_spec, load_file
+from harmonizer_dagster_tests.conftest import csv_spec, load_file, warehouse_url
 
 Q3 = "registry_2026-Q3.csv"
 
@@ -143,7 +144,7 @@ def test_changed_file_updates_only_changed_rows(warehouse, specs, landing, tmp_p
 
 
 def test_row_hashes_stored_as_whole_sha256_text_migrate_to_uuids_without_touching_rows(
-    warehouse, specs, landing, tmp_path
+    warehouse, specs, landing, tmp_path, request
 ):
     spec = specs["business_registry"]
     first = load_file(spec, landing, Q3, warehouse, tmp_path / "s")
@@ -160,6 +161,9 @@ def test_row_hashes_stored_as_whole_sha256_text_migrate_to_uuids_without_touchin
     )
     changed.write_csv(landing / spec.name / "registry_2026-Q3-fixed.csv")
 
+    # The release that stores UUIDs runs as processes of their own, which open the warehouse anew.
+    url = warehouse_url(request.node.callspec.params["warehouse"], tmp_path, request)
+    warehouse = open_warehouse(url, warehouse.schema_name)
     result = load_file(spec, landing, "registry_2026-Q3-fixed.csv", warehouse, tmp_path / "s")
 
     types = warehouse.query(
