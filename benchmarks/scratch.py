@@ -1,5 +1,5 @@
-"""What the benchmarks share: scratch PostgreSQL databases, and a case run in a child process
-so its peak memory is its own."""
+"""What the benchmarks share: scratch PostgreSQL databases, the generated registry file, and a
+case run in a child process so its peak memory is its own."""
 
 from __future__ import annotations
 
@@ -55,3 +55,15 @@ def run_load_case(script: str, file: Path, url: str, work: Path) -> dict:
     if child.returncode:
         raise RuntimeError(child.stderr[-3000:])
     return json.loads(child.stdout.splitlines()[-1])
+
+
+def registry_file(data_dir: Path, rows: int) -> Path:
+    """The registry file of `rows` generated rows plus duplicates (1,000,000 make 1,006,000
+    records, 139 MiB), written on first use and kept in `data_dir`."""
+    file = (data_dir / f"registry_{rows}.csv").resolve()
+    if not file.exists():
+        from harmonizer_dagster.core.samples import write_registry_csv
+
+        print(f"generating {file} ...", flush=True)
+        write_registry_csv(file, rows, seed=42)
+    return file
