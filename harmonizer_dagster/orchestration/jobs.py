@@ -9,6 +9,7 @@ of a thousand small files to a dozen events per file, where a step per file woul
 
 import json
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import dagster as dg
@@ -16,6 +17,7 @@ from pydantic import Field
 
 from harmonizer_dagster.core.files import FileVersion, locate
 from harmonizer_dagster.core.landing import Ignored, scan_folder
+from harmonizer_dagster.core.pipeline import HashedVersion
 from harmonizer_dagster.core.spec import SourceSpec
 from harmonizer_dagster.core.warehouse import Warehouse
 from harmonizer_dagster.orchestration.assets import (
@@ -38,6 +40,8 @@ from harmonizer_dagster.orchestration.resources import LandingZone, WarehouseRes
 from harmonizer_dagster.orchestration.triage import report_metadata
 
 MANIFEST = "manifest.json"
+# Files up to this size (a few dozen records) keep a DuckDB warehouse open for their whole load.
+SMALL_FILE_BYTES = 16 * 1024
 
 
 def register_new_files(context: dg.OpExecutionContext, spec: SourceSpec, landing: LandingZone) -> list[str]:
@@ -138,8 +142,17 @@ def load_file(
 ) -> None:
     """One file through the asset's four steps, then its checks and publication, reported as a
     materialization of its partition would report them."""
-    key = target.partition_key
     hashed = hash_file(context, spec, target, store, landing)
+    # A small file's load is a dozen small transactions, which cost less than opening a DuckDB
+    # file each; a larger file's data work dwarfs them, and the file stays free between them.
+    with store.kept_open() if hashed.size_bytes <= SMALL_FILE_BYTES else nullcontext():
+        _load_hashed(context, spec, hashed, store, landing)
+
+
+def _load_hashed(
+    context: dg.OpExecutionContext, spec: SourceSpec, hashed: HashedVersion, store: Warehouse, landing: LandingZone
+) -> None:
+    key = hashed.partition_key
     validate_file(spec, hashed, store, landing, context.log.info)
     harmonize_file(spec, hashed, store)
     _, metadata = upsert_file(spec, hashed, store, context.run_id)
@@ -190,8 +203,7 @@ def _load_files_op(spec: SourceSpec, with_s3: bool) -> dg.OpDefinition:
             record_lost_outcomes(context.instance, store, [spec.name], context.log)
         for key in keys:
             try:
-                with store.kept_open():
-                    load_file(context, spec, locate(landing.landing_path, spec.name, key), store, landing)
+                load_file(context, spec, locate(landing.landing_path, spec.name, key), store, landing)
             except Exception as exc:
                 failed.errors[key] = exc
                 context.log.error(f"{key} failed: {type(exc).__name__}: {str(exc).strip()}")

@@ -145,8 +145,8 @@ class Warehouse(ABC):
         # Seconds this warehouse's sessions wait for another process; None: the configured
         # HARMONIZER_WAREHOUSE_LOCK_TIMEOUT. A metrics scrape waits briefly, never for a whole load.
         self.lock_wait: float | None = None
-        # The specs `migrate` found up to date, by name and columns.
-        self._migrated: set[tuple[str, tuple[tuple[str, str], ...]]] = set()
+        # The sets of specs (by name and columns) `migrate` found up to date.
+        self._migrated: set[frozenset[tuple[str, tuple[tuple[str, str], ...]]]] = set()
 
     def wait_limit(self) -> float:
         """Seconds a session may wait for what another process holds."""
@@ -218,14 +218,14 @@ class Warehouse(ABC):
         to date takes no lock at all."""
         # A warehouse seen up to date outside any open transaction (which could still roll back
         # what it created) stays so: a run of many files asks once.
-        wanted = {(spec.name, tuple(canonical_columns(spec))) for spec in specs}
-        if wanted <= self._migrated:
+        wanted = frozenset((spec.name, tuple(canonical_columns(spec))) for spec in specs)
+        if wanted in self._migrated:
             return
         committed = self._shared is None
         with self._connected() as s:
             if self._up_to_date(s, specs):
                 if committed:
-                    self._migrated |= wanted
+                    self._migrated.add(wanted)
                 return
             self.hold(s, "migrations")
             s.execute(f"CREATE SCHEMA IF NOT EXISTS {self.schema}")
