@@ -4,13 +4,12 @@ The ingest jobs and each source's files job load file after file in one step, th
 steps the source assets are built from, so `dagster job execute` and the landing sensors' runs
 count exactly as materializations in the UI: each file is its own partition, with its own
 materialization and checks, and a bad file fails only itself. One step per source keeps a run
-of a thousand small files to a dozen events per file, where a step per file would cost tens.
+of a thousand small files to five events per file, where a step per file would cost tens.
 """
 
 import json
 from collections.abc import Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field
 
 import dagster as dg
 from pydantic import Field
@@ -107,30 +106,24 @@ def files_run_config(spec: SourceSpec, partition_keys: Sequence[str]) -> dict:
     return {"ops": {f"{spec.name}_load_files": {"config": {"partition_keys": list(partition_keys)}}}}
 
 
-@dataclass
-class FileFailures:
-    """The files of a run that failed, by partition key, with what failed them."""
-
-    errors: dict[str, Exception] = field(default_factory=dict)
-
-    def raise_for(self, context: dg.OpExecutionContext, total: int) -> None:
-        """Fails the step once every file had its turn: with a passing fault when one failed a
-        file (the step's retry policy runs it again, and the files already loaded are skipped
-        by their hash), else with the list of files and why, which no retry would change."""
-        if not self.errors:
-            return
-        failures = {key: step_failure(exc) for key, exc in self.errors.items()}
-        transient = [self.errors[key] for key, failure in failures.items() if failure is None]
-        tag_retry(context, bool(transient))
-        if transient:
-            announce_retry(context, transient[0])
-            raise transient[0]
-        reasons = {key: failure.description or "" for key, failure in failures.items() if failure is not None}
-        raise dg.Failure(
-            f"{len(reasons)} of {total} file(s) failed: " + "; ".join(f"{key}: {why}" for key, why in reasons.items()),
-            metadata={"failed_files": dg.MetadataValue.json(reasons)},
-            allow_retries=False,
-        )
+def raise_for_failed_files(context: dg.OpExecutionContext, errors: dict[str, Exception], total: int) -> None:
+    """Fails the step once every file had its turn: with a passing fault when one failed a file
+    (the step's retry policy runs it again, and the files already loaded are skipped by their
+    hash), else with the list of files and why, which no retry would change."""
+    if not errors:
+        return
+    failures = {key: step_failure(exc) for key, exc in errors.items()}
+    transient = [errors[key] for key, failure in failures.items() if failure is None]
+    tag_retry(context, bool(transient))
+    if transient:
+        announce_retry(context, transient[0])
+        raise transient[0]
+    reasons = {key: failure.description or "" for key, failure in failures.items() if failure is not None}
+    raise dg.Failure(
+        f"{len(reasons)} of {total} file(s) failed: " + "; ".join(f"{key}: {why}" for key, why in reasons.items()),
+        metadata={"failed_files": dg.MetadataValue.json(reasons)},
+        allow_retries=False,
+    )
 
 
 def load_file(
@@ -195,8 +188,8 @@ def _load_files_op(spec: SourceSpec, with_s3: bool) -> dg.OpDefinition:
         else:
             keys = register_new_files(context, spec, landing)
         store = warehouse.open()
-        failed = FileFailures()
-        # One step for all the files: a step costs Dagster tens of events, a file a dozen.
+        failed: dict[str, Exception] = {}
+        # One step for all the files: a step costs Dagster tens of events, a file five.
         with faults_classified(context):
             # What earlier runs of the source could not record (the unrecorded_failures sensor
             # does the same where a daemon runs).
@@ -205,14 +198,14 @@ def _load_files_op(spec: SourceSpec, with_s3: bool) -> dg.OpDefinition:
             try:
                 load_file(context, spec, locate(landing.landing_path, spec.name, key), store, landing)
             except Exception as exc:
-                failed.errors[key] = exc
+                failed[key] = exc
                 context.log.error(f"{key} failed: {type(exc).__name__}: {str(exc).strip()}")
         with faults_classified(context):
             # A landing area with no file yet leaves a new warehouse without its tables.
             store.migrate([spec])
             metadata = report_metadata(store, spec)
         context.log_event(dg.AssetMaterialization(asset_key=f"{spec.name}_dq_report", metadata=metadata))
-        failed.raise_for(context, len(keys))
+        raise_for_failed_files(context, failed, len(keys))
 
     return load_files
 
