@@ -295,3 +295,35 @@ def test_the_triage_page_waits_for_a_load_holding_the_duckdb_file(loaded_duckdb,
         logger.removeHandler(seen)
     assert logged[0].startswith("waiting for the warehouse: ") and str(pid) in logged[0]
     assert pages[0].status_code == 200 and Q3 in pages[0].text
+
+
+def test_a_run_keeping_the_duckdb_file_open_gives_a_waiting_process_its_turn(loaded_duckdb):
+    stop, sessions = threading.Event(), []
+
+    def run() -> None:
+        with loaded_duckdb.kept_open():
+            while not stop.is_set():
+                sessions.append(loaded_duckdb.query("SELECT count(*) FROM {schema}.sources")[0][0])
+
+    keeper = threading.Thread(target=run)
+    keeper.start()
+    try:
+        while not sessions:
+            threading.Event().wait(0.01)
+        summary = subprocess.run(
+            [HARMONIZER, "summary"],
+            env={**os.environ, "HARMONIZER_WAREHOUSE_URL": f"duckdb:///{loaded_duckdb.path}"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        during = len(sessions)
+        threading.Event().wait(0.3)
+        assert len(sessions) > during, "the run goes on once the summary had its turn"
+    finally:
+        stop.set()
+        keeper.join(60)
+    assert summary.returncode == 0, summary.stderr
+    assert re.search(rf"{SOURCE} +{re.escape(Q3)} +completed", summary.stdout)
+    assert summary.stderr.startswith("waiting for the warehouse: "), "it found the file held by the run"
+    assert not loaded_duckdb.path.with_name(loaded_duckdb.path.name + ".wanted").exists()

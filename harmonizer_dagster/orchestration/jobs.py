@@ -9,14 +9,12 @@ of a thousand small files to five events per file, where a step per file would c
 
 import json
 from collections.abc import Sequence
-from contextlib import nullcontext
 
 import dagster as dg
 from pydantic import Field
 
 from harmonizer_dagster.core.files import FileVersion, locate
 from harmonizer_dagster.core.landing import Ignored, scan_folder
-from harmonizer_dagster.core.pipeline import HashedVersion
 from harmonizer_dagster.core.spec import SourceSpec
 from harmonizer_dagster.core.warehouse import Warehouse
 from harmonizer_dagster.orchestration.assets import (
@@ -39,8 +37,6 @@ from harmonizer_dagster.orchestration.resources import LandingZone, WarehouseRes
 from harmonizer_dagster.orchestration.triage import report_metadata
 
 MANIFEST = "manifest.json"
-# Files up to this size (a few dozen records) keep a DuckDB warehouse open for their whole load.
-SMALL_FILE_BYTES = 16 * 1024
 
 
 def register_new_files(context: dg.OpExecutionContext, spec: SourceSpec, landing: LandingZone) -> list[str]:
@@ -136,15 +132,6 @@ def load_file(
     """One file through the asset's four steps, then its checks and publication, reported as a
     materialization of its partition would report them."""
     hashed = hash_file(context, spec, target, store, landing)
-    # A small file's load is a dozen small transactions, which cost less than opening a DuckDB
-    # file each; a larger file's data work dwarfs them, and the file stays free between them.
-    with store.kept_open() if hashed.size_bytes <= SMALL_FILE_BYTES else nullcontext():
-        _load_hashed(context, spec, hashed, store, landing)
-
-
-def _load_hashed(
-    context: dg.OpExecutionContext, spec: SourceSpec, hashed: HashedVersion, store: Warehouse, landing: LandingZone
-) -> None:
     key = hashed.partition_key
     validate_file(spec, hashed, store, landing, context.log.info)
     harmonize_file(spec, hashed, store)
@@ -189,21 +176,24 @@ def _load_files_op(spec: SourceSpec, with_s3: bool) -> dg.OpDefinition:
             keys = register_new_files(context, spec, landing)
         store = warehouse.open()
         failed: dict[str, Exception] = {}
-        # One step for all the files: a step costs Dagster tens of events, a file five.
-        with faults_classified(context):
-            # What earlier runs of the source could not record (the unrecorded_failures sensor
-            # does the same where a daemon runs).
-            record_lost_outcomes(context.instance, store, [spec.name], context.log)
-        for key in keys:
-            try:
-                load_file(context, spec, locate(landing.landing_path, spec.name, key), store, landing)
-            except Exception as exc:
-                failed[key] = exc
-                context.log.error(f"{key} failed: {type(exc).__name__}: {str(exc).strip()}")
-        with faults_classified(context):
-            # A landing area with no file yet leaves a new warehouse without its tables.
-            store.migrate([spec])
-            metadata = report_metadata(store, spec)
+        # A file's load is a dozen transactions, and opening a DuckDB file for each costs more
+        # than a small file's data work: the run keeps it open, and lets waiting processes in.
+        with store.kept_open():
+            # One step for all the files: a step costs Dagster tens of events, a file five.
+            with faults_classified(context):
+                # What earlier runs of the source could not record (the unrecorded_failures
+                # sensor does the same where a daemon runs).
+                record_lost_outcomes(context.instance, store, [spec.name], context.log)
+            for key in keys:
+                try:
+                    load_file(context, spec, locate(landing.landing_path, spec.name, key), store, landing)
+                except Exception as exc:
+                    failed[key] = exc
+                    context.log.error(f"{key} failed: {type(exc).__name__}: {str(exc).strip()}")
+            with faults_classified(context):
+                # A landing area with no file yet leaves a new warehouse without its tables.
+                store.migrate([spec])
+                metadata = report_metadata(store, spec)
         context.log_event(dg.AssetMaterialization(asset_key=f"{spec.name}_dq_report", metadata=metadata))
         raise_for_failed_files(context, failed, len(keys))
 

@@ -1,8 +1,11 @@
-"""The embedded default: a DuckDB file, opened only for the duration of each transaction.
+"""The embedded default: a DuckDB file, opened for each transaction or kept open for a run.
 
-DuckDB admits one process per file (a reader as well as a writer), so connections are never
-held between calls, and a session that finds the file held by another process waits for it:
-loads, the CLI and the triage page take turns, transaction by transaction.
+DuckDB admits one process per file (a reader as well as a writer), so a process that finds the
+file held waits for it, and says so: it leaves a `<file>.wanted` mark beside the file while it
+waits. A run that keeps the file open looks for that mark after each transaction and, when it
+is there, closes the file until the waiter has it. Loads, the CLI, a metrics scrape and the
+triage page take turns, transaction by transaction, and a run nobody waits for opens the file
+once.
 """
 
 from __future__ import annotations
@@ -25,9 +28,9 @@ from harmonizer_dagster.core.warehouse.base import Session, Warehouse, Warehouse
 # How DuckDB says another process holds the file, naming it when it can.
 HELD = re.compile(r"Conflicting lock is held in (?P<program>.*?) \(PID (?P<pid>\d+)\)")
 LONGEST_PAUSE_S = 1.0
-# How long `kept_open` holds the file before it lets another process have a turn: about a
-# small file's whole load, and short enough for a metrics scrape's wait.
-KEEP_OPEN_S = 0.25
+# A waiter renews its mark at every attempt, at most LONGEST_PAUSE_S apart: an older mark was
+# left by a process that gave up or died.
+WANTED_FRESH_S = 3 * LONGEST_PAUSE_S
 
 
 class DuckDBSession(Session):
@@ -76,12 +79,12 @@ class DuckDBWarehouse(Warehouse):
         super().__init__(schema)
         self.path = path
         self.memory_limit = memory_limit
-        # While `kept_open`: the open file, when it was opened, and the sessions using it.
+        # While `kept_open`: the open file and the sessions using it.
         self._kept: duckdb.DuckDBPyConnection | None = None
         self._keeping = False
-        self._kept_since = 0.0
         self._kept_users = 0
         self._kept_lock = threading.Lock()
+        self._wanted = path.with_name(path.name + ".wanted")
 
     @property
     def description(self) -> str:
@@ -108,9 +111,9 @@ class DuckDBWarehouse(Warehouse):
 
     @contextmanager
     def kept_open(self) -> Iterator[None]:
-        """Opening the file costs more than a small file's transactions: a file's load keeps
-        it open between its sessions, and still closes it at the end of a session once it was
-        open KEEP_OPEN_S seconds, so the CLI, a scrape and the triage page get their turns."""
+        """Opening the file costs more than a small file's transactions (tens of milliseconds,
+        growing with the catalog): a run keeps it open between its sessions, and lets a waiting
+        process have its turn at the end of a session."""
         self._keeping = True
         try:
             yield
@@ -124,15 +127,38 @@ class DuckDBWarehouse(Warehouse):
         """A connection of its own (sessions may run in other threads) to the open file."""
         with self._kept_lock:
             if self._kept is None:
-                self._kept, self._kept_since = self._connect(), time.monotonic()
+                self._kept = self._connect()
             self._kept_users += 1
             return self._kept.cursor()
 
     def _session_ended(self) -> None:
         with self._kept_lock:
             self._kept_users -= 1
-            if self._kept_users == 0 and time.monotonic() - self._kept_since >= KEEP_OPEN_S:
-                self._close_kept()
+            if self._kept_users or self._kept is None or not self._is_wanted():
+                return
+            self._close_kept()
+            # The waiter retries after a pause of up to LONGEST_PAUSE_S: the file stays closed
+            # until it has taken it (its mark is gone) or that long has passed.
+            deadline = time.monotonic() + LONGEST_PAUSE_S * 1.5
+            while self._is_wanted() and time.monotonic() < deadline:
+                time.sleep(0.01)
+
+    def _is_wanted(self) -> bool:
+        try:
+            return time.time() - self._wanted.stat().st_mtime < WANTED_FRESH_S
+        except OSError:
+            return False
+
+    def _want(self, waiting: bool) -> None:
+        """Leaves (or renews) the mark that asks a run keeping the file open for a turn, or
+        removes it once this process has the file."""
+        try:
+            if waiting:
+                self._wanted.touch()
+            else:
+                self._wanted.unlink(missing_ok=True)
+        except OSError:  # a read-only folder: this process waits without asking
+            pass
 
     def _close_kept(self) -> None:
         if self._kept is not None:
@@ -146,7 +172,10 @@ class DuckDBWarehouse(Warehouse):
         deadline, pause, told = time.monotonic() + timeout, 0.02, False
         while True:
             try:
-                return duckdb.connect(str(self.path), config=config)
+                connection = duckdb.connect(str(self.path), config=config)
+                if told:
+                    self._want(False)
+                return connection
             except duckdb.IOException as exc:
                 held = HELD.search(str(exc))
                 if held is None and "Conflicting lock" not in str(exc):
@@ -154,6 +183,7 @@ class DuckDBWarehouse(Warehouse):
                 holder = f"process {held['pid']} ({held['program']})" if held else "another process"
                 left = deadline - time.monotonic()
                 if left <= 0:
+                    self._want(False)
                     raise WarehouseBusy(
                         f"the warehouse {self.path.resolve()} was still held by {holder} after {timeout:g} s: "
                         "wait for it to finish, or raise HARMONIZER_WAREHOUSE_LOCK_TIMEOUT"
@@ -164,5 +194,6 @@ class DuckDBWarehouse(Warehouse):
                         f"up to {timeout:g} s (HARMONIZER_WAREHOUSE_LOCK_TIMEOUT)"
                     )
                     told = True
+                self._want(True)
                 time.sleep(min(pause, left))
                 pause = min(pause * 2, LONGEST_PAUSE_S)
