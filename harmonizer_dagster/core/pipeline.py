@@ -545,16 +545,23 @@ def upsert_step(spec: SourceSpec, hashed: HashedVersion, warehouse: Warehouse, r
     # The file's new columns, under `schema_evolution: evolve`, become nullable columns of the table.
     spec = spec.evolved(validate_summary.get("evolved_columns", []))
     warehouse.migrate([spec])
-    issue_files = validated.files("issues") + harmonized.files("issues")
+    duplicates = harmonize_summary["records_duplicate"]
+
+    def staged_files(stage: staging.StepStage, name: str, rows: int) -> list[Path]:
+        # Outputs with no rows are left out: nothing to load, and a first publish of a clean
+        # file then writes no issue tables at all.
+        return stage.files(name) if rows else []
+
     staged = StagedPartition(
         source_id=hashed.source_id,
         file_hash=hashed.file_hash,
         partition_key=hashed.partition_key,
-        harmonized_files=validated.files("harmonized"),
-        superseded_files=harmonized.files("superseded"),
-        issue_files=issue_files,
-        failed_files=validated.files("failed"),
-        fix_files=validated.files("fixes"),
+        harmonized_files=staged_files(validated, "harmonized", validate_summary["records_accepted"]),
+        superseded_files=staged_files(harmonized, "superseded", duplicates),
+        issue_files=staged_files(validated, "issues", validate_summary["issues"])
+        + staged_files(harmonized, "issues", duplicates),
+        failed_files=staged_files(validated, "failed", validate_summary["records_failed"]),
+        fix_files=staged_files(validated, "fixes", validate_summary["fixes_applied"]),
         records_in_file=validate_summary["records_parsed"] + validate_summary["records_malformed"],
         records_failed=validate_summary["records_failed"],
         records_skipped=harmonize_summary["records_duplicate"],

@@ -561,9 +561,8 @@ class Warehouse(ABC):
             arrival = self._arrival(s, spec, staged.partition_key)
             version = (staged.file_hash, staged.partition_key)
             counts = self._upsert(s, spec, staged.harmonized_files, staged.superseded_files, version, arrival)
-            self._replace_version_rows(s, spec, staged, run_id, issue_checks)
-            self._restore_triage(s, staged.source_id)
-            self._count_versions(s, [staged.source_id])
+            if self._replace_version_rows(s, spec, staged, run_id, issue_checks):
+                self._count_versions(s, [staged.source_id])
             s.execute(
                 f"UPDATE {self.schema}.sources SET status = 'completed', import_completed_at = now(), "
                 "records_in_file = %s, records_processed = %s, records_imported = %s, records_failed = %s, "
@@ -627,17 +626,6 @@ class Warehouse(ABC):
                 "DO UPDATE SET total = source_tallies.total + excluded.total, "
                 "pending = source_tallies.pending + excluded.pending"
             )
-
-    def _restore_triage(self, s: Session, source_id: int) -> None:
-        if not s.execute("SELECT count(*) FROM _harmonizer_triaged")[0][0]:
-            return  # nothing was triaged: no pass over the version's issues
-        s.execute(
-            f"UPDATE {self.schema}.data_quality_issues AS i SET resolution_status = p.resolution_status, "
-            "resolution_notes = p.resolution_notes, resolved_at = p.resolved_at, resolved_by = p.resolved_by, "
-            f"fix_rule_id = p.fix_rule_id FROM _harmonizer_triaged AS p WHERE i.source_id = {int(source_id)} "
-            "AND i.source_line_number IS NOT DISTINCT FROM p.source_line_number "
-            "AND i.rule IS NOT DISTINCT FROM p.rule AND i.field_name IS NOT DISTINCT FROM p.field_name"
-        )
 
     def _arrival(self, s: Session, spec: SourceSpec, partition_key: str) -> int:
         """When the partition first arrived: a reload of an older file must not overwrite rows
@@ -739,27 +727,29 @@ class Warehouse(ABC):
 
     def _replace_version_rows(
         self, s: Session, spec: SourceSpec, staged: StagedPartition, run_id: str, issue_checks: Sequence[IssueLink]
-    ) -> None:
+    ) -> bool:
         """Re-publishing a version replaces its issues and failed records instead of doubling them.
-        A version's rows are found by its id: one (source, partition, file) has one id."""
+        A version's rows are found by its id: one (source, partition, file) has one id. Returns
+        whether its issues or failed records changed, so their counts need counting again: a
+        first publish of a clean file writes none of these tables."""
         source_id = int(staged.source_id)
-        # Triage decisions on the version's issues outlive the reload that replaces the issues.
-        s.execute("DROP TABLE IF EXISTS _harmonizer_triaged")
-        s.execute(
-            "CREATE TEMPORARY TABLE _harmonizer_triaged AS SELECT source_line_number, rule, field_name, "
-            f"resolution_status, resolution_notes, resolved_at, resolved_by, fix_rule_id "
-            f"FROM {self.schema}.data_quality_issues WHERE source_id = {source_id} AND resolution_status <> 'pending'"
-        )
+        tables = {
+            "data_quality_issues": (ISSUE_COLUMNS, staged.issue_files, ", check_name"),
+            "failed_records": (FAILED_COLUMNS, staged.failed_files, ""),
+            "applied_fixes": (FIX_COLUMNS, staged.fix_files, ""),
+        }
+        exists = (f"EXISTS (SELECT 1 FROM {self.schema}.{table} WHERE source_id = {source_id})" for table in tables)
+        before = dict(zip(tables, s.execute("SELECT " + ", ".join(exists))[0], strict=True))
+        triaged = before["data_quality_issues"] and self._keep_triage(s, source_id)
         linked = " ".join(
             f"WHEN {quote_ident(column)} = {quote_literal(value)} THEN {quote_literal(check)}"
             for column, value, check in issue_checks
         )
-        for table, columns, files, extra in (
-            ("data_quality_issues", ISSUE_COLUMNS, staged.issue_files, ", check_name"),
-            ("failed_records", FAILED_COLUMNS, staged.failed_files, ""),
-            ("applied_fixes", FIX_COLUMNS, staged.fix_files, ""),
-        ):
-            s.execute(f"DELETE FROM {self.schema}.{table} WHERE source_id = {source_id}")
+        for table, (columns, files, extra) in tables.items():
+            if before[table]:
+                s.execute(f"DELETE FROM {self.schema}.{table} WHERE source_id = {source_id}")
+            if not files:
+                continue
             staging = f"_harmonizer_{table}"
             s.load_parquet(staging, columns, files)
             names = ", ".join(name for name, _ in columns)
@@ -769,3 +759,28 @@ class Warehouse(ABC):
                 f"{names}{extra}) SELECT %s, %s, %s, %s, %s, {names}{computed} FROM {staging}",
                 (source_id, spec.name, staged.partition_key, staged.file_hash, run_id),
             )
+        if triaged:
+            self._restore_triage(s, source_id)
+        counted = ("data_quality_issues", "failed_records")
+        return any(before[table] or tables[table][1] for table in counted)
+
+    def _keep_triage(self, s: Session, source_id: int) -> bool:
+        """Triage decisions on the version's issues outlive the reload that replaces the issues:
+        they are set aside here, and `_restore_triage` puts them back. Returns whether there
+        were any."""
+        s.execute("DROP TABLE IF EXISTS _harmonizer_triaged")
+        s.execute(
+            "CREATE TEMPORARY TABLE _harmonizer_triaged AS SELECT source_line_number, rule, field_name, "
+            f"resolution_status, resolution_notes, resolved_at, resolved_by, fix_rule_id "
+            f"FROM {self.schema}.data_quality_issues WHERE source_id = {source_id} AND resolution_status <> 'pending'"
+        )
+        return bool(s.execute("SELECT count(*) FROM _harmonizer_triaged")[0][0])
+
+    def _restore_triage(self, s: Session, source_id: int) -> None:
+        s.execute(
+            f"UPDATE {self.schema}.data_quality_issues AS i SET resolution_status = p.resolution_status, "
+            "resolution_notes = p.resolution_notes, resolved_at = p.resolved_at, resolved_by = p.resolved_by, "
+            f"fix_rule_id = p.fix_rule_id FROM _harmonizer_triaged AS p WHERE i.source_id = {int(source_id)} "
+            "AND i.source_line_number IS NOT DISTINCT FROM p.source_line_number "
+            "AND i.rule IS NOT DISTINCT FROM p.rule AND i.field_name IS NOT DISTINCT FROM p.field_name"
+        )
