@@ -46,8 +46,9 @@ LOADER_STATUS_COLUMNS = (
 
 class ProgressReporter:
     """Hears a running load's checkpoints: records each in the registry (records done, records
-    expected from the share of the file read, a heartbeat) and tells `log` a line about it at
-    most every `every_s` seconds, the first checkpoint included."""
+    expected from the share of the file read, a heartbeat) and tells `log` a line about it once
+    the step has run `every_s` seconds, then at most every `every_s` seconds: a file read
+    sooner logs none (its load's summary says what it came to)."""
 
     def __init__(
         self,
@@ -58,15 +59,14 @@ class ProgressReporter:
         every_s: float = PROGRESS_LOG_SECONDS,
     ):
         self.warehouse, self.source_id, self.name, self.log, self.every_s = warehouse, source_id, name, log, every_s
-        self.started = time.monotonic()
-        self.logged_at: float | None = None
+        self.started = self.logged_at = time.monotonic()
 
     def __call__(self, progress: Progress) -> None:
         share = progress.bytes_read / progress.bytes_total if progress.bytes_total else None
         expected = round(progress.records / share) if share else None
         self.warehouse.record_progress(self.source_id, progress.records, expected)
         now = time.monotonic()
-        if self.logged_at is not None and now - self.logged_at < self.every_s:
+        if now - self.logged_at < self.every_s:
             return
         self.logged_at = now
         # A resumed step starts at its checkpoint: the rate counts what this run did.

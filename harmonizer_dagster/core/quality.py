@@ -31,6 +31,10 @@ class Evaluation:
     counts: dict[str, Any] = field(default_factory=dict)
 
 
+# One line of a version's issue counts: (issue type, severity, field, rule, issues).
+IssueCount = tuple[str, str, str | None, str | None, int]
+
+
 @dataclass(frozen=True)
 class Version:
     """The registry row of the latest completed load of a partition."""
@@ -48,6 +52,8 @@ class Version:
     # The versions before it, as the longest list a check asked for: the anomaly checks share
     # one look at the registry.
     earlier: dict[int, list[EarlierVersion]] = field(default_factory=dict, compare=False, repr=False)
+    # Its stored issue counts, read once for the checks that look at them (under "issues").
+    counted: dict[str, list[IssueCount]] = field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -96,16 +102,18 @@ def _written(v: Version) -> str:
     )
 
 
-def _issue_counts(store: Warehouse, v: Version) -> list[tuple[str, str, str | None, str | None, int]]:
+def _issue_counts(store: Warehouse, v: Version) -> list[IssueCount]:
     """The version's stored issue counts: (issue type, severity, field, rule, issues)."""
-    return [
-        (t, severity, field_name, rule, int(n))
-        for t, severity, field_name, rule, n in store.query(
-            "SELECT issue_type, severity, field_name, rule, issues FROM {schema}.version_issue_counts "
-            "WHERE source_id = %s",
-            (v.source_id,),
-        )
-    ]
+    if "issues" not in v.counted:
+        v.counted["issues"] = [
+            (t, severity, field_name, rule, int(n))
+            for t, severity, field_name, rule, n in store.query(
+                "SELECT issue_type, severity, field_name, rule, issues FROM {schema}.version_issue_counts "
+                "WHERE source_id = %s",
+                (v.source_id,),
+            )
+        ]
+    return v.counted["issues"]
 
 
 def _reconciliation(store: Warehouse, spec: SourceSpec, key: str, v: Version) -> Evaluation:
