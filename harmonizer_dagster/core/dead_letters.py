@@ -12,10 +12,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import duckdb
 import polars as pl
 
 from harmonizer_dagster.core.harmonization import duplicate_key_sql, harmonize
+from harmonizer_dagster.core.local_duckdb import local_duckdb
 from harmonizer_dagster.core.reading import LINE_COLUMN
 from harmonizer_dagster.core.rules import apply_rules
 from harmonizer_dagster.core.spec import SourceSpec
@@ -77,7 +77,7 @@ def reprocess(spec: SourceSpec, store: Warehouse, scratch_root: Path) -> Reproce
             harmonized_path = scratch / f"{file_hash}-harmonized.parquet"
             superseded_path = scratch / f"{file_hash}-superseded.parquet"
             harmonize(spec, checked.accepted).write_parquet(harmonized_path)
-            with duckdb.connect() as connection:
+            with local_duckdb() as connection:
                 duplicates = duplicate_key_sql(spec, f"read_parquet({quote_literal(str(harmonized_path))})")
                 connection.sql(
                     f"COPY (SELECT source_line_number FROM ({duplicates})) TO "

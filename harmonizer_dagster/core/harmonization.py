@@ -11,13 +11,12 @@ hashes must not).
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import duckdb
 import polars as pl
 
+from harmonizer_dagster.core.local_duckdb import local_duckdb
 from harmonizer_dagster.core.reading import LINE_COLUMN
 from harmonizer_dagster.core.spec import Column, SourceSpec
 from harmonizer_dagster.core.sql import quote_ident
@@ -122,26 +121,18 @@ def _typed(column: Column, parsed: set[str]) -> pl.Expr:
     return parsed_value(column, pl.col(column.name))
 
 
-_hasher = threading.local()
-
-
 def row_hashes(spec: SourceSpec, canonical: pl.DataFrame) -> pl.Series:
     """The first 128 bits of the SHA-256 of a row's canonical values as text (NULL as chr(0),
     joined by chr(31)), in hex. Stored as a UUID: 16 bytes a row, compared as one value, and
     far beyond any chance collision between two versions of a record."""
-    if not hasattr(_hasher, "connection"):
-        # One in-memory DuckDB per thread: opening one costs more than hashing a batch.
-        _hasher.connection = duckdb.connect(config={"threads": 1})
     values = ", ".join(f"coalesce(CAST({quote_ident(c.name)} AS VARCHAR), chr(0))" for c in spec.columns)
     # String views, as polars holds them, hand DuckDB the values without a copy.
     values_table = canonical.select(c.name for c in spec.columns).to_arrow(compat_level=pl.CompatLevel.newest())
-    connection = _hasher.connection.register("canonical", values_table)
-    try:
+    with local_duckdb() as connection:
+        connection.register("canonical", values_table)
         hashes = connection.sql(
             f"SELECT left(sha256(concat_ws(chr(31), {values})), 32) FROM canonical"
         ).to_arrow_table()
-    finally:
-        connection.unregister("canonical")
     return pl.Series(ROW_HASH_COLUMN, hashes.column(0))
 
 

@@ -43,6 +43,7 @@ from harmonizer_dagster.core.files import (
     version_key,
 )
 from harmonizer_dagster.core.harmonization import duplicate_key_sql, harmonize
+from harmonizer_dagster.core.local_duckdb import local_duckdb
 from harmonizer_dagster.core.quality import issue_links
 from harmonizer_dagster.core.reading import (
     LINE_COLUMN,
@@ -76,6 +77,8 @@ ROWS_PER_GROUP = 50_000
 # read while others are checked or harmonized and written; memory holds WORKERS + 1 groups
 # besides the one being read.
 WORKERS = 2
+# Up to this many rows, a file's keys are grouped in memory, with no folder to spill to.
+IN_MEMORY_ROWS = 100_000
 # The staged output `unique` checks read: the validated text of the columns they need.
 UNIQUE_VALUES = "unique_values"
 
@@ -501,15 +504,17 @@ def _harmonize(spec: SourceSpec, stage: staging.StepStage, validated: staging.St
         f"CAST({sql} AS VARCHAR) AS {name}" if name != "source_line_number" else f"{sql} AS {name}"
         for name, sql in columns.items()
     )
-    # Grouping every key of the file is what this step's memory grows by: DuckDB spills past its
-    # limit into the stage's own folder (an in-memory database has no spill folder otherwise).
+    # Grouping every key of the file is what this step's memory grows by: past IN_MEMORY_ROWS
+    # rows, a DuckDB of the step's own spills past its limit into the stage's own folder (an
+    # in-memory database has no spill folder otherwise); fewer are grouped in the process's own.
     config = {
         "threads": engine_threads(),
         "memory_limit": "256MB",
         "temp_directory": str(stage.directory / "spill"),
         "preserve_insertion_order": False,
     }
-    with duckdb.connect(config=config) as connection:
+    rows = validated.summary()["records_accepted"]
+    with local_duckdb() if rows <= IN_MEMORY_ROWS else duckdb.connect(config=config) as connection:
         written = stage.write_final_by(
             "issues",
             lambda path: connection.execute(

@@ -28,7 +28,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from harmonizer_dagster.core.settings import engine_threads
+from harmonizer_dagster.core.local_duckdb import local_duckdb
 from harmonizer_dagster.core.spec import Column, SourceSpec, header_key
 from harmonizer_dagster.core.sql import quote_ident, quote_literal
 
@@ -363,7 +363,7 @@ def _check_json_keys(spec: SourceSpec, path: Path, json_format: str, result: Rea
 
 def _json_keys(spec: SourceSpec, path: Path, json_format: str) -> list[str]:
     """Every key a record of the file has, in one scan."""
-    with duckdb.connect() as con:
+    with local_duckdb() as con:
         rows = con.sql(
             f"SELECT DISTINCT unnest(json_keys(json)) FROM read_json_objects({quote_literal(str(path))}, "
             f"format={quote_literal(json_format)}, compression={quote_literal(_duckdb_compression(spec, path))})"
@@ -527,7 +527,7 @@ def _scanned(
 ) -> Iterator[pa.RecordBatch]:
     """DuckDB's batches of the query (built inside, as building it may read the file); `after`
     then inspects the finished scan."""
-    con = duckdb.connect(config={"threads": engine_threads(), "memory_limit": "512MB"})
+    con = local_duckdb()
     try:
         try:
             yield from con.sql(query()).to_arrow_reader(batch_rows)
