@@ -22,7 +22,7 @@ DEFAULTS = {
     "HARMONIZER_SENSOR_INTERVAL_SECONDS": "5",
     # A landing sensor's run loads at most this many files, and at most this many bytes of them
     # (a single larger file gets a run of its own); each file stays its own partition.
-    "HARMONIZER_RUN_MAX_FILES": "100",
+    "HARMONIZER_RUN_MAX_FILES": "1000",
     "HARMONIZER_RUN_MAX_BYTES": str(1 << 30),
     # "off" leaves sensors, schedules and automation stopped until someone starts them in the UI.
     "HARMONIZER_AUTOMATION": "on",

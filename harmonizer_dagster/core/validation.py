@@ -308,6 +308,8 @@ class SpecValidator:
         accepted = checked.filter(~rejected).drop("_row", "_nul", *self.rule_columns)
         # The few rows that failed a rule or lost a NUL byte, with how issues point back at them.
         flagged = checked.filter(_any(self.rule_columns) | pl.col("_nul"))
+        if flagged.is_empty():  # a clean batch: no bookkeeping of issues to build
+            return ValidatedBatch(accepted, pl.DataFrame(schema=ISSUE_SCHEMA), pl.DataFrame(schema=FAILED_SCHEMA))
         located = flagged.select("_row", LINE_COLUMN, self.record_id().alias("record_id"), rejected.alias("_rejected"))
         failures = (
             flagged.select("_row", *self.rule_columns)
