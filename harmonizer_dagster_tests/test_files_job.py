@@ -84,3 +84,25 @@ def test_a_bad_file_fails_only_itself_and_the_others_load_publish_and_materializ
         (key, "completed", True) for key in sorted(good)
     ]
     assert all(status != "completed" for key, status, _ in loaded if key == "cut.csv.gz")
+
+
+def test_a_file_with_the_bytes_of_the_one_before_it_in_the_run_is_skipped_as_loaded(
+    warehouse_url, specs, instance, tmp_path
+):
+    """The next file is prepared while the one before it is checked and published: it is still
+    registered after that one's upsert, so identical bytes are known as loaded."""
+    folder = tmp_path / "drop" / SOURCE
+    folder.mkdir(parents=True)
+    first, last = drop_small_files(folder, 2)
+    (folder / "copy.csv").write_bytes((folder / first).read_bytes())
+    keys = [first, "copy.csv", last]
+
+    job = build_definitions().resolve_job_def(f"load_{SOURCE}_files")
+    assert job.execute_in_process(instance=instance, run_config=files_run_config(specs[SOURCE], keys)).success
+
+    store = open_warehouse(warehouse_url, "harmonizer")
+    loaded = store.query(
+        "SELECT partition_key, status, duplicate_of_source_id IS NOT NULL FROM harmonizer.sources ORDER BY source_id"
+    )
+    assert loaded == [(first, "completed", False), ("copy.csv", "skipped", True), (last, "completed", False)]
+    assert store.query(f'SELECT count(*) FROM harmonizer."{SOURCE}"')[0][0] == 6

@@ -9,12 +9,14 @@ of a thousand small files to five events per file, where a step per file would c
 
 import json
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import dagster as dg
 from pydantic import Field
 
-from harmonizer_dagster.core.files import FileVersion, locate
+from harmonizer_dagster.core.files import locate
 from harmonizer_dagster.core.landing import Ignored, scan_folder
+from harmonizer_dagster.core.pipeline import HashedVersion
 from harmonizer_dagster.core.spec import SourceSpec
 from harmonizer_dagster.core.warehouse import Warehouse
 from harmonizer_dagster.orchestration.assets import (
@@ -122,23 +124,66 @@ def raise_for_failed_files(context: dg.OpExecutionContext, errors: dict[str, Exc
     )
 
 
-def load_file(
-    context: dg.OpExecutionContext,
-    spec: SourceSpec,
-    target: FileVersion,
-    store: Warehouse,
-    landing: LandingZone,
+def load_files_in_turn(
+    context: dg.OpExecutionContext, spec: SourceSpec, keys: Sequence[str], store: Warehouse, landing: LandingZone
+) -> dict[str, Exception]:
+    """Each file through the asset's four steps, then its checks and publication, reported as a
+    materialization of its partition would report them; returns the files that failed, and why.
+
+    A file's validation and harmonization (data work, mostly outside the GIL) run in a thread
+    while the previous file's checks and publication (warehouse queries and Dagster events) run
+    here. Hashing, which registers the version, stays in file order after the previous file's
+    upsert: arrival order is file order, and a file with the bytes of the one before it is
+    still skipped as already loaded."""
+    failed: dict[str, Exception] = {}
+
+    def fail(key: str, exc: Exception) -> None:
+        failed[key] = exc
+        context.log.error(f"{key} failed: {type(exc).__name__}: {str(exc).strip()}")
+
+    upserted: str | None = None  # the file whose checks and publication come next
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{spec.name}-prepare") as ahead:
+        for key in [*keys, None]:
+            preparing = None
+            if key is not None:
+                try:
+                    hashed = hash_file(context, spec, locate(landing.landing_path, spec.name, key), store, landing)
+                    preparing = hashed, ahead.submit(_prepare, context, spec, hashed, store, landing)
+                except Exception as exc:
+                    fail(key, exc)
+            if upserted is not None:
+                try:
+                    _check_and_publish(context, spec, store, upserted)
+                except Exception as exc:
+                    fail(upserted, exc)
+                upserted = None
+            if preparing is not None:
+                hashed, prepared = preparing
+                try:
+                    prepared.result()
+                    _upsert(context, spec, hashed, store)
+                    upserted = hashed.partition_key
+                except Exception as exc:
+                    fail(hashed.partition_key, exc)
+    return failed
+
+
+def _prepare(
+    context: dg.OpExecutionContext, spec: SourceSpec, hashed: HashedVersion, store: Warehouse, landing: LandingZone
 ) -> None:
-    """One file through the asset's four steps, then its checks and publication, reported as a
-    materialization of its partition would report them."""
-    hashed = hash_file(context, spec, target, store, landing)
-    key = hashed.partition_key
     validate_file(spec, hashed, store, landing, context.log.info)
     harmonize_file(spec, hashed, store)
+
+
+def _upsert(context: dg.OpExecutionContext, spec: SourceSpec, hashed: HashedVersion, store: Warehouse) -> None:
+    key = hashed.partition_key
     _, metadata = upsert_file(spec, hashed, store, context.run_id)
     # One line per file: what the asset's four steps would log, in short.
     context.log.info(f"{key}: {hash_summary(hashed)}; {upsert_summary(store, metadata)}")
     context.log_event(dg.AssetMaterialization(asset_key=spec.name, partition=key, metadata=metadata))
+
+
+def _check_and_publish(context: dg.OpExecutionContext, spec: SourceSpec, store: Warehouse, key: str) -> None:
     failures = evaluate_all_checks(context, store, spec, key)
     if failures:
         context.log.warning(f"{key} is not published: blocking check(s) failed: {failures}")
@@ -175,7 +220,6 @@ def _load_files_op(spec: SourceSpec, with_s3: bool) -> dg.OpDefinition:
         else:
             keys = register_new_files(context, spec, landing)
         store = warehouse.open()
-        failed: dict[str, Exception] = {}
         # A file's load is a dozen transactions, and opening a DuckDB file for each costs more
         # than a small file's data work: the run keeps it open, and lets waiting processes in.
         with store.kept_open():
@@ -184,12 +228,7 @@ def _load_files_op(spec: SourceSpec, with_s3: bool) -> dg.OpDefinition:
                 # What earlier runs of the source could not record (the unrecorded_failures
                 # sensor does the same where a daemon runs).
                 record_lost_outcomes(context.instance, store, [spec.name], context.log)
-            for key in keys:
-                try:
-                    load_file(context, spec, locate(landing.landing_path, spec.name, key), store, landing)
-                except Exception as exc:
-                    failed[key] = exc
-                    context.log.error(f"{key} failed: {type(exc).__name__}: {str(exc).strip()}")
+            failed = load_files_in_turn(context, spec, keys, store, landing)
             with faults_classified(context):
                 # A landing area with no file yet leaves a new warehouse without its tables.
                 store.migrate([spec])
