@@ -509,14 +509,17 @@ def _harmonize(spec: SourceSpec, stage: staging.StepStage, validated: staging.St
     # Grouping every key of the file is what this step's memory grows by: past IN_MEMORY_ROWS
     # rows, a DuckDB of the step's own spills past its limit into the stage's own folder (an
     # in-memory database has no spill folder otherwise); fewer are grouped in the process's own.
-    config = {
-        "threads": engine_threads(),
-        "memory_limit": "256MB",
-        "temp_directory": str(stage.directory / "spill"),
-        "preserve_insertion_order": False,
-    }
-    rows = validated.summary()["records_accepted"]
-    with local_duckdb() if rows <= IN_MEMORY_ROWS else duckdb.connect(config=config) as connection:
+    if validated.summary()["records_accepted"] <= IN_MEMORY_ROWS:
+        connection = local_duckdb()
+    else:
+        config = {
+            "threads": engine_threads(),
+            "memory_limit": "256MB",
+            "temp_directory": str(stage.directory / "spill"),
+            "preserve_insertion_order": False,
+        }
+        connection = duckdb.connect(config=config)
+    with connection:
         written = stage.write_final_by(
             "issues",
             lambda path: connection.execute(
@@ -571,7 +574,7 @@ def upsert_step(spec: SourceSpec, hashed: HashedVersion, warehouse: Warehouse, r
         fix_files=staged_files(validated, "fixes", validate_summary["fixes_applied"]),
         records_in_file=validate_summary["records_parsed"] + validate_summary["records_malformed"],
         records_failed=validate_summary["records_failed"],
-        records_skipped=harmonize_summary["records_duplicate"],
+        records_skipped=duplicates,
         extra_fields=tuple(validate_summary["extra_fields"]),
     )
     warehouse.publish(spec, staged, run_id, issue_links(spec))

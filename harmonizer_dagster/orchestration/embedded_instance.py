@@ -21,13 +21,12 @@ import sqlalchemy as sa
 import yaml
 from dagster._core.instance.ref import InstanceRef
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
+from dagster._core.storage.sqlite import SQLITE_BUSY_TIMEOUT_SECONDS
 from dagster._core.storage.sqlite_storage import DagsterSqliteStorage
 from dagster._serdes import ConfigurableClassData
 
 # Database files a process keeps a connection to: the index, and the runs it writes or follows.
 KEPT_FILES = 8
-# How long a write waits for another process's, as Dagster's SQLite storage waits.
-BUSY_TIMEOUT_S = 15
 
 
 class KeptConnectionsEventLogStorage(SqliteEventLogStorage):
@@ -49,7 +48,7 @@ class KeptConnectionsEventLogStorage(SqliteEventLogStorage):
             engine = sa.create_engine(
                 self.conn_string_for_shard(shard),
                 poolclass=sa.pool.StaticPool,
-                connect_args={"timeout": BUSY_TIMEOUT_S, "check_same_thread": False},
+                connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS, "check_same_thread": False},
             )
             if shard not in self._initialized_dbs:
                 self._initdb(engine)
