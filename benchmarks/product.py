@@ -46,6 +46,7 @@ import argparse
 import contextlib
 import csv
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -177,7 +178,11 @@ def measure(command: list[str], env: dict[str, str], cwd: Path) -> tuple[float, 
     child.returncode = os.waitstatus_to_exitcode(status)
     if child.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed:\n{log.read_text()[-3000:]}")
-    return seconds, usage.ru_utime + usage.ru_stime, max(peak / 2**20, usage.ru_maxrss / 1024)
+    # A child's high-water mark starts at this process's own (kept across fork and exec): only
+    # a higher one is the child's.
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    child_peak = usage.ru_maxrss if usage.ru_maxrss > own else 0
+    return seconds, usage.ru_utime + usage.ru_stime, max(peak / 2**20, child_peak / 1024)
 
 
 def three_row_landing(folder: Path) -> Path:

@@ -62,8 +62,10 @@ def registry_file(data_dir: Path, rows: int) -> Path:
     records, 139 MiB), written on first use and kept in `data_dir`."""
     file = (data_dir / f"registry_{rows}.csv").resolve()
     if not file.exists():
-        from harmonizer_dagster.core.samples import write_registry_csv
-
+        # In a child process: a parent that grew while generating would pass its high-water
+        # mark on to every case it starts (Linux keeps it across fork and exec).
         print(f"generating {file} ...", flush=True)
-        write_registry_csv(file, rows, seed=42)
+        generate = "import sys, pathlib; from harmonizer_dagster.core.samples import write_registry_csv as w; "
+        generate += "w(pathlib.Path(sys.argv[1]), int(sys.argv[2]), seed=42)"
+        subprocess.run([sys.executable, "-c", generate, str(file), str(rows)], check=True)
     return file

@@ -22,7 +22,9 @@ import pytest
 import yaml
 from starlette.testclient import TestClient
 
-from harmonizer_dagster.core.monitoring import OUTCOMES, loader_status, snapshot
+from harmonizer_dagster.core.files import locate
+from harmonizer_dagster.core.monitoring import OUTCOMES, ProgressReporter, loader_status, snapshot
+from harmonizer_dagster.core.pipeline import Progress, hash_step, validate_step
 from harmonizer_dagster.core.samples import registry_rows
 from harmonizer_dagster.core.triage import Selection, act
 from harmonizer_dagster.core.warehouse import Warehouse, open_warehouse
@@ -71,6 +73,8 @@ def deployment(request, tmp_path) -> Iterator[dict[str, str]]:
         DAGSTER_HOME=str(home),
         # Checkpoints of 50 records: a 1,006-record file is about twenty of them.
         HARMONIZER_BATCH_ROWS="5",
+        # Every checkpoint recorded: positions to see, however fast the machine.
+        HARMONIZER_PROGRESS_SECONDS="0",
         HARMONIZER_METRICS_LOCK_WAIT="0.2",
     )
     if request.param == "duckdb":
@@ -357,3 +361,29 @@ def test_tallies_follow_loads_triage_and_reloads(kind, specs, landing, tmp_path,
     assert figures() == truth()
     if kind == "postgres":
         store.query(f"DROP SCHEMA {store.schema} CASCADE")
+
+
+@pytest.mark.parametrize("record_every_s", [0.0, 3600.0])
+def test_a_load_records_its_first_checkpoint_at_once_and_later_ones_once_their_interval_has_passed(
+    record_every_s, warehouse, specs, landing, tmp_path
+):
+    spec = specs[SOURCE]
+    warehouse.migrate([spec])
+    hashed = hash_step(spec, locate(landing, SOURCE, FILE), warehouse, tmp_path / "staging", "progress")
+    logged: list[str] = []
+    reporter = ProgressReporter(warehouse, hashed.source_id, FILE, logged.append, record_every_s=record_every_s)
+    seen: list[int] = []
+
+    def checkpoint(progress: Progress) -> None:
+        seen.append(progress.records)
+        reporter(progress)
+
+    validate_step(spec, hashed, batch_rows=5, on_progress=checkpoint)
+    assert len(seen) > 10, seen
+    [(recorded, expected)] = warehouse.query(
+        "SELECT records_processed, records_expected FROM {schema}.sources WHERE source_id = %s", (hashed.source_id,)
+    )
+    # Every checkpoint is recorded when the interval is nil; only the first within an hour.
+    assert recorded == (seen[-1] if record_every_s == 0 else seen[0])
+    assert expected > 0
+    assert logged == [], "a load shorter than the log interval logs no progress line"

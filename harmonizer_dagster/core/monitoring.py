@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from harmonizer_dagster.core.pipeline import Progress
+from harmonizer_dagster.core.settings import progress_seconds
 from harmonizer_dagster.core.warehouse import Warehouse
 
 # Seconds between two progress lines in a step's log.
@@ -45,10 +46,11 @@ LOADER_STATUS_COLUMNS = (
 
 
 class ProgressReporter:
-    """Hears a running load's checkpoints: records each in the registry (records done, records
-    expected from the share of the file read, a heartbeat) and tells `log` a line about it once
-    the step has run `every_s` seconds, then at most every `every_s` seconds: a file read
-    sooner logs none (its load's summary says what it came to)."""
+    """Hears a running load's checkpoints: records the first and then one a `record_every_s`
+    (HARMONIZER_PROGRESS_SECONDS) in the registry (records done, records expected from the share of the file read, a
+    heartbeat) and tells `log` a line about it once the step has run `every_s` seconds, then at
+    most every `every_s` seconds: a file read sooner logs none (its load's summary says what it
+    came to)."""
 
     def __init__(
         self,
@@ -57,15 +59,20 @@ class ProgressReporter:
         name: str,
         log: Callable[[str], None],
         every_s: float = PROGRESS_LOG_SECONDS,
+        record_every_s: float | None = None,
     ):
         self.warehouse, self.source_id, self.name, self.log, self.every_s = warehouse, source_id, name, log, every_s
+        self.record_every_s = progress_seconds() if record_every_s is None else record_every_s
         self.started = self.logged_at = time.monotonic()
+        self.recorded_at: float | None = None
 
     def __call__(self, progress: Progress) -> None:
         share = progress.bytes_read / progress.bytes_total if progress.bytes_total else None
         expected = round(progress.records / share) if share else None
-        self.warehouse.record_progress(self.source_id, progress.records, expected)
         now = time.monotonic()
+        if self.recorded_at is None or now - self.recorded_at >= self.record_every_s:
+            self.warehouse.record_progress(self.source_id, progress.records, expected)
+            self.recorded_at = now
         if now - self.logged_at < self.every_s:
             return
         self.logged_at = now

@@ -33,6 +33,9 @@ DEFAULTS = {
     # Minutes without a single event before a started run is reported as stalled, and without a
     # heartbeat before a processing version shows STALLED in loader_status (fractions allowed).
     "HARMONIZER_STALL_MINUTES": "30",
+    # Seconds between two progress records (records done, a heartbeat) of a running load: far
+    # below any stall threshold, far above a checkpoint's (each record is a transaction).
+    "HARMONIZER_PROGRESS_SECONDS": "1",
     # Seconds a metrics scrape waits for a DuckDB warehouse a load holds before it serves the
     # values of its last scrape (harmonizer_scrape_warehouse_busy 1).
     "HARMONIZER_METRICS_LOCK_WAIT": "1",
@@ -86,3 +89,8 @@ def lock_timeout() -> float:
 def stall_seconds() -> float:
     """Seconds without progress after which a load counts as stalled (HARMONIZER_STALL_MINUTES)."""
     return max(0.0, float(current("HARMONIZER_STALL_MINUTES"))) * 60
+
+
+def progress_seconds() -> float:
+    """Seconds between two progress records of a running load (HARMONIZER_PROGRESS_SECONDS)."""
+    return max(0.0, float(current("HARMONIZER_PROGRESS_SECONDS")))
