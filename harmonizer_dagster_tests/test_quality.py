@@ -70,6 +70,28 @@ def test_crafted_failures(warehouse, specs, landing, tmp_path):
     assert results["natural_key_unique"].passed is warehouse.key_index
 
 
+def test_a_key_the_database_keeps_unique_is_not_looked_up_and_one_it_does_not_keep_is(
+    warehouse, specs, landing, tmp_path
+):
+    spec = specs[SOURCE]
+    load_file(spec, landing, Q3, warehouse, tmp_path / "s")
+    unique = evaluate(warehouse, spec)["natural_key_unique"]
+    assert unique.passed and unique.counts["rows_written"] == 988
+    assert unique.counts["enforced_by_index"] == int(warehouse.key_index)
+    assert ("unique index on (corp_number)" in unique.message) is warehouse.key_index
+    # Without the index (dropped by hand), the written keys are looked up and a duplicate found.
+    table = warehouse.table(SOURCE)
+    if warehouse.key_index:
+        [(constraint,)] = warehouse.query(
+            "SELECT conname FROM pg_constraint WHERE conrelid = to_regclass(%s) AND contype = 'p'", (table,)
+        )
+        warehouse.query(f'ALTER TABLE {table} DROP CONSTRAINT "{constraint}"')
+    warehouse.query(f"INSERT INTO {table} SELECT * FROM {table} LIMIT 1")
+    unique = evaluate(warehouse, spec)["natural_key_unique"]
+    assert not unique.passed
+    assert (unique.counts["duplicated_keys"], unique.counts["enforced_by_index"]) == (1, 0)
+
+
 def test_pass_rate_and_schema_drift_fail_on_a_drifting_file(warehouse, specs, landing, tmp_path):
     spec = specs[SOURCE]
     frame = pl.read_csv(landing / SOURCE / Q3, infer_schema=False)

@@ -135,23 +135,30 @@ def _reconciliation(store: Warehouse, spec: SourceSpec, key: str, v: Version) ->
 
 
 def _key_unique(store: Warehouse, spec: SourceSpec, key: str, v: Version) -> Evaluation:
-    """Only a write can duplicate a key: the keys this version wrote are looked up in the table."""
+    """Only a write can duplicate a key: the keys this version wrote are looked up in the table,
+    unless a unique index of the database already refuses every duplicate (a lookup of 1M
+    keys took 4 s on PostgreSQL)."""
     keys = [quote_ident(k) for k in spec.natural_key]
     listed = ", ".join(keys)
     joined = " AND ".join(f"t.{k} = w.{k}" for k in keys)
     table = store.table(spec.name)
-    duplicated, rows = store.query(
-        f"WITH w AS (SELECT {listed} FROM {table} WHERE {_written(v)}) "
-        f"SELECT (SELECT count(*) FROM (SELECT {', '.join('t.' + k for k in keys)} FROM {table} t "
-        f"JOIN (SELECT DISTINCT {listed} FROM w) w ON {joined} GROUP BY {', '.join('t.' + k for k in keys)} "
-        "HAVING count(*) > 1) d), (SELECT count(*) FROM w)"
-    )[0]
+    enforced = store.enforces_key(spec)
+    if enforced:
+        duplicated, rows = 0, store.query(f"SELECT count(*) FROM {table} WHERE {_written(v)}")[0][0]
+    else:
+        duplicated, rows = store.query(
+            f"WITH w AS (SELECT {listed} FROM {table} WHERE {_written(v)}) "
+            f"SELECT (SELECT count(*) FROM (SELECT {', '.join('t.' + k for k in keys)} FROM {table} t "
+            f"JOIN (SELECT DISTINCT {listed} FROM w) w ON {joined} GROUP BY {', '.join('t.' + k for k in keys)} "
+            "HAVING count(*) > 1) d), (SELECT count(*) FROM w)"
+        )[0]
+    how = f": the table's unique index on ({', '.join(spec.natural_key)}) refuses any other" if enforced else ""
     return Evaluation(
         passed=duplicated == 0,
         observed=float(duplicated),
         threshold=0.0,
-        message=f"{duplicated} duplicated natural keys among the {rows} rows written from this file",
-        counts={"duplicated_keys": int(duplicated), "rows_written": int(rows)},
+        message=f"{duplicated} duplicated natural keys among the {rows} rows written from this file{how}",
+        counts={"duplicated_keys": int(duplicated), "rows_written": int(rows), "enforced_by_index": int(enforced)},
     )
 
 

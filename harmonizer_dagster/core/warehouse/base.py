@@ -182,6 +182,11 @@ class Warehouse(ABC):
     def table(self, name: str) -> str:
         return f"{self.schema}.{quote_ident(name)}"
 
+    def enforces_key(self, spec: SourceSpec) -> bool:
+        """Whether the database itself keeps the source's natural keys unique (a valid unique
+        index on exactly those columns): no write can then duplicate one."""
+        return False
+
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
         """Runs one statement in its own transaction, or in the open `transaction()`; `{schema}`
         expands to the quoted schema."""

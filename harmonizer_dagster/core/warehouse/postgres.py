@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 
 from harmonizer_dagster.core.reading import LINE_COLUMN
 from harmonizer_dagster.core.settings import engine_threads
+from harmonizer_dagster.core.spec import SourceSpec
 from harmonizer_dagster.core.sql import quote_ident
 from harmonizer_dagster.core.warehouse.base import Session, Warehouse, WarehouseBusy
 
@@ -186,6 +187,16 @@ class PostgresWarehouse(Warehouse):
     def description(self) -> str:
         info = psycopg.conninfo.conninfo_to_dict(self.url)
         return f"PostgreSQL database {info.get('dbname', '?')} on {info.get('host', 'local socket')}"
+
+    def enforces_key(self, spec: SourceSpec) -> bool:
+        [(enforced,)] = self.query(
+            "SELECT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = to_regclass(%s) AND i.indisunique "
+            "AND i.indisvalid AND i.indpred IS NULL AND i.indexprs IS NULL AND (SELECT array_agg(a.attname::text "
+            "ORDER BY a.attname) FROM pg_attribute a WHERE a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)) "
+            "= %s::text[])",
+            (self.table(spec.name), sorted(spec.natural_key)),
+        )
+        return bool(enforced)
 
     def hold(self, s: Session, name: str) -> None:
         key = (self.schema_name, name)
