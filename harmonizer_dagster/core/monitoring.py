@@ -46,11 +46,11 @@ LOADER_STATUS_COLUMNS = (
 
 
 class ProgressReporter:
-    """Hears a running load's checkpoints: records the first and then one a `record_every_s`
-    (HARMONIZER_PROGRESS_SECONDS) in the registry (records done, records expected from the share of the file read, a
-    heartbeat) and tells `log` a line about it once the step has run `every_s` seconds, then at
-    most every `every_s` seconds: a file read sooner logs none (its load's summary says what it
-    came to)."""
+    """Hears a running load's checkpoints: records the first in the registry, then at most one
+    every `record_every_s` (HARMONIZER_PROGRESS_SECONDS): records done, records expected from
+    the share of the file read, a heartbeat. Tells `log` a line once the step has run `every_s`
+    seconds, then at most every `every_s` seconds: a file read sooner logs none (its load's
+    summary says what it came to)."""
 
     def __init__(
         self,

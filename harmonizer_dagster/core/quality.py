@@ -138,20 +138,12 @@ def _key_unique(store: Warehouse, spec: SourceSpec, key: str, v: Version) -> Eva
     """Only a write can duplicate a key: the keys this version wrote are looked up in the table,
     unless a unique index of the database already refuses every duplicate (a lookup of 1M
     keys took 4 s on PostgreSQL)."""
-    keys = [quote_ident(k) for k in spec.natural_key]
-    listed = ", ".join(keys)
-    joined = " AND ".join(f"t.{k} = w.{k}" for k in keys)
     table = store.table(spec.name)
     enforced = store.enforces_key(spec)
     if enforced:
         duplicated, rows = 0, store.query(f"SELECT count(*) FROM {table} WHERE {_written(v)}")[0][0]
     else:
-        duplicated, rows = store.query(
-            f"WITH w AS (SELECT {listed} FROM {table} WHERE {_written(v)}) "
-            f"SELECT (SELECT count(*) FROM (SELECT {', '.join('t.' + k for k in keys)} FROM {table} t "
-            f"JOIN (SELECT DISTINCT {listed} FROM w) w ON {joined} GROUP BY {', '.join('t.' + k for k in keys)} "
-            "HAVING count(*) > 1) d), (SELECT count(*) FROM w)"
-        )[0]
+        duplicated, rows = _duplicated_written_keys(store, spec, v)
     how = f": the table's unique index on ({', '.join(spec.natural_key)}) refuses any other" if enforced else ""
     return Evaluation(
         passed=duplicated == 0,
@@ -160,6 +152,21 @@ def _key_unique(store: Warehouse, spec: SourceSpec, key: str, v: Version) -> Eva
         message=f"{duplicated} duplicated natural keys among the {rows} rows written from this file{how}",
         counts={"duplicated_keys": int(duplicated), "rows_written": int(rows), "enforced_by_index": int(enforced)},
     )
+
+
+def _duplicated_written_keys(store: Warehouse, spec: SourceSpec, v: Version) -> tuple[int, int]:
+    """How many keys the version wrote are in the table more than once, and its rows."""
+    keys = [quote_ident(k) for k in spec.natural_key]
+    listed = ", ".join(keys)
+    joined = " AND ".join(f"t.{k} = w.{k}" for k in keys)
+    table = store.table(spec.name)
+    duplicated, rows = store.query(
+        f"WITH w AS (SELECT {listed} FROM {table} WHERE {_written(v)}) "
+        f"SELECT (SELECT count(*) FROM (SELECT {', '.join('t.' + k for k in keys)} FROM {table} t "
+        f"JOIN (SELECT DISTINCT {listed} FROM w) w ON {joined} GROUP BY {', '.join('t.' + k for k in keys)} "
+        "HAVING count(*) > 1) d), (SELECT count(*) FROM w)"
+    )[0]
+    return int(duplicated), int(rows)
 
 
 def _required_complete(store: Warehouse, spec: SourceSpec, key: str, v: Version) -> Evaluation:
