@@ -1,6 +1,7 @@
 """A run of several files: each is its own partition, and a bad file fails only itself."""
 
 import gzip
+import hashlib
 import uuid
 
 import dagster as dg
@@ -106,3 +107,55 @@ def test_a_file_with_the_bytes_of_the_one_before_it_in_the_run_is_skipped_as_loa
     )
     assert loaded == [(first, "completed", False), ("copy.csv", "skipped", True), (last, "completed", False)]
     assert store.query(f'SELECT count(*) FROM harmonizer."{SOURCE}"')[0][0] == 6
+
+
+def test_a_backfill_range_loads_each_file_as_its_partition_and_a_bad_one_fails_only_itself(
+    warehouse_url, specs, instance, tmp_path
+):
+    """A backfill hands a run a range of partitions (the assets' backfill policy): the source's
+    four ops take every file of it, each file gets its own materialization, checks and
+    publication, and a bad file is left behind and named."""
+    folder = tmp_path / "drop" / SOURCE
+    folder.mkdir(parents=True)
+    first, second, third = drop_small_files(folder, 3)
+    (folder / "cut.csv.gz").write_bytes(gzip.compress((folder / second).read_bytes())[:-12])
+    keys = [first, "cut.csv.gz", second, third]
+    instance.add_dynamic_partitions(f"{SOURCE}_files", keys)
+
+    job = build_definitions().resolve_job_def(f"load_{SOURCE}")
+    ranged = {"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": third}
+    result = job.execute_in_process(instance=instance, tags=ranged, raise_on_error=False)
+
+    assert not result.success
+    failures = [event for event in result.all_events if event.event_type == dg.DagsterEventType.STEP_FAILURE]
+    assert [failure.step_key for failure in failures] == [f"{SOURCE}.{SOURCE}_upsert"], "named once the others loaded"
+    reason = failures[0].step_failure_data.error.message
+    assert "1 of 4 file(s) failed: cut.csv.gz: " in reason and first not in reason, reason
+    records = instance.get_records_for_run(
+        result.run_id,
+        of_type={dg.DagsterEventType.ASSET_MATERIALIZATION, dg.DagsterEventType.ASSET_CHECK_EVALUATION},
+    ).records
+    events = [record.event_log_entry.dagster_event for record in records]
+    materializations = [e for e in events if e.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION]
+    good = [first, second, third]
+    assert sorted((e.asset_key.to_user_string(), e.partition) for e in materializations) == sorted(
+        (asset, key) for key in good for asset in (SOURCE, f"{SOURCE}_published")
+    )
+    # Each file's materialization tells its own figures.
+    assert {
+        e.partition: e.step_materialization_data.materialization.metadata["file_hash"].value
+        for e in materializations
+        if e.asset_key.to_user_string() == SOURCE
+    } == {key: hashlib.sha256((folder / key).read_bytes()).hexdigest() for key in good}
+    evaluations = {
+        (e.event_specific_data.check_name, e.event_specific_data.partition)
+        for e in events
+        if e.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION
+    }
+    assert evaluations == {(check.name, key) for key in good for check in check_specs(specs[SOURCE])}
+
+    store = open_warehouse(warehouse_url, "harmonizer")
+    assert store.query(f'SELECT count(*) FROM harmonizer."{SOURCE}"')[0][0] == 9
+    loaded = store.query("SELECT partition_key, status, published_at IS NOT NULL FROM harmonizer.sources")
+    assert sorted(row for row in loaded if row[0] in good) == [(key, "completed", True) for key in good]
+    assert all(status != "completed" for key, status, _ in loaded if key == "cut.csv.gz")

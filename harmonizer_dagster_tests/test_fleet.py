@@ -1,6 +1,7 @@
 """The fleet, proven end to end on this machine: runs go to the Pi that serves their source,
 queue limits hold while 20 runs drain, a backfill launched through the webserver's GraphQL
-API (the call the UI's backfill button makes) runs one run per file on the right Pi, a
+API (the call the UI's backfill button makes), of the source's job or of its asset, loads its
+files in one run on the right Pi, a
 restarted Pi gets runs again, a run whose Pi lost power is failed and retried whole, and the
 central webserver's UI shows what the Pis serve."""
 
@@ -177,7 +178,7 @@ def test_runs_launched_from_the_asset_page_are_held_by_the_source_limit(fleet):
     assert peak_per_source == {"business_registry": 1}
 
 
-def test_a_backfill_through_graphql_runs_each_file_on_the_right_pi(fleet):
+def test_a_backfill_of_the_source_job_through_graphql_runs_its_files_together_on_the_right_pi(fleet):
     source = "news_articles"
     original = fleet.landing / source / "news_2026-11-20.json"
     records = json.loads(original.read_text())
@@ -203,17 +204,18 @@ def test_a_backfill_through_graphql_runs_each_file_on_the_right_pi(fleet):
 
     def backfill_runs():
         runs = fleet.instance.get_runs(dg.RunsFilter(tags={"dagster/backfill": result["backfillId"]}))
-        partitions_seen = {run.tags["dagster/partition"] for run in runs}
-        return runs if len(partitions_seen) == 3 and all(run.status in DONE for run in runs) else []
+        return runs if runs and all(run.status in DONE for run in runs) else []
 
     try:
-        runs = wait_for(backfill_runs, 300, "the backfill's runs")
+        (run,) = wait_for(backfill_runs, 300, "the backfill's run")
     except AssertionError:
         seen = [(r.job_name, r.status, dict(r.tags)) for r in fleet.instance.get_runs(limit=10)]
         raise AssertionError(f"backfill {result['backfillId']} did not finish; latest runs: {seen}") from None
-    assert sorted(run.tags["dagster/partition"] for run in runs) == partitions, "one run per partition, no retries"
-    assert {run.status for run in runs} == {dg.DagsterRunStatus.SUCCESS}
-    assert {run.tags["harmonizer/host"] for run in runs} == {"pi-b"}
+    # The asset job's backfill follows its assets' backfill policy: one run for the range.
+    ranged = (run.tags["dagster/asset_partition_range_start"], run.tags["dagster/asset_partition_range_end"])
+    assert ranged == (partitions[0], partitions[-1])
+    assert run.status == dg.DagsterRunStatus.SUCCESS
+    assert run.tags["harmonizer/host"] == "pi-b"
     with psycopg.connect(fleet.env["HARMONIZER_WAREHOUSE_URL"]) as conn:
         loaded = conn.execute(
             "SELECT partition_key, records_in_file, records_imported FROM harmonizer.sources "
@@ -222,6 +224,55 @@ def test_a_backfill_through_graphql_runs_each_file_on_the_right_pi(fleet):
         ).fetchall()
     # Two of the records are rejected (a missing headline, a bad timestamp).
     assert loaded == [(name, day, day - 2) for name, day in zip(partitions, (21, 22, 23), strict=True)]
+
+
+def test_an_asset_backfill_through_graphql_loads_its_files_in_one_run_on_the_right_pi(fleet):
+    """The UI's backfill of the source asset (and its published versions): the backfill policy
+    hands one run the whole range, each file is its own partition, and a bad file fails only
+    itself."""
+    source = "news_articles"
+    records = json.loads((fleet.landing / source / "news_2026-11-20.json").read_text())
+    partitions = [f"news_2026-12-{day:02d}.json" for day in (1, 2, 3, 4)]
+    for day, name in zip((5, 6, 7), (partitions[0], partitions[1], partitions[3]), strict=True):
+        (fleet.landing / source / name).write_text(json.dumps(records[:day]))
+    (fleet.landing / source / partitions[2]).write_text('[{"headline": "cut off')
+    fleet.instance.add_dynamic_partitions(f"{source}_files", partitions)
+    result = fleet.graphql(
+        BACKFILL,
+        {
+            "params": {
+                "assetSelection": [{"path": [source]}, {"path": [f"{source}_published"]}],
+                "partitionNames": partitions,
+            }
+        },
+    )["launchPartitionBackfill"]
+    assert result["__typename"] == "LaunchBackfillSuccess", result
+
+    def backfill_done():
+        backfill = fleet.instance.get_backfill(result["backfillId"])
+        runs = fleet.instance.get_runs(dg.RunsFilter(tags={"dagster/backfill": result["backfillId"]}))
+        # REQUESTED until the daemon has launched every run and seen each finish.
+        return runs if backfill.status.value != "REQUESTED" and all(run.status in DONE for run in runs) else None
+
+    wait_for(backfill_done, 300, "the asset backfill")
+    (run,) = fleet.instance.get_runs(dg.RunsFilter(tags={"dagster/backfill": result["backfillId"]}))
+    assert (run.tags["dagster/asset_partition_range_start"], run.tags["dagster/asset_partition_range_end"]) == (
+        partitions[0],
+        partitions[-1],
+    )
+    assert run.tags["harmonizer/host"] == "pi-b"
+    assert run.status == dg.DagsterRunStatus.FAILURE, "the cut-off file fails the run"
+    materialized = fleet.instance.get_materialized_partitions(dg.AssetKey(source))
+    assert materialized & set(partitions) == {partitions[0], partitions[1], partitions[3]}
+    published = fleet.instance.get_materialized_partitions(dg.AssetKey(f"{source}_published"))
+    assert published & set(partitions) == {partitions[0], partitions[1], partitions[3]}
+    with psycopg.connect(fleet.env["HARMONIZER_WAREHOUSE_URL"]) as conn:
+        loaded = conn.execute(
+            "SELECT partition_key, records_in_file FROM harmonizer.sources "
+            "WHERE status = 'completed' AND partition_key = ANY(%s) ORDER BY partition_key",
+            (partitions,),
+        ).fetchall()
+    assert loaded == [(partitions[0], 5), (partitions[1], 6), (partitions[3], 7)]
 
 
 def test_a_restarted_code_server_gets_runs_again_without_a_reload(fleet):

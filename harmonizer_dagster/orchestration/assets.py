@@ -2,10 +2,12 @@
 
 import os
 import traceback
-from collections.abc import Callable, Iterator
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 import dagster as dg
@@ -26,7 +28,9 @@ from harmonizer_dagster.core.settings import current
 from harmonizer_dagster.core.spec import SourceSpec
 from harmonizer_dagster.core.warehouse import Warehouse
 from harmonizer_dagster.core.warehouse.tables import sql_type
+from harmonizer_dagster.orchestration.checks import evaluate_all_checks
 from harmonizer_dagster.orchestration.outcomes import record_lost_outcomes
+from harmonizer_dagster.orchestration.partitions import backfill_policy, partitions_for
 from harmonizer_dagster.orchestration.resources import LandingZone, WarehouseResource, resource_keys, s3_client
 
 # Dagster's run tag that says whether the daemon re-executes a run an op failed: the ops set
@@ -90,11 +94,6 @@ def faults_classified(context: dg.OpExecutionContext) -> Iterator[None]:
         raise failure from (None if isinstance(exc, RefusedFile) else exc)
 
 
-def partitions_for(spec: SourceSpec) -> dg.DynamicPartitionsDefinition:
-    """One partition per file in the source's landing folder, keyed by its relative path."""
-    return dg.DynamicPartitionsDefinition(name=f"{spec.name}_files")
-
-
 def column_schema(spec: SourceSpec) -> dg.TableSchema:
     return dg.TableSchema(
         columns=[
@@ -107,16 +106,6 @@ def column_schema(spec: SourceSpec) -> dg.TableSchema:
             for c in spec.columns
         ]
     )
-
-
-@dataclass(frozen=True)
-class SourceOps:
-    """The four ops of one source's asset; the files jobs run the same steps, file after file."""
-
-    hash: dg.OpDefinition
-    validate: dg.OpDefinition
-    harmonize: dg.OpDefinition
-    upsert: dg.OpDefinition
 
 
 def _metadata(spec: SourceSpec, hashed: HashedVersion, result: UpsertResult) -> dict[str, Any]:
@@ -192,8 +181,100 @@ def upsert_summary(store: Warehouse, metadata: dict[str, Any]) -> str:
     return f"into {store.description}: {figures}"
 
 
+@dataclass(frozen=True)
+class SourceOps:
+    """The four ops of one source's asset; the files jobs run the same steps, file after file."""
+
+    hash: dg.OpDefinition
+    validate: dg.OpDefinition
+    harmonize: dg.OpDefinition
+    upsert: dg.OpDefinition
+
+
+@dataclass(frozen=True)
+class FileBatch:
+    """What the asset's ops hand on: the file versions still going and those that failed on the
+    way, with why. A run of one partition carries one file; a backfill's run, a range of them."""
+
+    hashed: tuple[HashedVersion, ...]
+    failed: tuple[tuple[str, str], ...] = ()  # (partition key, why)
+    total: int = 1
+
+
+def failed_files(reasons: Mapping[str, str], total: int) -> dg.Failure:
+    """The step's failure once every file had its turn: which files failed, and why."""
+    return dg.Failure(
+        f"{len(reasons)} of {total} file(s) failed: " + "; ".join(f"{key}: {why}" for key, why in reasons.items()),
+        metadata={"failed_files": dg.MetadataValue.json(dict(reasons))},
+        allow_retries=False,
+    )
+
+
+def each_file(
+    context: dg.OpExecutionContext,
+    batch: FileBatch,
+    steps: Sequence[tuple[str, Callable[[], HashedVersion]]],
+    last: bool = False,
+) -> FileBatch:
+    """Runs each file's step (its partition key, and the step, which returns the version that
+    goes on). In a run of one partition, the file's error is the step's (see faults_classified).
+    In a backfill's range a passing fault still fails the step, for its retry policy, but a bad
+    file fails only itself: it is logged and left behind, and named when no file is left to go
+    on, or by the last step once the others are loaded."""
+    ranged = context.has_partition_key_range
+    going: list[HashedVersion] = []
+    failed = dict(batch.failed)
+    for key, step in steps:
+        try:
+            with faults_classified(context):
+                going.append(step())
+        except dg.Failure as failure:
+            if not ranged:
+                raise
+            failed[key] = failure.description or ""
+            context.log.error(f"{key} failed: {failure.description}")
+    if failed and (last or not going):
+        raise failed_files(failed, batch.total)
+    return FileBatch(tuple(going), tuple(failed.items()), batch.total)
+
+
+def upsert_and_report(
+    context: dg.OpExecutionContext, spec: SourceSpec, hashed: HashedVersion, store: Warehouse
+) -> None:
+    """Upserts a file of a run of several and reports it as its partition's materialization."""
+    key = hashed.partition_key
+    _, metadata = upsert_file(spec, hashed, store, context.run_id)
+    # One line per file: what the asset's four steps would log, in short.
+    context.log.info(f"{key}: {hash_summary(hashed)}; {upsert_summary(store, metadata)}")
+    context.log_event(dg.AssetMaterialization(asset_key=spec.name, partition=key, metadata=metadata))
+
+
+def check_and_publish(context: dg.OpExecutionContext, spec: SourceSpec, store: Warehouse, key: str) -> None:
+    """A loaded file's asset checks, then its publication unless a blocking check failed."""
+    failures = evaluate_all_checks(context, store, spec, key)
+    if failures:
+        context.log.warning(f"{key} is not published: blocking check(s) failed: {failures}")
+        return
+    published = store.mark_published(spec.name, key)
+    if not published:
+        raise dg.Failure(f"{key} has no completed load to publish")
+    context.log_event(
+        dg.AssetMaterialization(
+            asset_key=f"{spec.name}_published",
+            partition=key,
+            metadata={"source_id": published[0], "file_hash": published[1]},
+        )
+    )
+
+
 def build_source_ops(spec: SourceSpec, with_s3: bool = False) -> SourceOps:
-    """`with_s3`: the code location configures S3, so the hash op takes its `s3` resource."""
+    """`with_s3`: the code location configures S3, so the hash op takes its `s3` resource.
+
+    A run of one partition hands its file from op to op, and the upsert's output is the
+    partition's materialization, followed by the check and publication steps. A backfill's run
+    of a range takes every file of it through each op, and its upsert reports each file as the
+    files jobs do: its own materialization, checks and publication (the steps after it are
+    then skipped)."""
     tags = {"source": spec.name}
 
     @dg.op(
@@ -204,18 +285,23 @@ def build_source_ops(spec: SourceSpec, with_s3: bool = False) -> SourceOps:
         retry_policy=transient_retry_policy(),
         description="Streams the file through SHA-256 and registers the version; an already-loaded hash is skipped.",
     )
-    def hash_op(context: dg.OpExecutionContext) -> HashedVersion:
+    def hash_op(context: dg.OpExecutionContext) -> FileBatch:
         warehouse: WarehouseResource = context.resources.warehouse
         landing: LandingZone = context.resources.landing
-        target = locate(landing.landing_path, spec.name, context.partition_key)
+        keys = context.partition_keys
         with faults_classified(context):
             store = warehouse.open()
-            hashed = hash_file(context, spec, target, store, landing)
             # What earlier runs of the source could not record (the unrecorded_failures sensor
-            # does the same where a daemon runs); this run's own version is still going.
+            # does the same where a daemon runs); this run's own versions are still going.
             record_lost_outcomes(context.instance, store, [spec.name], context.log)
-        context.log.info(f"{target.partition_key}: {hash_summary(hashed)}")
-        return hashed
+
+        def hashed(key: str) -> HashedVersion:
+            version = hash_file(context, spec, locate(landing.landing_path, spec.name, key), store, landing)
+            context.log.info(f"{key}: {hash_summary(version)}")
+            return version
+
+        with store.kept_open():
+            return each_file(context, FileBatch((), total=len(keys)), [(key, partial(hashed, key)) for key in keys])
 
     @dg.op(
         name=f"{spec.name}_validate",
@@ -223,49 +309,77 @@ def build_source_ops(spec: SourceSpec, with_s3: bool = False) -> SourceOps:
         description="Checks every record against the spec's rules and harmonizes the ones that pass.",
     )
     def validate_op(
-        context: dg.OpExecutionContext, warehouse: WarehouseResource, landing: LandingZone, hashed: HashedVersion
-    ) -> HashedVersion:
-        with faults_classified(context):
-            summary = validate_file(spec, hashed, warehouse.open(), landing, context.log.info)
-        if summary:
-            context.log.info(f"{hashed.partition_key}: {summary}")
-        return hashed
+        context: dg.OpExecutionContext, warehouse: WarehouseResource, landing: LandingZone, batch: FileBatch
+    ) -> FileBatch:
+        store = warehouse.open()
+
+        def validated(hashed: HashedVersion) -> HashedVersion:
+            summary = validate_file(spec, hashed, store, landing, context.log.info)
+            if summary:
+                context.log.info(f"{hashed.partition_key}: {summary}")
+            return hashed
+
+        with store.kept_open():
+            return each_file(context, batch, [(h.partition_key, partial(validated, h)) for h in batch.hashed])
 
     @dg.op(
         name=f"{spec.name}_harmonize",
         tags=tags,
         description="Resolves duplicate natural keys in the file: the last occurrence wins.",
     )
-    def harmonize_op(
-        context: dg.OpExecutionContext, warehouse: WarehouseResource, hashed: HashedVersion
-    ) -> HashedVersion:
-        with faults_classified(context):
-            summary = harmonize_file(spec, hashed, warehouse.open())
-        if summary:
-            context.log.info(f"{hashed.partition_key}: {summary}")
-        return hashed
+    def harmonize_op(context: dg.OpExecutionContext, warehouse: WarehouseResource, batch: FileBatch) -> FileBatch:
+        store = warehouse.open()
+
+        def harmonized(hashed: HashedVersion) -> HashedVersion:
+            summary = harmonize_file(spec, hashed, store)
+            if summary:
+                context.log.info(f"{hashed.partition_key}: {summary}")
+            return hashed
+
+        with store.kept_open():
+            return each_file(context, batch, [(h.partition_key, partial(harmonized, h)) for h in batch.hashed])
 
     @dg.op(
         name=f"{spec.name}_upsert",
-        out=dg.Out(io_manager_key="source_tables"),
+        # A backfill's run of a range reports each file itself, and yields no output.
+        out=dg.Out(io_manager_key="source_tables", is_required=False),
         tags=tags,
         retry_policy=transient_retry_policy(),
         description="Upserts on the natural key with issues and failed records, in one transaction.",
     )
-    def upsert_op(context: dg.OpExecutionContext, warehouse: WarehouseResource, hashed: HashedVersion):
+    def upsert_op(context: dg.OpExecutionContext, warehouse: WarehouseResource, batch: FileBatch):
         store = warehouse.open()
+        if context.has_partition_key_range:
+
+            def loaded(hashed: HashedVersion) -> HashedVersion:
+                upsert_and_report(context, spec, hashed, store)
+                check_and_publish(context, spec, store, hashed.partition_key)
+                return hashed
+
+            with store.kept_open():
+                each_file(context, batch, [(h.partition_key, partial(loaded, h)) for h in batch.hashed], last=True)
+            return
+        (hashed,) = batch.hashed
         with faults_classified(context):
             result, metadata = upsert_file(spec, hashed, store, context.run_id)
         context.log.info(f"{hashed.partition_key} {upsert_summary(store, metadata)}")
-        return dg.Output(result, metadata=metadata, data_version=dg.DataVersion(hashed.file_hash))
+        yield dg.Output(result, metadata=metadata, data_version=dg.DataVersion(hashed.file_hash))
 
     return SourceOps(hash_op, validate_op, harmonize_op, upsert_op)
 
 
 def build_source_asset(spec: SourceSpec, ops: SourceOps, host_tags: dict[str, str]) -> dg.AssetsDefinition:
+    with warnings.catch_warnings():
+        # A beta parameter in Dagster 1.13 (see build_published_asset).
+        warnings.simplefilter("ignore", dg.BetaWarning)
+        return _source_asset(spec, ops, host_tags)
+
+
+def _source_asset(spec: SourceSpec, ops: SourceOps, host_tags: dict[str, str]) -> dg.AssetsDefinition:
     @dg.graph_asset(
         name=spec.name,
         partitions_def=partitions_for(spec),
+        backfill_policy=backfill_policy(),
         description=f"{spec.title}. {spec.description}".strip(),
         owners=[spec.owner],
         kinds={spec.format, "pandera"},
@@ -293,21 +407,42 @@ def build_published_asset(spec: SourceSpec, host_tags: dict[str, str]) -> dg.Ass
     """The file versions consumers may rely on: a partition is published only once the
     source's blocking checks passed in the same run, which the UI shows as a skipped step."""
 
-    @dg.asset(
-        name=f"{spec.name}_published",
-        deps=[spec.name],
-        partitions_def=partitions_for(spec),
-        description=f"File versions of {spec.title} that passed every blocking data-quality check.",
-        owners=[spec.owner],
-        kinds={"sql"},
-        # Runs of the asset's page and of asset backfills inherit these (see run_coordinator.py).
-        tags={"source": spec.name, **host_tags},
-    )
-    def published(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
-        published_version = warehouse.open().mark_published(spec.name, context.partition_key)
-        if not published_version:
-            raise dg.Failure(f"{context.partition_key} has no completed load to publish")
-        source_id, file_hash = published_version
-        return dg.MaterializeResult(metadata={"source_id": source_id, "file_hash": file_hash})
+    # Partitioned assets with a backfill policy are a beta feature in Dagster 1.13; it is what
+    # lets a backfill load many files per run, so the warning is silenced.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dg.BetaWarning)
+
+        @dg.asset(
+            name=f"{spec.name}_published",
+            deps=[spec.name],
+            partitions_def=partitions_for(spec),
+            # The source's own: a backfill of both runs them together (the range's files are
+            # published by the source's upsert, and this step is then skipped).
+            backfill_policy=backfill_policy(),
+            output_required=False,
+            description=f"File versions of {spec.title} that passed every blocking data-quality check.",
+            owners=[spec.owner],
+            kinds={"sql"},
+            # Runs of the asset's page and of asset backfills inherit these (see run_coordinator.py).
+            tags={"source": spec.name, **host_tags},
+        )
+        def published(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
+            store = warehouse.open()
+            unpublished = {}
+            for key in context.partition_keys:
+                published_version = store.mark_published(spec.name, key)
+                if not published_version:
+                    unpublished[key] = "no completed load to publish"
+                    continue
+                metadata = {"source_id": published_version[0], "file_hash": published_version[1]}
+                if not context.has_partition_key_range:
+                    yield dg.MaterializeResult(metadata=metadata)
+                else:
+                    # A range's files each get their own materialization.
+                    context.log_event(
+                        dg.AssetMaterialization(asset_key=context.asset_key, partition=key, metadata=metadata)
+                    )
+            if unpublished:
+                raise failed_files(unpublished, len(context.partition_keys))
 
     return published

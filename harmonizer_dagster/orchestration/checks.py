@@ -16,7 +16,7 @@ import dagster as dg
 from harmonizer_dagster.core.quality import Evaluation, QualityCheck, checks_for, run_checks
 from harmonizer_dagster.core.spec import SourceSpec
 from harmonizer_dagster.core.warehouse import Warehouse
-from harmonizer_dagster.orchestration.assets import partitions_for
+from harmonizer_dagster.orchestration.partitions import partitions_for
 from harmonizer_dagster.orchestration.resources import WarehouseResource
 
 # Dagster's asset check per severity of the spec's checks: its name, severity and whether it blocks.

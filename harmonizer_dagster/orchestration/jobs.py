@@ -21,20 +21,19 @@ from harmonizer_dagster.core.spec import SourceSpec
 from harmonizer_dagster.core.warehouse import Warehouse
 from harmonizer_dagster.orchestration.assets import (
     announce_retry,
+    check_and_publish,
+    failed_files,
     faults_classified,
     harmonize_file,
     hash_file,
-    hash_summary,
-    partitions_for,
     step_failure,
     tag_retry,
     transient_retry_policy,
-    upsert_file,
-    upsert_summary,
+    upsert_and_report,
     validate_file,
 )
-from harmonizer_dagster.orchestration.checks import evaluate_all_checks
 from harmonizer_dagster.orchestration.outcomes import record_lost_outcomes
+from harmonizer_dagster.orchestration.partitions import partitions_for
 from harmonizer_dagster.orchestration.resources import LandingZone, WarehouseResource, resource_keys
 from harmonizer_dagster.orchestration.triage import report_metadata
 
@@ -117,11 +116,7 @@ def raise_for_failed_files(context: dg.OpExecutionContext, errors: dict[str, Exc
         announce_retry(context, transient[0])
         raise transient[0]
     reasons = {key: failure.description or "" for key, failure in failures.items() if failure is not None}
-    raise dg.Failure(
-        f"{len(reasons)} of {total} file(s) failed: " + "; ".join(f"{key}: {why}" for key, why in reasons.items()),
-        metadata={"failed_files": dg.MetadataValue.json(reasons)},
-        allow_retries=False,
-    )
+    raise failed_files(reasons, total)
 
 
 def load_files_in_turn(
@@ -153,7 +148,7 @@ def load_files_in_turn(
                     fail(key, exc)
             if upserted is not None:
                 try:
-                    _check_and_publish(context, spec, store, upserted)
+                    check_and_publish(context, spec, store, upserted)
                 except Exception as exc:
                     fail(upserted, exc)
                 upserted = None
@@ -161,7 +156,7 @@ def load_files_in_turn(
                 hashed, prepared = preparing
                 try:
                     prepared.result()
-                    _upsert(context, spec, hashed, store)
+                    upsert_and_report(context, spec, hashed, store)
                     upserted = hashed.partition_key
                 except Exception as exc:
                     fail(hashed.partition_key, exc)
@@ -173,31 +168,6 @@ def _prepare(
 ) -> None:
     validate_file(spec, hashed, store, landing, context.log.info)
     harmonize_file(spec, hashed, store)
-
-
-def _upsert(context: dg.OpExecutionContext, spec: SourceSpec, hashed: HashedVersion, store: Warehouse) -> None:
-    key = hashed.partition_key
-    _, metadata = upsert_file(spec, hashed, store, context.run_id)
-    # One line per file: what the asset's four steps would log, in short.
-    context.log.info(f"{key}: {hash_summary(hashed)}; {upsert_summary(store, metadata)}")
-    context.log_event(dg.AssetMaterialization(asset_key=spec.name, partition=key, metadata=metadata))
-
-
-def _check_and_publish(context: dg.OpExecutionContext, spec: SourceSpec, store: Warehouse, key: str) -> None:
-    failures = evaluate_all_checks(context, store, spec, key)
-    if failures:
-        context.log.warning(f"{key} is not published: blocking check(s) failed: {failures}")
-        return
-    published = store.mark_published(spec.name, key)
-    if not published:
-        raise dg.Failure(f"{key} has no completed load to publish")
-    context.log_event(
-        dg.AssetMaterialization(
-            asset_key=f"{spec.name}_published",
-            partition=key,
-            metadata={"source_id": published[0], "file_hash": published[1]},
-        )
-    )
 
 
 def _load_files_op(spec: SourceSpec, with_s3: bool) -> dg.OpDefinition:

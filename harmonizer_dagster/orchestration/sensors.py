@@ -24,9 +24,9 @@ from harmonizer_dagster.core.landing import (
 )
 from harmonizer_dagster.core.settings import current
 from harmonizer_dagster.core.spec import SourceSpec
-from harmonizer_dagster.orchestration.assets import partitions_for
 from harmonizer_dagster.orchestration.jobs import files_run_config
 from harmonizer_dagster.orchestration.outcomes import record_lost_outcomes
+from harmonizer_dagster.orchestration.partitions import partitions_for
 from harmonizer_dagster.orchestration.resources import LandingZone, S3Landing, WarehouseResource
 
 # Hashing big files takes a while; a sensor tick must end well within Dagster's 60 s limit.
