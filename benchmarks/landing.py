@@ -3,6 +3,7 @@ files through the real daemon.
 
     python benchmarks/landing.py idle --files 100000
     python benchmarks/landing.py drain --files 1000
+    python benchmarks/landing.py backfill --files 1000
 
 idle   creates the files in a temporary landing folder, brings the sensor's cursor to the state
        where every file is handled, then times the folder sensor's tick (median of 5) and prints
@@ -12,6 +13,10 @@ drain  starts `dagster-daemon run` on a temporary SQLite instance (as `dagster d
        seconds until every file's rows are in the warehouse and the last run has ended, with the
        number of runs the sensor started and when each started and how long it took. Target:
        1,000 files within 2 minutes.
+backfill  the same daemon with the sensors off: registers that many 3-row files as partitions,
+       submits an asset backfill of the source and its published versions over all of them (what
+       the UI's "Materialize" of a partition selection does), and prints the seconds until the
+       backfill is done, with its runs.
 """
 
 from __future__ import annotations
@@ -77,15 +82,13 @@ def idle(count: int) -> None:
         print(f"cursor: {len(cursor.encode())} bytes")
 
 
-def drain(count: int, timeout: float) -> None:
+def daemon_setup(root: Path, **settings: str) -> tuple[dict[str, str], Path, Path, Path]:
+    """A SQLite instance, landing folder and DuckDB warehouse under `root`: the daemon's
+    environment, DAGSTER_HOME, the source's landing folder and the warehouse file."""
     import dagster as dg
-    import duckdb
 
-    from harmonizer_dagster_tests.test_sensors import drop_small_files
-
-    root = Path(tempfile.mkdtemp(prefix="drain-"))
-    home, drop, incoming = root / "dagster_home", root / "drop", root / "incoming"
-    for folder in (home, drop / SOURCE, incoming):
+    home, drop = root / "dagster_home", root / "drop"
+    for folder in (home, drop / SOURCE):
         folder.mkdir(parents=True)
     shutil.copy(REPO / "deploy" / "local" / "dagster.yaml", home / "dagster.yaml")
     with dg.DagsterInstance.from_config(str(home)):
@@ -99,8 +102,13 @@ def drain(count: int, timeout: float) -> None:
         "HARMONIZER_STAGING_DIR": str(root / "staging"),
         "HARMONIZER_WAREHOUSE_URL": f"duckdb:///{warehouse}",
         "PYTHONPATH": str(REPO),
+        **settings,
     }
-    daemon = subprocess.Popen(
+    return env, home, drop / SOURCE, warehouse
+
+
+def start_daemon(root: Path, env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen(
         [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", str(REPO / "workspace.yaml")],
         env=env,
         cwd=root,
@@ -108,33 +116,106 @@ def drain(count: int, timeout: float) -> None:
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
+
+
+def loaded_files(warehouse: Path) -> int | None:
+    """How many file versions the warehouse holds as completed; None while a run holds it."""
+    import duckdb
+
+    if not warehouse.exists():
+        return 0
+    try:
+        with duckdb.connect(str(warehouse), read_only=True) as con:
+            return con.execute("SELECT count(*) FROM harmonizer.sources WHERE status = 'completed'").fetchone()[0]
+    except duckdb.Error:
+        return None
+
+
+def drain(count: int, timeout: float) -> None:
+    import dagster as dg
+
+    from harmonizer_dagster_tests.test_sensors import drop_small_files
+
+    root = Path(tempfile.mkdtemp(prefix="drain-"))
+    env, home, folder, warehouse = daemon_setup(root)
+    incoming = root / "incoming"
+    incoming.mkdir()
+    daemon = start_daemon(root, env)
     try:
         names = drop_small_files(incoming, count)
         time.sleep(15)  # the daemon and its code server start before the drop, as in production
         dropped = time.perf_counter()
         for name in names:  # a rename is atomic: the files appear at once, complete
-            (incoming / name).rename(drop / SOURCE / name)
+            (incoming / name).rename(folder / name)
         while time.perf_counter() - dropped < timeout:
             time.sleep(2)
             with dg.DagsterInstance.from_config(str(home)) as instance:
                 runs = instance.get_runs(dg.RunsFilter(job_name=f"load_{SOURCE}_files"))
-            if runs and all(run.is_finished for run in runs) and warehouse.exists():
-                try:
-                    with duckdb.connect(str(warehouse), read_only=True) as con:
-                        [(loaded,)] = con.execute(
-                            "SELECT count(*) FROM harmonizer.sources WHERE status = 'completed'"
-                        ).fetchall()
-                except duckdb.Error:  # a run holds the file
-                    continue
-                if loaded >= count:
-                    failed = sum(run.status != dg.DagsterRunStatus.SUCCESS for run in runs)
-                    print(
-                        f"drain of {count} files: {time.perf_counter() - dropped:.1f} s, {len(runs)} run(s), "
-                        f"{failed} failed"
-                    )
-                    print_runs(home, time.time() - (time.perf_counter() - dropped))
-                    return
+            if runs and all(run.is_finished for run in runs) and (loaded_files(warehouse) or 0) >= count:
+                failed = sum(run.status != dg.DagsterRunStatus.SUCCESS for run in runs)
+                print(
+                    f"drain of {count} files: {time.perf_counter() - dropped:.1f} s, {len(runs)} run(s), "
+                    f"{failed} failed"
+                )
+                print_runs(home, time.time() - (time.perf_counter() - dropped))
+                return
         print(f"drain of {count} files: not done after {timeout:.0f} s (see {root / 'daemon.log'})")
+    finally:
+        os.killpg(daemon.pid, signal.SIGKILL)
+        daemon.wait()
+
+
+def backfill(count: int, timeout: float) -> None:
+    import uuid
+
+    import dagster as dg
+    from dagster._core.execution.backfill import PartitionBackfill
+
+    from harmonizer_dagster_tests.test_sensors import drop_small_files
+
+    root = Path(tempfile.mkdtemp(prefix="backfill-"))
+    env, home, folder, warehouse = daemon_setup(root, HARMONIZER_AUTOMATION="off")
+    os.environ.update(env)
+    from harmonizer_dagster.definitions import build_definitions
+
+    names = drop_small_files(folder, count)
+    daemon = start_daemon(root, env)
+    try:
+        time.sleep(15)  # the daemon and its code server start first, as in production
+        with dg.DagsterInstance.from_config(str(home)) as instance:
+            instance.add_dynamic_partitions(f"{SOURCE}_files", names)
+            started = time.perf_counter()
+            submitted = PartitionBackfill.from_asset_partitions(
+                backfill_id=uuid.uuid4().hex[:8],
+                asset_graph=build_definitions().resolve_asset_graph(),
+                partition_names=names,
+                asset_selection=[dg.AssetKey(SOURCE), dg.AssetKey(f"{SOURCE}_published")],
+                backfill_timestamp=time.time(),
+                tags={},
+                dynamic_partitions_store=instance,
+                all_partitions=False,
+                title=None,
+                description=None,
+                run_config=None,
+            )
+            instance.add_backfill(submitted)
+            while time.perf_counter() - started < timeout:
+                time.sleep(2)
+                status = instance.get_backfill(submitted.backfill_id).status.value
+                runs = instance.get_run_records(dg.RunsFilter(tags={"dagster/backfill": submitted.backfill_id}))
+                if status != "REQUESTED" and runs and all(r.dagster_run.is_finished for r in runs):
+                    print(
+                        f"backfill of {count} files: {time.perf_counter() - started:.1f} s to {status}, "
+                        f"{len(runs)} run(s), {loaded_files(warehouse)} files loaded"
+                    )
+                    for record in runs:
+                        run = record.dagster_run
+                        span = f"{run.tags.get('dagster/asset_partition_range_start')}..."
+                        span += f"{run.tags.get('dagster/asset_partition_range_end')}"
+                        took = (record.end_time or 0) - (record.start_time or 0)
+                        print(f"  run {span}: {run.status.value}, took {took:.1f} s")
+                    return
+        print(f"backfill of {count} files: not done after {timeout:.0f} s (see {root / 'daemon.log'})")
     finally:
         os.killpg(daemon.pid, signal.SIGKILL)
         daemon.wait()
@@ -158,14 +239,16 @@ def print_runs(home: Path, dropped_at: float) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("case", choices=["idle", "drain"])
+    parser.add_argument("case", choices=["idle", "drain", "backfill"])
     parser.add_argument("--files", type=int)
     parser.add_argument("--timeout", type=float, default=1800)
     args = parser.parse_args()
     if args.case == "idle":
         idle(args.files or 100_000)
-    else:
+    elif args.case == "drain":
         drain(args.files or 1_000, args.timeout)
+    else:
+        backfill(args.files or 1_000, args.timeout)
 
 
 if __name__ == "__main__":

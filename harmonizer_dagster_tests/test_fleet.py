@@ -202,26 +202,13 @@ def test_a_backfill_of_the_source_job_through_graphql_runs_its_files_together_on
     )["launchPartitionBackfill"]
     assert result["__typename"] == "LaunchBackfillSuccess", result
 
-    def backfill_runs():
-        runs = fleet.instance.get_runs(dg.RunsFilter(tags={"dagster/backfill": result["backfillId"]}))
-        return runs if runs and all(run.status in DONE for run in runs) else []
-
-    try:
-        (run,) = wait_for(backfill_runs, 300, "the backfill's run")
-    except AssertionError:
-        seen = [(r.job_name, r.status, dict(r.tags)) for r in fleet.instance.get_runs(limit=10)]
-        raise AssertionError(f"backfill {result['backfillId']} did not finish; latest runs: {seen}") from None
+    run = the_backfill_run(fleet, result["backfillId"])
     # The asset job's backfill follows its assets' backfill policy: one run for the range.
     ranged = (run.tags["dagster/asset_partition_range_start"], run.tags["dagster/asset_partition_range_end"])
     assert ranged == (partitions[0], partitions[-1])
     assert run.status == dg.DagsterRunStatus.SUCCESS
     assert run.tags["harmonizer/host"] == "pi-b"
-    with psycopg.connect(fleet.env["HARMONIZER_WAREHOUSE_URL"]) as conn:
-        loaded = conn.execute(
-            "SELECT partition_key, records_in_file, records_imported FROM harmonizer.sources "
-            "WHERE status = 'completed' AND partition_key = ANY(%s) ORDER BY partition_key",
-            (partitions,),
-        ).fetchall()
+    loaded = completed_loads(fleet, partitions)
     # Two of the records are rejected (a missing headline, a bad timestamp).
     assert loaded == [(name, day, day - 2) for name, day in zip(partitions, (21, 22, 23), strict=True)]
 
@@ -248,31 +235,42 @@ def test_an_asset_backfill_through_graphql_loads_its_files_in_one_run_on_the_rig
     )["launchPartitionBackfill"]
     assert result["__typename"] == "LaunchBackfillSuccess", result
 
-    def backfill_done():
-        backfill = fleet.instance.get_backfill(result["backfillId"])
-        runs = fleet.instance.get_runs(dg.RunsFilter(tags={"dagster/backfill": result["backfillId"]}))
-        # REQUESTED until the daemon has launched every run and seen each finish.
-        return runs if backfill.status.value != "REQUESTED" and all(run.status in DONE for run in runs) else None
-
-    wait_for(backfill_done, 300, "the asset backfill")
-    (run,) = fleet.instance.get_runs(dg.RunsFilter(tags={"dagster/backfill": result["backfillId"]}))
-    assert (run.tags["dagster/asset_partition_range_start"], run.tags["dagster/asset_partition_range_end"]) == (
-        partitions[0],
-        partitions[-1],
-    )
+    run = the_backfill_run(fleet, result["backfillId"])
+    ranged = (run.tags["dagster/asset_partition_range_start"], run.tags["dagster/asset_partition_range_end"])
+    assert ranged == (partitions[0], partitions[-1])
     assert run.tags["harmonizer/host"] == "pi-b"
     assert run.status == dg.DagsterRunStatus.FAILURE, "the cut-off file fails the run"
-    materialized = fleet.instance.get_materialized_partitions(dg.AssetKey(source))
-    assert materialized & set(partitions) == {partitions[0], partitions[1], partitions[3]}
-    published = fleet.instance.get_materialized_partitions(dg.AssetKey(f"{source}_published"))
-    assert published & set(partitions) == {partitions[0], partitions[1], partitions[3]}
+    good = {partitions[0], partitions[1], partitions[3]}
+    assert fleet.instance.get_materialized_partitions(dg.AssetKey(source)) & set(partitions) == good
+    assert fleet.instance.get_materialized_partitions(dg.AssetKey(f"{source}_published")) & set(partitions) == good
+    # One of the first five records is rejected.
+    assert completed_loads(fleet, partitions) == [(partitions[0], 5, 4), (partitions[1], 6, 5), (partitions[3], 7, 6)]
+
+
+def the_backfill_run(fleet, backfill_id: str) -> dg.DagsterRun:
+    """The one run of the backfill, once the daemon has launched its runs and seen them finish."""
+
+    def finished_runs():
+        runs = fleet.instance.get_runs(dg.RunsFilter(tags={"dagster/backfill": backfill_id}))
+        # An asset backfill stays REQUESTED until every run it needs has finished.
+        requested = fleet.instance.get_backfill(backfill_id).status.value == "REQUESTED"
+        return runs if runs and not requested and all(run.status in DONE for run in runs) else []
+
+    try:
+        (run,) = wait_for(finished_runs, 300, f"backfill {backfill_id}")
+    except AssertionError:
+        seen = [(r.job_name, r.status, dict(r.tags)) for r in fleet.instance.get_runs(limit=10)]
+        raise AssertionError(f"backfill {backfill_id} did not finish in one run; latest runs: {seen}") from None
+    return run
+
+
+def completed_loads(fleet, partitions: list[str]) -> list[tuple[str, int, int]]:
     with psycopg.connect(fleet.env["HARMONIZER_WAREHOUSE_URL"]) as conn:
-        loaded = conn.execute(
-            "SELECT partition_key, records_in_file FROM harmonizer.sources "
+        return conn.execute(
+            "SELECT partition_key, records_in_file, records_imported FROM harmonizer.sources "
             "WHERE status = 'completed' AND partition_key = ANY(%s) ORDER BY partition_key",
             (partitions,),
         ).fetchall()
-    assert loaded == [(partitions[0], 5), (partitions[1], 6), (partitions[3], 7)]
 
 
 def test_a_restarted_code_server_gets_runs_again_without_a_reload(fleet):

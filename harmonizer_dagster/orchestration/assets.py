@@ -369,13 +369,6 @@ def build_source_ops(spec: SourceSpec, with_s3: bool = False) -> SourceOps:
 
 
 def build_source_asset(spec: SourceSpec, ops: SourceOps, host_tags: dict[str, str]) -> dg.AssetsDefinition:
-    with warnings.catch_warnings():
-        # A beta parameter in Dagster 1.13 (see build_published_asset).
-        warnings.simplefilter("ignore", dg.BetaWarning)
-        return _source_asset(spec, ops, host_tags)
-
-
-def _source_asset(spec: SourceSpec, ops: SourceOps, host_tags: dict[str, str]) -> dg.AssetsDefinition:
     @dg.graph_asset(
         name=spec.name,
         partitions_def=partitions_for(spec),
@@ -407,8 +400,8 @@ def build_published_asset(spec: SourceSpec, host_tags: dict[str, str]) -> dg.Ass
     """The file versions consumers may rely on: a partition is published only once the
     source's blocking checks passed in the same run, which the UI shows as a skipped step."""
 
-    # Partitioned assets with a backfill policy are a beta feature in Dagster 1.13; it is what
-    # lets a backfill load many files per run, so the warning is silenced.
+    # `backfill_policy` is a beta parameter of `@asset` in Dagster 1.13; it is what lets a
+    # backfill load many files per run, so the warning is silenced.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", dg.BetaWarning)
 
