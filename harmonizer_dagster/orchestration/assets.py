@@ -108,6 +108,16 @@ def column_schema(spec: SourceSpec) -> dg.TableSchema:
     )
 
 
+@dataclass(frozen=True)
+class SourceOps:
+    """The four ops of one source's asset; the files jobs run the same steps, file after file."""
+
+    hash: dg.OpDefinition
+    validate: dg.OpDefinition
+    harmonize: dg.OpDefinition
+    upsert: dg.OpDefinition
+
+
 def _metadata(spec: SourceSpec, hashed: HashedVersion, result: UpsertResult) -> dict[str, Any]:
     metadata: dict[str, Any] = {
         "status": "skipped" if hashed.skipped else "loaded",
@@ -179,16 +189,6 @@ def upsert_file(
 def upsert_summary(store: Warehouse, metadata: dict[str, Any]) -> str:
     figures = {k: v for k, v in metadata.items() if isinstance(v, int | str)}
     return f"into {store.description}: {figures}"
-
-
-@dataclass(frozen=True)
-class SourceOps:
-    """The four ops of one source's asset; the files jobs run the same steps, file after file."""
-
-    hash: dg.OpDefinition
-    validate: dg.OpDefinition
-    harmonize: dg.OpDefinition
-    upsert: dg.OpDefinition
 
 
 @dataclass(frozen=True)
