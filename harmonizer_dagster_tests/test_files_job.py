@@ -119,7 +119,11 @@ def test_a_backfill_range_loads_each_file_as_its_partition_and_a_bad_one_fails_o
     folder.mkdir(parents=True)
     first, second, third = drop_small_files(folder, 3)
     (folder / "cut.csv.gz").write_bytes(gzip.compress((folder / second).read_bytes())[:-12])
-    keys = [first, "cut.csv.gz", second, third]
+    # A link to rows outside the landing area, in the middle of the range: never read.
+    outside = tmp_path / "outside.csv"
+    outside.write_bytes((folder / first).read_bytes().replace(b"50000", b"90000"))
+    (folder / "link.csv").symlink_to(outside)
+    keys = [first, "cut.csv.gz", second, "link.csv", third]
     instance.add_dynamic_partitions(f"{SOURCE}_files", keys)
 
     job = build_definitions().resolve_job_def(f"load_{SOURCE}")
@@ -130,7 +134,8 @@ def test_a_backfill_range_loads_each_file_as_its_partition_and_a_bad_one_fails_o
     failures = [event for event in result.all_events if event.event_type == dg.DagsterEventType.STEP_FAILURE]
     assert [failure.step_key for failure in failures] == [f"{SOURCE}.{SOURCE}_upsert"], "named once the others loaded"
     reason = failures[0].step_failure_data.error.message
-    assert "1 of 4 file(s) failed: cut.csv.gz: " in reason and first not in reason, reason
+    assert "2 of 5 file(s) failed: link.csv: " in reason and "cut.csv.gz: " in reason, reason
+    assert first not in reason and "symbolic link" in reason, reason
     records = instance.get_records_for_run(
         result.run_id,
         of_type={dg.DagsterEventType.ASSET_MATERIALIZATION, dg.DagsterEventType.ASSET_CHECK_EVALUATION},
@@ -159,3 +164,4 @@ def test_a_backfill_range_loads_each_file_as_its_partition_and_a_bad_one_fails_o
     loaded = store.query("SELECT partition_key, status, published_at IS NOT NULL FROM harmonizer.sources")
     assert sorted(row for row in loaded if row[0] in good) == [(key, "completed", True) for key in good]
     assert all(status != "completed" for key, status, _ in loaded if key == "cut.csv.gz")
+    assert not [row for row in loaded if row[0] == "link.csv"], "the link was never hashed nor registered"
