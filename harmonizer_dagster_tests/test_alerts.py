@@ -29,14 +29,28 @@ def notifier(port: int, notify_success: bool = False) -> Notifier:
     )
 
 
-def test_a_failed_run_is_emailed(smtp, monkeypatch, tmp_path):
+@pytest.mark.parametrize(
+    ("keys", "tags"),
+    [
+        (["missing.csv"], {"dagster/partition": "missing.csv"}),
+        # A backfill's run of a range: the alert names its first and last file.
+        (
+            ["missing-a.csv", "missing-b.csv"],
+            {
+                "dagster/asset_partition_range_start": "missing-a.csv",
+                "dagster/asset_partition_range_end": "missing-b.csv",
+            },
+        ),
+    ],
+)
+def test_a_failed_run_is_emailed(smtp, monkeypatch, tmp_path, keys, tags):
     inbox, port = smtp
     monkeypatch.setenv("HARMONIZER_LANDING_DIR", str(tmp_path))
     monkeypatch.setenv("HARMONIZER_WAREHOUSE_URL", f"duckdb:///{tmp_path / 'w.duckdb'}")
     job = build_definitions().resolve_job_def("load_business_registry")
     with dg.instance_for_test() as instance:
-        instance.add_dynamic_partitions("business_registry_files", ["missing.csv"])
-        result = job.execute_in_process(instance=instance, partition_key="missing.csv", raise_on_error=False)
+        instance.add_dynamic_partitions("business_registry_files", keys)
+        result = job.execute_in_process(instance=instance, tags=tags, raise_on_error=False)
         assert not result.success
         failure = next(e for e in result.all_events if e.event_type == dg.DagsterEventType.RUN_FAILURE)
         context = dg.build_run_status_sensor_context(
@@ -50,7 +64,7 @@ def test_a_failed_run_is_emailed(smtp, monkeypatch, tmp_path):
     assert recipients == ["oncall@example.org", "data@example.org"]
     assert message["Subject"] == "[harmonizer] run failed: load_business_registry"
     body = message.get_content()
-    assert result.run_id in body and "missing.csv" in body
+    assert result.run_id in body and all(key in body for key in keys), body
 
 
 def test_a_silent_started_run_is_reported_once(smtp, tmp_path):

@@ -16,8 +16,18 @@ SENSOR_LOCK_WAIT_S = 5.0
 ALERT_SCOPES = ("location", "fleet", "off")
 
 
+# The tags that say what a run loaded and where: a file, or a backfill's range of them.
+DESCRIBING_TAGS = (
+    "source",
+    "dagster/partition",
+    "dagster/asset_partition_range_start",
+    "dagster/asset_partition_range_end",
+    "harmonizer/host",
+)
+
+
 def _describe(run: dg.DagsterRun) -> str:
-    tags = {k: v for k, v in run.tags.items() if k in ("source", "dagster/partition", "harmonizer/host")}
+    tags = {k: v for k, v in run.tags.items() if k in DESCRIBING_TAGS}
     return f"job {run.job_name}, run {run.run_id}, tags {tags}"
 
 
