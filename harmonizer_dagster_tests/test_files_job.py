@@ -109,12 +109,26 @@ def test_a_file_with_the_bytes_of_the_one_before_it_in_the_run_is_skipped_as_loa
     assert store.query(f'SELECT count(*) FROM harmonizer."{SOURCE}"')[0][0] == 6
 
 
+def run_range(instance, keys: list[str], first: str, last: str) -> dg.ExecuteInProcessResult:
+    """Runs the source's job as a backfill runs it over the range `first`...`last` of `keys`."""
+    instance.add_dynamic_partitions(f"{SOURCE}_files", keys)
+    job = build_definitions().resolve_job_def(f"load_{SOURCE}")
+    ranged = {"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last}
+    return job.execute_in_process(instance=instance, tags=ranged, raise_on_error=False)
+
+
+def run_events(instance, run_id: str) -> list[dg.DagsterEvent]:
+    kinds = {dg.DagsterEventType.ASSET_MATERIALIZATION, dg.DagsterEventType.ASSET_CHECK_EVALUATION}
+    records = instance.get_records_for_run(run_id, of_type=kinds).records
+    return [record.event_log_entry.dagster_event for record in records]
+
+
 def test_a_backfill_range_loads_each_file_as_its_partition_and_a_bad_one_fails_only_itself(
     warehouse_url, specs, instance, tmp_path
 ):
-    """A backfill hands a run a range of partitions (the assets' backfill policy): the source's
-    four ops take every file of it, each file gets its own materialization, checks and
-    publication, and a bad file is left behind and named."""
+    """A backfill hands a run a range of partitions (the assets' backfill policy): each file of
+    it gets its own materialization, checks and publication, and a bad file is left behind and
+    named once the others are loaded."""
     folder = tmp_path / "drop" / SOURCE
     folder.mkdir(parents=True)
     first, second, third = drop_small_files(folder, 3)
@@ -123,35 +137,26 @@ def test_a_backfill_range_loads_each_file_as_its_partition_and_a_bad_one_fails_o
     outside = tmp_path / "outside.csv"
     outside.write_bytes((folder / first).read_bytes().replace(b"50000", b"90000"))
     (folder / "link.csv").symlink_to(outside)
-    keys = [first, "cut.csv.gz", second, "link.csv", third]
-    instance.add_dynamic_partitions(f"{SOURCE}_files", keys)
 
-    job = build_definitions().resolve_job_def(f"load_{SOURCE}")
-    ranged = {"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": third}
-    result = job.execute_in_process(instance=instance, tags=ranged, raise_on_error=False)
+    result = run_range(instance, [first, "cut.csv.gz", second, "link.csv", third], first, third)
 
     assert not result.success
     failures = [event for event in result.all_events if event.event_type == dg.DagsterEventType.STEP_FAILURE]
-    assert [failure.step_key for failure in failures] == [f"{SOURCE}.{SOURCE}_upsert"], "named once the others loaded"
+    assert [failure.step_key for failure in failures] == [f"{SOURCE}.{SOURCE}_upsert"]
     reason = failures[0].step_failure_data.error.message
-    assert "2 of 5 file(s) failed: link.csv: " in reason and "cut.csv.gz: " in reason, reason
+    assert "2 of 5 file(s) failed: cut.csv.gz: " in reason and "link.csv: " in reason, reason
     assert first not in reason and "symbolic link" in reason, reason
-    records = instance.get_records_for_run(
-        result.run_id,
-        of_type={dg.DagsterEventType.ASSET_MATERIALIZATION, dg.DagsterEventType.ASSET_CHECK_EVALUATION},
-    ).records
-    events = [record.event_log_entry.dagster_event for record in records]
+    events = run_events(instance, result.run_id)
     materializations = [e for e in events if e.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION]
     good = [first, second, third]
     assert sorted((e.asset_key.to_user_string(), e.partition) for e in materializations) == sorted(
         (asset, key) for key in good for asset in (SOURCE, f"{SOURCE}_published")
     )
-    # Each file's materialization tells its own figures.
-    assert {
-        e.partition: e.step_materialization_data.materialization.metadata["file_hash"].value
-        for e in materializations
-        if e.asset_key.to_user_string() == SOURCE
-    } == {key: hashlib.sha256((folder / key).read_bytes()).hexdigest() for key in good}
+    # Each file's materialization tells its own figures, and its data version is its hash.
+    hashes = {key: hashlib.sha256((folder / key).read_bytes()).hexdigest() for key in good}
+    sources = [e.step_materialization_data.materialization for e in materializations if e.asset_key.path == [SOURCE]]
+    assert {m.partition: m.metadata["file_hash"].value for m in sources} == hashes
+    assert {m.partition: m.tags["dagster/data_version"] for m in sources} == hashes
     evaluations = {
         (e.event_specific_data.check_name, e.event_specific_data.partition)
         for e in events
@@ -165,3 +170,84 @@ def test_a_backfill_range_loads_each_file_as_its_partition_and_a_bad_one_fails_o
     assert sorted(row for row in loaded if row[0] in good) == [(key, "completed", True) for key in good]
     assert all(status != "completed" for key, status, _ in loaded if key == "cut.csv.gz")
     assert not [row for row in loaded if row[0] == "link.csv"], "the link was never hashed nor registered"
+
+
+def test_a_backfill_range_loads_file_after_file_and_skips_the_same_bytes_again(
+    warehouse_url, specs, instance, tmp_path
+):
+    """Files of a range go through the four steps one after another (staging holds one file
+    at a time): a file with the bytes of one before it is skipped as loaded, and the run's
+    check and publication steps are left to the upsert step, which did their work per file."""
+    folder = tmp_path / "drop" / SOURCE
+    folder.mkdir(parents=True)
+    first, last = drop_small_files(folder, 2)
+    (folder / "copy.csv").write_bytes((folder / first).read_bytes())
+
+    result = run_range(instance, [first, "copy.csv", last], first, last)
+
+    assert result.success
+    executed = {e.step_key for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_SUCCESS}
+    skipped = {e.step_key for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_SKIPPED}
+    assert f"{SOURCE}.{SOURCE}_upsert" in executed
+    assert skipped == {f"{SOURCE}_checks", f"{SOURCE}_published"}
+    published = {
+        e.partition
+        for e in run_events(instance, result.run_id)
+        if e.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION and e.asset_key.path == [f"{SOURCE}_published"]
+    }
+    # The copy is published too: its rows are those of the version it repeats.
+    assert published == {first, "copy.csv", last}
+    store = open_warehouse(warehouse_url, "harmonizer")
+    loaded = store.query(
+        "SELECT partition_key, status, duplicate_of_source_id IS NOT NULL FROM harmonizer.sources ORDER BY source_id"
+    )
+    assert loaded == [(first, "completed", False), ("copy.csv", "skipped", True), (last, "completed", False)]
+    assert store.query(f'SELECT count(*) FROM harmonizer."{SOURCE}"')[0][0] == 6
+
+
+def test_a_backfill_range_of_one_file_runs_as_that_partition(warehouse_url, instance, tmp_path):
+    """A backfill's last range may hold one file: it is materialized by the asset's output, with
+    its check and publication steps, as a run of that partition is."""
+    folder = tmp_path / "drop" / SOURCE
+    folder.mkdir(parents=True)
+    (only,) = drop_small_files(folder, 1)
+
+    result = run_range(instance, [only], only, only)
+
+    assert result.success
+    executed = {e.step_key for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_SUCCESS}
+    assert {f"{SOURCE}_checks", f"{SOURCE}_published"} <= executed
+    (materialization,) = [
+        e.step_materialization_data.materialization
+        for e in result.all_events
+        if e.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION and e.asset_key.path == [SOURCE]
+    ]
+    assert materialization.partition == only
+    assert materialization.tags["dagster/data_version"] == hashlib.sha256((folder / only).read_bytes()).hexdigest()
+
+
+def test_a_backfill_range_of_the_published_asset_alone_publishes_each_loaded_file(
+    warehouse_url, specs, instance, tmp_path
+):
+    folder = tmp_path / "drop" / SOURCE
+    folder.mkdir(parents=True)
+    first, last = drop_small_files(folder, 2)
+    (folder / "unloaded.csv").write_bytes((folder / first).read_bytes())
+    job = build_definitions().resolve_job_def(f"load_{SOURCE}_files")
+    assert job.execute_in_process(instance=instance, run_config=files_run_config(specs[SOURCE], [first])).success
+    instance.add_dynamic_partitions(f"{SOURCE}_files", ["unloaded.csv", last])
+    assert job.execute_in_process(instance=instance, run_config=files_run_config(specs[SOURCE], [last])).success
+
+    published = dg.AssetKey(f"{SOURCE}_published")
+    republish = build_definitions().resolve_implicit_global_asset_job_def().get_subset(asset_selection={published})
+    ranged = {"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last}
+    result = republish.execute_in_process(instance=instance, tags=ranged, raise_on_error=False)
+
+    assert not result.success
+    (failure,) = [event for event in result.all_events if event.event_type == dg.DagsterEventType.STEP_FAILURE]
+    assert "1 of 3 file(s) failed: unloaded.csv: " in failure.step_failure_data.error.message
+    assert {
+        e.partition
+        for e in run_events(instance, result.run_id)
+        if e.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION and e.asset_key == published
+    } == {first, last}

@@ -9,32 +9,21 @@ of a thousand small files to five events per file, where a step per file would c
 
 import json
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 
 import dagster as dg
 from pydantic import Field
 
-from harmonizer_dagster.core.files import locate
 from harmonizer_dagster.core.landing import Ignored, scan_folder
-from harmonizer_dagster.core.pipeline import HashedVersion
 from harmonizer_dagster.core.spec import SourceSpec
-from harmonizer_dagster.core.warehouse import Warehouse
-from harmonizer_dagster.orchestration.assets import (
-    announce_retry,
-    check_and_publish,
-    failed_files,
-    faults_classified,
-    harmonize_file,
-    hash_file,
-    step_failure,
-    tag_retry,
-    transient_retry_policy,
-    upsert_and_report,
-    validate_file,
-)
 from harmonizer_dagster.orchestration.outcomes import record_lost_outcomes
 from harmonizer_dagster.orchestration.partitions import partitions_for
 from harmonizer_dagster.orchestration.resources import LandingZone, WarehouseResource, resource_keys
+from harmonizer_dagster.orchestration.steps import (
+    faults_classified,
+    load_files_in_turn,
+    raise_for_failed_files,
+    transient_retry_policy,
+)
 from harmonizer_dagster.orchestration.triage import report_metadata
 
 MANIFEST = "manifest.json"
@@ -81,11 +70,12 @@ def build_register_job(specs: Sequence[SourceSpec]) -> dg.JobDefinition:
 
 
 def build_source_job(spec: SourceSpec, host_tags: dict[str, str]):
-    """Materializes one file version of one source: what the UI, sensors and backfills launch."""
+    """Materializes one file version of one source, or a backfill's range of them."""
     return dg.define_asset_job(
         name=f"load_{spec.name}",
         selection=dg.AssetSelection.assets(spec.name, f"{spec.name}_published"),
-        description=f"Loads one file of {spec.title} (one partition per run); load_{spec.name}_files loads several.",
+        description=f"Loads one file of {spec.title} per run, or a backfill's range of them; "
+        f"load_{spec.name}_files loads the files its config names.",
         tags={"source": spec.name, **host_tags},
     )
 
@@ -101,73 +91,6 @@ class FilesConfig(dg.Config):
 def files_run_config(spec: SourceSpec, partition_keys: Sequence[str]) -> dict:
     """The run config that makes a run of the source's files job load exactly these files."""
     return {"ops": {f"{spec.name}_load_files": {"config": {"partition_keys": list(partition_keys)}}}}
-
-
-def raise_for_failed_files(context: dg.OpExecutionContext, errors: dict[str, Exception], total: int) -> None:
-    """Fails the step once every file had its turn: with a passing fault when one failed a file
-    (the step's retry policy runs it again, and the files already loaded are skipped by their
-    hash), else with the list of files and why, which no retry would change."""
-    if not errors:
-        return
-    failures = {key: step_failure(exc) for key, exc in errors.items()}
-    transient = [errors[key] for key, failure in failures.items() if failure is None]
-    tag_retry(context, bool(transient))
-    if transient:
-        announce_retry(context, transient[0])
-        raise transient[0]
-    reasons = {key: failure.description or "" for key, failure in failures.items() if failure is not None}
-    raise failed_files(reasons, total)
-
-
-def load_files_in_turn(
-    context: dg.OpExecutionContext, spec: SourceSpec, keys: Sequence[str], store: Warehouse, landing: LandingZone
-) -> dict[str, Exception]:
-    """Each file through the asset's four steps, then its checks and publication, reported as a
-    materialization of its partition would report them; returns the files that failed, and why.
-
-    A file's validation and harmonization (data work, mostly outside the GIL) run in a thread
-    while the previous file's checks and publication (warehouse queries and Dagster events) run
-    here. Hashing, which registers the version, stays in file order after the previous file's
-    upsert: arrival order is file order, and a file with the bytes of the one before it is
-    still skipped as already loaded."""
-    failed: dict[str, Exception] = {}
-
-    def fail(key: str, exc: Exception) -> None:
-        failed[key] = exc
-        context.log.error(f"{key} failed: {type(exc).__name__}: {str(exc).strip()}")
-
-    upserted: str | None = None  # the file whose checks and publication come next
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{spec.name}-prepare") as ahead:
-        for key in [*keys, None]:
-            preparing = None
-            if key is not None:
-                try:
-                    hashed = hash_file(context, spec, locate(landing.landing_path, spec.name, key), store, landing)
-                    preparing = hashed, ahead.submit(_prepare, context, spec, hashed, store, landing)
-                except Exception as exc:
-                    fail(key, exc)
-            if upserted is not None:
-                try:
-                    check_and_publish(context, spec, store, upserted)
-                except Exception as exc:
-                    fail(upserted, exc)
-                upserted = None
-            if preparing is not None:
-                hashed, prepared = preparing
-                try:
-                    prepared.result()
-                    upsert_and_report(context, spec, hashed, store)
-                    upserted = hashed.partition_key
-                except Exception as exc:
-                    fail(hashed.partition_key, exc)
-    return failed
-
-
-def _prepare(
-    context: dg.OpExecutionContext, spec: SourceSpec, hashed: HashedVersion, store: Warehouse, landing: LandingZone
-) -> None:
-    validate_file(spec, hashed, store, landing, context.log.info)
-    harmonize_file(spec, hashed, store)
 
 
 def _load_files_op(spec: SourceSpec, with_s3: bool) -> dg.OpDefinition:
