@@ -22,6 +22,7 @@ backfill  the same daemon with the sensors off: registers that many 3-row files 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
@@ -30,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 REPO = Path(__file__).parent.parent
@@ -107,8 +109,10 @@ def daemon_setup(root: Path, **settings: str) -> tuple[dict[str, str], Path, Pat
     return env, home, drop / SOURCE, warehouse
 
 
-def start_daemon(root: Path, env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen(
+@contextlib.contextmanager
+def running_daemon(root: Path, env: dict[str, str]) -> Iterator[None]:
+    """`dagster-daemon run` in a process group of its own, stopped with its children."""
+    daemon = subprocess.Popen(
         [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", str(REPO / "workspace.yaml")],
         env=env,
         cwd=root,
@@ -116,6 +120,11 @@ def start_daemon(root: Path, env: dict[str, str]) -> subprocess.Popen:
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
+    try:
+        yield
+    finally:
+        os.killpg(daemon.pid, signal.SIGKILL)
+        daemon.wait()
 
 
 def loaded_files(warehouse: Path) -> int | None:
@@ -140,8 +149,7 @@ def drain(count: int, timeout: float) -> None:
     env, home, folder, warehouse = daemon_setup(root)
     incoming = root / "incoming"
     incoming.mkdir()
-    daemon = start_daemon(root, env)
-    try:
+    with running_daemon(root, env):
         names = drop_small_files(incoming, count)
         time.sleep(15)  # the daemon and its code server start before the drop, as in production
         dropped = time.perf_counter()
@@ -160,9 +168,6 @@ def drain(count: int, timeout: float) -> None:
                 print_runs(home, time.time() - (time.perf_counter() - dropped))
                 return
         print(f"drain of {count} files: not done after {timeout:.0f} s (see {root / 'daemon.log'})")
-    finally:
-        os.killpg(daemon.pid, signal.SIGKILL)
-        daemon.wait()
 
 
 def backfill(count: int, timeout: float) -> None:
@@ -179,8 +184,7 @@ def backfill(count: int, timeout: float) -> None:
     from harmonizer_dagster.definitions import build_definitions
 
     names = drop_small_files(folder, count)
-    daemon = start_daemon(root, env)
-    try:
+    with running_daemon(root, env):
         time.sleep(15)  # the daemon and its code server start first, as in production
         with dg.DagsterInstance.from_config(str(home)) as instance:
             instance.add_dynamic_partitions(f"{SOURCE}_files", names)
@@ -216,9 +220,6 @@ def backfill(count: int, timeout: float) -> None:
                         print(f"  run {span}: {run.status.value}, took {took:.1f} s")
                     return
         print(f"backfill of {count} files: not done after {timeout:.0f} s (see {root / 'daemon.log'})")
-    finally:
-        os.killpg(daemon.pid, signal.SIGKILL)
-        daemon.wait()
 
 
 def print_runs(home: Path, dropped_at: float) -> None:

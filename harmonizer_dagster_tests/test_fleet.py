@@ -188,26 +188,13 @@ def test_a_backfill_of_the_source_job_through_graphql_runs_its_files_together_on
         (fleet.landing / source / name).write_text(json.dumps(records[:day]))
         partitions.append(name)
     fleet.instance.add_dynamic_partitions(f"{source}_files", partitions)
-    result = fleet.graphql(
-        BACKFILL,
-        {
-            "params": {
-                "selector": {
-                    "partitionSetName": f"load_{source}_partition_set",
-                    "repositorySelector": {"repositoryLocationName": "pi-b", "repositoryName": "__repository__"},
-                },
-                "partitionNames": partitions,
-            }
-        },
-    )["launchPartitionBackfill"]
-    assert result["__typename"] == "LaunchBackfillSuccess", result
-
-    run = the_backfill_run(fleet, result["backfillId"])
+    selector = {
+        "partitionSetName": f"load_{source}_partition_set",
+        "repositorySelector": {"repositoryLocationName": "pi-b", "repositoryName": "__repository__"},
+    }
     # The asset job's backfill follows its assets' backfill policy: one run for the range.
-    ranged = (run.tags["dagster/asset_partition_range_start"], run.tags["dagster/asset_partition_range_end"])
-    assert ranged == (partitions[0], partitions[-1])
+    run = backfill_in_one_run(fleet, {"selector": selector, "partitionNames": partitions}, partitions)
     assert run.status == dg.DagsterRunStatus.SUCCESS
-    assert run.tags["harmonizer/host"] == "pi-b"
     loaded = completed_loads(fleet, partitions)
     # Two of the records are rejected (a missing headline, a bad timestamp).
     assert loaded == [(name, day, day - 2) for name, day in zip(partitions, (21, 22, 23), strict=True)]
@@ -224,21 +211,8 @@ def test_an_asset_backfill_through_graphql_loads_its_files_in_one_run_on_the_rig
         (fleet.landing / source / name).write_text(json.dumps(records[:day]))
     (fleet.landing / source / partitions[2]).write_text('[{"headline": "cut off')
     fleet.instance.add_dynamic_partitions(f"{source}_files", partitions)
-    result = fleet.graphql(
-        BACKFILL,
-        {
-            "params": {
-                "assetSelection": [{"path": [source]}, {"path": [f"{source}_published"]}],
-                "partitionNames": partitions,
-            }
-        },
-    )["launchPartitionBackfill"]
-    assert result["__typename"] == "LaunchBackfillSuccess", result
-
-    run = the_backfill_run(fleet, result["backfillId"])
-    ranged = (run.tags["dagster/asset_partition_range_start"], run.tags["dagster/asset_partition_range_end"])
-    assert ranged == (partitions[0], partitions[-1])
-    assert run.tags["harmonizer/host"] == "pi-b"
+    selection = [{"path": [source]}, {"path": [f"{source}_published"]}]
+    run = backfill_in_one_run(fleet, {"assetSelection": selection, "partitionNames": partitions}, partitions)
     assert run.status == dg.DagsterRunStatus.FAILURE, "the cut-off file fails the run"
     good = {partitions[0], partitions[1], partitions[3]}
     assert fleet.instance.get_materialized_partitions(dg.AssetKey(source)) & set(partitions) == good
@@ -247,8 +221,12 @@ def test_an_asset_backfill_through_graphql_loads_its_files_in_one_run_on_the_rig
     assert completed_loads(fleet, partitions) == [(partitions[0], 5, 4), (partitions[1], 6, 5), (partitions[3], 7, 6)]
 
 
-def the_backfill_run(fleet, backfill_id: str) -> dg.DagsterRun:
-    """The one run of the backfill, once the daemon has launched its runs and seen them finish."""
+def backfill_in_one_run(fleet, params: dict, partitions: list[str]) -> dg.DagsterRun:
+    """Launches a backfill as the UI does and returns its one run, once the daemon has launched
+    its runs and seen them finish: the whole range, on pi-b, which serves the news."""
+    result = fleet.graphql(BACKFILL, {"params": params})["launchPartitionBackfill"]
+    assert result["__typename"] == "LaunchBackfillSuccess", result
+    backfill_id = result["backfillId"]
 
     def finished_runs():
         runs = fleet.instance.get_runs(dg.RunsFilter(tags={"dagster/backfill": backfill_id}))
@@ -261,6 +239,9 @@ def the_backfill_run(fleet, backfill_id: str) -> dg.DagsterRun:
     except AssertionError:
         seen = [(r.job_name, r.status, dict(r.tags)) for r in fleet.instance.get_runs(limit=10)]
         raise AssertionError(f"backfill {backfill_id} did not finish in one run; latest runs: {seen}") from None
+    ranged = (run.tags["dagster/asset_partition_range_start"], run.tags["dagster/asset_partition_range_end"])
+    assert ranged == (partitions[0], partitions[-1])
+    assert run.tags["harmonizer/host"] == "pi-b"
     return run
 
 
