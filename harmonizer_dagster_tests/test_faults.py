@@ -190,6 +190,38 @@ def test_an_s3_endpoint_dying_mid_download_is_retried_in_the_run_and_the_rows_la
     assert not list((environment.parent / "staging").rglob(f"*{Q3}"))
 
 
+def test_a_backfill_range_of_s3_objects_retried_after_a_passing_fault_reports_each_file_once(
+    dying_s3, landing, instance, environment, quick_retries
+):
+    """A passing fault in a backfill's range fails its step once every file had its turn; the
+    retry loads what is left, and the files the first attempt finished are not reported again."""
+    endpoint, bucket, client = dying_s3
+    lines = (landing / SOURCE / Q3).read_text().splitlines(keepends=True)
+    bodies = {"small_1.csv": "".join(lines[:4]), "small_2.csv": "".join(lines[:1] + lines[4:7])}
+    bodies[Q3] = (landing / SOURCE / Q3).read_text()
+    uris = []
+    for name, body in bodies.items():
+        client.put_object(Bucket=bucket, Key=f"landing/{SOURCE}/{name}", Body=body.encode())
+        uris.append(f"s3://{bucket}/landing/{SOURCE}/{name}")
+    instance.add_dynamic_partitions(PARTITIONS, uris)
+    endpoint.die_after = 40_000  # only the last object is that large
+
+    ranged = {"dagster/asset_partition_range_start": uris[0], "dagster/asset_partition_range_end": uris[-1]}
+    result = build_definitions().resolve_job_def(f"load_{SOURCE}").execute_in_process(instance=instance, tags=ranged)
+
+    assert result.success
+    assert endpoint.deaths == 1
+    assert len(step_events(result, dg.DagsterEventType.STEP_UP_FOR_RETRY, "_upsert")) == 1
+    records = instance.get_records_for_run(result.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION).records
+    materialized = [(r.event_log_entry.dagster_event.asset_key.to_user_string(), r.partition_key) for r in records]
+    # Each once: the retry did not report again what the first attempt had finished.
+    assert sorted(materialized) == sorted((asset, uri) for uri in uris for asset in (SOURCE, f"{SOURCE}_published"))
+    with duckdb.connect(str(environment), read_only=True) as con:
+        loaded = con.execute("SELECT partition_key, status FROM harmonizer.sources ORDER BY source_id").fetchall()
+    assert loaded == [(uri, "completed") for uri in uris]
+    assert not list((environment.parent / "staging").rglob("*.csv")), "nothing left staged"
+
+
 def test_an_object_that_is_not_there_fails_at_once_without_retries(dying_s3, instance, environment, quick_retries):
     _, bucket, _ = dying_s3
     uri = f"s3://{bucket}/landing/{SOURCE}/gone.csv"

@@ -251,3 +251,49 @@ def test_a_backfill_range_of_the_published_asset_alone_publishes_each_loaded_fil
         for e in run_events(instance, result.run_id)
         if e.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION and e.asset_key == published
     } == {first, last}
+
+
+def test_a_failed_blocking_check_fails_its_file_in_a_backfill_range(warehouse_url, instance, tmp_path):
+    """As it fails a materialization of its partition: the file is named, loaded but not
+    published, and the others are published."""
+    folder = tmp_path / "drop" / SOURCE
+    folder.mkdir(parents=True)
+    first, last = drop_small_files(folder, 2)
+    # Every zip four digits long: loaded, but the blocking pass-rate check fails.
+    lines = (folder / first).read_text().splitlines(keepends=True)
+    (folder / "bad zips.csv").write_text(lines[0] + "".join(line.replace(",12207,", ",1234,") for line in lines[1:]))
+
+    result = run_range(instance, [first, "bad zips.csv", last], first, last)
+
+    assert not result.success
+    (failure,) = [event for event in result.all_events if event.event_type == dg.DagsterEventType.STEP_FAILURE]
+    reason = failure.step_failure_data.error.message
+    assert "1 of 3 file(s) failed: bad zips.csv: bad zips.csv is not published: blocking check(s) failed: " in reason
+    store = open_warehouse(warehouse_url, "harmonizer")
+    loaded = store.query("SELECT partition_key, status, published_at IS NOT NULL FROM harmonizer.sources")
+    assert sorted(loaded) == sorted(
+        [(first, "completed", True), ("bad zips.csv", "completed", False), (last, "completed", True)]
+    )
+
+
+def test_a_backfill_range_of_the_source_alone_loads_without_publishing(warehouse_url, instance, tmp_path):
+    """Publication is the published asset's: a backfill that did not select it leaves it alone."""
+    folder = tmp_path / "drop" / SOURCE
+    folder.mkdir(parents=True)
+    first, last = drop_small_files(folder, 2)
+    instance.add_dynamic_partitions(f"{SOURCE}_files", [first, last])
+    source_only = (
+        build_definitions().resolve_implicit_global_asset_job_def().get_subset(asset_selection={dg.AssetKey(SOURCE)})
+    )
+    ranged = {"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last}
+    result = source_only.execute_in_process(instance=instance, tags=ranged)
+
+    assert result.success
+    assert {
+        (e.asset_key.to_user_string(), e.partition)
+        for e in run_events(instance, result.run_id)
+        if e.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION
+    } == {(SOURCE, first), (SOURCE, last)}
+    store = open_warehouse(warehouse_url, "harmonizer")
+    loaded = store.query("SELECT partition_key, status, published_at IS NOT NULL FROM harmonizer.sources")
+    assert sorted(loaded) == [(first, "completed", False), (last, "completed", False)]

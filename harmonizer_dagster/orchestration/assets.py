@@ -15,6 +15,7 @@ from harmonizer_dagster.orchestration.outcomes import record_lost_outcomes
 from harmonizer_dagster.orchestration.partitions import backfill_policy, partitions_for
 from harmonizer_dagster.orchestration.resources import LandingZone, WarehouseResource, resource_keys
 from harmonizer_dagster.orchestration.steps import (
+    Publication,
     column_schema,
     faults_classified,
     harmonize_file,
@@ -122,7 +123,8 @@ def build_source_ops(spec: SourceSpec, with_s3: bool = False) -> SourceOps:
         required_resource_keys=resource_keys(with_s3, "warehouse", "landing"),
         tags=tags,
         retry_policy=transient_retry_policy(),
-        description="Upserts on the natural key with issues and failed records, in one transaction.",
+        description="Upserts on the natural key with issues and failed records, in one transaction; "
+        "in a backfill's range, loads each file of it in turn.",
     )
     def upsert_op(context: dg.OpExecutionContext, hashed: HashedVersion | None):
         warehouse: WarehouseResource = context.resources.warehouse
@@ -147,7 +149,11 @@ def load_backfill_range(
         with faults_classified(context):
             # What earlier runs of the source could not record, before this run's versions go.
             record_lost_outcomes(context.instance, store, [spec.name], context.log)
-        failed = load_files_in_turn(context, spec, keys, store, context.resources.landing)
+        # As a materialization of each partition would: a failed blocking check fails the file,
+        # and files are published only where the backfill selected the published asset too.
+        publish = dg.AssetKey(f"{spec.name}_published") in context.job_def.asset_layer.selected_asset_keys
+        publication = Publication(publish=publish, blocking_fails=True)
+        failed = load_files_in_turn(context, spec, keys, store, context.resources.landing, publication)
     raise_for_failed_files(context, failed, len(keys))
 
 

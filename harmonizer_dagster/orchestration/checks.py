@@ -89,9 +89,9 @@ def check_specs(spec: SourceSpec) -> list[dg.AssetCheckSpec]:
 def evaluate_all_checks(
     context: dg.OpExecutionContext, store: Warehouse, spec: SourceSpec, partition_key: str
 ) -> list[str]:
-    """Runs every check of a file version from an op (the files jobs), reporting them as the
-    source's asset checks, so the UI and data_quality_checks show the same as for the asset.
-    Returns the blocking checks that failed."""
+    """Runs every check of a file version from an op (the files jobs, a backfill's range),
+    reporting them as the source's asset checks, so the UI and data_quality_checks show the
+    same as for the asset. Returns the blocking checks that failed."""
     evaluated = run_checks(store, spec, checks_for(spec), partition_key, context.run_id)
     for result in _group_results(spec, partition_key, evaluated):
         context.log_event(result)  # type: ignore[arg-type]  # log_event accepts check evaluations

@@ -1,10 +1,11 @@
 """Jobs: registering landed files as partitions, and loading many files in one run.
 
 The ingest jobs and each source's files job load file after file in one step, through the very
-steps the source assets are built from, so `dagster job execute` and the landing sensors' runs
-count exactly as materializations in the UI: each file is its own partition, with its own
-materialization and checks, and a bad file fails only itself. One step per source keeps a run
-of a thousand small files to five events per file, where a step per file would cost tens.
+steps the source assets are built from (`steps.py`, which also loads a backfill's range), so
+`dagster job execute` and the landing sensors' runs count exactly as materializations in the
+UI: each file is its own partition, with its own materialization and checks, and a bad file
+fails only itself. One step per source keeps a run of a thousand small files to five events per
+file, where a step per file would cost tens.
 """
 
 import json

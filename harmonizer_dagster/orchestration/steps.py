@@ -7,6 +7,7 @@ import traceback
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
@@ -198,11 +199,27 @@ def raise_for_failed_files(context: dg.OpExecutionContext, errors: dict[str, Exc
     )
 
 
+@dataclass(frozen=True)
+class Publication:
+    """What a run of files does once a file's checks are in: publish it (`publish`), and whether
+    a failed blocking check fails the file, as it fails a materialization of its partition
+    (`blocking_fails`), or only leaves it unpublished, as the files jobs always have."""
+
+    publish: bool = True
+    blocking_fails: bool = False
+
+
 def load_files_in_turn(
-    context: dg.OpExecutionContext, spec: SourceSpec, keys: Sequence[str], store: Warehouse, landing: LandingZone
+    context: dg.OpExecutionContext,
+    spec: SourceSpec,
+    keys: Sequence[str],
+    store: Warehouse,
+    landing: LandingZone,
+    publication: Publication = Publication(),
 ) -> dict[str, Exception]:
     """Each file through the asset's four steps, then its checks and publication, reported as a
     materialization of its partition would report them; returns the files that failed, and why.
+    A retried step leaves out the files an earlier attempt of it finished and reported.
 
     A file's validation and harmonization (data work, mostly outside the GIL) run in a thread
     while the previous file's checks and publication (warehouse queries and Dagster events) run
@@ -210,6 +227,9 @@ def load_files_in_turn(
     upsert: arrival order is file order, and a file with the bytes of the one before it is
     still skipped as already loaded."""
     failed: dict[str, Exception] = {}
+    if context.retry_number:
+        finished = finished_in_this_run(context, spec, publication.publish)
+        keys = [key for key in keys if key not in finished]
 
     def fail(key: str, exc: Exception) -> None:
         failed[key] = exc
@@ -227,7 +247,7 @@ def load_files_in_turn(
                     fail(key, exc)
             if upserted is not None:
                 try:
-                    check_and_publish(context, spec, store, upserted)
+                    check_and_publish(context, spec, store, upserted, publication)
                 except Exception as exc:
                     fail(upserted, exc)
                 upserted = None
@@ -268,13 +288,34 @@ def data_version(hashed: HashedVersion) -> dict[str, str]:
     return {"dagster/data_version": hashed.file_hash, "dagster/data_version_is_user_provided": "true"}
 
 
-def check_and_publish(context: dg.OpExecutionContext, spec: SourceSpec, store: Warehouse, key: str) -> None:
+def check_and_publish(
+    context: dg.OpExecutionContext, spec: SourceSpec, store: Warehouse, key: str, publication: Publication
+) -> None:
     """A loaded file's asset checks, then its publication unless a blocking check failed."""
     failures = evaluate_all_checks(context, store, spec, key)
     if failures:
-        context.log.warning(f"{key} is not published: blocking check(s) failed: {failures}")
-        return
-    context.log_event(published_materialization(spec, store, key))
+        message = f"{key} is not published: blocking check(s) failed: {', '.join(failures)}"
+        if publication.blocking_fails:
+            raise dg.Failure(message, allow_retries=False)
+        context.log.warning(message)
+    elif publication.publish:
+        context.log_event(published_materialization(spec, store, key))
+
+
+def finished_in_this_run(context: dg.OpExecutionContext, spec: SourceSpec, publish: bool) -> set[str]:
+    """The files whose last event this run has recorded: their publication, or their checks
+    where the run publishes nothing."""
+    if publish:
+        kind, asset = dg.DagsterEventType.ASSET_MATERIALIZATION, dg.AssetKey(f"{spec.name}_published")
+    else:
+        kind, asset = dg.DagsterEventType.ASSET_CHECK_EVALUATION, dg.AssetKey(spec.name)
+    events = [
+        record.event_log_entry.dagster_event
+        for record in context.instance.get_records_for_run(context.run_id, of_type=kind).records
+    ]
+    if publish:
+        return {event.partition for event in events if event and event.asset_key == asset}
+    return {event.event_specific_data.partition for event in events if event and event.asset_key == asset}
 
 
 def published_materialization(spec: SourceSpec, store: Warehouse, key: str) -> dg.AssetMaterialization:
