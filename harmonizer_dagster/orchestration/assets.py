@@ -146,9 +146,6 @@ def load_backfill_range(
     """Loads a backfill's range file after file, as the files jobs do (see backfill_range)."""
     # The DuckDB file stays open from file to file, and waiting processes are let in.
     with store.kept_open():
-        with faults_classified(context):
-            # What earlier runs of the source could not record, before this run's versions go.
-            record_lost_outcomes(context.instance, store, [spec.name], context.log)
         # As a materialization of each partition would: a failed blocking check fails the file,
         # and files are published only where the backfill selected the published asset too.
         publish = dg.AssetKey(f"{spec.name}_published") in context.job_def.asset_layer.selected_asset_keys

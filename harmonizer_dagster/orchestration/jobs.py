@@ -16,7 +16,6 @@ from pydantic import Field
 
 from harmonizer_dagster.core.landing import Ignored, scan_folder
 from harmonizer_dagster.core.spec import SourceSpec
-from harmonizer_dagster.orchestration.outcomes import record_lost_outcomes
 from harmonizer_dagster.orchestration.partitions import partitions_for
 from harmonizer_dagster.orchestration.resources import LandingZone, WarehouseResource, resource_keys
 from harmonizer_dagster.orchestration.steps import (
@@ -118,10 +117,6 @@ def _load_files_op(spec: SourceSpec, with_s3: bool) -> dg.OpDefinition:
         # than a small file's data work: the run keeps it open, and lets waiting processes in.
         with store.kept_open():
             # One step for all the files: a step costs Dagster tens of events, a file five.
-            with faults_classified(context):
-                # What earlier runs of the source could not record (the unrecorded_failures
-                # sensor does the same where a daemon runs).
-                record_lost_outcomes(context.instance, store, [spec.name], context.log)
             failed = load_files_in_turn(context, spec, keys, store, landing)
             with faults_classified(context):
                 # A landing area with no file yet leaves a new warehouse without its tables.

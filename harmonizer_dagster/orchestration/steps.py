@@ -29,6 +29,7 @@ from harmonizer_dagster.core.spec import SourceSpec
 from harmonizer_dagster.core.warehouse import Warehouse
 from harmonizer_dagster.core.warehouse.tables import sql_type
 from harmonizer_dagster.orchestration.checks import evaluate_all_checks
+from harmonizer_dagster.orchestration.outcomes import record_lost_outcomes
 from harmonizer_dagster.orchestration.resources import LandingZone, s3_client
 
 # Dagster's run tag that says whether the daemon re-executes a run an op failed: the ops set
@@ -226,6 +227,10 @@ def load_files_in_turn(
     here. Hashing, which registers the version, stays in file order after the previous file's
     upsert: arrival order is file order, and a file with the bytes of the one before it is
     still skipped as already loaded."""
+    with faults_classified(context):
+        # What earlier runs of the source could not record (the unrecorded_failures sensor does
+        # the same where a daemon runs), before this run's versions go.
+        record_lost_outcomes(context.instance, store, [spec.name], context.log)
     failed: dict[str, Exception] = {}
     if context.retry_number:
         finished = finished_in_this_run(context, spec, publication.publish)
