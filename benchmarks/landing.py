@@ -4,6 +4,7 @@ files through the real daemon.
     python benchmarks/landing.py idle --files 100000
     python benchmarks/landing.py drain --files 1000
     python benchmarks/landing.py backfill --files 1000
+    python benchmarks/landing.py backfill --files 100 --per-run 1   # the peer: one run per file
 
 idle   creates the files in a temporary landing folder, brings the sensor's cursor to the state
        where every file is handled, then times the folder sensor's tick (median of 5) and prints
@@ -16,7 +17,8 @@ drain  starts `dagster-daemon run` on a temporary SQLite instance (as `dagster d
 backfill  the same daemon with the sensors off: registers that many 3-row files as partitions,
        submits an asset backfill of the source and its published versions over all of them (what
        the UI's "Materialize" of a partition selection does), and prints the seconds until the
-       backfill is done, with its runs.
+       backfill is done, with its runs. --per-run sets HARMONIZER_RUN_MAX_FILES (default 1,000);
+       1 is one run per file, as every backfill ran before the assets had a backfill policy.
 """
 
 from __future__ import annotations
@@ -170,7 +172,7 @@ def drain(count: int, timeout: float) -> None:
         print(f"drain of {count} files: not done after {timeout:.0f} s (see {root / 'daemon.log'})")
 
 
-def backfill(count: int, timeout: float) -> None:
+def backfill(count: int, per_run: int, timeout: float) -> None:
     import uuid
 
     import dagster as dg
@@ -179,7 +181,9 @@ def backfill(count: int, timeout: float) -> None:
     from harmonizer_dagster_tests.test_sensors import drop_small_files
 
     root = Path(tempfile.mkdtemp(prefix="backfill-"))
-    env, home, folder, warehouse = daemon_setup(root, HARMONIZER_AUTOMATION="off")
+    env, home, folder, warehouse = daemon_setup(
+        root, HARMONIZER_AUTOMATION="off", HARMONIZER_RUN_MAX_FILES=str(per_run)
+    )
     os.environ.update(env)
     from harmonizer_dagster.definitions import build_definitions
 
@@ -212,12 +216,14 @@ def backfill(count: int, timeout: float) -> None:
                         f"backfill of {count} files: {time.perf_counter() - started:.1f} s to {status}, "
                         f"{len(runs)} run(s), {loaded_files(warehouse)} files loaded"
                     )
-                    for record in runs:
-                        run = record.dagster_run
-                        span = f"{run.tags.get('dagster/asset_partition_range_start')}..."
-                        span += f"{run.tags.get('dagster/asset_partition_range_end')}"
-                        took = (record.end_time or 0) - (record.start_time or 0)
-                        print(f"  run {span}: {run.status.value}, took {took:.1f} s")
+                    took = [(r.end_time or 0) - (r.start_time or 0) for r in runs]
+                    print(f"  runs took {sum(took):.1f} s together, {statistics.median(took):.1f} s each (median)")
+                    for record, seconds in list(zip(runs, took, strict=True))[:10]:
+                        tags = record.dagster_run.tags
+                        span = tags.get("dagster/partition") or "...".join(
+                            tags[f"dagster/asset_partition_range_{end}"] for end in ("start", "end")
+                        )
+                        print(f"  run {span}: {record.dagster_run.status.value}, took {seconds:.1f} s")
                     return
         print(f"backfill of {count} files: not done after {timeout:.0f} s (see {root / 'daemon.log'})")
 
@@ -242,6 +248,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("case", choices=["idle", "drain", "backfill"])
     parser.add_argument("--files", type=int)
+    parser.add_argument("--per-run", type=int, default=1000, help="backfill: files a run takes at most")
     parser.add_argument("--timeout", type=float, default=1800)
     args = parser.parse_args()
     if args.case == "idle":
@@ -249,7 +256,7 @@ def main() -> None:
     elif args.case == "drain":
         drain(args.files or 1_000, args.timeout)
     else:
-        backfill(args.files or 1_000, args.timeout)
+        backfill(args.files or 1_000, args.per_run, args.timeout)
 
 
 if __name__ == "__main__":
