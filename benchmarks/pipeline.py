@@ -53,7 +53,8 @@ from peers import DLT_ENVIRONMENT, dlt_pipeline, dlt_rows, registry_source, slin
 from scratch import drop_databases, recreated_database, registry_file
 
 from harmonizer_dagster.core.files import FileVersion, fingerprint
-from harmonizer_dagster.core.pipeline import harmonize_step, hash_step, upsert_step, validate_step
+from harmonizer_dagster.core.pipeline import deduplicate_step, hash_step, stage_step, validate_step
+from harmonizer_dagster.core.publishing import audit, publish
 from harmonizer_dagster.core.quality import checks_for, run_check
 from harmonizer_dagster.core.settings import DEFAULTS, engine_threads
 from harmonizer_dagster.core.spec import load_specs
@@ -82,8 +83,11 @@ def run_pipeline(file: Path, url: str, work: Path) -> int:
     landed = FileVersion(spec.name, file.name, str(file), str(file.parent))
     hashed = hash_step(spec, landed, store, work / "staging", "bench")
     validate_step(spec, hashed)
-    harmonize_step(spec, hashed)
-    return upsert_step(spec, hashed, store, "bench").records_in_file
+    deduplicate_step(spec, hashed)
+    staged = stage_step(spec, hashed, store, "bench")
+    if not audit(store, spec, hashed.partition_key, "bench").held:
+        publish(store, spec, hashed.partition_key, "bench")
+    return staged.records_in_file
 
 
 def run_ctas(file: Path, work: Path) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import dagster as dg
@@ -104,15 +105,30 @@ def csv_spec(columns: dict, *, name: str = "t", natural_key: tuple[str, ...] = (
 def load_file(
     spec: SourceSpec, landing: Path, partition_key: str, store: Warehouse, staging: Path, run_id: str = "test"
 ):
-    """Runs the four steps on one landed file, as the asset's ops do."""
+    """Writes, audits and publishes one landed file, as the asset's ops and checks do."""
     from harmonizer_dagster.core.files import locate
-    from harmonizer_dagster.core.pipeline import harmonize_step, hash_step, upsert_step, validate_step
+    from harmonizer_dagster.core.pipeline import deduplicate_step, hash_step, validate_step
 
     store.migrate([spec])
     hashed = hash_step(spec, locate(landing, spec.name, partition_key), store, staging, run_id)
     validate_step(spec, hashed)
-    harmonize_step(spec, hashed)
-    return upsert_step(spec, hashed, store, run_id)
+    deduplicate_step(spec, hashed)
+    return write_audit_publish(spec, hashed, store, run_id)
+
+
+def write_audit_publish(spec: SourceSpec, hashed, store: Warehouse, run_id: str):
+    """Stages a validated and deduplicated version, audits it and publishes it unless a blocking
+    check holds it. Returns what it came to, as the registry then holds it."""
+    from harmonizer_dagster.core.pipeline import stage_step
+    from harmonizer_dagster.core.publishing import audit, publish
+
+    staged = stage_step(spec, hashed, store, run_id)
+    if hashed.skipped or audit(store, spec, hashed.partition_key, run_id).held:
+        return staged
+    publish(store, spec, hashed.partition_key, run_id)
+    counts = store.version_counts(hashed.source_id) or {}
+    table_rows = int(store.query(f"SELECT count(*) FROM {store.table(spec.name)}")[0][0])
+    return replace(staged, **{k: v for k, v in counts.items() if k.startswith("records_")}, table_rows=table_rows)
 
 
 @pytest.fixture(scope="session")

@@ -59,8 +59,8 @@ def test_definitions_snapshot():
     assert [node.name for node in asset.node_def.node_defs] == [
         "business_registry_hash",
         "business_registry_validate",
-        "business_registry_harmonize",
-        "business_registry_upsert",
+        "business_registry_deduplicate",
+        "business_registry_stage",
     ]
     assert isinstance(asset.partitions_def, dg.DynamicPartitionsDefinition)
     assert asset.partitions_def.name == "business_registry_files"
@@ -106,7 +106,7 @@ def test_reexecution_from_failure_resumes_at_the_failed_op(environment, instance
     with dg.execute_job(job, instance, tags={"dagster/partition": Q3}, raise_on_error=False) as first:
         assert not first.success
         failed_steps = {e.step_key for e in first.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE}
-        assert failed_steps == {"business_registry.business_registry_upsert"}
+        assert failed_steps == {"business_registry.business_registry_stage"}
         first_run_id = first.run_id
     status = duckdb.connect(str(environment), read_only=True)
     assert status.execute("SELECT status FROM harmonizer.sources").fetchone() == ("failed",)
@@ -123,7 +123,7 @@ def test_reexecution_from_failure_resumes_at_the_failed_op(environment, instance
             for e in second.all_events
             if e.event_type == dg.DagsterEventType.STEP_START and e.step_key.startswith("business_registry.")
         }
-        assert executed == {"business_registry.business_registry_upsert"}, "completed ops are not redone"
+        assert executed == {"business_registry.business_registry_stage"}, "completed ops are not redone"
     with duckdb.connect(str(environment), read_only=True) as con:
         assert con.execute("SELECT status, records_imported FROM harmonizer.sources").fetchone() == ("completed", 988)
         assert con.execute("SELECT count(*) FROM harmonizer.business_registry").fetchone() == (988,)

@@ -211,7 +211,7 @@ def test_a_backfill_range_of_s3_objects_retried_after_a_passing_fault_reports_ea
 
     assert result.success
     assert endpoint.deaths == 1
-    assert len(step_events(result, dg.DagsterEventType.STEP_UP_FOR_RETRY, "_upsert")) == 1
+    assert len(step_events(result, dg.DagsterEventType.STEP_UP_FOR_RETRY, "_stage")) == 1
     records = instance.get_records_for_run(result.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION).records
     materialized = [(r.event_log_entry.dagster_event.asset_key.to_user_string(), r.partition_key) for r in records]
     # Each once: the retry did not report again what the first attempt had finished.
@@ -351,7 +351,7 @@ def test_a_postgres_backend_killed_mid_upsert_is_retried_to_completed(
         holder.join(30)
 
         assert result.success
-        assert len(step_events(result, dg.DagsterEventType.STEP_UP_FOR_RETRY, "_upsert")) == 1
+        assert len(step_events(result, dg.DagsterEventType.STEP_UP_FOR_RETRY, "_stage")) == 1
         assert registry(url) == [("completed", None, 988)]
         assert store.query(f"SELECT count(*) FROM {{schema}}.{SOURCE}") == [(988,)]
 
@@ -385,7 +385,7 @@ def test_a_postgres_restart_mid_upsert_reports_its_cause_and_the_registry_check_
         holder.join(30)
 
         assert not result.success
-        (failure,) = step_events(result, dg.DagsterEventType.STEP_FAILURE, "_upsert")
+        (failure,) = step_events(result, dg.DagsterEventType.STEP_FAILURE, "_stage")
         chain = [failure.step_failure_data.error]
         while chain[-1].cause:
             chain.append(chain[-1].cause)

@@ -142,7 +142,7 @@ def test_a_backfill_range_loads_each_file_as_its_partition_and_a_bad_one_fails_o
 
     assert not result.success
     failures = [event for event in result.all_events if event.event_type == dg.DagsterEventType.STEP_FAILURE]
-    assert [failure.step_key for failure in failures] == [f"{SOURCE}.{SOURCE}_upsert"]
+    assert [failure.step_key for failure in failures] == [f"{SOURCE}.{SOURCE}_stage"]
     reason = failures[0].step_failure_data.error.message
     assert "2 of 5 file(s) failed: cut.csv.gz: " in reason and "link.csv: " in reason, reason
     assert first not in reason and "symbolic link" in reason, reason
@@ -188,7 +188,7 @@ def test_a_backfill_range_loads_file_after_file_and_skips_the_same_bytes_again(
     assert result.success
     executed = {e.step_key for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_SUCCESS}
     skipped = {e.step_key for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_SKIPPED}
-    assert f"{SOURCE}.{SOURCE}_upsert" in executed
+    assert f"{SOURCE}.{SOURCE}_stage" in executed
     assert skipped == {f"{SOURCE}_checks", f"{SOURCE}_published"}
     published = {
         e.partition

@@ -296,7 +296,7 @@ def lose_power_mid_upsert(fleet, partition: str, seed: int) -> tuple[str, dict, 
     """Loads a large registry file on pi-a and kills the Pi once the upsert has begun."""
     expected = write_registry_csv(fleet.landing / "business_registry" / partition, 400_000, seed=seed)
     run_id = launch(fleet, "pi-a", "business_registry", partition)
-    wait_for(lambda: step_started(fleet, run_id, "_upsert"), 300, "the upsert step to start", 0.05)
+    wait_for(lambda: step_started(fleet, run_id, "_stage"), 300, "the upsert step to start", 0.05)
     fleet.kill("pi-a")  # its code server and every run worker under it
     killed_at = time.time()
     assert fleet.instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.STARTED

@@ -13,12 +13,12 @@ import psycopg
 import pytest
 
 from harmonizer_dagster.core.files import locate
-from harmonizer_dagster.core.pipeline import harmonize_step, hash_step, upsert_step, validate_step
+from harmonizer_dagster.core.pipeline import deduplicate_step, hash_step, validate_step
 from harmonizer_dagster.core.samples import write_registry_csv
 from harmonizer_dagster.core.staging import StepStage
 from harmonizer_dagster.core.warehouse import open_warehouse, postgres
 from harmonizer_dagster.core.warehouse.postgres import LOAD_TABLE_PREFIX, PostgresWarehouse
-from harmonizer_dagster_tests.conftest import SOURCES_DIR
+from harmonizer_dagster_tests.conftest import SOURCES_DIR, write_audit_publish
 
 BATCH_ROWS = 500
 WORKER = """
@@ -69,8 +69,8 @@ def test_killed_validate_resumes_from_its_last_batch(specs, tmp_path):
     assert {k: after[k] for k in before} == before, "checkpointed batches were not redone"
     assert summary["records_failed"] == expected["records_failed"]
     assert summary["records_parsed"] == expected["records_in_file"]
-    harmonize_step(spec, hashed)
-    result = upsert_step(spec, hashed, store, "resumed-run")
+    deduplicate_step(spec, hashed)
+    result = write_audit_publish(spec, hashed, store, "resumed-run")
     assert result.records_imported == expected["records_imported"]
     assert result.records_skipped == expected["records_skipped"]
     assert not Path(hashed.stage_dir).exists(), "staging is cleaned up after success"
@@ -96,9 +96,9 @@ def test_an_upsert_repeated_after_another_run_published_the_file_changes_nothing
     store.migrate([spec])
     hashed = hash_step(spec, locate(landing, spec.name, "news_2026-11-20.json"), store, tmp_path / "staging", "a")
     validate_step(spec, hashed)
-    harmonize_step(spec, hashed)
-    first = upsert_step(spec, hashed, store, "retry")
-    again = upsert_step(spec, hashed, store, "re-execution")
+    deduplicate_step(spec, hashed)
+    first = write_audit_publish(spec, hashed, store, "retry")
+    again = write_audit_publish(spec, hashed, store, "re-execution")
     assert (again.records_imported, again.table_rows) == (first.records_imported, first.table_rows) != (0, 0)
     assert store.query("SELECT count(*) FROM {schema}.sources")[0][0] == 1
 
@@ -109,7 +109,7 @@ def test_an_upsert_without_staged_outputs_or_a_published_version_fails_clearly(s
     store.migrate([spec])
     hashed = hash_step(spec, locate(landing, spec.name, "news_2026-11-20.json"), store, tmp_path / "staging", "a")
     with pytest.raises(RuntimeError, match="staged outputs are missing"):
-        upsert_step(spec, hashed, store, "a")
+        write_audit_publish(spec, hashed, store, "a")
     assert store.query("SELECT count(*) FROM {schema}.news_articles")[0][0] == 0
 
 
@@ -117,24 +117,26 @@ FULL_LOAD = """
 import sys
 from pathlib import Path
 from harmonizer_dagster.core.files import locate
-from harmonizer_dagster.core.pipeline import harmonize_step, hash_step, upsert_step, validate_step
+from harmonizer_dagster.core.pipeline import deduplicate_step, hash_step, validate_step
+from harmonizer_dagster_tests.conftest import write_audit_publish
 from harmonizer_dagster.core.spec import load_specs
 from harmonizer_dagster.core.warehouse import open_warehouse, postgres
 postgres.PARALLEL_COPY_ROWS = 0  # PostgreSQL copies over several connections, as for a large file
 landing, staging, sources = map(Path, sys.argv[1:4])
 spec = {s.name: s for s in load_specs(sources)}["business_registry"]
 store = open_warehouse(sys.argv[4], sys.argv[5])
-publish = store.publish
-def announced_publish(*args):
-    print("publish", flush=True)  # the test kills inside the transaction that follows
-    return publish(*args)
-store.publish = announced_publish
+def announced(step, write):
+    def announce(*args):
+        print(step, flush=True)  # the test kills inside the transaction that follows
+        return write(*args)
+    return announce
+store.stage, store.publish = announced("stage", store.stage), announced("publish", store.publish)
 hashed = hash_step(spec, locate(landing, spec.name, "big.csv"), store, staging, "run")
 print("validate", flush=True)
 validate_step(spec, hashed, batch_rows=int(sys.argv[6]))
-print("harmonize", flush=True)
-harmonize_step(spec, hashed)
-upsert_step(spec, hashed, store, "run")
+print("deduplicate", flush=True)
+deduplicate_step(spec, hashed)
+write_audit_publish(spec, hashed, store, "run")
 """
 
 
@@ -176,7 +178,9 @@ def test_a_load_killed_at_any_step_converges_to_the_result_of_a_clean_load(wareh
     reference = loaded(reference_store)
 
     # Where each kill lands: the step the load announces, then a delay (inside its work).
-    for step, delay in [("validate", 0.3), ("harmonize", 0.0), ("publish", 0.0), ("publish", 0.02), ("publish", 0.08)]:
+    kills = [("validate", 0.3), ("deduplicate", 0.0), ("stage", 0.0), ("stage", 0.05)]
+    kills += [("publish", 0.0), ("publish", 0.05)]
+    for step, delay in kills:
         worker = load(url, warehouse.schema_name, staging)
         assert worker.stdout is not None
         for line in worker.stdout:
@@ -197,6 +201,8 @@ def test_a_load_killed_at_any_step_converges_to_the_result_of_a_clean_load(wareh
         == [("completed", expected["records_imported"], expected["records_failed"], expected["records_skipped"])]
     )
     assert not any(staging.glob("*/*/validate")), "staging is cleaned up once the load completes"
+    staged = warehouse.query(f"SELECT count(*) FROM {warehouse.stage_table('business_registry')}")[0][0]
+    assert staged == 0, "nothing stays staged once the version is published"
     if isinstance(warehouse, PostgresWarehouse):
         assert load_tables(warehouse) == [], "the unlogged tables of killed loads are dropped"
 
@@ -207,9 +213,9 @@ def test_staging_left_by_a_run_killed_after_its_publish_is_removed_by_the_next_r
     file = locate(landing, spec.name, "news_2026-11-20.json")
     hashed = hash_step(spec, file, store, tmp_path / "staging", "a")
     validate_step(spec, hashed)
-    harmonize_step(spec, hashed)
+    deduplicate_step(spec, hashed)
     shutil.copytree(hashed.stage_dir, tmp_path / "kept")
-    upsert_step(spec, hashed, store, "a")
+    write_audit_publish(spec, hashed, store, "a")
     # The run died between its commit and its clean-up: its staging is still there.
     shutil.copytree(tmp_path / "kept", hashed.stage_dir)
 
@@ -233,8 +239,8 @@ def test_a_parallel_load_drops_what_killed_loads_left_and_spares_live_ones(wareh
         other_load.execute("SELECT pg_advisory_lock(hashtext(%s))", (f"{LOAD_TABLE_PREFIX}live",))
         hashed = hash_step(spec, locate(landing, spec.name, "big.csv"), warehouse, tmp_path / "staging", "run")
         validate_step(spec, hashed, batch_rows=BATCH_ROWS)
-        harmonize_step(spec, hashed)
-        result = upsert_step(spec, hashed, warehouse, "run")
+        deduplicate_step(spec, hashed)
+        result = write_audit_publish(spec, hashed, warehouse, "run")
         assert load_tables(warehouse) == [f"{LOAD_TABLE_PREFIX}live"]
     assert (result.records_imported, result.records_inserted) == (expected["records_imported"],) * 2
     imported = dict(warehouse.query("SELECT corp_number, status FROM {schema}.business_registry"))

@@ -8,12 +8,12 @@ import polars as pl
 import pytest
 
 from harmonizer_dagster.core.files import locate
-from harmonizer_dagster.core.pipeline import harmonize_step, hash_step, upsert_step, validate_step
+from harmonizer_dagster.core.pipeline import deduplicate_step, hash_step, validate_step
 from harmonizer_dagster.core.samples import REGISTRY_HEADER
 from harmonizer_dagster.core.spec import parse_spec
 from harmonizer_dagster.core.warehouse import open_warehouse
 from harmonizer_dagster.core.warehouse.tables import MIGRATIONS
-from harmonizer_dagster_tests.conftest import csv_spec, load_file, warehouse_url
+from harmonizer_dagster_tests.conftest import csv_spec, load_file, warehouse_url, write_audit_publish
 
 Q3 = "registry_2026-Q3.csv"
 
@@ -189,13 +189,13 @@ def test_a_failed_publish_leaves_the_warehouse_as_it_was(warehouse, specs, landi
     frame.with_columns(pl.lit("REVOKED").alias("Status")).write_csv(landing / spec.name / "bad.csv")
     hashed = hash_step(spec, locate(landing, spec.name, "bad.csv"), warehouse, tmp_path / "s", "bad-run")
     validate_step(spec, hashed)
-    harmonize_step(spec, hashed)
+    deduplicate_step(spec, hashed)
     staged = sorted((tmp_path / "s").rglob("harmonized-*.parquet"))
     poisoned = pl.read_parquet(staged[0]).head(1).with_columns(pl.lit(None, pl.Utf8).alias("corp_number"))
     poisoned.write_parquet(staged[0].with_name("harmonized-999999.parquet"))
 
     with pytest.raises(Exception), warehouse.failure_recorded(hashed.source_id):  # noqa: B017 - any DB error
-        upsert_step(spec, hashed, warehouse, "bad-run")
+        write_audit_publish(spec, hashed, warehouse, "bad-run")
 
     assert warehouse.query("SELECT count(*), max(_loaded_at) FROM {schema}.business_registry") == snapshot
     assert count(warehouse, "business_registry", "status = 'REVOKED'") == 0

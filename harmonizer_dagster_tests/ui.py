@@ -26,8 +26,8 @@ PARTITION = "registry_2026-Q3.csv"
 OPS = [
     "business_registry_hash",
     "business_registry_validate",
-    "business_registry_harmonize",
-    "business_registry_upsert",
+    "business_registry_deduplicate",
+    "business_registry_stage",
 ]
 
 

@@ -1,9 +1,10 @@
-"""The four steps a file version goes through: hash, validate, harmonize, upsert.
+"""The four steps that write a file version: hash, validate, deduplicate, stage.
 
 A batch is read once and flows through one plan: learned rules, every pandera check, then the
-canonical values and row hash of the rows that pass (validate). What needs the whole file
+harmonized values and row hash of the rows that pass (validate). What needs the whole file
 comes after: `unique` checks and malformed lines (end of validate), which duplicate of a
-natural key wins (harmonize), the atomic publish (upsert).
+natural key wins (deduplicate), and the version written to the warehouse's stage with its
+issues (stage). Auditing and publishing it are `publishing.py`'s.
 
 Each step reads the previous step's staged output from disk and writes its own, so any
 step can be re-run alone (Dagster's "re-execute from failure") and a killed step resumes
@@ -84,6 +85,14 @@ IN_MEMORY_ROWS = 100_000
 UNIQUE_VALUES = "unique_values"
 
 
+# Why a file whose bytes already came to a verdict under this spec and these rules is not loaded again.
+UNCHANGED_BECAUSE = {
+    "completed": "already loaded: the file has not changed",
+    "held": "held by its blocking checks: the file has not changed; release or discard it",
+    "discarded": "discarded by a data steward: the file has not changed",
+}
+
+
 @dataclass(frozen=True)
 class HashedVersion:
     """What the hash step hands on: small, picklable, and enough to find everything else."""
@@ -111,8 +120,9 @@ class HashedVersion:
 
 
 @dataclass(frozen=True)
-class UpsertResult:
-    """What publishing one file version came to; for a skipped version, what its earlier load recorded."""
+class StagedVersion:
+    """What one staged file version came to, as publishing it would count it; for a skipped
+    version, what its earlier load recorded."""
 
     source: str
     partition_key: str
@@ -199,9 +209,9 @@ def _register(
         )
         skipped_because = None
         # Same bytes, same spec, same rules: nothing to do. A new rule makes old files worth reloading.
-        done = warehouse.completed_version(spec.name, fp.file_hash, processing)
+        done = warehouse.decided_version(spec.name, file.partition_key, fp.file_hash, processing)
         if done and done.partition_key == file.partition_key:
-            source_id, skipped_because = done.source_id, "already loaded: the file has not changed"
+            source_id, skipped_because = done.source_id, UNCHANGED_BECAUSE[done.status]
         elif done:
             source_id = warehouse.register_version(spec, **register, status="skipped", duplicate_of=done.source_id)
             skipped_because = f"identical to already loaded file {done.partition_key}"
@@ -453,17 +463,17 @@ def _file_level_findings(spec: SourceSpec, unique_values: list[Path], result: Re
     return {"issues": pl.concat(issues), "failed": failed}
 
 
-def harmonize_step(spec: SourceSpec, hashed: HashedVersion) -> dict[str, Any]:
-    """Records which duplicates of a natural key lose: the part of harmonization that needs
-    every canonical row of the file (validate staged them batch by batch)."""
-    stage = staging.StepStage(Path(hashed.stage_dir) / "harmonize")
+def deduplicate_step(spec: SourceSpec, hashed: HashedVersion) -> dict[str, Any]:
+    """Records which duplicates of a natural key lose, the last occurrence winning: it needs
+    every harmonized row of the file (validate staged them batch by batch)."""
+    stage = staging.StepStage(Path(hashed.stage_dir) / "deduplicate")
     if hashed.skipped or stage.summary() is not None:
         return stage.summary() or {}
     validated = staging.StepStage(Path(hashed.stage_dir) / "validate")
     if validated.summary() is None:
         raise RuntimeError(f"{hashed.partition_key}: validate has not finished; run it first")
     with _space_guard(hashed):
-        return _harmonize(spec, stage, validated)
+        return _deduplicate(spec, stage, validated)
 
 
 @contextlib.contextmanager
@@ -480,7 +490,7 @@ def _space_guard(hashed: HashedVersion) -> Iterator[None]:
         raise
 
 
-def _harmonize(spec: SourceSpec, stage: staging.StepStage, validated: staging.StepStage) -> dict[str, Any]:
+def _deduplicate(spec: SourceSpec, stage: staging.StepStage, validated: staging.StepStage) -> dict[str, Any]:
     """The duplicate-key issues go from DuckDB straight to a staged Parquet file: a file of
     millions of copies of one record has millions of issues, which never sit in memory."""
     stage.prepare()
@@ -539,23 +549,24 @@ def _harmonize(spec: SourceSpec, stage: staging.StepStage, validated: staging.St
     return stage.finish({"records_harmonized": _count(harmonized), "records_duplicate": _count([written])})
 
 
-def upsert_step(spec: SourceSpec, hashed: HashedVersion, warehouse: Warehouse, run_id: str) -> UpsertResult:
-    """Publishes the staged partition atomically, then removes its staging."""
+def stage_step(spec: SourceSpec, hashed: HashedVersion, warehouse: Warehouse, run_id: str) -> StagedVersion:
+    """Writes the version to the warehouse's stage with its issues, in one transaction, then
+    removes its files: the table consumers read is left for `publishing.publish`."""
     if hashed.skipped:
         return _result(spec, hashed, hashed.recorded or {})
     root = Path(hashed.stage_dir)
     validated = staging.StepStage(root / "validate")
-    harmonized = staging.StepStage(root / "harmonize")
-    validate_summary, harmonize_summary = validated.summary(), harmonized.summary()
-    if validate_summary is None or harmonize_summary is None:
-        # Another run (say an automatic retry) published this version and removed its staging.
+    deduplicated = staging.StepStage(root / "deduplicate")
+    validate_summary, deduplicate_summary = validated.summary(), deduplicated.summary()
+    if validate_summary is None or deduplicate_summary is None:
+        # Another run (say an automatic retry) staged this version and removed its files.
         if warehouse.version_counts(hashed.source_id) is not None:
             return _result(spec, hashed, _recorded_counts(spec, hashed.source_id, warehouse))
-        raise RuntimeError(f"{hashed.partition_key}: staged outputs are missing; re-run validate and harmonize")
+        raise RuntimeError(f"{hashed.partition_key}: staged outputs are missing; re-run validate and deduplicate")
     # The file's new columns, under `schema_evolution: evolve`, become nullable columns of the table.
     spec = spec.evolved(validate_summary.get("evolved_columns", []))
     warehouse.migrate([spec])
-    duplicates = harmonize_summary["records_duplicate"]
+    duplicates = deduplicate_summary["records_duplicate"]
 
     def staged_files(stage: staging.StepStage, name: str, rows: int) -> list[Path]:
         # Outputs with no rows are left out: nothing to load, and a first publish of a clean
@@ -567,9 +578,9 @@ def upsert_step(spec: SourceSpec, hashed: HashedVersion, warehouse: Warehouse, r
         file_hash=hashed.file_hash,
         partition_key=hashed.partition_key,
         harmonized_files=staged_files(validated, "harmonized", validate_summary["records_accepted"]),
-        superseded_files=staged_files(harmonized, "superseded", duplicates),
+        superseded_files=staged_files(deduplicated, "superseded", duplicates),
         issue_files=staged_files(validated, "issues", validate_summary["issues"])
-        + staged_files(harmonized, "issues", duplicates),
+        + staged_files(deduplicated, "issues", duplicates),
         failed_files=staged_files(validated, "failed", validate_summary["records_failed"]),
         fix_files=staged_files(validated, "fixes", validate_summary["fixes_applied"]),
         records_in_file=validate_summary["records_parsed"] + validate_summary["records_malformed"],
@@ -577,7 +588,7 @@ def upsert_step(spec: SourceSpec, hashed: HashedVersion, warehouse: Warehouse, r
         records_skipped=duplicates,
         extra_fields=tuple(validate_summary["extra_fields"]),
     )
-    warehouse.publish(spec, staged, run_id, issue_links(spec))
+    warehouse.stage(spec, staged, run_id, issue_links(spec))
     staging.remove(root)
     return _result(spec, hashed, _recorded_counts(spec, hashed.source_id, warehouse))
 
@@ -590,8 +601,8 @@ def _recorded_counts(spec: SourceSpec, source_id: int, warehouse: Warehouse) -> 
         return counts | {"table_rows": int(warehouse.query(f"SELECT count(*) FROM {warehouse.table(spec.name)}")[0][0])}
 
 
-def _result(spec: SourceSpec, hashed: HashedVersion, counts: dict[str, int]) -> UpsertResult:
-    return UpsertResult(
+def _result(spec: SourceSpec, hashed: HashedVersion, counts: dict[str, int]) -> StagedVersion:
+    return StagedVersion(
         source=spec.name,
         partition_key=hashed.partition_key,
         skipped=hashed.skipped,

@@ -1,4 +1,5 @@
-"""Data-quality checks of one loaded file version, evaluated in the warehouse.
+"""Data-quality checks of one file version, evaluated in the warehouse: on its staged rows
+before it is published (the audit), or on the rows it wrote once it was.
 
 Each evaluation is recorded in `data_quality_checks` (the history) and handed back to the
 caller (the Dagster layer turns it into an asset check result with the same figures).
@@ -37,7 +38,7 @@ IssueCount = tuple[str, str, str | None, str | None, int]
 
 @dataclass(frozen=True)
 class Version:
-    """The registry row of the latest completed load of a partition."""
+    """The registry row of the latest written load of a partition: staged, held or published."""
 
     source_id: int
     file_hash: str
@@ -49,6 +50,7 @@ class Version:
     records_skipped: int
     records_inserted: int
     extra_fields: tuple[str, ...]
+    status: str = "completed"
     # The versions before it, as the longest list a check asked for: the anomaly checks share
     # one look at the registry.
     earlier: dict[int, list[EarlierVersion]] = field(default_factory=dict, compare=False, repr=False)
@@ -69,16 +71,23 @@ def latest_version(store: Warehouse, spec: SourceSpec, partition_key: str) -> Ve
     rows = store.query(
         "SELECT source_id, file_hash, partition_key, (SELECT min(a.source_id) FROM {schema}.sources a "
         "WHERE a.source_type = s.source_type AND a.partition_key = s.partition_key), records_in_file, "
-        "records_imported, records_failed, records_skipped, records_inserted, extra_fields "
-        "FROM {schema}.sources s WHERE status = 'completed' AND source_id = ("
+        "records_imported, records_failed, records_skipped, records_inserted, extra_fields, status "
+        f"FROM {{schema}}.sources s WHERE status IN {WRITTEN} AND source_id = ("
         "SELECT coalesce(duplicate_of_source_id, source_id) FROM {schema}.sources WHERE source_type = %s "
-        "AND partition_key = %s AND status IN ('completed', 'skipped') ORDER BY source_id DESC LIMIT 1)",
+        f"AND partition_key = %s AND status IN {REGISTERED} ORDER BY source_id DESC LIMIT 1)",
         (spec.name, partition_key),
     )
     if not rows:
         return None
-    *numbers, extra = rows[0]
-    return Version(*numbers, extra_fields=tuple(extra.split(",")) if extra else ())
+    *numbers, extra, status = rows[0]
+    return Version(*numbers, extra_fields=tuple(extra.split(",")) if extra else (), status=status)
+
+
+# A version whose rows are written: published, or staged (and maybe held) awaiting publication.
+WRITTEN = "('completed', 'staged', 'held')"
+# What the latest version of a partition may be to be judged: written, or skipped as identical
+# to a published one (judged by that one).
+REGISTERED = "('completed', 'skipped', 'staged', 'held')"
 
 
 def issue_links(spec: SourceSpec) -> list[tuple[str, str, str]]:
@@ -92,13 +101,22 @@ def issue_links(spec: SourceSpec) -> list[tuple[str, str, str]]:
     ]
 
 
-def _written(v: Version) -> str:
-    """The condition on a source table's rows that this version wrote. PostgreSQL finds them by
-    an index on `_file_hash`; DuckDB skips row groups by the zone maps of `_arrival`, which
-    grows as versions arrive. Either way the cost is the version's, not the table's."""
+def _written(store: Warehouse, spec: SourceSpec, v: Version) -> str:
+    """A relation of the rows this version writes. Published: the rows it wrote in the source
+    table, which PostgreSQL finds by an index on `_file_hash` and DuckDB by the zone maps of
+    `_arrival` (either way the cost is the version's, not the table's). Staged: the rows it would
+    write, the staged rows whose key is new or whose content changed, unless a later-arriving
+    file wrote the key; so a check judges a version alike before and after it is published."""
+    if v.status == "completed":
+        return (
+            f"(SELECT * FROM {store.table(spec.name)} WHERE _arrival = {int(v.arrival)} "
+            f"AND _file_hash = {quote_literal(v.file_hash)} AND _partition_key = {quote_literal(v.partition_key)})"
+        )
+    joined = " AND ".join(f"t.{quote_ident(k)} = s.{quote_ident(k)}" for k in spec.natural_key)
     return (
-        f"_arrival = {int(v.arrival)} AND _file_hash = {quote_literal(v.file_hash)} "
-        f"AND _partition_key = {quote_literal(v.partition_key)}"
+        f"(SELECT s.* FROM {store.stage_table(spec.name)} s WHERE s._source_id = {int(v.source_id)} "
+        f"AND NOT EXISTS (SELECT 1 FROM {store.table(spec.name)} t WHERE {joined} "
+        f"AND (t._row_hash = s._row_hash OR coalesce(t._arrival, 0) > {int(v.arrival)})))"
     )
 
 
@@ -135,13 +153,13 @@ def _reconciliation(store: Warehouse, spec: SourceSpec, key: str, v: Version) ->
 
 
 def _key_unique(store: Warehouse, spec: SourceSpec, key: str, v: Version) -> Evaluation:
-    """Only a write can duplicate a key: the keys this version wrote are looked up in the table,
-    unless a unique index of the database already refuses every duplicate (a lookup of 1M
-    keys took 4 s on PostgreSQL)."""
-    table = store.table(spec.name)
-    enforced = store.enforces_key(spec)
+    """Only a write can duplicate a key: the keys this version writes are looked up in the table
+    (a published version) or among its staged rows (a staged one, whose upsert merges each key
+    into one row), unless a unique index of the database already refuses every duplicate (a
+    lookup of 1M keys took 4 s on PostgreSQL)."""
+    enforced = store.enforces_key(spec) and v.status == "completed"
     if enforced:
-        duplicated, rows = 0, store.query(f"SELECT count(*) FROM {table} WHERE {_written(v)}")[0][0]
+        duplicated, rows = 0, store.query(f"SELECT count(*) FROM {_written(store, spec, v)} AS w")[0][0]
     else:
         duplicated, rows = _duplicated_written_keys(store, spec, v)
     how = f": the table's unique index on ({', '.join(spec.natural_key)}) refuses any other" if enforced else ""
@@ -155,13 +173,19 @@ def _key_unique(store: Warehouse, spec: SourceSpec, key: str, v: Version) -> Eva
 
 
 def _duplicated_written_keys(store: Warehouse, spec: SourceSpec, v: Version) -> tuple[int, int]:
-    """How many keys the version wrote are in the table more than once, and its rows."""
+    """How many keys the version writes are there more than once, and its rows."""
     keys = [quote_ident(k) for k in spec.natural_key]
     listed = ", ".join(keys)
+    if v.status != "completed":
+        duplicated, rows = store.query(
+            f"SELECT count(*) FILTER (WHERE n > 1), coalesce(sum(n), 0) FROM (SELECT count(*) AS n "
+            f"FROM {store.stage_table(spec.name)} WHERE _source_id = {int(v.source_id)} GROUP BY {listed}) AS g"
+        )[0]
+        return int(duplicated), int(rows)
     joined = " AND ".join(f"t.{k} = w.{k}" for k in keys)
     table = store.table(spec.name)
     duplicated, rows = store.query(
-        f"WITH w AS (SELECT {listed} FROM {table} WHERE {_written(v)}) "
+        f"WITH w AS (SELECT {listed} FROM {_written(store, spec, v)} AS r) "
         f"SELECT (SELECT count(*) FROM (SELECT {', '.join('t.' + k for k in keys)} FROM {table} t "
         f"JOIN (SELECT DISTINCT {listed} FROM w) w ON {joined} GROUP BY {', '.join('t.' + k for k in keys)} "
         "HAVING count(*) > 1) d), (SELECT count(*) FROM w)"
@@ -172,7 +196,7 @@ def _duplicated_written_keys(store: Warehouse, spec: SourceSpec, v: Version) -> 
 def _required_complete(store: Warehouse, spec: SourceSpec, key: str, v: Version) -> Evaluation:
     required = [c.name for c in spec.columns if c.required]
     nulls = " + ".join(f"count(*) FILTER (WHERE {quote_ident(c)} IS NULL)" for c in required) or "0"
-    missing, rows = store.query(f"SELECT {nulls}, count(*) FROM {store.table(spec.name)} WHERE {_written(v)}")[0]
+    missing, rows = store.query(f"SELECT {nulls}, count(*) FROM {_written(store, spec, v)} AS w")[0]
     return Evaluation(
         passed=missing == 0,
         observed=float(missing),
@@ -366,7 +390,7 @@ def _null_rate_drift(threshold: float, versions: int) -> Callable[[Warehouse, So
         nullable = [c.name for c in spec.columns if not c.required]
         counted = ", ".join(f"count(*) FILTER (WHERE {quote_ident(c)} IS NULL)" for c in nullable)
         written, *nulls = store.query(
-            f"SELECT count(*){', ' if counted else ''}{counted} FROM {store.table(spec.name)} WHERE {_written(v)}"
+            f"SELECT count(*){', ' if counted else ''}{counted} FROM {_written(store, spec, v)} AS w"
         )[0]
         earlier = earlier_versions(store, spec, v, versions)
         baseline = _baseline_null_rates(store, spec, [e.source_id for e in earlier])

@@ -1,4 +1,7 @@
-"""One graph-backed, file-partitioned asset per declared source: hash -> validate -> harmonize -> upsert."""
+"""Write-audit-publish per declared source: a graph-backed, file-partitioned asset writes each
+version to the warehouse's stage (hash -> validate -> deduplicate -> stage), its asset checks
+audit it, and `<source>_published` publishes the versions that passed into the table
+consumers read."""
 
 import warnings
 from collections.abc import Sequence
@@ -17,16 +20,16 @@ from harmonizer_dagster.orchestration.resources import LandingZone, WarehouseRes
 from harmonizer_dagster.orchestration.steps import (
     Publication,
     column_schema,
+    deduplicate_file,
     faults_classified,
-    harmonize_file,
     hash_file,
     hash_summary,
     load_files_in_turn,
     published_materialization,
     raise_for_failed_files,
+    stage_file,
+    stage_summary,
     transient_retry_policy,
-    upsert_file,
-    upsert_summary,
     validate_file,
 )
 
@@ -37,19 +40,19 @@ class SourceOps:
 
     hash: dg.OpDefinition
     validate: dg.OpDefinition
-    harmonize: dg.OpDefinition
-    upsert: dg.OpDefinition
+    deduplicate: dg.OpDefinition
+    stage: dg.OpDefinition
 
 
 def backfill_range(context: dg.OpExecutionContext) -> Sequence[str] | None:
     """The files of a backfill's run of a range, or None for a run of one file.
 
     The assets' backfill policy hands a backfill's run a range of partitions. Its files go
-    through the four steps in turn, one file after the other, within the upsert op (as the
+    through the four steps in turn, one file after the other, within the stage op (as the
     files jobs load them): staging holds one file at a time, and a file with the bytes of one
     before it is skipped as loaded. Each file is reported as its own partition, with its
     materialization, checks and publication; a file that fails is named once the others are
-    loaded. The ops before the upsert hand nothing on, and the asset's output, its check step
+    loaded. The ops before the stage op hand nothing on, and the asset's output, its check step
     and its publication step are left out."""
     keys = context.partition_keys
     return keys if len(keys) > 1 else None
@@ -69,7 +72,7 @@ def build_source_ops(spec: SourceSpec, with_s3: bool = False) -> SourceOps:
     )
     def hash_op(context: dg.OpExecutionContext) -> HashedVersion | None:
         if keys := backfill_range(context):
-            context.log.info(f"a backfill's range of {len(keys)} files: each is loaded in turn by the upsert step")
+            context.log.info(f"a backfill's range of {len(keys)} files: each is loaded in turn by the stage step")
             return None
         warehouse: WarehouseResource = context.resources.warehouse
         landing: LandingZone = context.resources.landing
@@ -86,7 +89,7 @@ def build_source_ops(spec: SourceSpec, with_s3: bool = False) -> SourceOps:
     @dg.op(
         name=f"{spec.name}_validate",
         tags=tags,
-        description="Checks every record against the spec's rules and harmonizes the ones that pass.",
+        description="Checks every record against the spec's rules and harmonizes the values of the ones that pass.",
     )
     def validate_op(
         context: dg.OpExecutionContext, warehouse: WarehouseResource, landing: LandingZone, hashed: HashedVersion | None
@@ -100,44 +103,44 @@ def build_source_ops(spec: SourceSpec, with_s3: bool = False) -> SourceOps:
         return hashed
 
     @dg.op(
-        name=f"{spec.name}_harmonize",
+        name=f"{spec.name}_deduplicate",
         tags=tags,
         description="Resolves duplicate natural keys in the file: the last occurrence wins.",
     )
-    def harmonize_op(
+    def deduplicate_op(
         context: dg.OpExecutionContext, warehouse: WarehouseResource, hashed: HashedVersion | None
     ) -> HashedVersion | None:
         if hashed is None:  # a backfill's range (see backfill_range)
             return None
         with faults_classified(context):
-            summary = harmonize_file(spec, hashed, warehouse.open())
+            summary = deduplicate_file(spec, hashed, warehouse.open())
         if summary:
             context.log.info(f"{hashed.partition_key}: {summary}")
         return hashed
 
     @dg.op(
-        name=f"{spec.name}_upsert",
+        name=f"{spec.name}_stage",
         # A backfill's range reports each file itself and yields no output (see backfill_range).
         out=dg.Out(io_manager_key="source_tables", is_required=False),
         # Named here, not as arguments: a backfill's range hashes its files here, from S3 too.
         required_resource_keys=resource_keys(with_s3, "warehouse", "landing"),
         tags=tags,
         retry_policy=transient_retry_policy(),
-        description="Upserts on the natural key with issues and failed records, in one transaction; "
-        "in a backfill's range, loads each file of it in turn.",
+        description="Writes the version's rows to the warehouse's stage with its issues and failed records, "
+        "in one transaction; in a backfill's range, loads each file of it in turn.",
     )
-    def upsert_op(context: dg.OpExecutionContext, hashed: HashedVersion | None):
+    def stage_op(context: dg.OpExecutionContext, hashed: HashedVersion | None):
         warehouse: WarehouseResource = context.resources.warehouse
         store = warehouse.open()
         if keys := backfill_range(context):
             load_backfill_range(context, spec, keys, store)
             return
         with faults_classified(context):
-            result, metadata = upsert_file(spec, hashed, store, context.run_id)
-        context.log.info(f"{hashed.partition_key} {upsert_summary(store, metadata)}")
+            result, metadata = stage_file(spec, hashed, store, context.run_id)
+        context.log.info(f"{hashed.partition_key} {stage_summary(store, metadata)}")
         yield dg.Output(result, metadata=metadata, data_version=dg.DataVersion(hashed.file_hash))
 
-    return SourceOps(hash_op, validate_op, harmonize_op, upsert_op)
+    return SourceOps(hash_op, validate_op, deduplicate_op, stage_op)
 
 
 def load_backfill_range(
@@ -171,7 +174,7 @@ def build_source_asset(spec: SourceSpec, ops: SourceOps, host_tags: dict[str, st
         tags={"source": spec.name, **host_tags},
     )
     def source_asset():
-        return ops.upsert(ops.harmonize(ops.validate(ops.hash())))
+        return ops.stage(ops.deduplicate(ops.validate(ops.hash())))
 
     if not spec.freshness_hours:
         return source_asset
@@ -183,9 +186,10 @@ def build_source_asset(spec: SourceSpec, ops: SourceOps, host_tags: dict[str, st
 
 
 def build_published_asset(spec: SourceSpec, host_tags: dict[str, str]) -> dg.AssetsDefinition:
-    """The file versions consumers may rely on: a partition is published only once the
-    source's blocking checks passed in the same run, which the UI shows as a skipped step (in
-    a backfill's range, the source's upsert step publishes each file, and this step is skipped)."""
+    """The table consumers read: a partition's staged version is published into it only once the
+    source's blocking checks passed (a failing one skips this step in the same run, and holds
+    the version for a steward); in a backfill's range, the source's stage step publishes each
+    file, and this step is skipped."""
 
     # `backfill_policy` is a beta parameter of `@asset` in Dagster 1.13; it is what lets a
     # backfill load many files per run, so the warning is silenced.
@@ -199,7 +203,8 @@ def build_published_asset(spec: SourceSpec, host_tags: dict[str, str]) -> dg.Ass
             # The source's own: a backfill of both hands them the same ranges.
             backfill_policy=backfill_policy(),
             output_required=False,
-            description=f"File versions of {spec.title} that passed every blocking data-quality check.",
+            description=f"{spec.title} as consumers read it: the file versions that passed every blocking "
+            "data-quality check, or that a data steward released.",
             owners=[spec.owner],
             kinds={"sql"},
             # Runs of the asset's page and of asset backfills inherit these (see run_coordinator.py).
@@ -210,14 +215,14 @@ def build_published_asset(spec: SourceSpec, host_tags: dict[str, str]) -> dg.Ass
             op_context = context.op_execution_context
             if not (keys := backfill_range(op_context)):
                 yield dg.MaterializeResult(
-                    metadata=published_materialization(spec, store, context.partition_key).metadata
+                    metadata=published_materialization(op_context, spec, store, context.partition_key).metadata
                 )
                 return
             # A range of this asset alone (republishing): each file its own materialization.
             failed = {}
             for key in keys:
                 try:
-                    context.log_event(published_materialization(spec, store, key))
+                    context.log_event(published_materialization(op_context, spec, store, key))
                 except Exception as exc:
                     failed[key] = exc
             raise_for_failed_files(op_context, failed, len(keys))

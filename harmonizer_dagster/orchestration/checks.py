@@ -1,4 +1,5 @@
-"""Each source's data-quality checks, evaluated per file version right after it loads.
+"""Each source's data-quality checks, evaluated per file version on its staged rows: the audit
+of write-audit-publish (`core/publishing.py`), which holds a version failing a blocking check.
 
 Dagster sees two asset checks per source: `blocking_checks`, every error-severity check of the
 spec (a partition failing one is not published downstream), and `warning_checks`, the rest.
@@ -13,7 +14,8 @@ from typing import Any
 
 import dagster as dg
 
-from harmonizer_dagster.core.quality import Evaluation, QualityCheck, checks_for, run_checks
+from harmonizer_dagster.core.publishing import audit
+from harmonizer_dagster.core.quality import Evaluation, QualityCheck, checks_for
 from harmonizer_dagster.core.spec import SourceSpec
 from harmonizer_dagster.core.warehouse import Warehouse
 from harmonizer_dagster.orchestration.partitions import partitions_for
@@ -89,13 +91,13 @@ def check_specs(spec: SourceSpec) -> list[dg.AssetCheckSpec]:
 def evaluate_all_checks(
     context: dg.OpExecutionContext, store: Warehouse, spec: SourceSpec, partition_key: str
 ) -> list[str]:
-    """Runs every check of a file version from an op (the files jobs, a backfill's range),
-    reporting them as the source's asset checks, so the UI and data_quality_checks show the
-    same as for the asset. Returns the blocking checks that failed."""
-    evaluated = run_checks(store, spec, checks_for(spec), partition_key, context.run_id)
-    for result in _group_results(spec, partition_key, evaluated):
-        context.log_event(result)  # type: ignore[arg-type]  # log_event accepts check evaluations
-    return [check.name for check, evaluation in evaluated if check.severity == "error" and not evaluation.passed]
+    """Audits a staged file version from an op (the files jobs, a backfill's range), reporting
+    its checks as the source's asset checks, so the UI and data_quality_checks show the same as
+    for the asset. Returns the blocking checks that failed: the version is then held."""
+    result = audit(store, spec, partition_key, context.run_id)
+    for evaluation in _group_results(spec, partition_key, result.evaluated):
+        context.log_event(evaluation)  # type: ignore[arg-type]  # log_event accepts check evaluations
+    return result.blocking_failures
 
 
 def build_quality_checks(spec: SourceSpec) -> list[dg.AssetChecksDefinition]:
@@ -107,11 +109,11 @@ def build_quality_checks(spec: SourceSpec) -> list[dg.AssetChecksDefinition]:
         @dg.multi_asset_check(
             name=f"{spec.name}_checks",
             specs=check_specs(spec),
-            description="Evaluates the source's data-quality checks on the file version just loaded.",
+            description="Audits the file version just staged; a version failing a blocking check is held.",
         )
         def evaluate(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource):
             key = context.partition_key
-            evaluated = run_checks(warehouse.open(), spec, checks_for(spec), key, context.run.run_id)
+            evaluated = audit(warehouse.open(), spec, key, context.run.run_id).evaluated
             for result in _group_results(spec, key, evaluated):
                 yield dg.AssetCheckResult(
                     check_name=result.check_name,

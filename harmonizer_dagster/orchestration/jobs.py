@@ -101,7 +101,7 @@ def _load_files_op(spec: SourceSpec, with_s3: bool) -> dg.OpDefinition:
         required_resource_keys=resource_keys(with_s3, "warehouse", "landing"),
         tags={"source": spec.name},
         retry_policy=transient_retry_policy(),
-        description="Loads each file as its own partition (hash, validate, harmonize, upsert, checks, "
+        description="Loads each file as its own partition (hash, validate, deduplicate, stage, audit, "
         "publication), then refreshes the source's report; a file that fails leaves the others loaded.",
     )
     def load_files(context: dg.OpExecutionContext, config: FilesConfig) -> None:

@@ -63,7 +63,7 @@ class LandingZone(dg.ConfigurableResource):
         "a copy of the shipped samples made when it does not exist yet)."
     )
     staging_dir: str = Field(
-        description="Scratch space for staged batches, removed after each successful upsert "
+        description="Scratch space for staged batches, removed once a version is written to the warehouse's stage "
         "(HARMONIZER_STAGING_DIR; default: .harmonizer/staging)."
     )
     batch_rows: int = Field(
@@ -123,7 +123,7 @@ class Notifier(dg.ConfigurableResource):
 
 
 class SourceTableIOManager(dg.ConfigurableIOManager):
-    """The upsert op's data is what it wrote to the warehouse in its own transaction: nothing
+    """The stage op's data is what it wrote to the warehouse in its own transaction: nothing
     is pickled (partition keys such as s3:// URIs are no file paths). Downstream assets
     receive the name of the source's table."""
 

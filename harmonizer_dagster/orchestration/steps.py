@@ -1,6 +1,6 @@
 """What a file's steps do as ops run them: each step of one file, how its faults end the step
-(a passing fault is retried, any other fails the file), and many files taken through all four
-steps in turn within one step, each reported as its own partition."""
+(a passing fault is retried, any other fails the file), and many files taken through every
+step in turn within one step (write, audit, publish), each reported as its own partition."""
 
 import os
 import traceback
@@ -18,12 +18,13 @@ from harmonizer_dagster.core.landing import missing_file_message
 from harmonizer_dagster.core.monitoring import ProgressReporter
 from harmonizer_dagster.core.pipeline import (
     HashedVersion,
-    UpsertResult,
-    harmonize_step,
+    StagedVersion,
+    deduplicate_step,
     hash_step,
-    upsert_step,
+    stage_step,
     validate_step,
 )
+from harmonizer_dagster.core.publishing import HeldVersion, publish
 from harmonizer_dagster.core.settings import current
 from harmonizer_dagster.core.spec import SourceSpec
 from harmonizer_dagster.core.warehouse import Warehouse
@@ -107,9 +108,9 @@ def column_schema(spec: SourceSpec) -> dg.TableSchema:
     )
 
 
-def _metadata(spec: SourceSpec, hashed: HashedVersion, result: UpsertResult) -> dict[str, Any]:
+def _metadata(spec: SourceSpec, hashed: HashedVersion, result: StagedVersion) -> dict[str, Any]:
     metadata: dict[str, Any] = {
-        "status": "skipped" if hashed.skipped else "loaded",
+        "status": "skipped" if hashed.skipped else "staged",
         "file_hash": hashed.file_hash,
         "source_version": hashed.version,
         "file_size_bytes": hashed.size_bytes,
@@ -118,7 +119,7 @@ def _metadata(spec: SourceSpec, hashed: HashedVersion, result: UpsertResult) -> 
         "dagster/column_schema": column_schema(spec),
     }
     # A skipped version shows what its earlier load recorded, so its latest materialization
-    # still tells the figures.
+    # still tells the figures; a staged one what publishing it would do.
     metadata |= {
         "dagster/row_count": result.records_imported,
         "records_in_file": result.records_in_file,
@@ -161,23 +162,23 @@ def validate_file(
         return validate_step(spec, hashed, landing.batch_rows, progress)
 
 
-def harmonize_file(spec: SourceSpec, hashed: HashedVersion, store: Warehouse) -> dict[str, Any]:
+def deduplicate_file(spec: SourceSpec, hashed: HashedVersion, store: Warehouse) -> dict[str, Any]:
     with store.failure_recorded(hashed.source_id):
-        return harmonize_step(spec, hashed)
+        return deduplicate_step(spec, hashed)
 
 
-def upsert_file(
+def stage_file(
     spec: SourceSpec, hashed: HashedVersion, store: Warehouse, run_id: str
-) -> tuple[UpsertResult, dict[str, Any]]:
-    """The upsert and the metadata of the partition's materialization."""
+) -> tuple[StagedVersion, dict[str, Any]]:
+    """The version written to the warehouse's stage, and the metadata of its materialization."""
     with store.failure_recorded(hashed.source_id):
-        result = upsert_step(spec, hashed, store, run_id)
+        result = stage_step(spec, hashed, store, run_id)
     return result, _metadata(spec, hashed, result)
 
 
-def upsert_summary(store: Warehouse, metadata: dict[str, Any]) -> str:
+def stage_summary(store: Warehouse, metadata: dict[str, Any]) -> str:
     figures = {k: v for k, v in metadata.items() if isinstance(v, int | str)}
-    return f"into {store.description}: {figures}"
+    return f"staged in {store.description}: {figures}"
 
 
 def raise_for_failed_files(context: dg.OpExecutionContext, errors: dict[str, Exception], total: int) -> None:
@@ -204,7 +205,7 @@ def raise_for_failed_files(context: dg.OpExecutionContext, errors: dict[str, Exc
 class Publication:
     """What a run of files does once a file's checks are in: publish it (`publish`), and whether
     a failed blocking check fails the file, as it fails a materialization of its partition
-    (`blocking_fails`), or only leaves it unpublished, as the files jobs always have."""
+    (`blocking_fails`), or only holds it, as the files jobs always have."""
 
     publish: bool = True
     blocking_fails: bool = False
@@ -218,14 +219,14 @@ def load_files_in_turn(
     landing: LandingZone,
     publication: Publication = Publication(),
 ) -> dict[str, Exception]:
-    """Each file through the asset's four steps, then its checks and publication, reported as a
+    """Each file through the asset's four steps, then its audit and publication, reported as a
     materialization of its partition would report them; returns the files that failed, and why.
     A retried step leaves out the files an earlier attempt of it finished and reported.
 
     A file's validation and harmonization (data work, mostly outside the GIL) run in a thread
-    while the previous file's checks and publication (warehouse queries and Dagster events) run
+    while the previous file's audit and publication (warehouse queries and Dagster events) run
     here. Hashing, which registers the version, stays in file order after the previous file's
-    upsert: arrival order is file order, and a file with the bytes of the one before it is
+    staging: arrival order is file order, and a file with the bytes of the one before it is
     still skipped as already loaded."""
     with faults_classified(context):
         # What earlier runs of the source could not record (the unrecorded_failures sensor does
@@ -240,7 +241,7 @@ def load_files_in_turn(
         failed[key] = exc
         context.log.error(f"{key} failed: {type(exc).__name__}: {str(exc).strip()}")
 
-    upserted: str | None = None  # the file whose checks and publication come next
+    staged: str | None = None  # the file whose audit and publication come next
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{spec.name}-prepare") as ahead:
         for key in [*keys, None]:
             preparing = None
@@ -250,18 +251,18 @@ def load_files_in_turn(
                     preparing = hashed, ahead.submit(_prepare, context, spec, hashed, store, landing)
                 except Exception as exc:
                     fail(key, exc)
-            if upserted is not None:
+            if staged is not None:
                 try:
-                    check_and_publish(context, spec, store, upserted, publication)
+                    audit_and_publish(context, spec, store, staged, publication)
                 except Exception as exc:
-                    fail(upserted, exc)
-                upserted = None
+                    fail(staged, exc)
+                staged = None
             if preparing is not None:
                 hashed, prepared = preparing
                 try:
                     prepared.result()
-                    upsert_and_report(context, spec, hashed, store)
-                    upserted = hashed.partition_key
+                    stage_and_report(context, spec, hashed, store)
+                    staged = hashed.partition_key
                 except Exception as exc:
                     fail(hashed.partition_key, exc)
     return failed
@@ -271,18 +272,16 @@ def _prepare(
     context: dg.OpExecutionContext, spec: SourceSpec, hashed: HashedVersion, store: Warehouse, landing: LandingZone
 ) -> None:
     validate_file(spec, hashed, store, landing, context.log.info)
-    harmonize_file(spec, hashed, store)
+    deduplicate_file(spec, hashed, store)
 
 
-def upsert_and_report(
-    context: dg.OpExecutionContext, spec: SourceSpec, hashed: HashedVersion, store: Warehouse
-) -> None:
-    """Upserts one file of several and reports it as its partition's materialization, with the
+def stage_and_report(context: dg.OpExecutionContext, spec: SourceSpec, hashed: HashedVersion, store: Warehouse) -> None:
+    """Stages one file of several and reports it as its partition's materialization, with the
     data version (the file's hash) the asset's own output would give it."""
     key = hashed.partition_key
-    _, metadata = upsert_file(spec, hashed, store, context.run_id)
+    _, metadata = stage_file(spec, hashed, store, context.run_id)
     # One line per file: what the asset's four steps would log, in short.
-    context.log.info(f"{key}: {hash_summary(hashed)}; {upsert_summary(store, metadata)}")
+    context.log.info(f"{key}: {hash_summary(hashed)}; {stage_summary(store, metadata)}")
     context.log_event(
         dg.AssetMaterialization(asset_key=spec.name, partition=key, metadata=metadata, tags=data_version(hashed))
     )
@@ -293,18 +292,25 @@ def data_version(hashed: HashedVersion) -> dict[str, str]:
     return {"dagster/data_version": hashed.file_hash, "dagster/data_version_is_user_provided": "true"}
 
 
-def check_and_publish(
+def audit_and_publish(
     context: dg.OpExecutionContext, spec: SourceSpec, store: Warehouse, key: str, publication: Publication
 ) -> None:
-    """A loaded file's asset checks, then its publication unless a blocking check failed."""
+    """A staged file's asset checks, then its publication unless a blocking check held it."""
     failures = evaluate_all_checks(context, store, spec, key)
     if failures:
-        message = f"{key} is not published: blocking check(s) failed: {', '.join(failures)}"
+        message = held_message(key, failures)
         if publication.blocking_fails:
             raise dg.Failure(message, allow_retries=False)
         context.log.warning(message)
     elif publication.publish:
-        context.log_event(published_materialization(spec, store, key))
+        context.log_event(published_materialization(context, spec, store, key))
+
+
+def held_message(key: str, failures: Sequence[str]) -> str:
+    return (
+        f"{key} is held, not published: blocking check(s) failed: {', '.join(failures)}; the table consumers "
+        "read is unchanged until a data steward releases it (`harmonizer held release`) or discards it"
+    )
 
 
 def finished_in_this_run(context: dg.OpExecutionContext, spec: SourceSpec, publish: bool) -> set[str]:
@@ -323,13 +329,25 @@ def finished_in_this_run(context: dg.OpExecutionContext, spec: SourceSpec, publi
     return {event.event_specific_data.partition for event in events if event and event.asset_key == asset}
 
 
-def published_materialization(spec: SourceSpec, store: Warehouse, key: str) -> dg.AssetMaterialization:
-    """Marks the file version published and returns the materialization that says so."""
-    published = store.mark_published(spec.name, key)
-    if not published:
-        raise dg.Failure(f"{key} has no completed load to publish")
+def published_materialization(
+    context: dg.OpExecutionContext, spec: SourceSpec, store: Warehouse, key: str
+) -> dg.AssetMaterialization:
+    """Publishes the file version's staged rows into the table consumers read and returns the
+    materialization that says so; a held version is refused."""
+    try:
+        published = publish(store, spec, key, context.run_id)
+    except HeldVersion as exc:
+        raise dg.Failure(str(exc), allow_retries=False) from None
+    except ValueError as exc:
+        raise dg.Failure(str(exc), allow_retries=False) from None
     return dg.AssetMaterialization(
         asset_key=f"{spec.name}_published",
         partition=key,
-        metadata={"source_id": published[0], "file_hash": published[1]},
+        metadata={
+            "source_id": published.source_id,
+            "file_hash": published.file_hash,
+            "inserted": published.inserted,
+            "updated": published.updated,
+            "unchanged": published.unchanged,
+        },
     )

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from harmonizer_dagster.core.harmonization import ROW_HASH_COLUMN, WAREHOUSE_ONLY_COLUMNS
+from harmonizer_dagster.core.harmonization import ROW_HASH_COLUMN
 from harmonizer_dagster.core.reading import LINE_COLUMN
 from harmonizer_dagster.core.rules import FIX_SCHEMA, Rule, canonical_params
 from harmonizer_dagster.core.settings import lock_timeout, stall_seconds
@@ -39,6 +39,9 @@ from harmonizer_dagster.core.warehouse.tables import (
     Indexing,
     canonical_columns,
     source_table_ddl,
+    stage_schema,
+    stage_table_ddl,
+    staged_columns,
     version_index_ddl,
 )
 
@@ -137,6 +140,8 @@ class Warehouse(ABC):
     def __init__(self, schema: str = "harmonizer"):
         self.schema_name = schema
         self.schema = quote_ident(schema)
+        # Where versions wait between their write and their publication (see `stage`).
+        self.stage_schema = quote_ident(stage_schema(schema))
         # The session `transaction()` opened, per thread: a warehouse may serve several threads
         # (the triage page's requests), and each transaction belongs to the thread that opened it.
         self._open = threading.local()
@@ -181,6 +186,10 @@ class Warehouse(ABC):
 
     def table(self, name: str) -> str:
         return f"{self.schema}.{quote_ident(name)}"
+
+    def stage_table(self, name: str) -> str:
+        """A source's stage: rows of versions written but not published, never read by consumers."""
+        return f"{self.stage_schema}.{quote_ident(name)}"
 
     def enforces_key(self, spec: SourceSpec) -> bool:
         """Whether the database itself keeps the source's natural keys unique (a valid unique
@@ -254,6 +263,13 @@ class Warehouse(ABC):
                     (version, description),
                 )
             tables = self._tables(s)
+            s.execute(f"CREATE SCHEMA IF NOT EXISTS {self.stage_schema}")
+            staged = self._tables(s, stage_schema(self.schema_name))
+            for spec in specs:
+                s.execute(stage_table_ddl(self.stage_schema, spec))
+                for name, kind in staged_columns(spec):
+                    if spec.name in staged and name not in staged[spec.name]:
+                        s.execute(f"ALTER TABLE {self.stage_table(spec.name)} ADD COLUMN {quote_ident(name)} {kind}")
             if "loader_settings" in tables:
                 s.execute(f"UPDATE {self.schema}.loader_settings SET stall_seconds = %s", (stall_seconds(),))
             if self.key_index and 6 not in applied:
@@ -279,12 +295,12 @@ class Warehouse(ABC):
                         f"USING CAST(left({ROW_HASH_COLUMN}, 32) AS UUID)"
                     )
 
-    def _tables(self, s: Session) -> dict[str, dict[str, str]]:
-        """The schema's tables, each with its columns' types."""
+    def _tables(self, s: Session, schema: str | None = None) -> dict[str, dict[str, str]]:
+        """The schema's tables (the warehouse's own unless named), each with its columns' types."""
         tables: dict[str, dict[str, str]] = {}
         for table, column, kind in s.execute(
             "SELECT table_name, column_name, lower(data_type) FROM information_schema.columns WHERE table_schema = %s",
-            (self.schema_name,),
+            (schema or self.schema_name,),
         ):
             tables.setdefault(table, {})[column] = kind
         return tables
@@ -299,22 +315,29 @@ class Warehouse(ABC):
             return False
         if s.execute(f"SELECT stall_seconds FROM {self.schema}.loader_settings")[0][0] != stall_seconds():
             return False
+        staged = self._tables(s, stage_schema(self.schema_name))
         return all(
             spec.name in tables
             and {name for name, _ in canonical_columns(spec)} <= tables[spec.name].keys()
             and tables[spec.name].get(ROW_HASH_COLUMN) == "uuid"
+            and {name for name, _ in staged_columns(spec)} <= staged.get(spec.name, {}).keys()
             for spec in specs
         )
 
     # -- the sources registry ---------------------------------------------------------------
 
-    def completed_version(self, source_type: str, file_hash: str, fingerprint: str) -> RegisteredVersion | None:
-        """The version already loaded from these exact bytes, with this spec and these rules."""
+    def decided_version(
+        self, source_type: str, partition_key: str, file_hash: str, fingerprint: str
+    ) -> RegisteredVersion | None:
+        """The version these exact bytes, with this spec and these rules, already came to: one
+        published under any partition, or one of this partition held or discarded by its checks
+        (loading the same bytes again would only come to the same verdict)."""
         rows = self.query(
             "SELECT source_id, partition_key, status, processing_fingerprint FROM {schema}.sources "
-            "WHERE source_type = %s AND file_hash = %s AND status = 'completed' "
-            "AND coalesce(processing_fingerprint, '') = %s ORDER BY source_id LIMIT 1",
-            (source_type, file_hash, fingerprint),
+            "WHERE source_type = %s AND file_hash = %s AND coalesce(processing_fingerprint, '') = %s "
+            "AND (status = 'completed' OR (status IN ('held', 'discarded') AND partition_key = %s)) "
+            "ORDER BY source_id LIMIT 1",
+            (source_type, file_hash, fingerprint, partition_key),
         )
         return RegisteredVersion(*rows[0]) if rows else None
 
@@ -348,7 +371,8 @@ class Warehouse(ABC):
                 s.execute(
                     f"UPDATE {self.schema}.sources SET status = %s, run_id = %s, import_started_at = now(), "
                     "import_completed_at = NULL, error_message = NULL, duplicate_of_source_id = %s, "
-                    "processing_fingerprint = %s, published_at = NULL, updated_at = now() WHERE source_id = %s",
+                    "processing_fingerprint = %s, published_at = NULL, held_because = NULL, updated_at = now() "
+                    "WHERE source_id = %s",
                     (status, run_id, duplicate_of, fingerprint, source_id),
                 )
                 return int(source_id)
@@ -375,8 +399,9 @@ class Warehouse(ABC):
             return int(rows[0][0])
 
     def version_counts(self, source_id: int) -> dict[str, int] | None:
-        """A completed version's record counts, with its issue counts, as the registry holds them.
-        A version identical to an earlier file has its counts."""
+        """A written version's record counts, with its issue counts, as the registry holds them:
+        what publishing it came to, or for a version not published yet (staged, held), what it
+        would come to. A version identical to an earlier file has its counts."""
         names = [
             "records_in_file",
             "records_imported",
@@ -394,7 +419,7 @@ class Warehouse(ABC):
             "(WHERE c.severity = 'warning') AS warnings FROM {schema}.version_issue_counts c, v "
             "WHERE c.source_id = v.id) "
             f"SELECT {', '.join('s.' + n for n in names)}, i.issues, i.warnings FROM {{schema}}.sources s, v, i "
-            "WHERE s.source_id = v.id AND s.status = 'completed'",
+            "WHERE s.source_id = v.id AND s.status IN ('completed', 'staged', 'held')",
             (source_id,),
         )
         if not rows:
@@ -434,16 +459,6 @@ class Warehouse(ABC):
             [*params, limit, (page - 1) * limit],
         )
         return [dict(zip(columns, row, strict=True)) for row in rows], total
-
-    def mark_published(self, source_type: str, partition_key: str) -> tuple[int, str] | None:
-        """Stamps the partition's latest finished load as published; its id and hash, or None."""
-        rows = self.query(
-            "UPDATE {schema}.sources SET published_at = now() WHERE source_id = (SELECT max(source_id) "
-            "FROM {schema}.sources WHERE source_type = %s AND partition_key = %s "
-            "AND status IN ('completed', 'skipped')) RETURNING source_id, file_hash",
-            (source_type, partition_key),
-        )
-        return (int(rows[0][0]), str(rows[0][1])) if rows else None
 
     @contextmanager
     def failure_recorded(self, source_id: int) -> Iterator[None]:
@@ -550,29 +565,40 @@ class Warehouse(ABC):
     def mark_failed(self, source_id: int, message: str) -> None:
         self.query(
             "UPDATE {schema}.sources SET status = 'failed', error_message = %s, updated_at = now() "
-            "WHERE source_id = %s AND status <> 'completed'",
+            "WHERE source_id = %s AND status NOT IN ('completed', 'held', 'discarded')",
             (message[:4000], source_id),
         )
 
-    # -- publishing one partition -----------------------------------------------------------
+    # -- write, audit, publish ----------------------------------------------------------------
 
-    def publish(
+    def stage(
         self, spec: SourceSpec, staged: StagedPartition, run_id: str, issue_checks: Sequence[IssueLink] = ()
     ) -> PublishCounts:
-        """Upserts the canonical rows, replaces the version's issues and failed records, counts
-        its issues and marks it completed, all in one transaction: a crash leaves the previous
-        state intact. Each issue is stored pointing at the first of `issue_checks` it matches."""
+        """Writes a version where it can be audited but not read: its canonical rows into the
+        source's stage, its issues, failed records and fixes where triage finds them, and in the
+        registry (status 'staged') the counts publishing it would come to. One transaction: a
+        crash leaves the previous state intact. Each issue is stored pointing at the first of
+        `issue_checks` it matches. The table consumers read is not touched (see `publish`)."""
+        columns = ", ".join(quote_ident(name) for name, _ in staged_columns(spec))
+        stage = self.stage_table(spec.name)
         with self._connected() as s:
-            arrival = self._arrival(s, spec, staged.partition_key)
-            version = (staged.file_hash, staged.partition_key)
-            counts = self._upsert(s, spec, staged.harmonized_files, staged.superseded_files, version, arrival)
+            s.load_parquet("_harmonizer_stage", staged_columns(spec), staged.harmonized_files, staged.superseded_files)
+            self.hold(s, f"stage {spec.name}")
+            s.execute(f"DELETE FROM {stage} WHERE _source_id = %s", (staged.source_id,))
+            s.execute(
+                f"INSERT INTO {stage} (_source_id, {columns}) SELECT %s, {columns} FROM _harmonizer_stage",
+                (staged.source_id,),
+            )
             if self._replace_version_rows(s, spec, staged, run_id, issue_checks):
                 self._count_versions(s, [staged.source_id])
+            arrival = self._arrival(s, spec, staged.partition_key)
+            counts = self._prospective_counts(s, spec, staged.source_id, arrival)
             s.execute(
-                f"UPDATE {self.schema}.sources SET status = 'completed', import_completed_at = now(), "
+                f"UPDATE {self.schema}.sources SET status = 'staged', import_completed_at = now(), "
                 "records_in_file = %s, records_processed = %s, records_imported = %s, records_failed = %s, "
                 "records_skipped = %s, records_inserted = %s, records_updated = %s, records_unchanged = %s, "
-                "error_message = NULL, run_id = %s, extra_fields = %s, updated_at = now() WHERE source_id = %s",
+                "error_message = NULL, held_because = NULL, published_at = NULL, run_id = %s, extra_fields = %s, "
+                "updated_at = now() WHERE source_id = %s",
                 (
                     staged.records_in_file,
                     staged.records_in_file,
@@ -588,6 +614,86 @@ class Warehouse(ABC):
                 ),
             )
         return counts
+
+    def _prospective_counts(self, s: Session, spec: SourceSpec, source_id: int, arrival: int) -> PublishCounts:
+        """What publishing a staged version would do to the table now: keys it would insert,
+        rows it would replace (never rows of a file that arrived later), rows it leaves as they are."""
+        keys = [quote_ident(k) for k in spec.natural_key]
+        joined = " AND ".join(f"t.{k} = s.{k}" for k in keys)
+        changed = f"t.{ROW_HASH_COLUMN} <> s.{ROW_HASH_COLUMN} AND coalesce(t._arrival, 0) <= {int(arrival)}"
+        inserted, updated, total = s.execute(
+            f"SELECT count(*) FILTER (WHERE t.{keys[0]} IS NULL), "
+            f"count(*) FILTER (WHERE t.{keys[0]} IS NOT NULL AND {changed}), count(*) "
+            f"FROM {self.stage_table(spec.name)} s LEFT JOIN {self.table(spec.name)} t ON {joined} "
+            f"WHERE s._source_id = {int(source_id)}"
+        )[0]
+        return PublishCounts(int(inserted), int(updated), int(total) - int(inserted) - int(updated))
+
+    def publish(self, spec: SourceSpec, source_id: int, run_id: str) -> PublishCounts:
+        """Moves a staged (or released) version's rows into the table consumers read, marks it
+        published with what it came to, and empties its stage: one transaction, so a consumer
+        sees all of the version or none of it."""
+        with self._connected() as s:
+            self.hold(s, f"publish {spec.name}")
+            found = s.execute(
+                f"SELECT partition_key, file_hash, status FROM {self.schema}.sources WHERE source_id = %s",
+                (source_id,),
+            )
+            if not found or found[0][2] not in ("staged", "held"):
+                raise ValueError(f"version {source_id} is not staged: {found[0][2] if found else 'unknown'}")
+            partition_key, file_hash, _ = found[0]
+            names = ", ".join(quote_ident(name) for name, _ in staged_columns(spec))
+            relation = f"(SELECT {names} FROM {self.stage_table(spec.name)} WHERE _source_id = {int(source_id)})"
+            staged = int(s.execute(f"SELECT count(*) FROM {relation} AS r")[0][0])
+            arrival = self._arrival(s, spec, partition_key)
+            counts = self._upsert(s, spec, relation, staged, (file_hash, partition_key), arrival)
+            s.execute(f"DELETE FROM {self.stage_table(spec.name)} WHERE _source_id = %s", (source_id,))
+            s.execute(
+                f"UPDATE {self.schema}.sources SET status = 'completed', published_at = now(), "
+                "records_imported = %s, records_inserted = %s, records_updated = %s, records_unchanged = %s, "
+                "run_id = %s, updated_at = now() WHERE source_id = %s",
+                (staged, counts.inserted, counts.updated, counts.unchanged, run_id, source_id),
+            )
+        return counts
+
+    def hold_version(self, source_id: int, failed_checks: Sequence[str]) -> None:
+        """Keeps a staged version out of the table consumers read: its blocking checks failed."""
+        self.query(
+            "UPDATE {schema}.sources SET status = 'held', held_because = %s, updated_at = now() "
+            "WHERE source_id = %s AND status IN ('staged', 'held')",
+            (", ".join(failed_checks), source_id),
+        )
+
+    def discard(self, spec: SourceSpec, source_id: int) -> None:
+        """Drops a held version's staged rows for good; its issues stay, as the record of why."""
+        with self._connected() as s:
+            s.execute(f"DELETE FROM {self.stage_table(spec.name)} WHERE _source_id = %s", (source_id,))
+            s.execute(
+                f"UPDATE {self.schema}.sources SET status = 'discarded', updated_at = now() WHERE source_id = %s",
+                (source_id,),
+            )
+
+    def record_decision(
+        self, source_id: int, source_type: str, partition_key: str, decision: str, by: str, reason: str
+    ) -> None:
+        """The steward's audit trail: who released or discarded which version, and why."""
+        self.query(
+            "INSERT INTO {schema}.version_decisions (source_id, source_type, partition_key, decision, decided_by, "
+            "reason) VALUES (%s, %s, %s, %s, %s, %s)",
+            (source_id, source_type, partition_key, decision, by, reason),
+        )
+
+    def mark_published(self, source_type: str, partition_key: str) -> tuple[int, str] | None:
+        """Stamps a version skipped as identical to a published one as published too; its id
+        and hash, or None when the partition's latest version is no such version."""
+        rows = self.query(
+            "UPDATE {schema}.sources SET published_at = coalesce(published_at, now()) WHERE source_id = ("
+            "SELECT max(source_id) FROM {schema}.sources WHERE source_type = %s AND partition_key = %s "
+            "AND status IN ('completed', 'skipped', 'staged', 'held', 'discarded')) "
+            "AND status IN ('completed', 'skipped') RETURNING source_id, file_hash",
+            (source_type, partition_key),
+        )
+        return (int(rows[0][0]), str(rows[0][1])) if rows else None
 
     def recount(self, source_ids: Sequence[int]) -> None:
         """Counts the versions' issues and dead letters again, after their triage changed (or a
@@ -657,7 +763,8 @@ class Warehouse(ABC):
         joined = " AND ".join(f"t.{k} = s.{k}" for k in keys)
         with self._connected() as s:
             arrival = self._arrival(s, spec, version[1])
-            counts = self._upsert(s, spec, harmonized_files, superseded_files, version, arrival, same_file_only=True)
+            staged = s.load_parquet("_harmonizer_stage", staged_columns(spec), harmonized_files, superseded_files)
+            counts = self._upsert(s, spec, "_harmonizer_stage", staged, version, arrival, same_file_only=True)
             written = {
                 row[0]
                 for row in s.execute(
@@ -690,8 +797,8 @@ class Warehouse(ABC):
         self,
         s: Session,
         spec: SourceSpec,
-        harmonized_files: list[Path],
-        superseded_files: list[Path],
+        relation: str,
+        staged: int,
         version: tuple[str, str],
         arrival: int,
         same_file_only: bool = False,
@@ -703,12 +810,12 @@ class Warehouse(ABC):
         DuckDB's UPDATE (or MERGE) of a wide row took 20-50 s where DELETE + INSERT took 3 s,
         and PostgreSQL, which writes a new row version either way, ran both alike. Counts come
         from the rows each statement wrote: no counting pass over the staged rows and the table.
-        `version` is the (file hash, partition key) every row is stamped with.
+        `relation` holds the `staged` rows; `version` is the (file hash, partition key) every
+        row is stamped with.
 
-        The source's publish lock is taken once the staged rows are in (the long part of a
-        PostgreSQL publish runs beside other loads) and before the first write: publishes of
-        one source follow each other, each seeing the rows the previous one committed."""
-        columns = [c for c in canonical_columns(spec) if c[0] not in WAREHOUSE_ONLY_COLUMNS]
+        The source's publish lock is taken before the first write: publishes of one source
+        follow each other, each seeing the rows the previous one committed."""
+        columns = staged_columns(spec)
         target = self.table(spec.name)
         keys = [quote_ident(k) for k in spec.natural_key]
         joined = " AND ".join(f"t.{k} = s.{k}" for k in keys)
@@ -716,17 +823,16 @@ class Warehouse(ABC):
         file_hash, partition_key = (quote_literal(v) for v in version)
         if same_file_only:
             changed += f" AND t._file_hash = {file_hash}"
-        staged = s.load_parquet("_harmonizer_stage", columns, harmonized_files, superseded_files)
         self.hold(s, f"publish {spec.name}")
         updated = s.modify(
             f"DELETE FROM {target} WHERE {self.row_id} IN "
-            f"(SELECT t.{self.row_id} FROM {target} t JOIN _harmonizer_stage s ON {joined} WHERE {changed})"
+            f"(SELECT t.{self.row_id} FROM {target} t JOIN {relation} s ON {joined} WHERE {changed})"
         )
         column_list = ", ".join(quote_ident(name) for name, _ in columns)
         written = s.modify(
             f"INSERT INTO {target} ({column_list}, _file_hash, _partition_key, _arrival, _loaded_at) "
             f"SELECT {column_list}, {file_hash}, {partition_key}, {int(arrival)}, now() "
-            f"FROM _harmonizer_stage s WHERE NOT EXISTS (SELECT 1 FROM {target} t WHERE {joined})"
+            f"FROM {relation} s WHERE NOT EXISTS (SELECT 1 FROM {target} t WHERE {joined})"
         )
         return PublishCounts(written - updated, updated, staged - written)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from harmonizer_dagster.core.harmonization import PROVENANCE_COLUMNS
+from harmonizer_dagster.core.harmonization import PROVENANCE_COLUMNS, WAREHOUSE_ONLY_COLUMNS
 from harmonizer_dagster.core.spec import Column, SourceSpec
 from harmonizer_dagster.core.sql import quote_ident
 
@@ -407,6 +407,24 @@ MIGRATIONS: list[tuple[int, str, list[str | Indexing]]] = [
             Indexing("DROP INDEX IF EXISTS {schema}.failed_records_source_idx", on_disk=False),
         ],
     ),
+    (
+        9,
+        "write-audit-publish: staged versions, held versions and the decisions taken on them",
+        [
+            # Why a version is held: the blocking checks it failed (its status is then 'held').
+            "ALTER TABLE {schema}.sources ADD COLUMN held_because VARCHAR",
+            # Who released or discarded a held version, when and why: the steward's audit trail.
+            """CREATE TABLE {schema}.version_decisions (
+                source_id BIGINT NOT NULL,
+                source_type VARCHAR NOT NULL,
+                partition_key VARCHAR NOT NULL,
+                decision VARCHAR NOT NULL,
+                decided_by VARCHAR NOT NULL,
+                reason VARCHAR NOT NULL,
+                decided_at TIMESTAMPTZ NOT NULL DEFAULT now()
+            )""",
+        ],
+    ),
 ]
 
 
@@ -430,3 +448,25 @@ def source_table_ddl(schema: str, spec: SourceSpec, *, primary_key: bool) -> str
     key = ", ".join(quote_ident(k) for k in spec.natural_key)
     constraint = f", PRIMARY KEY ({key})" if primary_key else ""
     return f"CREATE TABLE IF NOT EXISTS {schema}.{quote_ident(spec.name)} ({columns}{constraint})"
+
+
+def stage_schema(schema: str) -> str:
+    """The schema that holds staged versions, beside the one consumers read."""
+    return f"{schema}_stage"
+
+
+def stage_table_ddl(schema: str, spec: SourceSpec) -> str:
+    """A source's stage: the canonical rows of versions written and audited but not published,
+    each row tagged with its version's `_source_id`. Keys are NOT NULL, as in the source's
+    table; no key constraint, since several versions of one key may wait here at once."""
+    columns = ", ".join(
+        f"{quote_ident(name)} {kind}" + (" NOT NULL" if name in spec.natural_key else "")
+        for name, kind in staged_columns(spec)
+    )
+    return f"CREATE TABLE IF NOT EXISTS {schema}.{quote_ident(spec.name)} (_source_id BIGINT NOT NULL, {columns})"
+
+
+def staged_columns(spec: SourceSpec) -> list[tuple[str, str]]:
+    """The columns a version's staged rows carry: the canonical ones and what the file gives
+    them (line, row hash); the warehouse stamps the rest when it publishes."""
+    return [c for c in canonical_columns(spec) if c[0] not in WAREHOUSE_ONLY_COLUMNS]
