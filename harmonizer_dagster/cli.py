@@ -27,6 +27,7 @@ from harmonizer_dagster.core.triage import (
     list_rules,
     render,
     render_page,
+    shown,
     summarize,
 )
 from harmonizer_dagster.core.warehouse import Warehouse, open_warehouse
@@ -69,6 +70,11 @@ def summary() -> int:
         )
         for source, key, status, *counts in rows:
             print(f"{source:<20} {key:<28} {status:<10} " + " ".join(f"{c or 0:>8}" for c in counts))
+        held = sum(1 for _, _, status, *_ in rows if status == "held")
+        if held:
+            print(
+                f"\n{counted(held, 'version')} held by failed blocking checks (not in the tables): harmonizer held list"
+            )
         print("\nTables:")
         for spec in catalog:
             total = store.query(f"SELECT count(*) FROM {store.table(spec.name)}")[0][0]
@@ -79,6 +85,54 @@ def summary() -> int:
             )
     if catalog.errors:
         raise SpecError.combine(catalog.errors)
+    return 0
+
+
+def held(args: argparse.Namespace) -> int:
+    """Versions their blocking checks held out of the tables consumers read, and a steward's
+    decision on one: release (publish it as it is) or discard, with who and why recorded."""
+    from harmonizer_dagster.core.publishing import discard, held_versions, pending_changes, release
+
+    store = opened()
+    store.migrate([])
+    if args.held_command == "list":
+        versions = held_versions(store, args.source)
+        print(f"{'id':>6} {'source':<20} {'file':<28} {'new':>6} {'changed':>8} {'failed':>7}  held because")
+        for v in versions:
+            print(
+                f"{v.source_id:>6} {v.source:<20} {v.partition_key:<28} {v.new_keys:>6} {v.changed_rows:>8} "
+                f"{v.records_failed:>7}  {v.held_because}"
+            )
+        print(f"{counted(len(versions), 'held version')}")
+        return 0
+    found = held_versions(store, source_id=args.source_id)
+    if not found:
+        raise ValueError(f"no held version {args.source_id}: `harmonizer held list` shows them")
+    version = found[0]
+    spec = next(s for s in load_specs(Path(current("HARMONIZER_SOURCES_DIR"))) if s.name == version.source)
+    if args.held_command == "show":
+        changes, total = pending_changes(store, spec, version.source_id, args.page, args.limit)
+        print(f"{version.source}/{version.partition_key} is held: blocking check(s) failed: {version.held_because}")
+        print(
+            f"Publishing it would write {counted(total, 'row')}: {version.new_keys} new, {version.changed_rows} changed"
+        )
+        for change in changes:
+            key = ", ".join(f"{k}={v}" for k, v in change.key.items())
+            values = "; ".join(
+                f"{name}: {shown(before)} -> {shown(after)}" for name, (before, after) in change.changes.items()
+            )
+            print(f"  {change.kind:<7} {key}  {values}")
+        return 0
+    by = args.by or getpass.getuser()
+    if args.held_command == "release":
+        published = release(store, spec, version.source_id, by, args.reason)
+        print(
+            f"released {version.source}/{version.partition_key}: {published.inserted} inserted, "
+            f"{published.updated} updated, {published.unchanged} unchanged"
+        )
+    else:
+        discard(store, spec, version.source_id, by, args.reason)
+        print(f"discarded {version.source}/{version.partition_key}; its issues stay in the data-quality table")
     return 0
 
 
@@ -343,6 +397,21 @@ def main(argv: list[str] | None = None) -> int:
         default=current("HARMONIZER_DQ_ROOT_PATH"),
         help="the path prefix the proxy serves the page under, e.g. /dq (default: HARMONIZER_DQ_ROOT_PATH)",
     )
+    held_parser = commands.add_parser(
+        "held", help="versions held out of the tables by failed blocking checks: list, show, release, discard"
+    )
+    held_commands = held_parser.add_subparsers(dest="held_command", required=True)
+    held_list = held_commands.add_parser("list", help="every held version, with the checks it failed")
+    held_list.add_argument("--source", help="source name")
+    held_show = held_commands.add_parser("show", help="what publishing a held version would change, a page at a time")
+    held_show.add_argument("source_id", type=int)
+    held_show.add_argument("--limit", type=int, default=50, help="rows per page (default 50)")
+    held_show.add_argument("--page", type=int, default=1, help="which page to show (default 1)")
+    for name, what in (("release", "publish a held version as it is"), ("discard", "drop a held version")):
+        decide = held_commands.add_parser(name, help=f"{what}; who and why are recorded")
+        decide.add_argument("source_id", type=int)
+        decide.add_argument("--reason", required=True, help="why: kept with the decision")
+        decide.add_argument("--by", help="who decides (default: the login name)")
     status_parser = commands.add_parser(
         "status", help="the loader_status view: each recent version's status, progress and health (STALLED)"
     )
@@ -366,6 +435,8 @@ def main(argv: list[str] | None = None) -> int:
             return check_specs(args.folder or Path(current("HARMONIZER_SOURCES_DIR")))
         if args.command == "status":
             return status(args)
+        if args.command == "held":
+            return held(args)
         if args.command == "metrics":
             return metrics(args)
         if args.command == "init-source":

@@ -35,7 +35,12 @@ from harmonizer_dagster.orchestration.sensors import (
     build_s3_sensor,
     build_unrecorded_failures_sensor,
 )
-from harmonizer_dagster.orchestration.triage import build_report_asset, build_reprocess_job, triage_issues
+from harmonizer_dagster.orchestration.triage import (
+    build_decision_job,
+    build_report_asset,
+    build_reprocess_job,
+    triage_issues,
+)
 
 # Dagster raises this one itself when it binds resources to the job a landing sensor targets
 # (it copies the sensor with its empty owners); no sensor here sets owners.
@@ -221,7 +226,11 @@ def build_definitions() -> dg.Definitions:
             *load_jobs.values(),
             *files_jobs.values(),
             *fetch_jobs.values(),
-            *([build_register_job(specs), *ingest_jobs, build_reprocess_job(specs)] if specs else []),
+            *(
+                [build_register_job(specs), *ingest_jobs, build_reprocess_job(specs), build_decision_job(specs)]
+                if specs
+                else []
+            ),
             triage_issues,
         ],
         sensors=[

@@ -15,7 +15,6 @@ from harmonizer_dagster.core.quality import Evaluation, QualityCheck, checks_for
 from harmonizer_dagster.core.spec import SourceSpec
 from harmonizer_dagster.core.sql import quote_ident
 from harmonizer_dagster.core.warehouse import Warehouse
-from harmonizer_dagster.core.warehouse.tables import staged_columns
 
 
 class HeldVersion(Exception):
@@ -109,14 +108,17 @@ class Held:
     staged_at: Any
 
 
-def held_versions(store: Warehouse, source: str | None = None) -> list[Held]:
-    """The versions waiting for a steward's decision, oldest first."""
-    where, params = ("AND source_type = %s", [source]) if source else ("", [])
+def held_versions(store: Warehouse, source: str | None = None, source_id: int | None = None) -> list[Held]:
+    """The versions waiting for a steward's decision (of one source, or the one version), oldest first."""
+    where, params = "", []
+    for column, value in (("source_type", source), ("source_id", source_id)):
+        if value is not None:
+            where, params = f"{where} AND {column} = %s", [*params, value]
     rows = store.query(
         "SELECT source_id, source_type, partition_key, file_name, coalesce(held_because, ''), "
         "coalesce(records_in_file, 0), coalesce(records_failed, 0), coalesce(records_inserted, 0), "
         "coalesce(records_updated, 0), import_completed_at FROM {schema}.sources "
-        f"WHERE status = 'held' {where} ORDER BY source_id",
+        f"WHERE status = 'held'{where} ORDER BY source_id",
         params,
     )
     return [Held(*row) for row in rows]
@@ -178,8 +180,9 @@ def pending_changes(
     if page < 1 or limit < 1:
         raise ValueError("page and limit must be at least 1")
     keys = [quote_ident(k) for k in spec.natural_key]
-    values = [quote_ident(name) for name, _ in staged_columns(spec) if name not in spec.natural_key]
-    values = [v for v in values if not v.strip('"').startswith("_")]
+    # The values a consumer reads: every canonical column but the key and the provenance.
+    names = [c.name for c in spec.columns if c.name not in spec.natural_key]
+    values = [quote_ident(name) for name in names]
     joined = " AND ".join(f"t.{k} = s.{k}" for k in keys)
     arrival = store.query(
         "SELECT min(a.source_id) FROM {schema}.sources a JOIN {schema}.sources v ON a.source_type = v.source_type "
@@ -195,7 +198,6 @@ def pending_changes(
     selected = ", ".join([*(f"s.{k}" for k in keys), f"t.{keys[0]} IS NULL", *(f"t.{v}, s.{v}" for v in values)])
     order = ", ".join([f"t.{keys[0]} IS NULL DESC", *(f"s.{k}" for k in keys)])
     rows = store.query(f"SELECT {selected} {relation} ORDER BY {order} LIMIT %s OFFSET %s", (limit, (page - 1) * limit))
-    names = [name for name, _ in staged_columns(spec) if name not in spec.natural_key and not name.startswith("_")]
     changes = []
     for row in rows:
         key = dict(zip(spec.natural_key, row[: len(keys)], strict=True))

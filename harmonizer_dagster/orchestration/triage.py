@@ -1,5 +1,5 @@
-"""The data-quality workflow in the Dagster UI: triage job, dead-letter reprocessing, and a
-per-source report asset."""
+"""The data-quality workflow in the Dagster UI: triage job, a steward's decision on a held
+version, dead-letter reprocessing, and a per-source report asset."""
 
 from dataclasses import asdict
 from pathlib import Path
@@ -9,6 +9,7 @@ import dagster as dg
 from pydantic import Field
 
 from harmonizer_dagster.core.dead_letters import reprocess
+from harmonizer_dagster.core.publishing import discard, held_versions, release
 from harmonizer_dagster.core.report import quality_report
 from harmonizer_dagster.core.settings import current
 from harmonizer_dagster.core.spec import SourceSpec, load_specs
@@ -73,6 +74,53 @@ def triage_selected_issues(context: dg.OpExecutionContext, config: TriageConfig,
 @dg.job(description="Resolve, ignore or fix data-quality issues selected by id, type, source, file or field.")
 def triage_issues():
     triage_selected_issues()
+
+
+class DecisionConfig(dg.Config):
+    """A steward's decision on one held version (`harmonizer held list` and the triage page list them)."""
+
+    source_id: int = Field(description="The held version's id in the sources registry.")
+    decision: str = Field(description="release (publish it as it is) | discard (drop it for good)")
+    reason: str = Field(description="Why: kept with the decision.")
+    decided_by: str = Field(description="Who decides: kept with the decision.")
+
+
+def build_decision_job(specs: list[SourceSpec]) -> dg.JobDefinition:
+    by_name = {spec.name: spec for spec in specs}
+
+    @dg.op(description="Releases or discards a version its blocking checks held.")
+    def decide_held_version(context: dg.OpExecutionContext, config: DecisionConfig, warehouse: WarehouseResource):
+        store = warehouse.open()
+        found = held_versions(store, source_id=config.source_id)
+        if not found or found[0].source not in by_name:
+            raise dg.Failure(f"no held version {config.source_id} of this code location's sources")
+        version, spec = found[0], by_name[found[0].source]
+        by = f"{config.decided_by} (dagster run {context.run_id})"
+        if config.decision == "release":
+            published = release(store, spec, version.source_id, by, config.reason, context.run_id)
+            context.log_event(
+                dg.AssetMaterialization(
+                    asset_key=f"{spec.name}_published",
+                    partition=version.partition_key,
+                    metadata={"source_id": version.source_id, "released_by": by, "reason": config.reason}
+                    | {"inserted": published.inserted, "updated": published.updated},
+                )
+            )
+        elif config.decision == "discard":
+            discard(store, spec, version.source_id, by, config.reason)
+        else:
+            raise dg.Failure(f"decision must be release or discard, not {config.decision!r}")
+        context.log.info(f"{spec.name}/{version.partition_key}: {config.decision}d by {by}: {config.reason}")
+
+    @dg.job(
+        name="decide_held_version",
+        description="Release (publish as it is) or discard a file version its blocking checks held; who and why "
+        "are recorded.",
+    )
+    def decide():
+        decide_held_version()
+
+    return decide
 
 
 def build_reprocess_job(specs: list[SourceSpec]) -> dg.JobDefinition:

@@ -29,6 +29,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from harmonizer_dagster.core.dead_letters import list_failed, reprocess
+from harmonizer_dagster.core.publishing import discard, held_versions, pending_changes, release
 from harmonizer_dagster.core.report import overview
 from harmonizer_dagster.core.secrets import redact, secret_values
 from harmonizer_dagster.core.settings import DEFAULTS, current
@@ -144,6 +145,29 @@ def page_number(request: Request) -> int:
         return 1
 
 
+@dataclass(frozen=True)
+class FailedCheck:
+    """A check whose latest evaluation of a version failed: what a steward weighs before deciding."""
+
+    check_name: str
+    severity: str
+    message: str
+    evaluated_at: Any
+
+
+def failed_checks(store: Warehouse, source_id: int) -> list[FailedCheck]:
+    """The checks whose latest evaluation of the version failed, blocking ones first: an audit
+    run again on the same version replaces what the earlier one said."""
+    rows = store.query(
+        "SELECT check_name, severity, message, evaluated_at FROM (SELECT check_name, severity, passed, message, "
+        "evaluated_at, row_number() OVER (PARTITION BY check_name ORDER BY evaluated_at DESC) AS recency "
+        "FROM {schema}.data_quality_checks WHERE source_id = %s) AS c WHERE recency = 1 AND NOT passed "
+        "ORDER BY severity <> 'error', check_name",
+        (source_id,),
+    )
+    return [FailedCheck(*row) for row in rows]
+
+
 def create_app(settings: Settings, store: Warehouse | None = None) -> Starlette:
     """The triage page over `store` (default: the warehouse the settings name), and `/metrics`."""
     store = store or open_warehouse(settings.warehouse_url, settings.schema)
@@ -158,6 +182,9 @@ def create_app(settings: Settings, store: Warehouse | None = None) -> Starlette:
 
     def specs() -> list[SourceSpec]:
         return list(load_specs(settings.sources_dir))
+
+    def spec_named(name: str) -> SourceSpec | None:
+        return next((s for s in specs() if s.name == name), None)
 
     def render(request: Request, name: str, **context: Any) -> Response:
         root = request.scope.get("root_path", "")
@@ -327,7 +354,7 @@ def create_app(settings: Settings, store: Warehouse | None = None) -> Starlette:
     async def dead_letters_reprocess(request: Request) -> Response:
         form = await checked_form(request)
         name = str(form.get("source", ""))
-        spec = next((s for s in specs() if s.name == name), None)
+        spec = spec_named(name)
         if spec is None:
             flash(request, f"no spec for source {name!r}", "error")
         else:
@@ -338,6 +365,56 @@ def create_app(settings: Settings, store: Warehouse | None = None) -> Starlette:
                 f"({result.inserted} inserted, {result.updated} updated), {result.still_failing} still failing",
             )
         return back(request, "/dead-letters", str(form.get("back", "")))
+
+    async def held_page(request: Request) -> Response:
+        return render(request, "held.html", held=held_versions(store))
+
+    async def held_version_page(request: Request) -> Response:
+        source_id = request.path_params["source_id"]
+        found = held_versions(store, source_id=source_id)
+        if not found:
+            raise HTTPException(404, "no held version with this id: it may have been released or discarded")
+        held = found[0]
+        spec = spec_named(held.source)
+        page = page_number(request)
+        changes, total = pending_changes(store, spec, source_id, page, PAGE_SIZE) if spec else ([], 0)
+        return render(
+            request,
+            "held_version.html",
+            held=held,
+            spec=spec,
+            failed=failed_checks(store, source_id),
+            changes=changes,
+            total=total,
+            page=page,
+            limit=PAGE_SIZE,
+        )
+
+    async def held_action(request: Request) -> Response:
+        form = await checked_form(request)
+        source_id = request.path_params["source_id"]
+        action, name, reason = str(form.get("action", "")), str(form.get("source", "")), str(form.get("reason", ""))
+        who = actor(request)
+        spec = spec_named(name)
+        try:
+            if spec is None:
+                raise ValueError(f"no spec for source {name!r}")
+            if action == "release":
+                published = release(store, spec, source_id, who, reason)
+                flash(
+                    request,
+                    f"{name} version {source_id} released by {who} and published: "
+                    f"{counted(published.inserted, 'row')} inserted, {published.updated:,} updated",
+                )
+            elif action == "discard":
+                partition_key = discard(store, spec, source_id, who, reason)
+                flash(request, f"{name} {partition_key} discarded by {who}: its staged rows are dropped")
+            else:
+                raise ValueError(f"unknown action {action!r}")
+        except ValueError as error:
+            flash(request, str(error), "error")
+            return back(request, f"/held/{source_id}")
+        return back(request, "/held")
 
     return Starlette(
         routes=[
@@ -351,6 +428,9 @@ def create_app(settings: Settings, store: Warehouse | None = None) -> Starlette:
             Route("/rules/{rule_id:int}/enabled", rule_toggle, methods=["POST"]),
             Route("/dead-letters", dead_letters_page),
             Route("/dead-letters/reprocess", dead_letters_reprocess, methods=["POST"]),
+            Route("/held", held_page),
+            Route("/held/{source_id:int}", held_version_page),
+            Route("/held/{source_id:int}/action", held_action, methods=["POST"]),
             # A warehouse of its own: a scrape waits briefly for a load, the pages as long as it takes.
             Route("/metrics", metrics_endpoint(open_warehouse(settings.warehouse_url, settings.schema))),
             Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),

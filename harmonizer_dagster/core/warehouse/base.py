@@ -632,7 +632,8 @@ class Warehouse(ABC):
     def publish(self, spec: SourceSpec, source_id: int, run_id: str) -> PublishCounts:
         """Moves a staged (or released) version's rows into the table consumers read, marks it
         published with what it came to, and empties its stage: one transaction, so a consumer
-        sees all of the version or none of it."""
+        sees all of the version or none of it. Older versions of the partition still waiting
+        (held, or staged and never published) are superseded by it."""
         with self._connected() as s:
             self.hold(s, f"publish {spec.name}")
             found = s.execute(
@@ -647,7 +648,22 @@ class Warehouse(ABC):
             staged = int(s.execute(f"SELECT count(*) FROM {relation} AS r")[0][0])
             arrival = self._arrival(s, spec, partition_key)
             counts = self._upsert(s, spec, relation, staged, (file_hash, partition_key), arrival)
-            s.execute(f"DELETE FROM {self.stage_table(spec.name)} WHERE _source_id = %s", (source_id,))
+            # Older versions of the partition still waiting are superseded: releasing one now
+            # would overwrite this version's rows with the older file's.
+            waiting = [source_id] + [
+                int(row[0])
+                for row in s.execute(
+                    f"SELECT source_id FROM {self.schema}.sources WHERE source_type = %s AND partition_key = %s "
+                    "AND source_id < %s AND status IN ('staged', 'held')",
+                    (spec.name, partition_key, source_id),
+                )
+            ]
+            s.execute(f"DELETE FROM {self.stage_table(spec.name)} WHERE _source_id IN ({', '.join(map(str, waiting))})")
+            if len(waiting) > 1:
+                s.execute(
+                    f"UPDATE {self.schema}.sources SET status = 'superseded', updated_at = now() "
+                    f"WHERE source_id IN ({', '.join(map(str, waiting[1:]))})"
+                )
             s.execute(
                 f"UPDATE {self.schema}.sources SET status = 'completed', published_at = now(), "
                 "records_imported = %s, records_inserted = %s, records_updated = %s, records_unchanged = %s, "
