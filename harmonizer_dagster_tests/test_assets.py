@@ -38,6 +38,7 @@ def test_definitions_snapshot():
         "smoke_test",
         "triage_issues",
         "reprocess_failed_records",
+        "decide_held_version",
     }
     repository = defs.get_repository_def()
     assert {s.name for s in repository.sensor_defs} == {
@@ -96,11 +97,12 @@ def test_materializing_a_partition_reports_counts_schema_and_data_version(enviro
 
 def test_reexecution_from_failure_resumes_at_the_failed_op(environment, instance):
     instance.add_dynamic_partitions("business_registry_files", [Q3])
-    # A column the pipeline does not fill makes the upsert fail after the other ops succeeded.
+    # A column the pipeline does not fill makes the stage op fail after the other ops succeeded.
     with duckdb.connect(str(environment)) as con:
-        con.execute("CREATE SCHEMA harmonizer")
+        con.execute("CREATE SCHEMA harmonizer_stage")
         con.execute(
-            "CREATE TABLE harmonizer.business_registry (corp_number VARCHAR PRIMARY KEY, blocker VARCHAR NOT NULL)"
+            "CREATE TABLE harmonizer_stage.business_registry (_source_id BIGINT, corp_number VARCHAR, "
+            "blocker VARCHAR NOT NULL)"
         )
     job = dg.reconstructable(reconstructable_jobs.load_business_registry)
     with dg.execute_job(job, instance, tags={"dagster/partition": Q3}, raise_on_error=False) as first:
@@ -113,7 +115,7 @@ def test_reexecution_from_failure_resumes_at_the_failed_op(environment, instance
     status.close()
 
     with duckdb.connect(str(environment)) as con:
-        con.execute("ALTER TABLE harmonizer.business_registry DROP COLUMN blocker")
+        con.execute("ALTER TABLE harmonizer_stage.business_registry DROP COLUMN blocker")
     options = dg.ReexecutionOptions.from_failure(first_run_id, instance)
     # As the UI's "re-execute from failure" does, the new run keeps its parent's partition tag.
     with dg.execute_job(job, instance, reexecution_options=options, tags={"dagster/partition": Q3}) as second:

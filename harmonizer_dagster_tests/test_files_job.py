@@ -268,12 +268,13 @@ def test_a_failed_blocking_check_fails_its_file_in_a_backfill_range(warehouse_ur
     assert not result.success
     (failure,) = [event for event in result.all_events if event.event_type == dg.DagsterEventType.STEP_FAILURE]
     reason = failure.step_failure_data.error.message
-    assert "1 of 3 file(s) failed: bad zips.csv: bad zips.csv is not published: blocking check(s) failed: " in reason
+    assert "1 of 3 file(s) failed: bad zips.csv: bad zips.csv is held, not published: blocking check(s) " in reason
     store = open_warehouse(warehouse_url, "harmonizer")
     loaded = store.query("SELECT partition_key, status, published_at IS NOT NULL FROM harmonizer.sources")
     assert sorted(loaded) == sorted(
-        [(first, "completed", True), ("bad zips.csv", "completed", False), (last, "completed", True)]
+        [(first, "completed", True), ("bad zips.csv", "held", False), (last, "completed", True)]
     )
+    assert store.query("SELECT count(*) FROM harmonizer.business_registry WHERE home_office_zip = '1234'") == [(0,)]
 
 
 def test_a_backfill_range_of_the_source_alone_loads_without_publishing(warehouse_url, instance, tmp_path):
@@ -296,4 +297,5 @@ def test_a_backfill_range_of_the_source_alone_loads_without_publishing(warehouse
     } == {(SOURCE, first), (SOURCE, last)}
     store = open_warehouse(warehouse_url, "harmonizer")
     loaded = store.query("SELECT partition_key, status, published_at IS NOT NULL FROM harmonizer.sources")
-    assert sorted(loaded) == [(first, "completed", False), (last, "completed", False)]
+    assert sorted(loaded) == [(first, "staged", False), (last, "staged", False)]
+    assert store.query("SELECT count(*) FROM harmonizer.business_registry") == [(0,)], "staged, not yet published"

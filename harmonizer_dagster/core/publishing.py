@@ -60,26 +60,27 @@ class Publication:
 
 def publish(store: Warehouse, spec: SourceSpec, partition_key: str, run_id: str) -> Publication:
     """Publishes the partition's latest version unless it is held. A version that is already
-    published, or identical to a published one, is marked so again: publishing is idempotent."""
-    with store.transaction():
-        version = _latest(store, spec.name, partition_key)
-        if version is None:
-            raise ValueError(f"{partition_key} has no load to publish")
-        source_id, file_hash, status, held_because = version
-        if status == "held":
-            raise HeldVersion(
-                f"{partition_key} is held: blocking check(s) failed: {held_because}; "
-                "a data steward can release or discard it"
-            )
-        if status == "discarded":
-            raise HeldVersion(f"{partition_key} was discarded by a data steward")
-        if status == "staged":
-            counts = store.publish(spec, source_id, run_id)
-            return Publication(source_id, file_hash, counts.inserted, counts.updated, counts.unchanged)
-        published = store.mark_published(spec.name, partition_key)
-        if published is None:
-            raise ValueError(f"{partition_key} has no load to publish ({status})")
-        return Publication(*published)
+    published, or identical to a published one, is marked so again: publishing is idempotent.
+    The lookup is a transaction of its own: the publish checks again, under the source's lock,
+    that the version is still staged."""
+    version = _latest(store, spec.name, partition_key)
+    if version is None:
+        raise ValueError(f"{partition_key} has no load to publish")
+    source_id, file_hash, status, held_because = version
+    if status == "held":
+        raise HeldVersion(
+            f"{partition_key} is held: blocking check(s) failed: {held_because}; "
+            "a data steward can release or discard it"
+        )
+    if status == "discarded":
+        raise HeldVersion(f"{partition_key} was discarded by a data steward")
+    if status == "staged":
+        counts = store.publish(spec, source_id, run_id)
+        return Publication(source_id, file_hash, counts.inserted, counts.updated, counts.unchanged)
+    published = store.mark_published(spec.name, partition_key)
+    if published is None:
+        raise ValueError(f"{partition_key} has no load to publish ({status})")
+    return Publication(*published)
 
 
 def _latest(store: Warehouse, source_type: str, partition_key: str) -> tuple[int, str, str, str | None] | None:
@@ -161,6 +162,29 @@ def _held(store: Warehouse, spec: SourceSpec, source_id: int) -> tuple[str, str]
     if rows[0][2] != "held":
         raise ValueError(f"{spec.name} version {source_id} is {rows[0][2]}, not held")
     return str(rows[0][0]), str(rows[0][1])
+
+
+@dataclass(frozen=True)
+class FailedCheck:
+    """A check whose latest evaluation of a version failed: what a steward weighs before deciding."""
+
+    check_name: str
+    severity: str
+    message: str
+    evaluated_at: Any
+
+
+def failed_checks(store: Warehouse, source_id: int) -> list[FailedCheck]:
+    """The checks whose latest evaluation of the version failed, blocking ones first: an audit
+    run again on the same version replaces what the earlier one said."""
+    rows = store.query(
+        "SELECT check_name, severity, message, evaluated_at FROM (SELECT check_name, severity, passed, message, "
+        "evaluated_at, row_number() OVER (PARTITION BY check_name ORDER BY evaluated_at DESC) AS recency "
+        "FROM {schema}.data_quality_checks WHERE source_id = %s) AS c WHERE recency = 1 AND NOT passed "
+        "ORDER BY severity <> 'error', check_name",
+        (source_id,),
+    )
+    return [FailedCheck(*row) for row in rows]
 
 
 @dataclass(frozen=True)

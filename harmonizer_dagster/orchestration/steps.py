@@ -5,7 +5,7 @@ step in turn within one step (write, audit, publish), each reported as its own p
 import os
 import traceback
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -241,28 +241,38 @@ def load_files_in_turn(
         failed[key] = exc
         context.log.error(f"{key} failed: {type(exc).__name__}: {str(exc).strip()}")
 
-    staged: str | None = None  # the file whose audit and publication come next
+    staged: HashedVersion | None = None  # the file whose audit and publication come next
+
+    def hash_and_prepare(key: str) -> tuple[HashedVersion, Future[None]] | None:
+        try:
+            hashed = hash_file(context, spec, locate(landing.landing_path, spec.name, key), store, landing)
+            return hashed, ahead.submit(_prepare, context, spec, hashed, store, landing)
+        except Exception as exc:
+            fail(key, exc)
+            return None
+
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{spec.name}-prepare") as ahead:
         for key in [*keys, None]:
-            preparing = None
-            if key is not None:
-                try:
-                    hashed = hash_file(context, spec, locate(landing.landing_path, spec.name, key), store, landing)
-                    preparing = hashed, ahead.submit(_prepare, context, spec, hashed, store, landing)
-                except Exception as exc:
-                    fail(key, exc)
+            preparing = hash_and_prepare(key) if key is not None else None
+            # A file with the bytes of the one still to publish waits for it: hashed again once
+            # that one is published, it is skipped as loaded.
+            repeated = preparing is not None and staged is not None and preparing[0].file_hash == staged.file_hash
+            if repeated:
+                preparing[1].result()
             if staged is not None:
                 try:
-                    audit_and_publish(context, spec, store, staged, publication)
+                    audit_and_publish(context, spec, store, staged.partition_key, publication)
                 except Exception as exc:
-                    fail(staged, exc)
+                    fail(staged.partition_key, exc)
                 staged = None
+            if repeated:
+                preparing = hash_and_prepare(key)
             if preparing is not None:
                 hashed, prepared = preparing
                 try:
                     prepared.result()
                     stage_and_report(context, spec, hashed, store)
-                    staged = hashed.partition_key
+                    staged = hashed
                 except Exception as exc:
                     fail(hashed.partition_key, exc)
     return failed

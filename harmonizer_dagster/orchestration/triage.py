@@ -89,7 +89,7 @@ def build_decision_job(specs: list[SourceSpec]) -> dg.JobDefinition:
     by_name = {spec.name: spec for spec in specs}
 
     @dg.op(description="Releases or discards a version its blocking checks held.")
-    def decide_held_version(context: dg.OpExecutionContext, config: DecisionConfig, warehouse: WarehouseResource):
+    def release_or_discard(context: dg.OpExecutionContext, config: DecisionConfig, warehouse: WarehouseResource):
         store = warehouse.open()
         found = held_versions(store, source_id=config.source_id)
         if not found or found[0].source not in by_name:
@@ -118,7 +118,7 @@ def build_decision_job(specs: list[SourceSpec]) -> dg.JobDefinition:
         "are recorded.",
     )
     def decide():
-        decide_held_version()
+        release_or_discard()
 
     return decide
 

@@ -29,7 +29,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from harmonizer_dagster.core.dead_letters import list_failed, reprocess
-from harmonizer_dagster.core.publishing import discard, held_versions, pending_changes, release
+from harmonizer_dagster.core.publishing import discard, failed_checks, held_versions, pending_changes, release
 from harmonizer_dagster.core.report import overview
 from harmonizer_dagster.core.secrets import redact, secret_values
 from harmonizer_dagster.core.settings import DEFAULTS, current
@@ -143,29 +143,6 @@ def page_number(request: Request) -> int:
         return max(1, int(request.query_params.get("page", "1")))
     except ValueError:
         return 1
-
-
-@dataclass(frozen=True)
-class FailedCheck:
-    """A check whose latest evaluation of a version failed: what a steward weighs before deciding."""
-
-    check_name: str
-    severity: str
-    message: str
-    evaluated_at: Any
-
-
-def failed_checks(store: Warehouse, source_id: int) -> list[FailedCheck]:
-    """The checks whose latest evaluation of the version failed, blocking ones first: an audit
-    run again on the same version replaces what the earlier one said."""
-    rows = store.query(
-        "SELECT check_name, severity, message, evaluated_at FROM (SELECT check_name, severity, passed, message, "
-        "evaluated_at, row_number() OVER (PARTITION BY check_name ORDER BY evaluated_at DESC) AS recency "
-        "FROM {schema}.data_quality_checks WHERE source_id = %s) AS c WHERE recency = 1 AND NOT passed "
-        "ORDER BY severity <> 'error', check_name",
-        (source_id,),
-    )
-    return [FailedCheck(*row) for row in rows]
 
 
 def create_app(settings: Settings, store: Warehouse | None = None) -> Starlette:
@@ -413,7 +390,8 @@ def create_app(settings: Settings, store: Warehouse | None = None) -> Starlette:
                 raise ValueError(f"unknown action {action!r}")
         except ValueError as error:
             flash(request, str(error), "error")
-            return back(request, f"/held/{source_id}")
+            # Back to the version while it waits; one already decided has no page of its own.
+            return back(request, f"/held/{source_id}" if held_versions(store, source_id=source_id) else "/held")
         return back(request, "/held")
 
     return Starlette(

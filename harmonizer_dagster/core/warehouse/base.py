@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from harmonizer_dagster.core.harmonization import ROW_HASH_COLUMN
+from harmonizer_dagster.core.harmonization import ROW_HASH_COLUMN, WAREHOUSE_ONLY_COLUMNS
 from harmonizer_dagster.core.reading import LINE_COLUMN
 from harmonizer_dagster.core.rules import FIX_SCHEMA, Rule, canonical_params
 from harmonizer_dagster.core.settings import lock_timeout, stall_seconds
@@ -643,11 +643,19 @@ class Warehouse(ABC):
             if not found or found[0][2] not in ("staged", "held"):
                 raise ValueError(f"version {source_id} is not staged: {found[0][2] if found else 'unknown'}")
             partition_key, file_hash, _ = found[0]
-            names = ", ".join(quote_ident(name) for name, _ in staged_columns(spec))
+            # The columns both tables have: with `schema_evolution: evolve`, the version's new
+            # columns, which staging added to both, are not in the spec.
+            table = self._tables(s)[spec.name]
+            columns = [
+                (name, kind)
+                for name, kind in self._tables(s, stage_schema(self.schema_name))[spec.name].items()
+                if name in table and name not in WAREHOUSE_ONLY_COLUMNS
+            ]
+            names = ", ".join(quote_ident(name) for name, _ in columns)
             relation = f"(SELECT {names} FROM {self.stage_table(spec.name)} WHERE _source_id = {int(source_id)})"
             staged = int(s.execute(f"SELECT count(*) FROM {relation} AS r")[0][0])
             arrival = self._arrival(s, spec, partition_key)
-            counts = self._upsert(s, spec, relation, staged, (file_hash, partition_key), arrival)
+            counts = self._upsert(s, spec, relation, staged, (file_hash, partition_key), arrival, columns=columns)
             # Older versions of the partition still waiting are superseded: releasing one now
             # would overwrite this version's rows with the older file's.
             waiting = [source_id] + [
@@ -818,6 +826,7 @@ class Warehouse(ABC):
         version: tuple[str, str],
         arrival: int,
         same_file_only: bool = False,
+        columns: Sequence[tuple[str, str]] = (),
     ) -> PublishCounts:
         """New keys inserted, changed rows updated unless a later-arriving file wrote them,
         rows with an unchanged content hash untouched.
@@ -827,11 +836,11 @@ class Warehouse(ABC):
         and PostgreSQL, which writes a new row version either way, ran both alike. Counts come
         from the rows each statement wrote: no counting pass over the staged rows and the table.
         `relation` holds the `staged` rows; `version` is the (file hash, partition key) every
-        row is stamped with.
+        row is stamped with; `columns`, those it holds (default: the spec's).
 
         The source's publish lock is taken before the first write: publishes of one source
         follow each other, each seeing the rows the previous one committed."""
-        columns = staged_columns(spec)
+        columns = columns or staged_columns(spec)
         target = self.table(spec.name)
         keys = [quote_ident(k) for k in spec.natural_key]
         joined = " AND ".join(f"t.{k} = s.{k}" for k in keys)
