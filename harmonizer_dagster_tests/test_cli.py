@@ -58,6 +58,22 @@ def test_register_then_materialize_one_partition_on_the_embedded_default(base_en
         env=env,
         cwd=tmp_path,
     )
+    with duckdb.connect(str(warehouse), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM harmonizer.business_registry").fetchone() == (0,), "staged only"
+        assert con.execute("SELECT status FROM harmonizer.sources").fetchall() == [("staged",)]
+    # Publishing is its own asset: materialized now, it moves the audited version into the table.
+    dagster(
+        "asset",
+        "materialize",
+        "-m",
+        "harmonizer_dagster",
+        "--select",
+        "business_registry_published",
+        "--partition",
+        "registry_2026-Q4.csv.gz",
+        env=env,
+        cwd=tmp_path,
+    )
 
     with duckdb.connect(str(warehouse), read_only=True) as con:
         assert con.execute("SELECT count(*) FROM harmonizer.business_registry").fetchone() == (988,)
