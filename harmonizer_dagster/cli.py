@@ -76,7 +76,16 @@ def summary() -> int:
                 f"\n{counted(held, 'version')} held by failed blocking checks (not in the tables): harmonizer held list"
             )
         print("\nTables:")
+        created = {
+            name
+            for (name,) in store.query(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = %s", (store.schema_name,)
+            )
+        }
         for spec in catalog:
+            if spec.name not in created:
+                print(f"  {store.schema_name}.{spec.name}: not created yet (no file of it loaded)")
+                continue
             total = store.query(f"SELECT count(*) FROM {store.table(spec.name)}")[0][0]
             print(f"  {store.schema_name}.{spec.name}: {total} rows")
         for table in ("data_quality_issues", "failed_records"):

@@ -90,7 +90,13 @@ def warehouse(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Wareho
     store = open_warehouse(warehouse_url(request.param, tmp_path, request), schema)
     yield store
     if request.param == "postgres":
-        store.query(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        drop_schemas(store)
+
+
+def drop_schemas(store: Warehouse) -> None:
+    """Drops a PostgreSQL warehouse's schemas: its tables and its stage."""
+    store.query(f"DROP SCHEMA IF EXISTS {store.schema} CASCADE")
+    store.query(f"DROP SCHEMA IF EXISTS {store.stage_schema} CASCADE")
 
 
 def csv_spec(columns: dict, *, name: str = "t", natural_key: tuple[str, ...] = ("k",)) -> SourceSpec:

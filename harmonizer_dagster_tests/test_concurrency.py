@@ -24,7 +24,7 @@ from harmonizer_dagster.core.warehouse import Warehouse, open_warehouse
 from harmonizer_dagster.core.warehouse.base import WarehouseBusy
 from harmonizer_dagster.core.warehouse.duckdb import DuckDBWarehouse
 from harmonizer_dagster.web.app import Settings, create_app
-from harmonizer_dagster_tests.conftest import SOURCES_DIR, load_file
+from harmonizer_dagster_tests.conftest import SOURCES_DIR, drop_schemas, load_file
 
 SOURCE = "business_registry"
 Q3 = "registry_2026-Q3.csv"
@@ -83,7 +83,7 @@ def a_fresh_one_beside(store: Warehouse, tmp_path: Path) -> Iterator[Warehouse]:
     try:
         yield fresh
     finally:
-        fresh.query("DROP SCHEMA IF EXISTS {schema} CASCADE")
+        drop_schemas(fresh)
 
 
 def write_versions(landing: Path, count: int) -> list[str]:

@@ -9,7 +9,7 @@ import pytest
 
 from harmonizer_dagster.cli import main
 from harmonizer_dagster.core.warehouse import Warehouse, open_warehouse
-from harmonizer_dagster_tests.conftest import WAREHOUSES, load_file, warehouse_url
+from harmonizer_dagster_tests.conftest import WAREHOUSES, drop_schemas, load_file, warehouse_url
 from harmonizer_dagster_tests.test_dq_web import csrf, flashes, page_app
 
 SOURCE = "business_registry"
@@ -26,7 +26,7 @@ def loaded(request, monkeypatch, specs, landing, tmp_path) -> Iterator[Warehouse
     load_file(specs[SOURCE], landing, Q3, store, tmp_path / "s")
     yield store
     if request.param == "postgres":
-        store.query("DROP SCHEMA IF EXISTS harmonizer CASCADE")
+        drop_schemas(store)
 
 
 def harmonizer(capsys, *args: str) -> str:
@@ -166,3 +166,30 @@ def test_a_fix_on_a_warehouse_an_older_version_wrote_brings_it_up_to_date(loaded
     )
     assert out.strip().endswith("; 1 rule created (rule 1)")
     assert loaded.query("SELECT version FROM {schema}.schema_migrations WHERE version = 5") == [(5,)]
+
+
+def test_a_steward_lists_shows_and_releases_a_held_version_from_the_terminal(loaded, landing, capsys, tmp_path, specs):
+    from harmonizer_dagster_tests.test_write_audit_publish import cities, land_held_file
+
+    keys = ["000001", "000002", "000003", "000004"]
+    land_held_file(landing, "held.csv", keys, "NOWHERE")
+    load_file(specs[SOURCE], landing, "held.csv", loaded, tmp_path / "s")
+    before = cities(loaded, keys)
+
+    listed = harmonizer(capsys, "held", "list")
+    (source_id,) = [line.split()[0] for line in listed.splitlines() if "held.csv" in line]
+    assert "rejected_rate" in listed and "1 held version" in listed
+    shown = harmonizer(capsys, "held", "show", source_id)
+    assert "would write 4 rows: 0 new, 4 changed" in shown
+    assert f"changed corp_number=000001  home_office_city: {before['000001']} -> NOWHERE" in shown
+    assert "held by failed blocking checks" in harmonizer(capsys, "summary")
+    assert main(["held", "release", source_id, "--reason", " "]) == 1
+    assert "needs who decides and why" in capsys.readouterr().err
+
+    released = harmonizer(capsys, "held", "release", source_id, "--reason", "expected this quarter", "--by", "dana")
+    assert "released business_registry/held.csv: 0 inserted, 4 updated, 0 unchanged" in released
+    assert cities(loaded, keys) == dict.fromkeys(keys, "NOWHERE")
+    assert loaded.query("SELECT decided_by, reason FROM {schema}.version_decisions") == [
+        ("dana", "expected this quarter")
+    ]
+    assert "0 held versions" in harmonizer(capsys, "held", "list")

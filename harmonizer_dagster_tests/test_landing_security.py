@@ -18,7 +18,7 @@ from harmonizer_dagster.core.warehouse import open_warehouse
 from harmonizer_dagster.definitions import build_definitions
 from harmonizer_dagster.orchestration.resources import LandingZone
 from harmonizer_dagster.orchestration.sensors import build_folder_sensor, landing_tick
-from harmonizer_dagster_tests.conftest import WAREHOUSES, load_file, warehouse_url
+from harmonizer_dagster_tests.conftest import WAREHOUSES, drop_schemas, load_file, warehouse_url
 from harmonizer_dagster_tests.test_sensors import files_job, requested
 
 SOURCE = "business_registry"
@@ -145,7 +145,7 @@ def location(request, monkeypatch, landing, tmp_path):
     store = open_warehouse(url)
     yield store
     if request.param == "postgres":
-        store.query("DROP SCHEMA IF EXISTS harmonizer CASCADE")
+        drop_schemas(store)
 
 
 def _messages(instance: dg.DagsterInstance, run_id: str) -> str:

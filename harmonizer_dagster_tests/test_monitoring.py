@@ -29,7 +29,7 @@ from harmonizer_dagster.core.samples import registry_rows
 from harmonizer_dagster.core.triage import Selection, act
 from harmonizer_dagster.core.warehouse import Warehouse, open_warehouse
 from harmonizer_dagster.web.metrics import create_metrics_app
-from harmonizer_dagster_tests.conftest import SAMPLES_DIR, load_file, warehouse_url
+from harmonizer_dagster_tests.conftest import SAMPLES_DIR, drop_schemas, load_file, warehouse_url
 from harmonizer_dagster_tests.fleet import free_port
 from harmonizer_dagster_tests.postgres_server import fresh_database
 
@@ -360,7 +360,7 @@ def test_tallies_follow_loads_triage_and_reloads(kind, specs, landing, tmp_path,
     load_file(spec, landing, FILE, store, tmp_path / "staging")
     assert figures() == truth()
     if kind == "postgres":
-        store.query(f"DROP SCHEMA {store.schema} CASCADE")
+        drop_schemas(store)
 
 
 @pytest.mark.parametrize("record_every_s", [0.0, 3600.0])

@@ -161,3 +161,17 @@ def test_a_held_version_does_not_block_later_ones_and_its_release_never_moves_a_
     assert cities(warehouse, keys) == {keys[0]: "LATER", keys[1]: "LATER", keys[2]: "NOWHERE", keys[3]: "NOWHERE"}
     assert before_release[keys[2]] != "NOWHERE"
     assert (published.updated, published.unchanged) == (2, 2)
+
+
+def test_metrics_show_a_held_version_with_the_checks_it_failed(warehouse, loaded, landing, tmp_path):
+    from starlette.testclient import TestClient
+
+    from harmonizer_dagster.web.metrics import create_metrics_app
+
+    spec, keys = loaded
+    land_held_file(landing, "held.csv", keys, "NOWHERE")
+    load_file(spec, landing, "held.csv", warehouse, tmp_path / "staging")
+
+    scraped = TestClient(create_metrics_app(warehouse)).get("/metrics").text
+    assert f'harmonizer_versions{{source="{SOURCE}",status="held"}} 1.0' in scraped
+    assert f'harmonizer_held_versions{{check="rejected_rate",source="{SOURCE}"}} 1.0' in scraped

@@ -105,6 +105,8 @@ class SourceFigures:
     issues: dict[tuple[str, str], int] = field(default_factory=dict)
     open_issues: int = 0
     dead_letters: dict[str, int] = field(default_factory=dict)
+    # Held versions by a blocking check they failed (a version failing two counts under both).
+    held: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -135,6 +137,7 @@ def snapshot(warehouse: Warehouse) -> Snapshot:
             return found
         _versions(warehouse, found)
         _tallies(warehouse, found)
+        _held(warehouse, found)
         for row in warehouse.query(
             "SELECT source_type, partition_key, coalesce(records_processed, 0), records_expected, file_size_bytes, "
             "extract(epoch FROM heartbeat_at) FROM {schema}.sources WHERE status = 'processing'"
@@ -174,6 +177,15 @@ def _versions(warehouse: Warehouse, found: Snapshot) -> None:
 
 def _latest(known: float | None, found: float | None) -> float | None:
     return known if found is None else max(float(found), known or 0.0)
+
+
+def _held(warehouse: Warehouse, found: Snapshot) -> None:
+    for source, checks in warehouse.query(
+        "SELECT source_type, coalesce(held_because, '') FROM {schema}.sources WHERE status = 'held'"
+    ):
+        figures = found.sources.setdefault(source, SourceFigures())
+        for check in checks.split(", "):
+            figures.held[check] = figures.held.get(check, 0) + 1
 
 
 def _tallies(warehouse: Warehouse, found: Snapshot) -> None:

@@ -100,6 +100,11 @@ def _registry_metrics(found: Snapshot) -> Iterator[Metric]:
         "File versions by status (stalled: processing, no heartbeat)",
         labels=["source", "status"],
     )
+    held = GaugeMetricFamily(
+        "harmonizer_held_versions",
+        "Versions held out of the tables by a failed blocking check, by check",
+        labels=["source", "check"],
+    )
     durations = HistogramMetricFamily(
         "harmonizer_load_duration_seconds", "Seconds from registration to completion of loads", labels=["source"]
     )
@@ -121,6 +126,8 @@ def _registry_metrics(found: Snapshot) -> Iterator[Metric]:
             dead.add_metric([source, error_type], value)
         for status, value in sorted(figures.versions.items()):
             versions.add_metric([source, status], value)
+        for check, value in sorted(figures.held.items()):
+            held.add_metric([source, check], value)
         buckets: list[tuple[str, float]] = [
             (str(b), c) for b, c in zip(DURATION_BUCKETS, figures.durations, strict=True)
         ]
@@ -129,7 +136,7 @@ def _registry_metrics(found: Snapshot) -> Iterator[Metric]:
             success.add_metric([source], figures.last_success)
         if figures.last_publication is not None:
             published.add_metric([source], figures.last_publication)
-    yield from (records, issues, open_issues, dead, versions, durations, success, published)
+    yield from (records, issues, open_issues, dead, versions, held, durations, success, published)
     labels = ["source", "partition"]
     done = GaugeMetricFamily(
         "harmonizer_load_records_processed", "Records a running load has checkpointed", labels=labels
