@@ -236,7 +236,7 @@ def print_runs(home: Path, dropped_at: float) -> None:
     with dg.DagsterInstance.from_config(str(home)) as instance:
         records = instance.get_run_records(dg.RunsFilter(job_name=f"load_{SOURCE}_files"))
     for record in sorted(records, key=lambda r: r.start_time or 0):
-        config = record.dagster_run.run_config["ops"][f"{SOURCE}_load_files"]["config"]
+        config = record.dagster_run.run_config["ops"][f"{SOURCE}_files_to_load"]["config"]
         started, ended = record.start_time or 0, record.end_time or 0
         print(
             f"  run of {len(config['partition_keys'])} files: started {started - dropped_at:.1f} s after the drop, "

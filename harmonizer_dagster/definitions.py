@@ -18,8 +18,7 @@ from harmonizer_dagster.core.fetching import upstream_location
 from harmonizer_dagster.core.settings import DEFAULTS, current, seeded_landing
 from harmonizer_dagster.core.spec import SourceSpec, SpecCatalog, SpecError, load_specs
 from harmonizer_dagster.orchestration.alerts import build_alert_sensors
-from harmonizer_dagster.orchestration.assets import build_published_asset, build_source_asset, build_source_ops
-from harmonizer_dagster.orchestration.checks import build_quality_checks
+from harmonizer_dagster.orchestration.assets import build_source_asset, build_source_ops
 from harmonizer_dagster.orchestration.jobs import build_ingest_jobs, build_register_job, build_source_job
 from harmonizer_dagster.orchestration.resources import (
     S3_SETTINGS,
@@ -193,7 +192,7 @@ def build_definitions() -> dg.Definitions:
     with_s3 = uses_s3(specs)
     ops = {spec.name: build_source_ops(spec, with_s3) for spec in specs}
     load_jobs = {spec.name: build_source_job(spec, host_tags) for spec in specs}
-    ingest_jobs, files_jobs = build_ingest_jobs(specs, host_tags, with_s3)
+    ingest_jobs, files_jobs = build_ingest_jobs(specs, ops, host_tags)
     interval = int(current("HARMONIZER_SENSOR_INTERVAL_SECONDS"))
     automatic = current("HARMONIZER_AUTOMATION").strip().lower() not in ("off", "false", "no", "0")
     sensor_status = dg.DefaultSensorStatus.RUNNING if automatic else dg.DefaultSensorStatus.STOPPED
@@ -214,14 +213,11 @@ def build_definitions() -> dg.Definitions:
                 description="Refreshes assets with an automation condition (the data-quality reports).",
             )
         )
-    quality_checks = [check for spec in specs for check in build_quality_checks(spec)]
     return dg.Definitions(
         assets=[
             *assets.values(),
-            *(build_published_asset(spec, host_tags) for spec in specs),
             *(build_report_asset(spec, automatic, host_tags) for spec in specs),
         ],
-        asset_checks=quality_checks,
         jobs=[
             *load_jobs.values(),
             *files_jobs.values(),

@@ -58,11 +58,16 @@ def test_definitions_snapshot():
     }
     asset = defs.resolve_assets_def("business_registry")
     assert [node.name for node in asset.node_def.node_defs] == [
+        "business_registry_partitions",
         "business_registry_hash",
         "business_registry_validate",
         "business_registry_deduplicate",
         "business_registry_stage",
+        "business_registry_audit",
+        "business_registry_publish",
     ]
+    assert asset.keys == {dg.AssetKey("business_registry"), dg.AssetKey("business_registry_published")}
+    assert {key.name for key in asset.check_keys} == {"blocking_checks", "warning_checks"}
     assert isinstance(asset.partitions_def, dg.DynamicPartitionsDefinition)
     assert asset.partitions_def.name == "business_registry_files"
     schema = asset.specs_by_key[dg.AssetKey("business_registry")].metadata["dagster/column_schema"]
@@ -125,7 +130,9 @@ def test_reexecution_from_failure_resumes_at_the_failed_op(environment, instance
             for e in second.all_events
             if e.event_type == dg.DagsterEventType.STEP_START and e.step_key.startswith("business_registry.")
         }
-        assert executed == {"business_registry.business_registry_stage"}, "completed ops are not redone"
+        assert executed == {f"business_registry.business_registry_{step}" for step in ("stage", "audit", "publish")}, (
+            "completed ops are not redone"
+        )
     with duckdb.connect(str(environment), read_only=True) as con:
         assert con.execute("SELECT status, records_imported FROM harmonizer.sources").fetchone() == ("completed", 988)
         assert con.execute("SELECT count(*) FROM harmonizer.business_registry").fetchone() == (988,)

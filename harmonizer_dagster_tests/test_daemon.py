@@ -111,7 +111,7 @@ def test_dropped_file_becomes_rows_and_the_same_bytes_again_do_nothing(daemon, l
 
     done = wait_for(lambda: [r for r in runs(home) if r.status == dg.DagsterRunStatus.SUCCESS], 120, "the sensor's run")
     latency = time.time() - dropped_at
-    assert done[0].run_config["ops"][f"{SOURCE}_load_files"]["config"]["partition_keys"] == [Q3]
+    assert done[0].run_config["ops"][f"{SOURCE}_files_to_load"]["config"]["partition_keys"] == [Q3]
     with duckdb.connect(str(warehouse), read_only=True) as con:
         assert con.execute(f"SELECT count(*) FROM harmonizer.{SOURCE}").fetchone() == (988,)
     ARTIFACTS.mkdir(exist_ok=True)

@@ -57,7 +57,7 @@ def folder_sensor(specs):
 
 def files_of(request: dg.RunRequest) -> list[str]:
     """The partition keys a run request loads."""
-    return request.run_config["ops"][f"{SOURCE}_load_files"]["config"]["partition_keys"]
+    return request.run_config["ops"][f"{SOURCE}_files_to_load"]["config"]["partition_keys"]
 
 
 def requested(result) -> list[str]:

@@ -1,32 +1,45 @@
-"""Write-audit-publish per declared source: a graph-backed, file-partitioned asset writes each
-version to the warehouse's stage (hash -> validate -> deduplicate -> stage), its asset checks
-audit it, and `<source>_published` publishes the versions that passed into the table
-consumers read."""
+"""Write-audit-publish per declared source, as one graph of ops every run shape shares.
 
-import warnings
-from collections.abc import Sequence
-from dataclasses import dataclass
+The multi-asset `<source>` + `<source>_published` is the graph
+
+    <source>_partitions -> hash -> validate -> deduplicate -> stage -> audit -> publish
+
+Each op does its own work for every file of the run (one partition, or a backfill's range), a
+failure failing only its file. `stage` reports each file as a materialization of `<source>` (the
+version, staged), `audit` evaluates each file's checks and holds a version failing a blocking
+one, `publish` moves each version that passed into the table consumers read and reports it as a
+materialization of `<source>_published`. The jobs that load landed files (`jobs.py`) run the
+very same ops after an op that names their files.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from datetime import timedelta
 
 import dagster as dg
 
 from harmonizer_dagster.core.files import locate
 from harmonizer_dagster.core.pipeline import HashedVersion
+from harmonizer_dagster.core.publishing import HeldVersion, publish
 from harmonizer_dagster.core.spec import SourceSpec
 from harmonizer_dagster.core.warehouse import Warehouse
+from harmonizer_dagster.orchestration.checks import check_output_names, check_specs, report_audit
 from harmonizer_dagster.orchestration.outcomes import record_lost_outcomes
 from harmonizer_dagster.orchestration.partitions import backfill_policy, partitions_for
 from harmonizer_dagster.orchestration.resources import LandingZone, WarehouseResource, resource_keys
 from harmonizer_dagster.orchestration.steps import (
-    Publication,
+    Batch,
     column_schema,
+    data_version,
     deduplicate_file,
+    each_file,
+    fail_for_files_left_behind,
     faults_classified,
     hash_file,
     hash_summary,
-    load_files_in_turn,
+    held_message,
     published_materialization,
-    raise_for_failed_files,
+    reported_in_this_run,
     stage_file,
     stage_summary,
     transient_retry_policy,
@@ -36,31 +49,48 @@ from harmonizer_dagster.orchestration.steps import (
 
 @dataclass(frozen=True)
 class SourceOps:
-    """The four ops of one source's asset; the files jobs run the same steps, file after file."""
+    """The steps of one source, each an op over every file of a run."""
 
     hash: dg.OpDefinition
     validate: dg.OpDefinition
     deduplicate: dg.OpDefinition
     stage: dg.OpDefinition
+    audit: dg.OpDefinition
+    publish: dg.OpDefinition
+
+    def load(self, files: object) -> "Loaded":
+        """Composes the steps after the op that names the files."""
+        staged, materialized = self.stage(self.deduplicate(self.validate(self.hash(files))))
+        audited, *checks = self.audit(staged)
+        return Loaded(materialized, checks, audited, self.publish(audited))
 
 
-def backfill_range(context: dg.OpExecutionContext) -> Sequence[str] | None:
-    """The files of a backfill's run of a range, or None for a run of one file.
+@dataclass(frozen=True)
+class Loaded:
+    """The outputs of a composed load: those standing for the staged asset, its checks and the
+    published asset, and the audited files (what a source's report reads)."""
 
-    The assets' backfill policy hands a backfill's run a range of partitions. Its files go
-    through the four steps in turn, one file after the other, within the stage op (as the
-    files jobs load them): staging holds one file at a time, and a file with the bytes of one
-    before it is skipped as loaded. Each file is reported as its own partition, with its
-    materialization, checks and publication; a file that fails is named once the others are
-    loaded. The ops before the stage op hand nothing on, and the asset's output, its check step
-    and its publication step are left out."""
-    keys = context.partition_keys
-    return keys if len(keys) > 1 else None
+    materialized: object
+    checks: list[object]
+    audited: object
+    published: object
+
+
+def _opened(context: dg.OpExecutionContext) -> Warehouse:
+    warehouse: WarehouseResource = context.resources.warehouse
+    return warehouse.open()
 
 
 def build_source_ops(spec: SourceSpec, with_s3: bool = False) -> SourceOps:
     """`with_s3`: the code location configures S3, so the hash op takes its `s3` resource."""
     tags = {"source": spec.name}
+    published_key = dg.AssetKey(f"{spec.name}_published")
+
+    def each(context: dg.OpExecutionContext, batch: Batch, work: Callable[[HashedVersion], None], **kw) -> Batch:
+        store = _opened(context)
+        # The DuckDB file stays open from file to file, and waiting processes are let in.
+        with store.kept_open():
+            return each_file(context, batch, work, **kw)
 
     @dg.op(
         name=f"{spec.name}_hash",
@@ -68,113 +98,242 @@ def build_source_ops(spec: SourceSpec, with_s3: bool = False) -> SourceOps:
         required_resource_keys=resource_keys(with_s3, "warehouse", "landing"),
         tags=tags,
         retry_policy=transient_retry_policy(),
-        description="Streams the file through SHA-256 and registers the version; an already-loaded hash is skipped.",
+        description="Streams each file through SHA-256 and registers its version; bytes already loaded are skipped.",
     )
-    def hash_op(context: dg.OpExecutionContext) -> HashedVersion | None:
-        if keys := backfill_range(context):
-            context.log.info(f"a backfill's range of {len(keys)} files: each is loaded in turn by the stage step")
-            return None
-        warehouse: WarehouseResource = context.resources.warehouse
+    def hash_op(context: dg.OpExecutionContext, files: list[str]) -> Batch:
         landing: LandingZone = context.resources.landing
-        target = locate(landing.landing_path, spec.name, context.partition_key)
+        store = _opened(context)
         with faults_classified(context):
-            store = warehouse.open()
-            hashed = hash_file(context, spec, target, store, landing)
             # What earlier runs of the source could not record (the unrecorded_failures sensor
-            # does the same where a daemon runs); this run's own version is still going.
+            # does the same where a daemon runs), before this run's versions go.
             record_lost_outcomes(context.instance, store, [spec.name], context.log)
-        context.log.info(f"{target.partition_key}: {hash_summary(hashed)}")
-        return hashed
+        hashed: list[HashedVersion] = []
+        seen: dict[str, str] = {}
+        repeats: dict[str, str] = {}
+
+        def hash_one(key: str) -> None:
+            version = hash_file(context, spec, locate(landing.landing_path, spec.name, key), store, landing)
+            context.log.info(f"{key}: {hash_summary(version)}")
+            if not version.skipped and version.file_hash in seen:
+                repeats[key] = seen[version.file_hash]
+                return
+            seen.setdefault(version.file_hash, key)
+            hashed.append(version)
+
+        # Files named, not hashed yet: each fails alone, as any later step's file would.
+        pending = Batch(tuple(_unhashed(key) for key in files), named=tuple(files))
+        left = each(context, pending, lambda unhashed: hash_one(unhashed.partition_key))
+        return Batch(tuple(hashed), left.failed, repeats, left.named)
 
     @dg.op(
         name=f"{spec.name}_validate",
+        required_resource_keys={"warehouse", "landing"},
         tags=tags,
-        description="Checks every record against the spec's rules and harmonizes the values of the ones that pass.",
+        description="Checks every record against the spec's rules and harmonizes the values of those that pass.",
     )
-    def validate_op(
-        context: dg.OpExecutionContext, warehouse: WarehouseResource, landing: LandingZone, hashed: HashedVersion | None
-    ) -> HashedVersion | None:
-        if hashed is None:  # a backfill's range (see backfill_range)
-            return None
-        with faults_classified(context):
-            summary = validate_file(spec, hashed, warehouse.open(), landing, context.log.info)
-        if summary:
-            context.log.info(f"{hashed.partition_key}: {summary}")
-        return hashed
+    def validate_op(context: dg.OpExecutionContext, batch: Batch) -> Batch:
+        landing: LandingZone = context.resources.landing
+        store = _opened(context)
+
+        def validate(hashed: HashedVersion) -> None:
+            if summary := validate_file(spec, hashed, store, landing, context.log.info):
+                context.log.info(f"{hashed.partition_key}: {summary}")
+
+        return each(context, batch, validate)
 
     @dg.op(
         name=f"{spec.name}_deduplicate",
+        required_resource_keys={"warehouse"},
         tags=tags,
-        description="Resolves duplicate natural keys in the file: the last occurrence wins.",
+        description="Resolves duplicate natural keys in each file: the last occurrence wins.",
     )
-    def deduplicate_op(
-        context: dg.OpExecutionContext, warehouse: WarehouseResource, hashed: HashedVersion | None
-    ) -> HashedVersion | None:
-        if hashed is None:  # a backfill's range (see backfill_range)
-            return None
-        with faults_classified(context):
-            summary = deduplicate_file(spec, hashed, warehouse.open())
-        if summary:
-            context.log.info(f"{hashed.partition_key}: {summary}")
-        return hashed
+    def deduplicate_op(context: dg.OpExecutionContext, batch: Batch) -> Batch:
+        store = _opened(context)
+
+        def deduplicate(hashed: HashedVersion) -> None:
+            if summary := deduplicate_file(spec, hashed, store):
+                context.log.info(f"{hashed.partition_key}: {summary}")
+
+        return each(context, batch, deduplicate)
 
     @dg.op(
         name=f"{spec.name}_stage",
-        # A backfill's range reports each file itself and yields no output (see backfill_range).
-        out=dg.Out(io_manager_key="source_tables", is_required=False),
-        # Named here, not as arguments: a backfill's range hashes its files here, from S3 too.
+        out={
+            "staged": dg.Out(Batch, is_required=False),
+            # The asset `<source>`: each file's materialization is reported as it is staged.
+            "materialized": dg.Out(dg.Nothing, is_required=False),
+        },
+        required_resource_keys={"warehouse"},
+        tags=tags,
+        retry_policy=transient_retry_policy(),
+        description="Writes each version's rows, issues and failed records to the warehouse's stage, one "
+        "transaction each; the table consumers read is not touched.",
+    )
+    def stage_op(context: dg.OpExecutionContext, batch: Batch):
+        store = _opened(context)
+
+        def stage(hashed: HashedVersion) -> None:
+            _, metadata = stage_file(spec, hashed, store, context.run_id)
+            context.log.info(f"{hashed.partition_key} {stage_summary(store, metadata)}")
+            context.log_event(
+                dg.AssetMaterialization(
+                    asset_key=spec.name, partition=hashed.partition_key, metadata=metadata, tags=data_version(hashed)
+                )
+            )
+
+        staged = each(context, batch, stage, reported=reported_in_this_run(context, dg.AssetKey(spec.name)))
+        if "staged" in context.selected_output_names:
+            yield dg.Output(staged, "staged")
+        else:
+            fail_for_files_left_behind(context, staged)
+
+    check_outs = {name: dg.Out(dg.Nothing, is_required=False) for name in check_output_names(spec)}
+
+    @dg.op(
+        name=f"{spec.name}_audit",
+        out={"audited": dg.Out(Batch, is_required=False), **check_outs},
+        required_resource_keys={"warehouse"},
+        tags=tags,
+        retry_policy=transient_retry_policy(),
+        description="Evaluates every check of each staged version and reports it as the asset's checks; "
+        "a version failing a blocking check is held.",
+    )
+    def audit_op(context: dg.OpExecutionContext, batch: Batch):
+        store = _opened(context)
+        failed = dict(batch.failed)
+
+        def audit(hashed: HashedVersion) -> None:
+            if failures := report_audit(context, store, spec, hashed.partition_key):
+                failed[hashed.partition_key] = held_message(hashed.partition_key, failures)
+                context.log.warning(failed[hashed.partition_key])
+
+        done = reported_in_this_run(context, dg.AssetKey(spec.name), checks=True)
+        audited = each(context, batch, audit, reported=done)
+        passed = tuple(h for h in audited.files if h.partition_key not in failed)
+        audited = replace(audited, files=passed, failed={**failed, **audited.failed})
+        if "audited" in context.selected_output_names:
+            yield dg.Output(audited, "audited")
+        else:
+            fail_for_files_left_behind(context, audited)
+
+    @dg.op(
+        name=f"{spec.name}_publish",
+        # The asset `<source>_published`: each file's materialization is reported as it is published.
+        out={"published": dg.Out(dg.Nothing, is_required=False)},
         required_resource_keys=resource_keys(with_s3, "warehouse", "landing"),
         tags=tags,
         retry_policy=transient_retry_policy(),
-        description="Writes the version's rows to the warehouse's stage with its issues and failed records, "
-        "in one transaction; in a backfill's range, loads each file of it in turn.",
+        description="Publishes each version that passed its blocking checks into the table consumers read, "
+        "one transaction each; a file that failed or was held fails the run at the end, naming it.",
     )
-    def stage_op(context: dg.OpExecutionContext, hashed: HashedVersion | None):
-        warehouse: WarehouseResource = context.resources.warehouse
-        store = warehouse.open()
-        if keys := backfill_range(context):
-            load_backfill_range(context, spec, keys, store)
-            return
-        with faults_classified(context):
-            result, metadata = stage_file(spec, hashed, store, context.run_id)
-        context.log.info(f"{hashed.partition_key} {stage_summary(store, metadata)}")
-        yield dg.Output(result, metadata=metadata, data_version=dg.DataVersion(hashed.file_hash))
+    def publish_op(context: dg.OpExecutionContext, batch: Batch) -> None:
+        landing: LandingZone = context.resources.landing
+        store = _opened(context)
+        left_behind = dict(batch.failed)
 
-    return SourceOps(hash_op, validate_op, deduplicate_op, stage_op)
+        def publish_one(hashed: HashedVersion) -> None:
+            try:
+                published = publish(store, spec, hashed.partition_key, context.run_id)
+            except (HeldVersion, ValueError) as exc:
+                raise dg.Failure(str(exc), allow_retries=False) from None
+            context.log_event(published_materialization(spec, hashed.partition_key, published))
+
+        done = reported_in_this_run(context, published_key)
+        published = each(context, batch, publish_one, reported=done)
+        left_behind |= published.failed
+        # Files with the bytes of an earlier file of the run, hashed again now that it is
+        # published: each is skipped as identical to it, and published as it is.
+        for key, original in batch.repeats.items():
+            if key in done:
+                continue
+            if original in left_behind:
+                left_behind[key] = f"the same bytes as {original}, which was not published"
+                continue
+            again = each(
+                context,
+                Batch((_unhashed(key),), named=(key,)),
+                lambda unhashed: _publish_repeat(context, spec, store, landing, unhashed.partition_key),
+            )
+            left_behind |= again.failed
+        fail_for_files_left_behind(context, replace(batch, failed=left_behind))
+
+    return SourceOps(hash_op, validate_op, deduplicate_op, stage_op, audit_op, publish_op)
 
 
-def load_backfill_range(
-    context: dg.OpExecutionContext, spec: SourceSpec, keys: Sequence[str], store: Warehouse
+def _unhashed(key: str) -> HashedVersion:
+    """A file named by the run, before its hash step: only its key is known."""
+    return HashedVersion(
+        source="",
+        partition_key=key,
+        path="",
+        file_hash="",
+        size_bytes=0,
+        version="",
+        source_id=0,
+        stage_dir="",
+        started_at=0.0,
+    )
+
+
+def _publish_repeat(
+    context: dg.OpExecutionContext, spec: SourceSpec, store: Warehouse, landing: LandingZone, key: str
 ) -> None:
-    """Loads a backfill's range file after file, as the files jobs do (see backfill_range)."""
-    # The DuckDB file stays open from file to file, and waiting processes are let in.
-    with store.kept_open():
-        # As a materialization of each partition would: a failed blocking check fails the file,
-        # and files are published only where the backfill selected the published asset too.
-        publish = dg.AssetKey(f"{spec.name}_published") in context.job_def.asset_layer.selected_asset_keys
-        publication = Publication(publish=publish, blocking_fails=True)
-        failed = load_files_in_turn(context, spec, keys, store, context.resources.landing, publication)
-    raise_for_failed_files(context, failed, len(keys))
+    hashed = hash_file(context, spec, locate(landing.landing_path, spec.name, key), store, landing)
+    context.log.info(f"{key}: {hash_summary(hashed)}")
+    _, metadata = stage_file(spec, hashed, store, context.run_id)
+    context.log_event(
+        dg.AssetMaterialization(asset_key=spec.name, partition=key, metadata=metadata, tags=data_version(hashed))
+    )
+    context.log_event(published_materialization(spec, key, publish(store, spec, key, context.run_id)))
 
 
 def build_source_asset(spec: SourceSpec, ops: SourceOps, host_tags: dict[str, str]) -> dg.AssetsDefinition:
-    @dg.graph_asset(
+    # Runs of the asset's page and of asset backfills inherit these (see run_coordinator.py).
+    tags = {"source": spec.name, **host_tags}
+
+    @dg.op(name=f"{spec.name}_partitions", tags={"source": spec.name})
+    def run_partitions(context: dg.OpExecutionContext) -> list[str]:
+        """The files of the run: its partition, or a backfill's range of them."""
+        return list(context.partition_keys)
+
+    @dg.graph_multi_asset(
         name=spec.name,
+        outs={
+            spec.name: dg.AssetOut(
+                key=spec.name,
+                description=f"{spec.title}, as staged and audited. {spec.description}".strip(),
+                owners=[spec.owner],
+                kinds={spec.format, "pandera"},
+                metadata={
+                    "dagster/column_schema": column_schema(spec),
+                    "natural_key": ", ".join(spec.natural_key),
+                    "spec_file": str(spec.path.name) if spec.path else "",
+                },
+                tags=tags,
+                is_required=False,
+            ),
+            f"{spec.name}_published": dg.AssetOut(
+                key=f"{spec.name}_published",
+                description=f"{spec.title} as consumers read it: the file versions that passed every blocking "
+                "data-quality check, or that a data steward released.",
+                owners=[spec.owner],
+                kinds={"sql"},
+                tags=tags,
+                is_required=False,
+            ),
+        },
         partitions_def=partitions_for(spec),
         backfill_policy=backfill_policy(),
-        description=f"{spec.title}. {spec.description}".strip(),
-        owners=[spec.owner],
-        kinds={spec.format, "pandera"},
-        metadata={
-            "dagster/column_schema": column_schema(spec),
-            "natural_key": ", ".join(spec.natural_key),
-            "spec_file": str(spec.path.name) if spec.path else "",
-        },
-        # Runs of the asset's page and of asset backfills inherit these (see run_coordinator.py).
-        tags={"source": spec.name, **host_tags},
+        check_specs=check_specs(spec),
+        can_subset=True,
     )
     def source_asset():
-        return ops.stage(ops.deduplicate(ops.validate(ops.hash())))
+        loaded = ops.load(run_partitions())
+        return {
+            spec.name: loaded.materialized,
+            f"{spec.name}_published": loaded.published,
+            **dict(zip(check_output_names(spec), loaded.checks, strict=True)),
+        }
 
     if not spec.freshness_hours:
         return source_asset
@@ -182,49 +341,8 @@ def build_source_asset(spec: SourceSpec, ops: SourceOps, host_tags: dict[str, st
     # Dagster's freshness daemon marks the asset failing its policy once no version has loaded
     # within the window.
     policy = dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=spec.freshness_hours))
-    return source_asset.map_asset_specs(lambda asset_spec: dg.apply_freshness_policy(asset_spec, policy))
-
-
-def build_published_asset(spec: SourceSpec, host_tags: dict[str, str]) -> dg.AssetsDefinition:
-    """The table consumers read: a partition's staged version is published into it only once the
-    source's blocking checks passed (a failing one skips this step in the same run, and holds
-    the version for a steward); in a backfill's range, the source's stage step publishes each
-    file, and this step is skipped."""
-
-    # `backfill_policy` is a beta parameter of `@asset` in Dagster 1.13; it is what lets a
-    # backfill load many files per run, so the warning is silenced.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", dg.BetaWarning)
-
-        @dg.asset(
-            name=f"{spec.name}_published",
-            deps=[spec.name],
-            partitions_def=partitions_for(spec),
-            # The source's own: a backfill of both hands them the same ranges.
-            backfill_policy=backfill_policy(),
-            output_required=False,
-            description=f"{spec.title} as consumers read it: the file versions that passed every blocking "
-            "data-quality check, or that a data steward released.",
-            owners=[spec.owner],
-            kinds={"sql"},
-            # Runs of the asset's page and of asset backfills inherit these (see run_coordinator.py).
-            tags={"source": spec.name, **host_tags},
+    return source_asset.map_asset_specs(
+        lambda asset_spec: (
+            dg.apply_freshness_policy(asset_spec, policy) if asset_spec.key == dg.AssetKey(spec.name) else asset_spec
         )
-        def published(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
-            store = warehouse.open()
-            op_context = context.op_execution_context
-            if not (keys := backfill_range(op_context)):
-                yield dg.MaterializeResult(
-                    metadata=published_materialization(op_context, spec, store, context.partition_key).metadata
-                )
-                return
-            # A range of this asset alone (republishing): each file its own materialization.
-            failed = {}
-            for key in keys:
-                try:
-                    context.log_event(published_materialization(op_context, spec, store, key))
-                except Exception as exc:
-                    failed[key] = exc
-            raise_for_failed_files(op_context, failed, len(keys))
-
-    return published
+    )

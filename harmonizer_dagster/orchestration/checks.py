@@ -19,7 +19,6 @@ from harmonizer_dagster.core.quality import Evaluation, QualityCheck, checks_for
 from harmonizer_dagster.core.spec import SourceSpec
 from harmonizer_dagster.core.warehouse import Warehouse
 from harmonizer_dagster.orchestration.partitions import partitions_for
-from harmonizer_dagster.orchestration.resources import WarehouseResource
 
 # Dagster's asset check per severity of the spec's checks: its name, severity and whether it blocks.
 GROUPS = {
@@ -75,52 +74,33 @@ def _group_results(
 
 def check_specs(spec: SourceSpec) -> list[dg.AssetCheckSpec]:
     checks = checks_for(spec)
-    return [
-        dg.AssetCheckSpec(
-            name,
-            asset=spec.name,
-            blocking=blocking,
-            partitions_def=partitions_for(spec),
-            description="Every one of: " + ", ".join(check.name for check in checks if check.severity == severity),
-        )
-        for severity, (name, _, blocking) in GROUPS.items()
-        if any(check.severity == severity for check in checks)
-    ]
+    # Partitioned asset checks are a preview feature in Dagster 1.13; they are what lets a
+    # check judge exactly one file version, so the warning is silenced.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dg.PreviewWarning)
+        return [
+            dg.AssetCheckSpec(
+                name,
+                asset=spec.name,
+                blocking=blocking,
+                partitions_def=partitions_for(spec),
+                description="Every one of: " + ", ".join(c.name for c in checks if c.severity == severity),
+            )
+            for severity, (name, _, blocking) in GROUPS.items()
+            if any(check.severity == severity for check in checks)
+        ]
 
 
-def evaluate_all_checks(
-    context: dg.OpExecutionContext, store: Warehouse, spec: SourceSpec, partition_key: str
-) -> list[str]:
-    """Audits a staged file version from an op (the files jobs, a backfill's range), reporting
-    its checks as the source's asset checks, so the UI and data_quality_checks show the same as
-    for the asset. Returns the blocking checks that failed: the version is then held."""
+def check_output_names(spec: SourceSpec) -> list[str]:
+    """The outputs of the audit op that stand for the source's asset checks, in `check_specs` order."""
+    return [f"{spec.name}_{check.name}" for check in check_specs(spec)]
+
+
+def report_audit(context: dg.OpExecutionContext, store: Warehouse, spec: SourceSpec, partition_key: str) -> list[str]:
+    """Audits a staged file version and reports its checks as the source's asset checks of that
+    partition, so the UI and data_quality_checks show the same. Returns the blocking checks that
+    failed: the version is then held."""
     result = audit(store, spec, partition_key, context.run_id)
     for evaluation in _group_results(spec, partition_key, result.evaluated):
         context.log_event(evaluation)  # type: ignore[arg-type]  # log_event accepts check evaluations
     return result.blocking_failures
-
-
-def build_quality_checks(spec: SourceSpec) -> list[dg.AssetChecksDefinition]:
-    # Partitioned asset checks are a preview feature in Dagster 1.13; they are what lets a
-    # check judge exactly the file version that was just loaded, so the warning is silenced.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", dg.PreviewWarning)
-
-        @dg.multi_asset_check(
-            name=f"{spec.name}_checks",
-            specs=check_specs(spec),
-            description="Audits the file version just staged; a version failing a blocking check is held.",
-        )
-        def evaluate(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource):
-            key = context.partition_key
-            evaluated = audit(warehouse.open(), spec, key, context.run.run_id).evaluated
-            for result in _group_results(spec, key, evaluated):
-                yield dg.AssetCheckResult(
-                    check_name=result.check_name,
-                    passed=result.passed,
-                    severity=result.severity,
-                    description=result.description,
-                    metadata=result.metadata,
-                )
-
-        return [evaluate]

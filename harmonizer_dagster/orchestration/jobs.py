@@ -1,11 +1,11 @@
 """Jobs: registering landed files as partitions, and loading many files in one run.
 
-The ingest jobs and each source's files job load file after file in one step, through the very
-steps the source assets are built from (`steps.py`, which also loads a backfill's range), so
-`dagster job execute` and the landing sensors' runs count exactly as materializations in the
-UI: each file is its own partition, with its own materialization and checks, and a bad file
-fails only itself. One step per source keeps a run of a thousand small files to five events per
-file, where a step per file would cost tens.
+The ingest jobs and each source's files job run the very ops the source assets are built from
+(`assets.py`), after an op that names the files to load, so `dagster job execute` and the
+landing sensors' runs count exactly as materializations in the UI: each file is its own
+partition, with its own materialization, checks and publication, and a bad file fails only
+itself. Each step takes every file of the run: a run of a thousand small files costs a few
+events per file, where a step per file would cost tens.
 """
 
 import json
@@ -16,14 +16,10 @@ from pydantic import Field
 
 from harmonizer_dagster.core.landing import Ignored, scan_folder
 from harmonizer_dagster.core.spec import SourceSpec
+from harmonizer_dagster.orchestration.assets import SourceOps
 from harmonizer_dagster.orchestration.partitions import partitions_for
-from harmonizer_dagster.orchestration.resources import LandingZone, WarehouseResource, resource_keys
-from harmonizer_dagster.orchestration.steps import (
-    faults_classified,
-    load_files_in_turn,
-    raise_for_failed_files,
-    transient_retry_policy,
-)
+from harmonizer_dagster.orchestration.resources import LandingZone, WarehouseResource
+from harmonizer_dagster.orchestration.steps import faults_classified
 from harmonizer_dagster.orchestration.triage import report_metadata
 
 MANIFEST = "manifest.json"
@@ -90,42 +86,43 @@ class FilesConfig(dg.Config):
 
 def files_run_config(spec: SourceSpec, partition_keys: Sequence[str]) -> dict:
     """The run config that makes a run of the source's files job load exactly these files."""
-    return {"ops": {f"{spec.name}_load_files": {"config": {"partition_keys": list(partition_keys)}}}}
+    return {"ops": {f"{spec.name}_files_to_load": {"config": {"partition_keys": list(partition_keys)}}}}
 
 
-def _load_files_op(spec: SourceSpec, with_s3: bool) -> dg.OpDefinition:
+def _files_to_load_op(spec: SourceSpec) -> dg.OpDefinition:
     @dg.op(
-        name=f"{spec.name}_load_files",
-        out=dg.Out(dg.Nothing),
-        # Named here, not as arguments, because `s3` is there only where S3 is configured.
-        required_resource_keys=resource_keys(with_s3, "warehouse", "landing"),
+        name=f"{spec.name}_files_to_load",
         tags={"source": spec.name},
-        retry_policy=transient_retry_policy(),
-        description="Loads each file as its own partition (hash, validate, deduplicate, stage, audit, "
-        "publication), then refreshes the source's report; a file that fails leaves the others loaded.",
+        description="Names the files the run loads, each registered as a partition: those its config names, "
+        "else every landed file of the source.",
     )
-    def load_files(context: dg.OpExecutionContext, config: FilesConfig) -> None:
-        landing: LandingZone = context.resources.landing
-        warehouse: WarehouseResource = context.resources.warehouse
+    def files_to_load(context: dg.OpExecutionContext, config: FilesConfig, landing: LandingZone) -> list[str]:
         keys = list(dict.fromkeys(config.partition_keys))
         if keys:
             register(context.instance, spec, keys)
-        else:
-            keys = register_new_files(context, spec, landing)
-        store = warehouse.open()
-        # A file's load is a dozen transactions, and opening a DuckDB file for each costs more
-        # than a small file's data work: the run keeps it open, and lets waiting processes in.
-        with store.kept_open():
-            # One step for all the files: a step costs Dagster tens of events, a file five.
-            failed = load_files_in_turn(context, spec, keys, store, landing)
-            with faults_classified(context):
-                # A landing area with no file yet leaves a new warehouse without its tables.
-                store.migrate([spec])
-                metadata = report_metadata(store, spec)
-        context.log_event(dg.AssetMaterialization(asset_key=f"{spec.name}_dq_report", metadata=metadata))
-        raise_for_failed_files(context, failed, len(keys))
+            return keys
+        return register_new_files(context, spec, landing)
 
-    return load_files
+    return files_to_load
+
+
+def _report_op(spec: SourceSpec) -> dg.OpDefinition:
+    @dg.op(
+        name=f"{spec.name}_refresh_report",
+        ins={"audited": dg.In(dg.Nothing)},
+        tags={"source": spec.name},
+        description="Refreshes the source's data-quality report once its files are audited (their issues "
+        "and checks are what it reports), whether or not each is then published.",
+    )
+    def refresh_report(context: dg.OpExecutionContext, warehouse: WarehouseResource) -> None:
+        store = warehouse.open()
+        with faults_classified(context):
+            # A landing area with no file yet leaves a new warehouse without its tables.
+            store.migrate([spec])
+            metadata = report_metadata(store, spec)
+        context.log_event(dg.AssetMaterialization(asset_key=f"{spec.name}_dq_report", metadata=metadata))
+
+    return refresh_report
 
 
 def _expected_counts_op(specs: Sequence[SourceSpec]) -> dg.OpDefinition:
@@ -157,29 +154,36 @@ def _expected_counts_op(specs: Sequence[SourceSpec]) -> dg.OpDefinition:
 
 
 def build_ingest_jobs(
-    specs: Sequence[SourceSpec], host_tags: dict[str, str], with_s3: bool = False
+    specs: Sequence[SourceSpec], ops: dict[str, SourceOps], host_tags: dict[str, str]
 ) -> tuple[list[dg.JobDefinition], dict[str, dg.JobDefinition]]:
     """`ingest_landing` loads every landed file; `smoke_test` does the same, then checks the
     manifest; `load_<source>_files`, by source, loads the files its run config names (what the
     landing sensors launch) or every landed file of the source.
 
-    Each file goes through the asset's steps, then its asset checks and publication, and each
-    source's report is refreshed: loading through a job counts exactly as materializing."""
-    load = {spec.name: _load_files_op(spec, with_s3) for spec in specs}
+    Each runs the source's own ops over its files (hash, validate, deduplicate, stage, audit,
+    publish), then refreshes the source's report: loading through a job counts exactly as
+    materializing."""
+    names = {spec.name: _files_to_load_op(spec) for spec in specs}
+    reports = {spec.name: _report_op(spec) for spec in specs}
+
+    def load(spec: SourceSpec) -> object:
+        """The source's files loaded; returns what the run waits on: publication and report."""
+        loaded = ops[spec.name].load(names[spec.name]())
+        return loaded.published, reports[spec.name](loaded.audited)
 
     @dg.graph(name="ingest_landing")
     def ingest_landing():
         for spec in specs:
-            load[spec.name]()
+            load(spec)
 
     @dg.graph(name="smoke_test")
     def smoke_test():
-        _expected_counts_op(specs)(**{spec.name: load[spec.name]() for spec in specs})
+        _expected_counts_op(specs)(**{spec.name: load(spec)[0] for spec in specs})
 
     def files_job(spec: SourceSpec) -> dg.JobDefinition:
         @dg.graph(name=f"load_{spec.name}_files")
         def load_files():
-            load[spec.name]()
+            load(spec)
 
         return load_files.to_job(
             description=f"Loads several files of {spec.title} in one run, each as its own partition; "

@@ -1,19 +1,19 @@
 """What a file's steps do as ops run them: each step of one file, how its faults end the step
-(a passing fault is retried, any other fails the file), and many files taken through every
-step in turn within one step (write, audit, publish), each reported as its own partition."""
+(a passing fault is retried, any other fails the file), and a run's files carried from op to
+op as a `Batch`, each file reported as its own partition."""
 
 import os
 import traceback
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Set as AbstractSet
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import dagster as dg
 
 from harmonizer_dagster.core.faults import is_transient
-from harmonizer_dagster.core.files import FileVersion, RefusedFile, locate
+from harmonizer_dagster.core.files import FileVersion, RefusedFile
 from harmonizer_dagster.core.landing import missing_file_message
 from harmonizer_dagster.core.monitoring import ProgressReporter
 from harmonizer_dagster.core.pipeline import (
@@ -24,13 +24,11 @@ from harmonizer_dagster.core.pipeline import (
     stage_step,
     validate_step,
 )
-from harmonizer_dagster.core.publishing import HeldVersion, publish
+from harmonizer_dagster.core.publishing import Publication
 from harmonizer_dagster.core.settings import current
 from harmonizer_dagster.core.spec import SourceSpec
 from harmonizer_dagster.core.warehouse import Warehouse
 from harmonizer_dagster.core.warehouse.tables import sql_type
-from harmonizer_dagster.orchestration.checks import evaluate_all_checks
-from harmonizer_dagster.orchestration.outcomes import record_lost_outcomes
 from harmonizer_dagster.orchestration.resources import LandingZone, s3_client
 
 # Dagster's run tag that says whether the daemon re-executes a run an op failed: the ops set
@@ -181,139 +179,93 @@ def stage_summary(store: Warehouse, metadata: dict[str, Any]) -> str:
     return f"staged in {store.description}: {figures}"
 
 
-def raise_for_failed_files(context: dg.OpExecutionContext, errors: dict[str, Exception], total: int) -> None:
-    """Fails the step once every file had its turn: with a passing fault when one failed a file
-    (the step's retry policy runs it again, and the files already loaded are skipped by their
-    hash), else with the list of files and why, which no retry would change."""
-    if not errors:
-        return
-    failures = {key: step_failure(exc) for key, exc in errors.items()}
-    transient = [errors[key] for key, failure in failures.items() if failure is None]
+@dataclass(frozen=True)
+class Batch:
+    """A run's files as they go from op to op, in run order: those still going, and those that
+    failed or were held (partition key -> why), which later ops leave alone. `repeats` are
+    files with the bytes of an earlier file of the run (key -> that file's key): loaded once
+    it is published, they are skipped as identical to it."""
+
+    files: tuple[HashedVersion, ...] = ()
+    failed: dict[str, str] = field(default_factory=dict)
+    repeats: dict[str, str] = field(default_factory=dict)
+    # Every file the run named, in its order: failures are told in it.
+    named: tuple[str, ...] = ()
+
+    @property
+    def keys(self) -> list[str]:
+        return [hashed.partition_key for hashed in self.files]
+
+
+def each_file(
+    context: dg.OpExecutionContext,
+    batch: Batch,
+    work: Callable[[HashedVersion], None],
+    reported: AbstractSet[str] = frozenset(),
+) -> Batch:
+    """Runs `work` on every file of the batch, a failure failing only its file. A passing fault
+    fails the step once every file had its turn, so its retry policy runs it again (work done is
+    not redone: each step resumes or finds its output); any other leaves the file behind, and
+    the run fails naming it at its end. `reported`: files a retried attempt already finished."""
+    going: list[HashedVersion] = []
+    failed = dict(batch.failed)
+    transient: list[Exception] = []
+    for hashed in batch.files:
+        if hashed.partition_key in reported:
+            going.append(hashed)
+            continue
+        try:
+            work(hashed)
+            going.append(hashed)
+        except Exception as exc:
+            failure = step_failure(exc)
+            context.log.error(f"{hashed.partition_key} failed: {type(exc).__name__}: {str(exc).strip()}")
+            if failure is None:
+                transient.append(exc)
+            else:
+                failed[hashed.partition_key] = failure.description or ""
     tag_retry(context, bool(transient))
     if transient:
         announce_retry(context, transient[0])
         raise transient[0]
-    reasons = {key: failure.description or "" for key, failure in failures.items() if failure is not None}
+    left = replace(batch, files=tuple(going), failed=failed)
+    if batch.files and not going:
+        # No file left to hand on: the step fails here, so "re-execute from failure" starts at it.
+        fail_for_files_left_behind(context, left)
+    return left
+
+
+def fail_for_files_left_behind(context: dg.OpExecutionContext, batch: Batch) -> None:
+    """Ends a run whose files did not all make it with a failure naming each and why; the
+    others are loaded. No retry would change a bad file, so none is asked for."""
+    if not batch.failed:
+        return
+    order = {key: position for position, key in enumerate(batch.named)}
+    failed = sorted(batch.failed.items(), key=lambda item: order.get(item[0], len(order)))
     raise dg.Failure(
-        f"{len(reasons)} of {total} file(s) failed: " + "; ".join(f"{key}: {why}" for key, why in reasons.items()),
-        metadata={"failed_files": dg.MetadataValue.json(reasons)},
+        f"{len(batch.failed)} of {len(batch.named)} file(s) failed: "
+        + "; ".join(f"{key}: {why}" for key, why in failed),
+        metadata={"failed_files": dg.MetadataValue.json(batch.failed)},
         allow_retries=False,
     )
 
 
-@dataclass(frozen=True)
-class Publication:
-    """What a run of files does once a file's checks are in: publish it (`publish`), and whether
-    a failed blocking check fails the file, as it fails a materialization of its partition
-    (`blocking_fails`), or only holds it, as the files jobs always have."""
-
-    publish: bool = True
-    blocking_fails: bool = False
-
-
-def load_files_in_turn(
-    context: dg.OpExecutionContext,
-    spec: SourceSpec,
-    keys: Sequence[str],
-    store: Warehouse,
-    landing: LandingZone,
-    publication: Publication = Publication(),
-) -> dict[str, Exception]:
-    """Each file through the asset's four steps, then its audit and publication, reported as a
-    materialization of its partition would report them; returns the files that failed, and why.
-    A retried step leaves out the files an earlier attempt of it finished and reported.
-
-    A file's validation and harmonization (data work, mostly outside the GIL) run in a thread
-    while the previous file's audit and publication (warehouse queries and Dagster events) run
-    here. Hashing, which registers the version, stays in file order after the previous file's
-    staging: arrival order is file order, and a file with the bytes of the one before it is
-    still skipped as already loaded."""
-    with faults_classified(context):
-        # What earlier runs of the source could not record (the unrecorded_failures sensor does
-        # the same where a daemon runs), before this run's versions go.
-        record_lost_outcomes(context.instance, store, [spec.name], context.log)
-    failed: dict[str, Exception] = {}
-    if context.retry_number:
-        finished = finished_in_this_run(context, spec, publication.publish)
-        keys = [key for key in keys if key not in finished]
-
-    def fail(key: str, exc: Exception) -> None:
-        failed[key] = exc
-        context.log.error(f"{key} failed: {type(exc).__name__}: {str(exc).strip()}")
-
-    staged: HashedVersion | None = None  # the file whose audit and publication come next
-
-    def hash_and_prepare(key: str) -> tuple[HashedVersion, Future[None]] | None:
-        try:
-            hashed = hash_file(context, spec, locate(landing.landing_path, spec.name, key), store, landing)
-            return hashed, ahead.submit(_prepare, context, spec, hashed, store, landing)
-        except Exception as exc:
-            fail(key, exc)
-            return None
-
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{spec.name}-prepare") as ahead:
-        for key in [*keys, None]:
-            preparing = hash_and_prepare(key) if key is not None else None
-            # A file with the bytes of the one still to publish waits for it: hashed again once
-            # that one is published, it is skipped as loaded.
-            repeated = preparing is not None and staged is not None and preparing[0].file_hash == staged.file_hash
-            if repeated:
-                preparing[1].result()
-            if staged is not None:
-                try:
-                    audit_and_publish(context, spec, store, staged.partition_key, publication)
-                except Exception as exc:
-                    fail(staged.partition_key, exc)
-                staged = None
-            if repeated:
-                preparing = hash_and_prepare(key)
-            if preparing is not None:
-                hashed, prepared = preparing
-                try:
-                    prepared.result()
-                    stage_and_report(context, spec, hashed, store)
-                    staged = hashed
-                except Exception as exc:
-                    fail(hashed.partition_key, exc)
-    return failed
-
-
-def _prepare(
-    context: dg.OpExecutionContext, spec: SourceSpec, hashed: HashedVersion, store: Warehouse, landing: LandingZone
-) -> None:
-    validate_file(spec, hashed, store, landing, context.log.info)
-    deduplicate_file(spec, hashed, store)
-
-
-def stage_and_report(context: dg.OpExecutionContext, spec: SourceSpec, hashed: HashedVersion, store: Warehouse) -> None:
-    """Stages one file of several and reports it as its partition's materialization, with the
-    data version (the file's hash) the asset's own output would give it."""
-    key = hashed.partition_key
-    _, metadata = stage_file(spec, hashed, store, context.run_id)
-    # One line per file: what the asset's four steps would log, in short.
-    context.log.info(f"{key}: {hash_summary(hashed)}; {stage_summary(store, metadata)}")
-    context.log_event(
-        dg.AssetMaterialization(asset_key=spec.name, partition=key, metadata=metadata, tags=data_version(hashed))
-    )
+def reported_in_this_run(context: dg.OpExecutionContext, asset_key: dg.AssetKey, checks: bool = False) -> set[str]:
+    """The partitions this run already reported for the asset: materializations, or with
+    `checks` check evaluations. A retried step reports no file twice."""
+    if not context.retry_number:
+        return set()
+    kind = dg.DagsterEventType.ASSET_CHECK_EVALUATION if checks else dg.DagsterEventType.ASSET_MATERIALIZATION
+    records = context.instance.get_records_for_run(context.run_id, of_type=kind).records
+    events = [record.event_log_entry.dagster_event for record in records]
+    if checks:
+        return {e.event_specific_data.partition for e in events if e and e.event_specific_data.asset_key == asset_key}
+    return {e.partition for e in events if e and e.asset_key == asset_key}
 
 
 def data_version(hashed: HashedVersion) -> dict[str, str]:
     """The tags by which Dagster's events carry a user-provided data version."""
     return {"dagster/data_version": hashed.file_hash, "dagster/data_version_is_user_provided": "true"}
-
-
-def audit_and_publish(
-    context: dg.OpExecutionContext, spec: SourceSpec, store: Warehouse, key: str, publication: Publication
-) -> None:
-    """A staged file's asset checks, then its publication unless a blocking check held it."""
-    failures = evaluate_all_checks(context, store, spec, key)
-    if failures:
-        message = held_message(key, failures)
-        if publication.blocking_fails:
-            raise dg.Failure(message, allow_retries=False)
-        context.log.warning(message)
-    elif publication.publish:
-        context.log_event(published_materialization(context, spec, store, key))
 
 
 def held_message(key: str, failures: Sequence[str]) -> str:
@@ -323,33 +275,7 @@ def held_message(key: str, failures: Sequence[str]) -> str:
     )
 
 
-def finished_in_this_run(context: dg.OpExecutionContext, spec: SourceSpec, publish: bool) -> set[str]:
-    """The files whose last event this run has recorded: their publication, or their checks
-    where the run publishes nothing."""
-    if publish:
-        kind, asset = dg.DagsterEventType.ASSET_MATERIALIZATION, dg.AssetKey(f"{spec.name}_published")
-    else:
-        kind, asset = dg.DagsterEventType.ASSET_CHECK_EVALUATION, dg.AssetKey(spec.name)
-    events = [
-        record.event_log_entry.dagster_event
-        for record in context.instance.get_records_for_run(context.run_id, of_type=kind).records
-    ]
-    if publish:
-        return {event.partition for event in events if event and event.asset_key == asset}
-    return {event.event_specific_data.partition for event in events if event and event.asset_key == asset}
-
-
-def published_materialization(
-    context: dg.OpExecutionContext, spec: SourceSpec, store: Warehouse, key: str
-) -> dg.AssetMaterialization:
-    """Publishes the file version's staged rows into the table consumers read and returns the
-    materialization that says so; a held version is refused."""
-    try:
-        published = publish(store, spec, key, context.run_id)
-    except HeldVersion as exc:
-        raise dg.Failure(str(exc), allow_retries=False) from None
-    except ValueError as exc:
-        raise dg.Failure(str(exc), allow_retries=False) from None
+def published_materialization(spec: SourceSpec, key: str, published: Publication) -> dg.AssetMaterialization:
     return dg.AssetMaterialization(
         asset_key=f"{spec.name}_published",
         partition=key,
