@@ -193,8 +193,9 @@ def test_an_s3_endpoint_dying_mid_download_is_retried_in_the_run_and_the_rows_la
 def test_a_backfill_range_of_s3_objects_retried_after_a_passing_fault_reports_each_file_once(
     dying_s3, landing, instance, environment, quick_retries
 ):
-    """A passing fault in a backfill's range fails its step once every file had its turn; the
-    retry loads what is left, and the files the first attempt finished are not reported again."""
+    """A passing fault in a backfill's range fails its step (here the hash step, which downloads
+    each object) once every file had its turn; the retry takes the range again, and no file is
+    reported twice."""
     endpoint, bucket, client = dying_s3
     lines = (landing / SOURCE / Q3).read_text().splitlines(keepends=True)
     bodies = {"small_1.csv": "".join(lines[:4]), "small_2.csv": "".join(lines[:1] + lines[4:7])}
@@ -211,7 +212,7 @@ def test_a_backfill_range_of_s3_objects_retried_after_a_passing_fault_reports_ea
 
     assert result.success
     assert endpoint.deaths == 1
-    assert len(step_events(result, dg.DagsterEventType.STEP_UP_FOR_RETRY, "_stage")) == 1
+    assert len(step_events(result, dg.DagsterEventType.STEP_UP_FOR_RETRY, "_hash")) == 1
     records = instance.get_records_for_run(result.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION).records
     materialized = [(r.event_log_entry.dagster_event.asset_key.to_user_string(), r.partition_key) for r in records]
     # Each once: the retry did not report again what the first attempt had finished.

@@ -247,7 +247,7 @@ def test_the_alert_rules_and_the_scrape_config_load():
     rules = subprocess.run(
         ["promtool", "check", "rules", DEPLOY / "prometheus" / "alerts.yml"], capture_output=True, text=True
     )
-    assert rules.returncode == 0 and "SUCCESS: 7 rules found" in rules.stdout, rules.stdout + rules.stderr
+    assert rules.returncode == 0 and "SUCCESS: 8 rules found" in rules.stdout, rules.stdout + rules.stderr
     config = subprocess.run(
         ["promtool", "check", "config", "prometheus.yml"],
         capture_output=True,

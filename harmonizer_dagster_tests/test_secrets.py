@@ -43,6 +43,7 @@ def secret(s3_endpoint, s3_bucket, postgres_url):
     yield rds_secret(s3_endpoint, postgres_url, role, dbname), role
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         conn.execute("DROP SCHEMA IF EXISTS harmonizer_secret_test CASCADE")
+        conn.execute("DROP SCHEMA IF EXISTS harmonizer_secret_test_stage CASCADE")
         conn.execute(f"REASSIGN OWNED BY {role} TO CURRENT_USER")
         conn.execute(f"DROP OWNED BY {role}")
         conn.execute(f"DROP ROLE {role}")

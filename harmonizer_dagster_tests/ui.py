@@ -28,6 +28,8 @@ OPS = [
     "business_registry_validate",
     "business_registry_deduplicate",
     "business_registry_stage",
+    "business_registry_audit",
+    "business_registry_publish",
 ]
 
 

@@ -62,18 +62,21 @@ class SourceOps:
         """Composes the steps after the op that names the files."""
         staged, materialized = self.stage(self.deduplicate(self.validate(self.hash(files))))
         audited, *checks = self.audit(staged)
-        return Loaded(materialized, checks, audited, self.publish(audited))
+        published, done = self.publish(audited)
+        return Loaded(materialized, checks, audited, published, done)
 
 
 @dataclass(frozen=True)
 class Loaded:
     """The outputs of a composed load: those standing for the staged asset, its checks and the
-    published asset, and the audited files (what a source's report reads)."""
+    published asset; the audited files (what a source's report reads); and `done`, what an op
+    that runs once the files are published waits on."""
 
     materialized: object
     checks: list[object]
     audited: object
     published: object
+    done: object
 
 
 def _opened(context: dg.OpExecutionContext) -> Warehouse:
@@ -219,14 +222,14 @@ def build_source_ops(spec: SourceSpec, with_s3: bool = False) -> SourceOps:
     @dg.op(
         name=f"{spec.name}_publish",
         # The asset `<source>_published`: each file's materialization is reported as it is published.
-        out={"published": dg.Out(dg.Nothing, is_required=False)},
+        out={"published": dg.Out(dg.Nothing, is_required=False), "done": dg.Out(dg.Nothing, is_required=False)},
         required_resource_keys=resource_keys(with_s3, "warehouse", "landing"),
         tags=tags,
         retry_policy=transient_retry_policy(),
         description="Publishes each version that passed its blocking checks into the table consumers read, "
         "one transaction each; a file that failed or was held fails the run at the end, naming it.",
     )
-    def publish_op(context: dg.OpExecutionContext, batch: Batch) -> None:
+    def publish_op(context: dg.OpExecutionContext, batch: Batch):
         landing: LandingZone = context.resources.landing
         store = _opened(context)
         left_behind = dict(batch.failed)
@@ -256,6 +259,8 @@ def build_source_ops(spec: SourceSpec, with_s3: bool = False) -> SourceOps:
             )
             left_behind |= again.failed
         fail_for_files_left_behind(context, replace(batch, failed=left_behind))
+        if "done" in context.selected_output_names:
+            yield dg.Output(None, "done")
 
     return SourceOps(hash_op, validate_op, deduplicate_op, stage_op, audit_op, publish_op)
 

@@ -169,7 +169,7 @@ def build_ingest_jobs(
     def load(spec: SourceSpec) -> object:
         """The source's files loaded; returns what the run waits on: publication and report."""
         loaded = ops[spec.name].load(names[spec.name]())
-        return loaded.published, reports[spec.name](loaded.audited)
+        return loaded.done, reports[spec.name](loaded.audited)
 
     @dg.graph(name="ingest_landing")
     def ingest_landing():

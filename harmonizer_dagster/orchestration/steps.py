@@ -242,9 +242,10 @@ def fail_for_files_left_behind(context: dg.OpExecutionContext, batch: Batch) -> 
         return
     order = {key: position for position, key in enumerate(batch.named)}
     failed = sorted(batch.failed.items(), key=lambda item: order.get(item[0], len(order)))
+    # A run of one file fails with that file's reason, which names it.
+    listed = "; ".join(f"{key}: {why}" for key, why in failed)
     raise dg.Failure(
-        f"{len(batch.failed)} of {len(batch.named)} file(s) failed: "
-        + "; ".join(f"{key}: {why}" for key, why in failed),
+        failed[0][1] if len(batch.named) == 1 else f"{len(failed)} of {len(batch.named)} file(s) failed: {listed}",
         metadata={"failed_files": dg.MetadataValue.json(batch.failed)},
         allow_retries=False,
     )
