@@ -16,7 +16,8 @@ processes a case starts (Sling's binary, DuckDB's CLI).
 
 Without --rows, a 3-row file:
   materialize_harmonizer  `dagster asset materialize -m harmonizer_dagster --select
-      business_registry --partition three_rows.csv`: a 3-row file into a fresh DuckDB warehouse
+      business_registry,business_registry_published --partition three_rows.csv`: a 3-row file
+      written, audited and published into a fresh DuckDB warehouse
   materialize_trivial     the same command on a one-asset project generated into the work
       folder (one @asset, the same dynamic partition, the in-process executor)
   ingest_landing          `dagster job execute -m harmonizer_dagster -j ingest_landing` over
@@ -28,7 +29,7 @@ duplicates (benchmarks/data/registry_N.csv, made once, as pipeline.py makes it),
 `dagster asset materialize` into DuckDB (*_duckdb) and into PostgreSQL (*_postgres):
   harmonizer_*  this project's business_registry asset, the file's partition: the file copied
       into the landing folder of the case, its partition registered before the runs; hash,
-      validate, harmonize, upsert and every check
+      validate, deduplicate, stage, every check, publish
   dlt_*         a project generated into the work folder: one @dlt_assets asset (dagster-dlt),
       a dlt source yielding pyarrow batches of the file, write_disposition merge, primary key
       corp_number
@@ -61,6 +62,8 @@ from peers import DLT_ENVIRONMENT, sling_environment
 from scratch import recreated_database, registry_file, scratch_database
 
 REPO = Path(__file__).resolve().parent.parent
+# What a user materializes to load a file: the staged asset and its publication.
+PUBLISHED = "business_registry,business_registry_published"
 SAMPLES = REPO / "harmonizer_dagster" / "samples"
 DAGSTER = str(Path(sys.executable).parent / "dagster")
 PARTITION = "three_rows.csv"
@@ -256,7 +259,7 @@ def three_row_cases(work: Path, base: dict[str, str], harmonizer_env) -> dict[st
     for name, arguments, env, partitions in (
         (
             "materialize_harmonizer",
-            ["asset", "materialize", "-m", "harmonizer_dagster", "--select", "business_registry"],
+            ["asset", "materialize", "-m", "harmonizer_dagster", "--select", PUBLISHED],
             harmonizer_env(work / "materialize_harmonizer", landing),
             "business_registry_files",
         ),
@@ -306,7 +309,7 @@ def file_cases(work: Path, base: dict[str, str], harmonizer_env, file: Path) -> 
             if tool == "harmonizer":
                 env = harmonizer_env(folder, file_landing(folder / "landing", file))
                 home = instance_home(folder / "home", env, "business_registry_files", file.name)
-                arguments = ["-m", "harmonizer_dagster", "--select", "business_registry", "--partition", file.name]
+                arguments = ["-m", "harmonizer_dagster", "--select", PUBLISHED, "--partition", file.name]
                 variable = "HARMONIZER_WAREHOUSE_URL"
             else:
                 env = {**base, "PYTHONPATH": peer_path, "BENCH_FILE": str(file)}

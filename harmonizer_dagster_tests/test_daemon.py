@@ -211,7 +211,7 @@ def test_a_killed_dagster_asset_materialize_is_failed_by_run_monitoring(daemon_e
     holder = hold_duckdb_lock(warehouse)
     command = [str(Path(sys.executable).parent / "dagster"), "asset", "materialize", "-m", "harmonizer_dagster"]
     cli = subprocess.Popen(
-        [*command, "--select", SOURCE, "--partition", Q3],
+        [*command, "--select", f"{SOURCE},{SOURCE}_published", "--partition", Q3],
         env=daemon_env,
         cwd=home.parent,
         stdout=subprocess.DEVNULL,
@@ -233,7 +233,8 @@ def test_a_killed_dagster_asset_materialize_is_failed_by_run_monitoring(daemon_e
     assert any("has exited without ending it: the run worker is lost" in m for m in messages), messages[-5:]
     # A run started from the command line has no code location the daemon could re-execute it
     # from: the same command, run again, loads the file.
-    subprocess.run([*command, "--select", SOURCE, "--partition", Q3], env=daemon_env, cwd=home.parent, check=True)
+    again = [*command, "--select", f"{SOURCE},{SOURCE}_published", "--partition", Q3]
+    subprocess.run(again, env=daemon_env, cwd=home.parent, check=True)
     with duckdb.connect(str(warehouse), read_only=True) as con:
         assert con.execute(f"SELECT count(*) FROM harmonizer.{SOURCE}").fetchone() == (988,)
 

@@ -92,3 +92,19 @@ def check_source_pages(webserver: str, location: str, screenshot_prefix: str) ->
         shows(page, "row_count_reconciliation", "natural_key_unique", "home_office_zip_pass_rate")
         page.screenshot(path=str(ARTIFACTS / f"{screenshot_prefix}-checks.png"))
         browser.close()
+
+
+def check_range_run(webserver: str, run_id: str, partitions: list[str], screenshot_prefix: str) -> None:
+    """A backfill's run of a range of files: its timeline shows every step, each having done
+    its work, and each file of the range is a partition with its own figures and checks."""
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = new_page(browser)
+        page.goto(f"{webserver}/runs/{run_id}")
+        shows(page, *OPS, "Success")
+        page.screenshot(path=str(ARTIFACTS / f"{screenshot_prefix}-range-run.png"), full_page=True)
+        for partition in partitions:
+            page.goto(f"{webserver}/assets/business_registry?view=partitions&partition={partition}")
+            shows(page, "records_in_file", "file_hash", "blocking_checks", "warning_checks")
+        page.screenshot(path=str(ARTIFACTS / f"{screenshot_prefix}-range-partition.png"), full_page=True)
+        browser.close()

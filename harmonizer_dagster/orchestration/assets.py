@@ -89,8 +89,9 @@ def build_source_ops(spec: SourceSpec, with_s3: bool = False) -> SourceOps:
     tags = {"source": spec.name}
     published_key = dg.AssetKey(f"{spec.name}_published")
 
-    def each(context: dg.OpExecutionContext, batch: Batch, work: Callable[[HashedVersion], None], **kw) -> Batch:
-        store = _opened(context)
+    def each(
+        context: dg.OpExecutionContext, store: Warehouse, batch: Batch, work: Callable[[HashedVersion], None], **kw
+    ) -> Batch:
         # The DuckDB file stays open from file to file, and waiting processes are let in.
         with store.kept_open():
             return each_file(context, batch, work, **kw)
@@ -125,7 +126,7 @@ def build_source_ops(spec: SourceSpec, with_s3: bool = False) -> SourceOps:
 
         # Files named, not hashed yet: each fails alone, as any later step's file would.
         pending = Batch(tuple(_unhashed(key) for key in files), named=tuple(files))
-        left = each(context, pending, lambda unhashed: hash_one(unhashed.partition_key))
+        left = each(context, store, pending, lambda unhashed: hash_one(unhashed.partition_key))
         return Batch(tuple(hashed), left.failed, repeats, left.named)
 
     @dg.op(
@@ -142,7 +143,7 @@ def build_source_ops(spec: SourceSpec, with_s3: bool = False) -> SourceOps:
             if summary := validate_file(spec, hashed, store, landing, context.log.info):
                 context.log.info(f"{hashed.partition_key}: {summary}")
 
-        return each(context, batch, validate)
+        return each(context, store, batch, validate)
 
     @dg.op(
         name=f"{spec.name}_deduplicate",
@@ -157,7 +158,7 @@ def build_source_ops(spec: SourceSpec, with_s3: bool = False) -> SourceOps:
             if summary := deduplicate_file(spec, hashed, store):
                 context.log.info(f"{hashed.partition_key}: {summary}")
 
-        return each(context, batch, deduplicate)
+        return each(context, store, batch, deduplicate)
 
     @dg.op(
         name=f"{spec.name}_stage",
@@ -184,7 +185,7 @@ def build_source_ops(spec: SourceSpec, with_s3: bool = False) -> SourceOps:
                 )
             )
 
-        staged = each(context, batch, stage, reported=reported_in_this_run(context, dg.AssetKey(spec.name)))
+        staged = each(context, store, batch, stage, reported=reported_in_this_run(context, dg.AssetKey(spec.name)))
         if "staged" in context.selected_output_names:
             yield dg.Output(staged, "staged")
         else:
@@ -211,7 +212,7 @@ def build_source_ops(spec: SourceSpec, with_s3: bool = False) -> SourceOps:
                 context.log.warning(failed[hashed.partition_key])
 
         done = reported_in_this_run(context, dg.AssetKey(spec.name), checks=True)
-        audited = each(context, batch, audit, reported=done)
+        audited = each(context, store, batch, audit, reported=done)
         passed = tuple(h for h in audited.files if h.partition_key not in failed)
         audited = replace(audited, files=passed, failed={**failed, **audited.failed})
         if "audited" in context.selected_output_names:
@@ -242,7 +243,7 @@ def build_source_ops(spec: SourceSpec, with_s3: bool = False) -> SourceOps:
             context.log_event(published_materialization(spec, hashed.partition_key, published))
 
         done = reported_in_this_run(context, published_key)
-        published = each(context, batch, publish_one, reported=done)
+        published = each(context, store, batch, publish_one, reported=done)
         left_behind |= published.failed
         # Files with the bytes of an earlier file of the run, hashed again now that it is
         # published: each is skipped as identical to it, and published as it is.
@@ -254,6 +255,7 @@ def build_source_ops(spec: SourceSpec, with_s3: bool = False) -> SourceOps:
                 continue
             again = each(
                 context,
+                store,
                 Batch((_unhashed(key),), named=(key,)),
                 lambda unhashed: _publish_repeat(context, spec, store, landing, unhashed.partition_key),
             )
