@@ -175,3 +175,32 @@ def test_metrics_show_a_held_version_with_the_checks_it_failed(warehouse, loaded
     scraped = TestClient(create_metrics_app(warehouse)).get("/metrics").text
     assert f'harmonizer_versions{{source="{SOURCE}",status="held"}} 1.0' in scraped
     assert f'harmonizer_held_versions{{check="rejected_rate",source="{SOURCE}"}} 1.0' in scraped
+
+
+def test_the_decide_held_version_job_releases_a_version_and_the_ui_sees_it_published(
+    environment, specs, landing, tmp_path
+):
+    import dagster as dg
+
+    from harmonizer_dagster.core.warehouse import open_warehouse
+    from harmonizer_dagster.definitions import build_definitions
+
+    spec = specs[SOURCE]
+    store = open_warehouse(f"duckdb:///{environment}")
+    load_file(spec, landing, Q3, store, tmp_path / "staging")
+    keys = ["000001", "000002", "000003", "000004"]
+    land_held_file(landing, "held.csv", keys, "NOWHERE")
+    load_file(spec, landing, "held.csv", store, tmp_path / "staging")
+    (held,) = held_versions(store)
+
+    job = build_definitions().resolve_job_def("decide_held_version")
+    config = {"source_id": held.source_id, "decision": "release", "reason": "checked", "decided_by": "dana"}
+    with dg.instance_for_test() as instance:
+        result = job.execute_in_process(
+            instance=instance, run_config={"ops": {"release_or_discard": {"config": config}}}
+        )
+        (event,) = result.get_asset_materialization_events()
+    assert (event.asset_key.to_user_string(), event.partition) == (f"{SOURCE}_published", "held.csv")
+    assert cities(store, keys) == dict.fromkeys(keys, "NOWHERE")
+    (decision,) = store.query("SELECT decision, decided_by, reason FROM {schema}.version_decisions")
+    assert decision[0] == "released" and decision[1].startswith("dana (dagster run ") and decision[2] == "checked"

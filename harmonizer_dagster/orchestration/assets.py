@@ -30,7 +30,6 @@ from harmonizer_dagster.orchestration.resources import LandingZone, WarehouseRes
 from harmonizer_dagster.orchestration.steps import (
     Batch,
     column_schema,
-    data_version,
     deduplicate_file,
     each_file,
     fail_for_files_left_behind,
@@ -42,9 +41,13 @@ from harmonizer_dagster.orchestration.steps import (
     reported_in_this_run,
     stage_file,
     stage_summary,
+    staged_materialization,
     transient_retry_policy,
     validate_file,
 )
+
+# Files the data steps (validate, deduplicate) work on at once.
+FILES_AT_ONCE = 2
 
 
 @dataclass(frozen=True)
@@ -143,7 +146,8 @@ def build_source_ops(spec: SourceSpec, with_s3: bool = False) -> SourceOps:
             if summary := validate_file(spec, hashed, store, landing, context.log.info):
                 context.log.info(f"{hashed.partition_key}: {summary}")
 
-        return each(context, store, batch, validate)
+        # Two files at once: their data work releases the GIL, and a Pi has two cores or more.
+        return each(context, store, batch, validate, workers=FILES_AT_ONCE)
 
     @dg.op(
         name=f"{spec.name}_deduplicate",
@@ -158,7 +162,7 @@ def build_source_ops(spec: SourceSpec, with_s3: bool = False) -> SourceOps:
             if summary := deduplicate_file(spec, hashed, store):
                 context.log.info(f"{hashed.partition_key}: {summary}")
 
-        return each(context, store, batch, deduplicate)
+        return each(context, store, batch, deduplicate, workers=FILES_AT_ONCE)
 
     @dg.op(
         name=f"{spec.name}_stage",
@@ -179,11 +183,7 @@ def build_source_ops(spec: SourceSpec, with_s3: bool = False) -> SourceOps:
         def stage(hashed: HashedVersion) -> None:
             _, metadata = stage_file(spec, hashed, store, context.run_id)
             context.log.info(f"{hashed.partition_key} {stage_summary(store, metadata)}")
-            context.log_event(
-                dg.AssetMaterialization(
-                    asset_key=spec.name, partition=hashed.partition_key, metadata=metadata, tags=data_version(hashed)
-                )
-            )
+            context.log_event(staged_materialization(spec, hashed, metadata))
 
         staged = each(context, store, batch, stage, reported=reported_in_this_run(context, dg.AssetKey(spec.name)))
         if "staged" in context.selected_output_names:
@@ -288,9 +288,7 @@ def _publish_repeat(
     hashed = hash_file(context, spec, locate(landing.landing_path, spec.name, key), store, landing)
     context.log.info(f"{key}: {hash_summary(hashed)}")
     _, metadata = stage_file(spec, hashed, store, context.run_id)
-    context.log_event(
-        dg.AssetMaterialization(asset_key=spec.name, partition=key, metadata=metadata, tags=data_version(hashed))
-    )
+    context.log_event(staged_materialization(spec, hashed, metadata))
     context.log_event(published_materialization(spec, key, publish(store, spec, key, context.run_id)))
 
 

@@ -6,6 +6,7 @@ import os
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from collections.abc import Set as AbstractSet
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -202,28 +203,41 @@ def each_file(
     batch: Batch,
     work: Callable[[HashedVersion], None],
     reported: AbstractSet[str] = frozenset(),
+    workers: int = 1,
 ) -> Batch:
     """Runs `work` on every file of the batch, a failure failing only its file. A passing fault
     fails the step once every file had its turn, so its retry policy runs it again (work done is
     not redone: each step resumes or finds its output); any other leaves the file behind, and
-    the run fails naming it at its end. `reported`: files a retried attempt already finished."""
+    the run fails naming it at its end. `reported`: files a retried attempt already finished.
+    `workers` > 1 runs that many files at once (data work that releases the GIL)."""
+
+    def attempt(hashed: HashedVersion) -> Exception | None:
+        if hashed.partition_key in reported:
+            return None
+        try:
+            work(hashed)
+        except Exception as exc:
+            return exc
+        return None
+
+    if workers > 1:
+        with ThreadPoolExecutor(workers, thread_name_prefix=context.op_def.name) as pool:
+            outcomes = list(pool.map(attempt, batch.files))
+    else:
+        outcomes = [attempt(hashed) for hashed in batch.files]
     going: list[HashedVersion] = []
     failed = dict(batch.failed)
     transient: list[Exception] = []
-    for hashed in batch.files:
-        if hashed.partition_key in reported:
+    for hashed, exc in zip(batch.files, outcomes, strict=True):
+        if exc is None:
             going.append(hashed)
             continue
-        try:
-            work(hashed)
-            going.append(hashed)
-        except Exception as exc:
-            failure = step_failure(exc)
-            context.log.error(f"{hashed.partition_key} failed: {type(exc).__name__}: {str(exc).strip()}")
-            if failure is None:
-                transient.append(exc)
-            else:
-                failed[hashed.partition_key] = failure.description or ""
+        failure = step_failure(exc)
+        context.log.error(f"{hashed.partition_key} failed: {type(exc).__name__}: {str(exc).strip()}")
+        if failure is None:
+            transient.append(exc)
+        else:
+            failed[hashed.partition_key] = failure.description or ""
     tag_retry(context, bool(transient))
     if transient:
         announce_retry(context, transient[0])
@@ -264,9 +278,17 @@ def reported_in_this_run(context: dg.OpExecutionContext, asset_key: dg.AssetKey,
     return {e.partition for e in events if e and e.asset_key == asset_key}
 
 
-def data_version(hashed: HashedVersion) -> dict[str, str]:
-    """The tags by which Dagster's events carry a user-provided data version."""
-    return {"dagster/data_version": hashed.file_hash, "dagster/data_version_is_user_provided": "true"}
+def staged_materialization(
+    spec: SourceSpec, hashed: HashedVersion, metadata: dict[str, Any]
+) -> dg.AssetMaterialization:
+    """A staged file as its partition's materialization, with the file's hash as the data version
+    (the tags by which Dagster's events carry a user-provided one)."""
+    return dg.AssetMaterialization(
+        asset_key=spec.name,
+        partition=hashed.partition_key,
+        metadata=metadata,
+        tags={"dagster/data_version": hashed.file_hash, "dagster/data_version_is_user_provided": "true"},
+    )
 
 
 def held_message(key: str, failures: Sequence[str]) -> str:
