@@ -1,5 +1,5 @@
 """Real faults: an S3 endpoint dying mid-download, a PostgreSQL backend killed or a server
-stopped mid-upsert, a DuckDB file locked by another process. Passing faults are retried
+stopped mid-transaction, a DuckDB file locked by another process. Passing faults are retried
 inside the run; other errors fail at once; a failure the warehouse could not take is
 recorded later, with its true cause."""
 
@@ -302,7 +302,7 @@ def job_warehouse(request, environment, point_warehouse) -> Iterator[str]:
 
 
 def _locked_until_killed(url: str, table: str, kill) -> threading.Thread:
-    """Holds the table's lock from another session, so the upsert waits on it mid-transaction;
+    """Holds the table's lock from another session, so the stage step waits on it mid-transaction;
     `kill(pid)` is then run on the waiting backend."""
     ready = threading.Event()
     waiting: list[tuple[int, str]] = []
@@ -320,7 +320,7 @@ def _locked_until_killed(url: str, table: str, kill) -> threading.Thread:
                             "WHERE wait_event_type = 'Lock' AND datname = current_database()"
                         ).fetchall(),
                         120,
-                        "the upsert to wait on the table",
+                        "the stage step to wait on the table",
                     )
                 )
                 kill(watcher, waiting[0][0])
@@ -336,7 +336,7 @@ def _locked_until_killed(url: str, table: str, kill) -> threading.Thread:
     return thread
 
 
-def test_a_postgres_backend_killed_mid_upsert_is_retried_to_completed(
+def test_a_postgres_backend_killed_mid_stage_is_retried_to_completed(
     postgres_url, point_warehouse, instance, quick_retries
 ):
     with private_database(postgres_url) as url:
@@ -364,17 +364,17 @@ def build_definitions_specs():
     return [spec for spec in load_specs(SOURCES_DIR) if spec.name == SOURCE]
 
 
-def test_a_postgres_restart_mid_upsert_reports_its_cause_and_the_registry_check_records_it(
+def test_a_postgres_restart_mid_stage_reports_its_cause_and_the_registry_check_records_it(
     point_warehouse, instance, quick_retries, monkeypatch
 ):
-    # No second attempt: this run's error is what the stop did to the upsert.
+    # No second attempt: this run's error is what the stop did to the stage step.
     monkeypatch.setenv("HARMONIZER_STEP_RETRIES", "0")
     with running_cluster() as cluster:
         point_warehouse(cluster.url)
         specs = build_definitions_specs()
         open_warehouse(cluster.url).migrate(specs)
         instance.add_dynamic_partitions(PARTITIONS, [Q3])
-        # The server goes down with the upsert waiting inside its transaction, and stays down
+        # The server goes down with the stage step waiting inside its transaction, and stays down
         # while the step records its failure and tries again.
         holder = _locked_until_killed(cluster.url, f"harmonizer.{SOURCE}", lambda watcher, pid: cluster.stop())
 

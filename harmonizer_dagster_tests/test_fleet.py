@@ -292,11 +292,11 @@ def load_state(fleet, partition: str) -> dict:
     return {"versions": versions, "rows": rows, "duplicate_keys": duplicate_keys, "dead_letters": dead_letters}
 
 
-def lose_power_mid_upsert(fleet, partition: str, seed: int) -> tuple[str, dict, float]:
-    """Loads a large registry file on pi-a and kills the Pi once the upsert has begun."""
+def lose_power_mid_stage(fleet, partition: str, seed: int) -> tuple[str, dict, float]:
+    """Loads a large registry file on pi-a and kills the Pi once the stage step has begun."""
     expected = write_registry_csv(fleet.landing / "business_registry" / partition, 400_000, seed=seed)
     run_id = launch(fleet, "pi-a", "business_registry", partition)
-    wait_for(lambda: step_started(fleet, run_id, "_stage"), 300, "the upsert step to start", 0.05)
+    wait_for(lambda: step_started(fleet, run_id, "_stage"), 300, "the stage step to start", 0.05)
     fleet.kill("pi-a")  # its code server and every run worker under it
     killed_at = time.time()
     assert fleet.instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.STARTED
@@ -332,7 +332,7 @@ def assert_loaded_whole(fleet, partition: str, expected: dict) -> None:
 
 def test_a_pi_rebooting_mid_run_fails_the_run_and_the_automatic_retry_loads_the_file_whole(fleet):
     partition = "registry_2027-Q1.csv"
-    run_id, expected, killed_at = lose_power_mid_upsert(fleet, partition, seed=2027)
+    run_id, expected, killed_at = lose_power_mid_stage(fleet, partition, seed=2027)
     time.sleep(3)
     fleet.start_pi("pi-a")  # power is back; systemd starts the code server again
     # Its code server answers without the run: noticed at the next monitoring poll.
@@ -350,7 +350,7 @@ def test_a_pi_rebooting_mid_run_fails_the_run_and_the_automatic_retry_loads_the_
 
 def test_a_pi_down_for_good_fails_its_run_within_the_unreachable_timeout(fleet):
     partition = "registry_2027-Q2.csv"
-    run_id, expected, killed_at = lose_power_mid_upsert(fleet, partition, seed=2028)
+    run_id, expected, killed_at = lose_power_mid_stage(fleet, partition, seed=2028)
     timeout = fleet.config["run_launcher"]["config"]["unreachable_timeout_seconds"]
     marked_failed(fleet, run_id, killed_at, timeout + 30, "unreachable")
     # The Pi's own sensors are down with it: the central location announces the failure.
