@@ -51,6 +51,8 @@ def opened() -> Warehouse:
 
 def summary() -> int:
     """Where the results are, and what each source's files came to."""
+    from harmonizer_dagster.core.publishing import held_versions
+
     store = opened()
     if isinstance(store, DuckDBWarehouse) and not Path(store.path).is_file():
         # Opening it would create an empty one, folder and all: a summary only reads.
@@ -70,11 +72,11 @@ def summary() -> int:
         )
         for source, key, status, *counts in rows:
             print(f"{source:<20} {key:<28} {status:<10} " + " ".join(f"{c or 0:>8}" for c in counts))
-        held = sum(1 for _, _, status, *_ in rows if status == "held")
+        held = held_versions(store)
         if held:
-            print(
-                f"\n{counted(held, 'version')} held by failed blocking checks (not in the tables): harmonizer held list"
-            )
+            print(f"\n{counted(len(held), 'version')} held by failed blocking checks, not in the tables:")
+        for version in held:
+            print(f"  {version.source}/{version.partition_key} (id {version.source_id}): {version.held_because}")
         print("\nTables:")
         created = {
             name

@@ -182,7 +182,9 @@ def test_a_steward_lists_shows_and_releases_a_held_version_from_the_terminal(loa
     shown = harmonizer(capsys, "held", "show", source_id)
     assert "would write 4 rows: 0 new, 4 changed" in shown
     assert f"changed corp_number=000001  home_office_city: {before['000001']} -> NOWHERE" in shown
-    assert "held by failed blocking checks" in harmonizer(capsys, "summary")
+    summary = harmonizer(capsys, "summary")
+    assert "1 version held by failed blocking checks" in summary and "held.csv (id " in summary
+    assert "rejected_rate" in summary
     assert main(["held", "release", source_id, "--reason", " "]) == 1
     assert "needs who decides and why" in capsys.readouterr().err
 

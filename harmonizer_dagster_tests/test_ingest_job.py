@@ -49,6 +49,9 @@ def test_ingest_landing_checks_publishes_and_reports_every_file(environment, lan
         (source, key, len(checks_for(specs[source]))) for source, keys in LANDED.items() for key in keys
     ), "one row per check per loaded file"
     assert published == {key: key != "bad zips.csv" for keys in LANDED.values() for key in keys}
+    with duckdb.connect(str(environment), read_only=True) as con:
+        zips = con.execute("SELECT count(*) FROM harmonizer.business_registry WHERE home_office_zip = '1234'")
+        assert zips.fetchone() == (0,), "the held file's values never reach the table consumers read"
 
     evaluations = result.get_asset_check_evaluations()
     groups = {(e.asset_key.to_user_string(), e.check_name, e.partition) for e in evaluations}

@@ -135,6 +135,8 @@ def test_a_failing_blocking_check_keeps_the_partition_unpublished(environment, l
     with duckdb.connect(str(environment), read_only=True) as con:
         rows = dict(con.execute("SELECT partition_key, published_at IS NOT NULL FROM harmonizer.sources").fetchall())
         assert rows == {"good.csv": True, "bad zips.csv": False}
+        held = con.execute("SELECT count(*) FROM harmonizer.business_registry WHERE home_office_zip = '1234'")
+        assert held.fetchone() == (0,), "the held version's values never reach the table consumers read"
         recorded = dict(
             con.execute(
                 "SELECT check_name, passed FROM harmonizer.data_quality_checks WHERE partition_key = 'bad zips.csv'"
