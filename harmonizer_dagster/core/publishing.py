@@ -15,6 +15,7 @@ from harmonizer_dagster.core.quality import Evaluation, QualityCheck, checks_for
 from harmonizer_dagster.core.spec import SourceSpec
 from harmonizer_dagster.core.sql import quote_ident
 from harmonizer_dagster.core.warehouse import Warehouse
+from harmonizer_dagster.core.warehouse.tables import replaced_row
 
 
 class HeldVersion(Exception):
@@ -215,8 +216,7 @@ def pending_changes(
     )[0][0]
     relation = (
         f"FROM {store.stage_table(spec.name)} s LEFT JOIN {store.table(spec.name)} t ON {joined} "
-        f"WHERE s._source_id = {int(source_id)} AND (t.{keys[0]} IS NULL OR (t._row_hash <> s._row_hash "
-        f"AND coalesce(t._arrival, 0) <= {int(arrival or 0)}))"
+        f"WHERE s._source_id = {int(source_id)} AND (t.{keys[0]} IS NULL OR ({replaced_row(arrival or 0)}))"
     )
     total = int(store.query(f"SELECT count(*) {relation}")[0][0])
     selected = ", ".join([*(f"s.{k}" for k in keys), f"t.{keys[0]} IS NULL", *(f"t.{v}, s.{v}" for v in values)])

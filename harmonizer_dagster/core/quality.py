@@ -18,6 +18,7 @@ from harmonizer_dagster.core.spec import SourceSpec
 from harmonizer_dagster.core.sql import quote_ident, quote_literal
 from harmonizer_dagster.core.validation import NUL_RULE
 from harmonizer_dagster.core.warehouse import Warehouse
+from harmonizer_dagster.core.warehouse.tables import replaced_row
 
 # A typed column whose values fail their type this often was probably retyped upstream.
 RETYPED_FAILURE_RATE = 0.5
@@ -115,8 +116,7 @@ def _written(store: Warehouse, spec: SourceSpec, v: Version) -> str:
     joined = " AND ".join(f"t.{quote_ident(k)} = s.{quote_ident(k)}" for k in spec.natural_key)
     return (
         f"(SELECT s.* FROM {store.stage_table(spec.name)} s WHERE s._source_id = {int(v.source_id)} "
-        f"AND NOT EXISTS (SELECT 1 FROM {store.table(spec.name)} t WHERE {joined} "
-        f"AND (t._row_hash = s._row_hash OR coalesce(t._arrival, 0) > {int(v.arrival)})))"
+        f"AND NOT EXISTS (SELECT 1 FROM {store.table(spec.name)} t WHERE {joined} AND NOT ({replaced_row(v.arrival)})))"
     )
 
 

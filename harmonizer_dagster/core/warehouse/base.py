@@ -38,6 +38,7 @@ from harmonizer_dagster.core.warehouse.tables import (
     VERSION_COUNTS,
     Indexing,
     canonical_columns,
+    replaced_row,
     source_table_ddl,
     stage_schema,
     stage_table_ddl,
@@ -620,7 +621,7 @@ class Warehouse(ABC):
         rows it would replace (never rows of a file that arrived later), rows it leaves as they are."""
         keys = [quote_ident(k) for k in spec.natural_key]
         joined = " AND ".join(f"t.{k} = s.{k}" for k in keys)
-        changed = f"t.{ROW_HASH_COLUMN} <> s.{ROW_HASH_COLUMN} AND coalesce(t._arrival, 0) <= {int(arrival)}"
+        changed = replaced_row(arrival)
         inserted, updated, total = s.execute(
             f"SELECT count(*) FILTER (WHERE t.{keys[0]} IS NULL), "
             f"count(*) FILTER (WHERE t.{keys[0]} IS NOT NULL AND {changed}), count(*) "
@@ -844,7 +845,7 @@ class Warehouse(ABC):
         target = self.table(spec.name)
         keys = [quote_ident(k) for k in spec.natural_key]
         joined = " AND ".join(f"t.{k} = s.{k}" for k in keys)
-        changed = f"t.{ROW_HASH_COLUMN} <> s.{ROW_HASH_COLUMN} AND coalesce(t._arrival, 0) <= {int(arrival)}"
+        changed = replaced_row(arrival)
         file_hash, partition_key = (quote_literal(v) for v in version)
         if same_file_only:
             changed += f" AND t._file_hash = {file_hash}"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from harmonizer_dagster.core.harmonization import PROVENANCE_COLUMNS, WAREHOUSE_ONLY_COLUMNS
+from harmonizer_dagster.core.harmonization import PROVENANCE_COLUMNS, ROW_HASH_COLUMN, WAREHOUSE_ONLY_COLUMNS
 from harmonizer_dagster.core.spec import Column, SourceSpec
 from harmonizer_dagster.core.sql import quote_ident
 
@@ -470,3 +470,9 @@ def staged_columns(spec: SourceSpec) -> list[tuple[str, str]]:
     """The columns a version's staged rows carry: the canonical ones and what the file gives
     them (line, row hash); the warehouse stamps the rest when it publishes."""
     return [c for c in canonical_columns(spec) if c[0] not in WAREHOUSE_ONLY_COLUMNS]
+
+
+def replaced_row(arrival: int) -> str:
+    """When a published row `t` is replaced by a staged row `s` of the same key: its content
+    changed, and no file that arrived after the staged version's (`arrival`) wrote it."""
+    return f"t.{ROW_HASH_COLUMN} <> s.{ROW_HASH_COLUMN} AND coalesce(t._arrival, 0) <= {int(arrival)}"
