@@ -205,6 +205,11 @@ def status(args: argparse.Namespace) -> int:
             f"{row['source_type']:<20} {row['partition_key']:<28} {row['health_status']:<10} {figures} "
             f"{row['records_failed'] or 0:>8} {rate:>9}  {row['heartbeat_at'] or ''}"
         )
+    if not args.stalled:
+        from harmonizer_dagster.core.publishing import held_versions
+
+        for held in held_versions(store):
+            print(f"held: {held.source}/{held.partition_key} (id {held.source_id}), failed {held.held_because}")
     return 1 if args.stalled and rows else 0
 
 

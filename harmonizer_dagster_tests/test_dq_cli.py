@@ -185,6 +185,8 @@ def test_a_steward_lists_shows_and_releases_a_held_version_from_the_terminal(loa
     summary = harmonizer(capsys, "summary")
     assert "1 version held by failed blocking checks" in summary and "held.csv (id " in summary
     assert "rejected_rate" in summary
+    status = harmonizer(capsys, "status")
+    assert f"held: business_registry/held.csv (id {source_id}), failed rejected_rate" in status
     assert main(["held", "release", source_id, "--reason", " "]) == 1
     assert "needs who decides and why" in capsys.readouterr().err
 
