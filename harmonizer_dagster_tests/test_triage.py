@@ -138,9 +138,13 @@ def test_a_fixed_dead_letter_never_overwrites_another_files_row(warehouse, specs
     spec = specs[SOURCE]
     frame = pl.read_csv(landing / SOURCE / Q3, infer_schema=False).head(3)
     frame.write_csv(landing / SOURCE / "older.csv")
-    frame.with_columns(pl.lit("AB123").alias("Home Office Zip"), pl.lit("DISSOLVED").alias("Status")).write_csv(
-        landing / SOURCE / "newer.csv"
+    # Three records rejected for their zips among a hundred good ones: within the zip pass rate,
+    # so the newer version is published and its dead letters are worth retrying.
+    rejected = frame.with_columns(pl.lit("AB123").alias("Home Office Zip"), pl.lit("DISSOLVED").alias("Status"))
+    good = pl.concat([frame.head(1)] * 100).with_columns(
+        pl.Series("Corp Number", [f"9{number:06d}" for number in range(100)])
     )
+    pl.concat([rejected, good]).write_csv(landing / SOURCE / "newer.csv")
     load_file(spec, landing, "older.csv", warehouse, tmp_path / "s")
     load_file(spec, landing, "newer.csv", warehouse, tmp_path / "s")
     act(

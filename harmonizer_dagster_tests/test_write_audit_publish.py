@@ -204,3 +204,21 @@ def test_the_decide_held_version_job_releases_a_version_and_the_ui_sees_it_publi
     assert cities(store, keys) == dict.fromkeys(keys, "NOWHERE")
     (decision,) = store.query("SELECT decision, decided_by, reason FROM {schema}.version_decisions")
     assert decision[0] == "released" and decision[1].startswith("dana (dagster run ") and decision[2] == "checked"
+
+
+def test_dead_letters_of_a_held_version_are_not_retried_into_the_table(warehouse, loaded, landing, tmp_path):
+    from harmonizer_dagster.core.dead_letters import reprocess
+
+    spec, keys = loaded
+    before = consumer_table(warehouse)
+    land_held_file(landing, "held.csv", keys, "NOWHERE")
+    load_file(spec, landing, "held.csv", warehouse, tmp_path / "staging")
+
+    result = reprocess(spec, warehouse, tmp_path / "reprocess")
+
+    published = warehouse.query(
+        "SELECT count(*) FROM {schema}.failed_records WHERE partition_key = %s AND error_type = 'validation_error'",
+        (Q3,),
+    )[0][0]
+    assert result.attempted == published, "only the published version's dead letters are retried"
+    assert consumer_table(warehouse) == before

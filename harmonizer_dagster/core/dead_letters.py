@@ -39,8 +39,12 @@ def reprocess(spec: SourceSpec, store: Warehouse, scratch_root: Path) -> Reproce
     store.migrate([spec])
     pending = store.query(
         "SELECT CAST(record_id AS VARCHAR), partition_key, file_hash, source_line_number, record_data "
-        "FROM {schema}.failed_records WHERE source_type = %s AND NOT reprocessed "
-        "AND error_type = 'validation_error' ORDER BY partition_key, source_line_number",
+        "FROM {schema}.failed_records f WHERE source_type = %s AND NOT reprocessed "
+        "AND error_type = 'validation_error' "
+        # Only published versions' records: a held, discarded or waiting version is not in the
+        # table consumers read, so neither are its fixed records.
+        "AND EXISTS (SELECT 1 FROM {schema}.sources v WHERE v.source_id = f.source_id AND v.status = 'completed') "
+        "ORDER BY partition_key, source_line_number",
         (spec.name,),
     )
     if not pending:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from harmonizer_dagster.core.quality import Evaluation, QualityCheck, checks_for, run_checks
+from harmonizer_dagster.core.quality import Evaluation, QualityCheck, checks_for, judge_version
 from harmonizer_dagster.core.spec import SourceSpec
 from harmonizer_dagster.core.sql import quote_ident
 from harmonizer_dagster.core.warehouse import Warehouse
@@ -24,29 +24,27 @@ class HeldVersion(Exception):
 
 @dataclass(frozen=True)
 class Audit:
-    """A version's checks, evaluated on its staged rows, and what they decided."""
+    """A version's checks, evaluated on its staged rows, and what they decided: `held` when a
+    blocking check failed on a version waiting to be published."""
 
     partition_key: str
     evaluated: list[tuple[QualityCheck, Evaluation]]
+    held: bool = False
 
     @property
     def blocking_failures(self) -> list[str]:
         return [check.name for check, e in self.evaluated if check.severity == "error" and not e.passed]
 
-    @property
-    def held(self) -> bool:
-        return bool(self.blocking_failures)
 
-
-def audit(store: Warehouse, spec: SourceSpec, partition_key: str, run_id: str) -> Audit:
-    """Evaluates every check of the partition's latest version and records them; a version that
-    fails a blocking check is held, so no publish can reach the table consumers read."""
-    evaluated = run_checks(store, spec, checks_for(spec), partition_key, run_id)
+def audit(store: Warehouse, spec: SourceSpec, partition_key: str, run_id: str, source_id: int | None = None) -> Audit:
+    """Evaluates every check of the version `source_id` (default: the partition's latest) and
+    records them; a staged version failing a blocking check is held, so no publish can reach
+    the table consumers read. A version published already is only judged again."""
+    evaluated, version = judge_version(store, spec, checks_for(spec), partition_key, run_id, source_id)
     result = Audit(partition_key, evaluated)
-    if result.held:
-        version = _latest(store, spec.name, partition_key)
-        if version is not None and version[2] in ("staged", "held"):
-            store.hold_version(version[0], result.blocking_failures)
+    if result.blocking_failures and version is not None and version.status in ("staged", "held"):
+        store.hold_version(version.source_id, result.blocking_failures)
+        return Audit(partition_key, evaluated, held=True)
     return result
 
 
@@ -59,12 +57,14 @@ class Publication:
     unchanged: int = 0
 
 
-def publish(store: Warehouse, spec: SourceSpec, partition_key: str, run_id: str) -> Publication:
-    """Publishes the partition's latest version unless it is held. A version that is already
-    published, or identical to a published one, is marked so again: publishing is idempotent.
-    The lookup is a transaction of its own: the publish checks again, under the source's lock,
-    that the version is still staged."""
-    version = _latest(store, spec.name, partition_key)
+def publish(
+    store: Warehouse, spec: SourceSpec, partition_key: str, run_id: str, source_id: int | None = None
+) -> Publication:
+    """Publishes the version `source_id` (default: the partition's latest) unless it is held. A
+    version published already, or identical to a published one, is marked so again: publishing
+    is idempotent. The lookup is a transaction of its own: the publish checks again, under the
+    source's lock, that the version is still staged."""
+    version = _version(store, spec.name, partition_key, source_id)
     if version is None:
         raise ValueError(f"{partition_key} has no load to publish")
     source_id, file_hash, status, held_because = version
@@ -78,19 +78,28 @@ def publish(store: Warehouse, spec: SourceSpec, partition_key: str, run_id: str)
     if status == "staged":
         counts = store.publish(spec, source_id, run_id)
         return Publication(source_id, file_hash, counts.inserted, counts.updated, counts.unchanged)
-    published = store.mark_published(spec.name, partition_key)
+    published = store.mark_published(source_id)
     if published is None:
         raise ValueError(f"{partition_key} has no load to publish ({status})")
     return Publication(*published)
 
 
-def _latest(store: Warehouse, source_type: str, partition_key: str) -> tuple[int, str, str, str | None] | None:
-    rows = store.query(
-        "SELECT source_id, file_hash, status, held_because FROM {schema}.sources WHERE source_type = %s "
-        "AND partition_key = %s AND status IN ('completed', 'skipped', 'staged', 'held', 'discarded') "
-        "ORDER BY source_id DESC LIMIT 1",
-        (source_type, partition_key),
-    )
+def _version(
+    store: Warehouse, source_type: str, partition_key: str, source_id: int | None
+) -> tuple[int, str, str, str | None] | None:
+    """A version's id, hash, status and failed checks: `source_id`'s, or the partition's latest."""
+    if source_id is not None:
+        rows = store.query(
+            "SELECT source_id, file_hash, status, held_because FROM {schema}.sources WHERE source_id = %s",
+            (source_id,),
+        )
+    else:
+        rows = store.query(
+            "SELECT source_id, file_hash, status, held_because FROM {schema}.sources WHERE source_type = %s "
+            "AND partition_key = %s AND status IN ('completed', 'skipped', 'staged', 'held', 'discarded') "
+            "ORDER BY source_id DESC LIMIT 1",
+            (source_type, partition_key),
+        )
     return (int(rows[0][0]), str(rows[0][1]), str(rows[0][2]), rows[0][3]) if rows else None
 
 
@@ -132,7 +141,7 @@ def release(store: Warehouse, spec: SourceSpec, source_id: int, by: str, reason:
     _require_decision(by, reason)
     with store.transaction():
         partition_key, file_hash = _held(store, spec, source_id)
-        counts = store.publish(spec, source_id, run_id or f"released by {by}")
+        counts = store.publish(spec, source_id, run_id or f"released by {by}", released=True)
         store.record_decision(source_id, spec.name, partition_key, "released", by, reason)
     return Publication(source_id, file_hash, counts.inserted, counts.updated, counts.unchanged)
 

@@ -67,16 +67,27 @@ class QualityCheck:
     evaluate: Callable[[Warehouse, SourceSpec, str, Version], Evaluation]
 
 
-def latest_version(store: Warehouse, spec: SourceSpec, partition_key: str) -> Version | None:
-    # A file identical to one already loaded is judged by that load.
+def latest_version(
+    store: Warehouse, spec: SourceSpec, partition_key: str, source_id: int | None = None
+) -> Version | None:
+    """The partition's latest written version, or the version `source_id` when given (what a run
+    staged, whatever another run registered since). A file identical to one already loaded is
+    judged by that load."""
+    if source_id is not None:
+        chosen = "SELECT coalesce(duplicate_of_source_id, source_id) FROM {schema}.sources WHERE source_id = %s"
+        params: tuple = (source_id,)
+    else:
+        chosen = (
+            "SELECT coalesce(duplicate_of_source_id, source_id) FROM {schema}.sources WHERE source_type = %s "
+            f"AND partition_key = %s AND status IN {REGISTERED} ORDER BY source_id DESC LIMIT 1"
+        )
+        params = (spec.name, partition_key)
     rows = store.query(
         "SELECT source_id, file_hash, partition_key, (SELECT min(a.source_id) FROM {schema}.sources a "
         "WHERE a.source_type = s.source_type AND a.partition_key = s.partition_key), records_in_file, "
         "records_imported, records_failed, records_skipped, records_inserted, extra_fields, status "
-        f"FROM {{schema}}.sources s WHERE status IN {WRITTEN} AND source_id = ("
-        "SELECT coalesce(duplicate_of_source_id, source_id) FROM {schema}.sources WHERE source_type = %s "
-        f"AND partition_key = %s AND status IN {REGISTERED} ORDER BY source_id DESC LIMIT 1)",
-        (spec.name, partition_key),
+        f"FROM {{schema}}.sources s WHERE status IN {WRITTEN} AND source_id = ({chosen})",
+        params,
     )
     if not rows:
         return None
@@ -573,12 +584,30 @@ def run_check(store: Warehouse, spec: SourceSpec, check: QualityCheck, partition
 
 
 def run_checks(
-    store: Warehouse, spec: SourceSpec, checks: Sequence[QualityCheck], partition_key: str, run_id: str
+    store: Warehouse,
+    spec: SourceSpec,
+    checks: Sequence[QualityCheck],
+    partition_key: str,
+    run_id: str,
+    source_id: int | None = None,
 ) -> list[tuple[QualityCheck, Evaluation]]:
-    """Evaluates the checks on the partition's latest load and records them in the history, in
-    one transaction: the version is looked up once, and the history rows written together."""
+    """Evaluates the checks on the partition's latest load (or the version `source_id`) and
+    records them in the history, in one transaction: the version is looked up once, and the
+    history rows written together."""
+    return judge_version(store, spec, checks, partition_key, run_id, source_id)[0]
+
+
+def judge_version(
+    store: Warehouse,
+    spec: SourceSpec,
+    checks: Sequence[QualityCheck],
+    partition_key: str,
+    run_id: str,
+    source_id: int | None,
+) -> tuple[list[tuple[QualityCheck, Evaluation]], Version | None]:
+    """`run_checks`, also handing back the version judged (None when there is none)."""
     with store.transaction():
-        version = latest_version(store, spec, partition_key)
+        version = latest_version(store, spec, partition_key, source_id)
         evaluations = [
             (check, check.evaluate(store, spec, partition_key, version))
             if version
@@ -609,4 +638,4 @@ def run_checks(
                 f"severity, passed, observed_value, threshold, counts, message, run_id) VALUES {values}",
                 [value for row in rows for value in row],
             )
-    return evaluations
+    return evaluations, version

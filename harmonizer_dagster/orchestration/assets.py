@@ -207,9 +207,12 @@ def build_source_ops(spec: SourceSpec, with_s3: bool = False) -> SourceOps:
         failed = dict(batch.failed)
 
         def audit(hashed: HashedVersion) -> None:
-            if failures := report_audit(context, store, spec, hashed.partition_key):
-                failed[hashed.partition_key] = held_message(hashed.partition_key, failures)
-                context.log.warning(failed[hashed.partition_key])
+            result = report_audit(context, store, spec, hashed.partition_key, hashed.source_id)
+            if failures := result.blocking_failures:
+                key = hashed.partition_key
+                # Held: waiting for a steward. Otherwise a version judged again (published already).
+                failed[key] = held_message(key, failures) if result.held else f"blocking check(s) failed: {failures}"
+                context.log.warning(failed[key])
 
         done = reported_in_this_run(context, dg.AssetKey(spec.name), checks=True)
         audited = each(context, store, batch, audit, reported=done)
@@ -233,34 +236,23 @@ def build_source_ops(spec: SourceSpec, with_s3: bool = False) -> SourceOps:
     def publish_op(context: dg.OpExecutionContext, batch: Batch):
         landing: LandingZone = context.resources.landing
         store = _opened(context)
-        left_behind = dict(batch.failed)
+        # Files with the bytes of an earlier file of the run come last, once that one is
+        # published: hashed again, each is skipped as identical to it and published as it is.
+        repeats = tuple(_unhashed(key) for key, original in batch.repeats.items() if original not in batch.failed)
 
         def publish_one(hashed: HashedVersion) -> None:
+            if hashed in repeats:
+                _publish_repeat(context, spec, store, landing, hashed.partition_key)
+                return
             try:
-                published = publish(store, spec, hashed.partition_key, context.run_id)
+                published = publish(store, spec, hashed.partition_key, context.run_id, hashed.source_id)
             except (HeldVersion, ValueError) as exc:
                 raise dg.Failure(str(exc), allow_retries=False) from None
             context.log_event(published_materialization(spec, hashed.partition_key, published))
 
         done = reported_in_this_run(context, published_key)
-        published = each(context, store, batch, publish_one, reported=done)
-        left_behind |= published.failed
-        # Files with the bytes of an earlier file of the run, hashed again now that it is
-        # published: each is skipped as identical to it, and published as it is.
-        for key, original in batch.repeats.items():
-            if key in done:
-                continue
-            if original in left_behind:
-                left_behind[key] = f"the same bytes as {original}, which was not published"
-                continue
-            again = each(
-                context,
-                store,
-                Batch((_unhashed(key),), named=(key,)),
-                lambda unhashed: _publish_repeat(context, spec, store, landing, unhashed.partition_key),
-            )
-            left_behind |= again.failed
-        fail_for_files_left_behind(context, replace(batch, failed=left_behind))
+        published = each(context, store, replace(batch, files=batch.files + repeats), publish_one, reported=done)
+        fail_for_files_left_behind(context, published)
         if "done" in context.selected_output_names:
             yield dg.Output(None, "done")
 
@@ -289,7 +281,8 @@ def _publish_repeat(
     context.log.info(f"{key}: {hash_summary(hashed)}")
     _, metadata = stage_file(spec, hashed, store, context.run_id)
     context.log_event(staged_materialization(spec, hashed, metadata))
-    context.log_event(published_materialization(spec, key, publish(store, spec, key, context.run_id)))
+    published = publish(store, spec, key, context.run_id, hashed.source_id)
+    context.log_event(published_materialization(spec, key, published))
 
 
 def build_source_asset(spec: SourceSpec, ops: SourceOps, host_tags: dict[str, str]) -> dg.AssetsDefinition:

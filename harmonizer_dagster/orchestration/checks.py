@@ -14,7 +14,7 @@ from typing import Any
 
 import dagster as dg
 
-from harmonizer_dagster.core.publishing import audit
+from harmonizer_dagster.core.publishing import Audit, audit
 from harmonizer_dagster.core.quality import Evaluation, QualityCheck, checks_for
 from harmonizer_dagster.core.spec import SourceSpec
 from harmonizer_dagster.core.warehouse import Warehouse
@@ -96,11 +96,12 @@ def check_output_names(spec: SourceSpec) -> list[str]:
     return [f"{spec.name}_{check.name}" for check in check_specs(spec)]
 
 
-def report_audit(context: dg.OpExecutionContext, store: Warehouse, spec: SourceSpec, partition_key: str) -> list[str]:
-    """Audits a staged file version and reports its checks as the source's asset checks of that
-    partition, so the UI and data_quality_checks show the same. Returns the blocking checks that
-    failed: the version is then held."""
-    result = audit(store, spec, partition_key, context.run_id)
+def report_audit(
+    context: dg.OpExecutionContext, store: Warehouse, spec: SourceSpec, partition_key: str, source_id: int
+) -> Audit:
+    """Audits the file version the run staged and reports its checks as the source's asset checks
+    of that partition, so the UI and data_quality_checks show the same."""
+    result = audit(store, spec, partition_key, context.run_id, source_id)
     for evaluation in _group_results(spec, partition_key, result.evaluated):
         context.log_event(evaluation)  # type: ignore[arg-type]  # log_event accepts check evaluations
-    return result.blocking_failures
+    return result

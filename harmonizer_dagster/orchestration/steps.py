@@ -254,8 +254,12 @@ def fail_for_files_left_behind(context: dg.OpExecutionContext, batch: Batch) -> 
     others are loaded. No retry would change a bad file, so none is asked for."""
     if not batch.failed:
         return
+    left = dict(batch.failed)
+    for key, original in batch.repeats.items():
+        if original in left and key not in left:
+            left[key] = f"the same bytes as {original}, which was not published"
     order = {key: position for position, key in enumerate(batch.named)}
-    failed = sorted(batch.failed.items(), key=lambda item: order.get(item[0], len(order)))
+    failed = sorted(left.items(), key=lambda item: order.get(item[0], len(order)))
     # A run of one file fails with that file's reason, which names it.
     listed = "; ".join(f"{key}: {why}" for key, why in failed)
     raise dg.Failure(

@@ -566,7 +566,8 @@ class Warehouse(ABC):
     def mark_failed(self, source_id: int, message: str) -> None:
         self.query(
             "UPDATE {schema}.sources SET status = 'failed', error_message = %s, updated_at = now() "
-            "WHERE source_id = %s AND status NOT IN ('completed', 'held', 'discarded')",
+            # A staged version's rows are committed: a later fault does not undo them.
+            "WHERE source_id = %s AND status IN ('processing', 'failed')",
             (message[:4000], source_id),
         )
 
@@ -585,6 +586,10 @@ class Warehouse(ABC):
         with self._connected() as s:
             s.load_parquet("_harmonizer_stage", staged_columns(spec), staged.harmonized_files, staged.superseded_files)
             self.hold(s, f"stage {spec.name}")
+            status = s.execute(f"SELECT status FROM {self.schema}.sources WHERE source_id = %s", (staged.source_id,))
+            if status and status[0][0] not in ("processing", "failed", "staged"):
+                # Another run of the same bytes decided it meanwhile (published, held, discarded).
+                raise ValueError(f"version {staged.source_id} is {status[0][0]} already; not staged again")
             s.execute(f"DELETE FROM {stage} WHERE _source_id = %s", (staged.source_id,))
             s.execute(
                 f"INSERT INTO {stage} (_source_id, {columns}) SELECT %s, {columns} FROM _harmonizer_stage",
@@ -630,7 +635,7 @@ class Warehouse(ABC):
         )[0]
         return PublishCounts(int(inserted), int(updated), int(total) - int(inserted) - int(updated))
 
-    def publish(self, spec: SourceSpec, source_id: int, run_id: str) -> PublishCounts:
+    def publish(self, spec: SourceSpec, source_id: int, run_id: str, released: bool = False) -> PublishCounts:
         """Moves a staged (or released) version's rows into the table consumers read, marks it
         published with what it came to, and empties its stage: one transaction, so a consumer
         sees all of the version or none of it. Older versions of the partition still waiting
@@ -641,8 +646,10 @@ class Warehouse(ABC):
                 f"SELECT partition_key, file_hash, status FROM {self.schema}.sources WHERE source_id = %s",
                 (source_id,),
             )
-            if not found or found[0][2] not in ("staged", "held"):
-                raise ValueError(f"version {source_id} is not staged: {found[0][2] if found else 'unknown'}")
+            # Checked under the lock: an audit or a steward may have decided since it was read.
+            wanted = "held" if released else "staged"
+            if not found or found[0][2] != wanted:
+                raise ValueError(f"version {source_id} is {found[0][2] if found else 'unknown'}, not {wanted}")
             partition_key, file_hash, _ = found[0]
             # The columns both tables have: with `schema_evolution: evolve`, the version's new
             # columns, which staging added to both, are not in the spec.
@@ -690,13 +697,24 @@ class Warehouse(ABC):
         )
 
     def discard(self, spec: SourceSpec, source_id: int) -> None:
-        """Drops a held version's staged rows for good; its issues stay, as the record of why."""
+        """Drops a held version's staged rows for good; its issues stay, as the record of why.
+        Under the source's publish lock, so a release and a discard of it cannot both happen."""
         with self._connected() as s:
+            self.hold(s, f"publish {spec.name}")
+            if not s.execute(
+                f"UPDATE {self.schema}.sources SET status = 'discarded', updated_at = now() "
+                "WHERE source_id = %s AND status = 'held' RETURNING source_id",
+                (source_id,),
+            ):
+                raise ValueError(f"version {source_id} is not held")
             s.execute(f"DELETE FROM {self.stage_table(spec.name)} WHERE _source_id = %s", (source_id,))
+            # Its failed records are no dead letters to retry: the version will never be published.
             s.execute(
-                f"UPDATE {self.schema}.sources SET status = 'discarded', updated_at = now() WHERE source_id = %s",
+                f"UPDATE {self.schema}.failed_records SET reprocessed = TRUE, reprocessed_at = now(), "
+                "error_message = error_message || ' (version discarded)' WHERE source_id = %s AND NOT reprocessed",
                 (source_id,),
             )
+            self._count_versions(s, [source_id])
 
     def record_decision(
         self, source_id: int, source_type: str, partition_key: str, decision: str, by: str, reason: str
@@ -708,15 +726,13 @@ class Warehouse(ABC):
             (source_id, source_type, partition_key, decision, by, reason),
         )
 
-    def mark_published(self, source_type: str, partition_key: str) -> tuple[int, str] | None:
-        """Stamps a version skipped as identical to a published one as published too; its id
-        and hash, or None when the partition's latest version is no such version."""
+    def mark_published(self, source_id: int) -> tuple[int, str] | None:
+        """Stamps a version published already, or skipped as identical to a published one, as
+        published; its id and hash, or None when it is no such version."""
         rows = self.query(
-            "UPDATE {schema}.sources SET published_at = coalesce(published_at, now()) WHERE source_id = ("
-            "SELECT max(source_id) FROM {schema}.sources WHERE source_type = %s AND partition_key = %s "
-            "AND status IN ('completed', 'skipped', 'staged', 'held', 'discarded')) "
+            "UPDATE {schema}.sources SET published_at = coalesce(published_at, now()) WHERE source_id = %s "
             "AND status IN ('completed', 'skipped') RETURNING source_id, file_hash",
-            (source_type, partition_key),
+            (source_id,),
         )
         return (int(rows[0][0]), str(rows[0][1])) if rows else None
 
