@@ -211,7 +211,8 @@ def build_source_ops(spec: SourceSpec, with_s3: bool = False) -> SourceOps:
             if failures := result.blocking_failures:
                 key = hashed.partition_key
                 # Held: waiting for a steward. Otherwise a version judged again (published already).
-                failed[key] = held_message(key, failures) if result.held else f"blocking check(s) failed: {failures}"
+                judged = f"blocking check(s) failed: {', '.join(failures)}; it is not published"
+                failed[key] = held_message(key, failures) if result.held else judged
                 context.log.warning(failed[key])
 
         done = reported_in_this_run(context, dg.AssetKey(spec.name), checks=True)
