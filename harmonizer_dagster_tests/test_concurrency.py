@@ -10,11 +10,13 @@ import re
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import duckdb
 import polars as pl
 import pytest
 from starlette.testclient import TestClient
@@ -327,3 +329,23 @@ def test_a_run_keeping_the_duckdb_file_open_gives_a_waiting_process_its_turn(loa
     assert re.search(rf"{SOURCE} +{re.escape(Q3)} +completed", summary.stdout)
     assert summary.stderr.startswith("waiting for the warehouse: "), "it found the file held by the run"
     assert not loaded_duckdb.path.with_name(loaded_duckdb.path.name + ".wanted").exists()
+
+
+def test_a_duckdb_file_another_process_is_creating_is_waited_for_and_a_broken_one_is_not(tmp_path):
+    """Several processes opening a new warehouse at once: one may find the file before DuckDB
+    wrote its header. A young, headerless file is waited for; an old broken one fails at once."""
+    path = tmp_path / "new.duckdb"
+    path.write_bytes(b"\0" * 100)  # what a reader may see while another process creates it
+    creator = threading.Timer(0.5, path.unlink)
+    creator.start()
+    store = open_warehouse(f"duckdb:///{path}")
+    assert store.query("SELECT 42") == [(42,)]
+    creator.join()
+
+    broken = tmp_path / "broken.duckdb"
+    broken.write_bytes(b"not a database" * 2000)
+    os.utime(broken, (time.time() - 3600, time.time() - 3600))
+    started = time.monotonic()
+    with pytest.raises(duckdb.IOException, match="not a valid DuckDB database file"):
+        open_warehouse(f"duckdb:///{broken}").query("SELECT 1")
+    assert time.monotonic() - started < 2

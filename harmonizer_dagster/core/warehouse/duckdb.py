@@ -31,6 +31,9 @@ LONGEST_PAUSE_S = 1.0
 # A waiter renews its mark at every attempt, at most LONGEST_PAUSE_S apart: an older mark was
 # left by a process that gave up or died.
 WANTED_FRESH_S = 3 * LONGEST_PAUSE_S
+# A file this small, or this recently written, may be one another process is creating.
+NEW_FILE_BYTES = 12 * 1024
+NEW_FILE_SECONDS = 5.0
 
 
 class DuckDBSession(Session):
@@ -165,11 +168,24 @@ class DuckDBWarehouse(Warehouse):
             self._kept.close()
             self._kept = None
 
+    def _being_created(self, exc: duckdb.IOException) -> bool:
+        """Whether the file another process is creating this very moment was opened before its
+        header was written: DuckDB calls it no database file. A young or headerless file is
+        waited for like a held one; an older one is a broken file, and the error stands."""
+        if "not a valid DuckDB database file" not in str(exc):
+            return False
+        try:
+            stat = self.path.stat()
+        except OSError:
+            return True
+        return stat.st_size < NEW_FILE_BYTES or time.time() - stat.st_mtime < NEW_FILE_SECONDS
+
     def _connect(self) -> duckdb.DuckDBPyConnection:
         """Opens the file, waiting with growing pauses while another process holds it."""
         config = {"memory_limit": self.memory_limit, "threads": engine_threads()}
         timeout = self.wait_limit()
-        deadline, pause, told = time.monotonic() + timeout, 0.02, False
+        started = time.monotonic()
+        deadline, pause, told = started + timeout, 0.02, False
         while True:
             try:
                 connection = duckdb.connect(str(self.path), config=config)
@@ -178,7 +194,8 @@ class DuckDBWarehouse(Warehouse):
                 return connection
             except duckdb.IOException as exc:
                 held = HELD.search(str(exc))
-                if held is None and "Conflicting lock" not in str(exc):
+                creating = held is None and "Conflicting lock" not in str(exc)
+                if creating and not (self._being_created(exc) and time.monotonic() < started + NEW_FILE_SECONDS):
                     raise
                 holder = f"process {held['pid']} ({held['program']})" if held else "another process"
                 left = deadline - time.monotonic()
