@@ -46,34 +46,17 @@ def test_register_then_materialize_one_partition_on_the_embedded_default(base_en
     env = {**base_env, "HARMONIZER_WAREHOUSE_URL": f"duckdb:///{warehouse}"}
 
     dagster("job", "execute", "-m", "harmonizer_dagster", "-j", "register_file_versions", env=env, cwd=tmp_path)
-    dagster(
-        "asset",
-        "materialize",
-        "-m",
-        "harmonizer_dagster",
-        "--select",
-        "business_registry",
-        "--partition",
-        "registry_2026-Q4.csv.gz",
-        env=env,
-        cwd=tmp_path,
-    )
+
+    def materialize(asset: str) -> None:
+        select = ["--select", asset, "--partition", "registry_2026-Q4.csv.gz"]
+        dagster("asset", "materialize", "-m", "harmonizer_dagster", *select, env=env, cwd=tmp_path)
+
+    materialize("business_registry")
     with duckdb.connect(str(warehouse), read_only=True) as con:
         assert con.execute("SELECT count(*) FROM harmonizer.business_registry").fetchone() == (0,), "staged only"
         assert con.execute("SELECT status FROM harmonizer.sources").fetchall() == [("staged",)]
     # Publishing is its own asset: materialized now, it moves the audited version into the table.
-    dagster(
-        "asset",
-        "materialize",
-        "-m",
-        "harmonizer_dagster",
-        "--select",
-        "business_registry_published",
-        "--partition",
-        "registry_2026-Q4.csv.gz",
-        env=env,
-        cwd=tmp_path,
-    )
+    materialize("business_registry_published")
 
     with duckdb.connect(str(warehouse), read_only=True) as con:
         assert con.execute("SELECT count(*) FROM harmonizer.business_registry").fetchone() == (988,)
