@@ -193,10 +193,6 @@ class Batch:
     # Every file the run named, in its order: failures are told in it.
     named: tuple[str, ...] = ()
 
-    @property
-    def keys(self) -> list[str]:
-        return [hashed.partition_key for hashed in self.files]
-
 
 def each_file(
     context: dg.OpExecutionContext,

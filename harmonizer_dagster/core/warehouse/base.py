@@ -263,9 +263,8 @@ class Warehouse(ABC):
                     f"INSERT INTO {self.schema}.schema_migrations (version, description) VALUES (%s, %s)",
                     (version, description),
                 )
-            tables = self._tables(s)
             s.execute(f"CREATE SCHEMA IF NOT EXISTS {self.stage_schema}")
-            staged = self._tables(s, stage_schema(self.schema_name))
+            tables, staged = self._tables(s)
             for spec in specs:
                 s.execute(stage_table_ddl(self.stage_schema, spec))
                 for name, kind in staged_columns(spec):
@@ -296,27 +295,27 @@ class Warehouse(ABC):
                         f"USING CAST(left({ROW_HASH_COLUMN}, 32) AS UUID)"
                     )
 
-    def _tables(self, s: Session, schema: str | None = None) -> dict[str, dict[str, str]]:
-        """The schema's tables (the warehouse's own unless named), each with its columns' types."""
-        tables: dict[str, dict[str, str]] = {}
-        for table, column, kind in s.execute(
-            "SELECT table_name, column_name, lower(data_type) FROM information_schema.columns WHERE table_schema = %s",
-            (schema or self.schema_name,),
+    def _tables(self, s: Session) -> tuple[dict[str, dict[str, str]], dict[str, dict[str, str]]]:
+        """The tables of the schema and of its stage, each with its columns' types, in one look."""
+        schemas: dict[str, dict[str, dict[str, str]]] = {self.schema_name: {}, stage_schema(self.schema_name): {}}
+        for schema, table, column, kind in s.execute(
+            "SELECT table_schema, table_name, column_name, lower(data_type) FROM information_schema.columns "
+            "WHERE table_schema IN (%s, %s)",
+            tuple(schemas),
         ):
-            tables.setdefault(table, {})[column] = kind
-        return tables
+            schemas[schema].setdefault(table, {})[column] = kind
+        return schemas[self.schema_name], schemas[stage_schema(self.schema_name)]
 
     def _applied(self, s: Session) -> set[int]:
         return {row[0] for row in s.execute(f"SELECT version FROM {self.schema}.schema_migrations")}
 
     def _up_to_date(self, s: Session, specs: Sequence[SourceSpec]) -> bool:
         """Whether every migration ran and every spec's table has its columns, as `migrate` leaves them."""
-        tables = self._tables(s)
+        tables, staged = self._tables(s)
         if "schema_migrations" not in tables or not {v for v, _, _ in MIGRATIONS} <= self._applied(s):
             return False
         if s.execute(f"SELECT stall_seconds FROM {self.schema}.loader_settings")[0][0] != stall_seconds():
             return False
-        staged = self._tables(s, stage_schema(self.schema_name))
         return all(
             spec.name in tables
             and {name for name, _ in canonical_columns(spec)} <= tables[spec.name].keys()
@@ -653,11 +652,11 @@ class Warehouse(ABC):
             partition_key, file_hash, _ = found[0]
             # The columns both tables have: with `schema_evolution: evolve`, the version's new
             # columns, which staging added to both, are not in the spec.
-            table = self._tables(s)[spec.name]
+            tables, staged = self._tables(s)
             columns = [
                 (name, kind)
-                for name, kind in self._tables(s, stage_schema(self.schema_name))[spec.name].items()
-                if name in table and name not in WAREHOUSE_ONLY_COLUMNS
+                for name, kind in staged[spec.name].items()
+                if name in tables[spec.name] and name not in WAREHOUSE_ONLY_COLUMNS
             ]
             names = ", ".join(quote_ident(name) for name, _ in columns)
             relation = f"(SELECT {names} FROM {self.stage_table(spec.name)} WHERE _source_id = {int(source_id)})"
