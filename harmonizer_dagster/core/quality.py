@@ -16,7 +16,7 @@ from typing import Any
 from harmonizer_dagster.core.reading import UNNAMED
 from harmonizer_dagster.core.spec import SourceSpec
 from harmonizer_dagster.core.sql import quote_ident, quote_literal
-from harmonizer_dagster.core.validation import NUL_RULE
+from harmonizer_dagster.core.validation import ALTERED_RULES
 from harmonizer_dagster.core.warehouse import Warehouse
 from harmonizer_dagster.core.warehouse.tables import replaced_row
 
@@ -220,15 +220,15 @@ def _required_complete(store: Warehouse, spec: SourceSpec, key: str, v: Version)
 
 def _pass_rate(column: str, threshold: float) -> Callable[[Warehouse, SourceSpec, str, Version], Evaluation]:
     def evaluate(store: Warehouse, spec: SourceSpec, key: str, v: Version) -> Evaluation:
-        # A value only cleaned of NUL bytes is still valid: its warning is not a failure. The
+        # A value only altered on purpose (NUL bytes removed, rounded) is valid: its warning is no failure. The
         # stored counts tell whether the column has issues at all; only then are the version's
         # own issues (found by its id) read, for the records they fall on.
-        flagged = any(f == column and rule != NUL_RULE for _, _, f, rule, _ in _issue_counts(store, v))
+        flagged = any(f == column and rule not in ALTERED_RULES for _, _, f, rule, _ in _issue_counts(store, v))
         failing = (
             store.query(
                 "SELECT count(DISTINCT source_line_number) FROM {schema}.data_quality_issues "
-                f"WHERE source_id = {int(v.source_id)} AND field_name = %s AND rule <> %s",
-                (column, NUL_RULE),
+                f"WHERE source_id = {int(v.source_id)} AND field_name = %s AND rule NOT IN (%s, %s)",
+                (column, *ALTERED_RULES),
             )[0][0]
             if flagged
             else 0

@@ -50,6 +50,16 @@ NAMED_FORMATS = {
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 DEFAULT_DATE_FORMATS = ("%Y-%m-%d",)
 DEFAULT_TIMESTAMP_FORMATS = ("%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S")
+# ISO 8601 is read whatever a column's formats, and is how typed readers (Parquet, Excel) hand
+# their dates and timestamps to validation: `%.f` reads an optional fraction of a second.
+ISO_DATE_FORMAT = "%Y-%m-%d"
+ISO_TIMESTAMP_FORMATS = ("%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f")
+# The dates a source accepts unless its `date_range` says otherwise: four-digit years. A year
+# of one to three digits (`0026-05-01`) is a typing error far more often than a date.
+DEFAULT_DATE_RANGE = ("1000-01-01", "9999-12-31")
+# How a decimal with more digits after the point than its scale may be rounded: none by
+# default, which rejects the value.
+ROUNDING_MODES = {"half_even": "half_to_even", "half_up": "half_away_from_zero"}
 T = TypeVar("T")
 
 
@@ -111,6 +121,12 @@ class Column:
     # what it was for the other formats; `SourceSpec.processing` adds them.
     start: int | None = field(default=None, repr=False)
     width: int | None = field(default=None, repr=False)
+    # Out of the repr as the layout is; `SourceSpec.processing` adds them unless they are the
+    # default. The zone a timestamp without an offset is read in; the dates and timestamps
+    # accepted (inclusive); how a decimal beyond its scale is rounded (None: it is rejected).
+    timezone: str = field(default="UTC", repr=False)
+    date_range: tuple[str, str] = field(default=DEFAULT_DATE_RANGE, repr=False)
+    rounding: str | None = field(default=None, repr=False)
 
     @property
     def source_names(self) -> tuple[str, ...]:
@@ -123,6 +139,11 @@ class Column:
         if self.formats:
             return self.formats
         return DEFAULT_TIMESTAMP_FORMATS if self.type == "timestamp" else DEFAULT_DATE_FORMATS
+
+    @property
+    def value_rules(self) -> tuple[str, str, str | None]:
+        """The reading rules beyond the type that change what a value becomes, for `processing`."""
+        return (self.timezone, *self.date_range, self.rounding)
 
 
 @dataclass(frozen=True)
@@ -211,6 +232,9 @@ class SourceSpec:
             text += f" schema_evolution={self.schema_evolution}"
         if self.null_values:
             text += f" null_values={self.null_values!r}"
+        rules = {c.name: c.value_rules for c in self.columns if c.value_rules != Column(c.name, c.source).value_rules}
+        if rules:
+            text += f" value_rules={rules!r}"
         return text
 
     def evolved(self, names: Sequence[str]) -> SourceSpec:
@@ -426,7 +450,32 @@ def _valid_bound(column: Column, bound: str) -> bool:
     return True
 
 
-def _parse_column(name: str, r: _Reader, natural_key: tuple[str, ...]) -> Column:
+def _parse_timezone(r: _Reader, default: str) -> str:
+    timezone = r.get("timezone", default, kind=str)
+    try:
+        ZoneInfo(timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        r.record(r.fail("timezone", f"unknown time zone '{timezone}' (an IANA name such as Europe/Paris, or UTC)"))
+        return default
+    return timezone
+
+
+def _parse_date_range(r: _Reader) -> tuple[str, str]:
+    bounds = r.get("date_range", list(DEFAULT_DATE_RANGE), kind=list)
+    try:
+        earliest, latest = (date.fromisoformat(str(b)) for b in bounds)
+    except ValueError:
+        r.record(r.fail("date_range", "must be two ISO dates, the earliest and the latest accepted"))
+        return DEFAULT_DATE_RANGE
+    if earliest > latest:
+        r.record(r.fail("date_range", "the earliest date comes after the latest"))
+        return DEFAULT_DATE_RANGE
+    return earliest.isoformat(), latest.isoformat()
+
+
+def _parse_column(
+    name: str, r: _Reader, natural_key: tuple[str, ...], timezone: str, date_range: tuple[str, str]
+) -> Column:
     if not NAME_PATTERN.match(name):
         raise r.fail("", "column names must be lower_snake_case (letters, digits, underscores)")
     col_type = r.choice("type", TYPES, "string")
@@ -446,6 +495,10 @@ def _parse_column(name: str, r: _Reader, natural_key: tuple[str, ...]) -> Column
     if formats and col_type not in ("date", "timestamp"):
         raise r.fail("formats", "only date and timestamp columns take formats")
     names = _source_names(r, name)
+    rounding = r.get("rounding", None, kind=str)
+    if rounding is not None and (col_type != "decimal" or rounding not in ROUNDING_MODES):
+        r.record(r.fail("rounding", f"only decimal columns round, by one of {', '.join(ROUNDING_MODES)}"))
+        rounding = None
     column = Column(
         name=name,
         source=names[0],
@@ -458,6 +511,9 @@ def _parse_column(name: str, r: _Reader, natural_key: tuple[str, ...]) -> Column
         harmonize=tuple(harmonize),
         start=start,
         width=width,
+        timezone=_parse_timezone(r, timezone),
+        date_range=date_range,
+        rounding=rounding,
     )
     checks = r.get("checks", [], kind=list)
     parsed = r.each(((f"checks[{i}]", c) for i, c in enumerate(checks)), lambda _, c: _parse_check(c, column))
@@ -561,9 +617,10 @@ def _parse_source(r: _Reader, file: str) -> SourceSpec:
         raise r.fail("natural_key", "needs at least one column")
     columns_data = r.get("columns", required=True, kind=dict)
     columns_reader = r.sub("columns", columns_data)
+    timezone, date_range = _parse_timezone(r, "UTC"), _parse_date_range(r)
     columns = columns_reader.each(
         ((str(col_name), col_data or {}) for col_name, col_data in columns_data.items()),
-        lambda col_name, c: _parse_column(col_name, c, natural_key),
+        lambda col_name, c: _parse_column(col_name, c, natural_key, timezone, date_range),
     )
     names = {str(col_name) for col_name in columns_data}  # a broken column is reported once, as itself
     for key in natural_key:

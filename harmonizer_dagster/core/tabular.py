@@ -63,11 +63,14 @@ def _text_array(array: pa.Array, column: Column) -> pa.Array:
     """A typed column's values as the text the validator parses."""
     if pa.types.is_dictionary(array.type):
         array = array.dictionary_decode()
-    if (pa.types.is_date(array.type) or pa.types.is_timestamp(array.type)) and column.type in ("date", "timestamp"):
-        # To the second, as the spec's formats read it (Arrow's %S would add the fraction).
-        zone = array.type.tz if pa.types.is_timestamp(array.type) else None
-        stamps = array.cast(pa.timestamp("s", zone), safe=False)
-        return pc.strftime(stamps, format=column.parse_formats[0])
+    if pa.types.is_date(array.type) and column.type in ("date", "timestamp"):
+        return pc.strftime(array, format="%Y-%m-%d" if column.type == "date" else "%Y-%m-%dT00:00:00")
+    if pa.types.is_timestamp(array.type) and column.type == "timestamp":
+        # ISO 8601 with every digit of the unit's fraction (Arrow's %S). A zone-aware column's
+        # values are instants: written in UTC with `Z`; a naive one's are read in the column's zone.
+        if array.type.tz is None:
+            return pc.strftime(array, format="%Y-%m-%dT%H:%M:%S")
+        return pc.strftime(array.cast(pa.timestamp(array.type.unit)), format="%Y-%m-%dT%H:%M:%SZ")
     text = array.cast(pa.string())
     return pc.if_else(pc.equal(text, ""), pa.scalar(None, pa.string()), text)
 
@@ -133,9 +136,11 @@ def _cell_text(value: Any, column: Column | None = None) -> str | None:
         return "true" if value else "false"
     if isinstance(value, float) and value.is_integer():
         return str(int(value))  # a workbook stores every number as a float
-    if isinstance(value, datetime | date) and column is not None and column.type in ("date", "timestamp"):
-        return value.strftime(column.parse_formats[0])
+    if isinstance(value, datetime) and column is not None and column.type == "date" and value.time() == time.min:
+        return value.date().isoformat()  # a workbook stores a date as a datetime at midnight
     if isinstance(value, datetime | date | time):
+        # ISO 8601, which validation reads whatever the column's formats: a time of day on a
+        # date column, or a fraction of a second, stays in the text and is judged, not dropped.
         return value.isoformat()
     return str(value)
 

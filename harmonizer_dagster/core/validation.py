@@ -21,7 +21,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, time
 from functools import partial
 from importlib.abc import MetaPathFinder
 
@@ -30,7 +30,14 @@ import polars as pl
 import pyarrow as pa_arrow
 
 from harmonizer_dagster.core.reading import LINE_COLUMN
-from harmonizer_dagster.core.spec import Check, Column, SourceSpec
+from harmonizer_dagster.core.spec import (
+    ISO_DATE_FORMAT,
+    ISO_TIMESTAMP_FORMATS,
+    ROUNDING_MODES,
+    Check,
+    Column,
+    SourceSpec,
+)
 
 
 class _NoPandas(MetaPathFinder):
@@ -62,6 +69,10 @@ NOT_NULLABLE = "not_nullable"
 # issue shows them as this symbol: PostgreSQL text cannot hold a NUL.
 NUL_RULE = "nul_bytes"
 NUL_SHOWN_AS = "\u2400"
+# A decimal rounded to its scale, as the column's `rounding` allows, is an altered value too.
+ROUNDED_RULE = "rounded"
+# Warnings about values the pipeline altered on purpose: the value stored is valid.
+ALTERED_RULES = (NUL_RULE, ROUNDED_RULE)
 TRUE_WORDS = ("true", "t", "yes", "y", "1")
 FALSE_WORDS = ("false", "f", "no", "n", "0")
 
@@ -105,19 +116,96 @@ class ValidatedBatch:
 
 
 def parsed_value(column: Column, value: pl.Expr) -> pl.Expr:
-    """The typed value of a trimmed text value, null when it does not parse."""
+    """The typed value of a trimmed text value, null when it does not parse or would not be
+    stored as the file holds it."""
     if column.type == "integer":
         return value.cast(pl.Int64, strict=False)
     if column.type == "decimal":
-        # The warehouse's DECIMAL(p, s): a value that would not fit fails here, not as a NULL later.
-        return value.cast(pl.Decimal(column.precision, column.scale), strict=False)
+        return _decimal(column, value)
     if column.type == "boolean":
         lowered = value.str.to_lowercase()
         return pl.when(lowered.is_in(TRUE_WORDS)).then(True).when(lowered.is_in(FALSE_WORDS)).then(False)
     if column.type in ("date", "timestamp"):
-        dtype = pl.Date if column.type == "date" else pl.Datetime("us")
-        return pl.coalesce([value.str.strptime(dtype, fmt, strict=False, exact=True) for fmt in column.parse_formats])
+        return _moment(column, value)
     return value
+
+
+def beyond_scale(column: Column, value: pl.Expr) -> pl.Expr:
+    """True where the value has more digits after the point than the column's scale, trailing
+    zeros aside and an exponent counted (`1.5e-3` has four)."""
+    fraction = value.str.extract(r"\.([0-9]*[1-9])", 1).str.len_chars().fill_null(0).cast(pl.Int64)
+    exponent = value.str.extract(r"[eE]([+-]?[0-9]+)$", 1).cast(pl.Int64, strict=False).fill_null(0)
+    return (fraction - exponent) > column.scale
+
+
+def _decimal(column: Column, value: pl.Expr) -> pl.Expr:
+    """The warehouse's DECIMAL(p, s): a value that would not fit fails here, not as a NULL
+    later, and so does one with more digits after the point than the scale (a cast would round
+    it without a word), unless the column's `rounding` says how to round it."""
+    fitted = pl.Decimal(column.precision, column.scale)
+    if column.rounding is None:
+        return pl.when(beyond_scale(column, value).not_()).then(value.cast(fitted, strict=False))
+    # Read with every digit the integer part leaves room for, then rounded by the declared rule.
+    wide = pl.Decimal(38, 38 - (column.precision - column.scale))
+    rounded = value.cast(wide, strict=False).round(column.scale, mode=ROUNDING_MODES[column.rounding])
+    return rounded.cast(fitted, strict=False)
+
+
+# A fraction of a second finer than a microsecond, which the warehouses cannot hold.
+BEYOND_MICROSECONDS = r"[.,][0-9]{6}[0-9]*[1-9]"
+
+
+def _moment(column: Column, value: pl.Expr) -> pl.Expr:
+    """A date or timestamp as the instant the file means, within the column's `date_range`.
+
+    A timestamp with `Z` or an offset is that instant; one without is read in the column's
+    `timezone`. Timestamps are stored in UTC. ISO 8601 is read whatever the column's formats."""
+    earliest, latest = (date.fromisoformat(bound) for bound in column.date_range)
+    if column.type == "date":
+        formats = dict.fromkeys((*column.parse_formats, ISO_DATE_FORMAT))
+        parsed = pl.coalesce([value.str.strptime(pl.Date, f, strict=False, exact=True) for f in formats])
+        return pl.when(parsed.is_between(pl.lit(earliest), pl.lit(latest))).then(parsed)
+    iso_seconds = {f.replace("%.f", "") for f in ISO_TIMESTAMP_FORMATS}
+    formats = dict.fromkeys((*(f for f in column.parse_formats if f not in iso_seconds), *ISO_TIMESTAMP_FORMATS))
+    readings = []
+    for fmt in formats:
+        if "%z" not in fmt and "%#z" not in fmt and "%:z" not in fmt:
+            zoned = value.str.strptime(pl.Datetime("us"), fmt + "%#z", strict=False, exact=True)
+            readings.append(zoned.dt.convert_time_zone("UTC").dt.replace_time_zone(None))
+            naive = value.str.strptime(pl.Datetime("us"), fmt, strict=False, exact=True)
+            if column.timezone != "UTC":
+                # A wall-clock time a zone's clock change skips or repeats is no one instant: rejected.
+                local = naive.dt.replace_time_zone(column.timezone, ambiguous="null", non_existent="null")
+                naive = local.dt.convert_time_zone("UTC").dt.replace_time_zone(None)
+            readings.append(naive)
+        else:
+            zoned = value.str.strptime(pl.Datetime("us"), fmt, strict=False, exact=True)
+            readings.append(zoned.dt.convert_time_zone("UTC").dt.replace_time_zone(None))
+    parsed = pl.coalesce(readings)
+    within = parsed.is_between(pl.lit(datetime.combine(earliest, time.min)), pl.lit(datetime.combine(latest, time.max)))
+    return pl.when(within & value.str.contains(BEYOND_MICROSECONDS).not_()).then(parsed)
+
+
+def _within_scale(column: Column, value: pl.Expr, typed: pl.Expr) -> pl.Expr:
+    """True where a decimal needed no rounding (or is no decimal: the type check's issue)."""
+    return value.is_null() | typed.is_null() | beyond_scale(column, value).not_()
+
+
+def expected(column: Column) -> str:
+    """What a value of a typed column must look like, as an issue tells the triager."""
+    if column.type == "decimal":
+        whole = column.precision - column.scale
+        return f"decimal with at most {whole} digits before the point and {column.scale} after"
+    if column.type not in ("date", "timestamp"):
+        return column.type
+    earliest, latest = column.date_range
+    formats = " or ".join(column.parse_formats)
+    if column.type == "date":
+        return f"date as {formats}, from {earliest} to {latest}"
+    return (
+        f"timestamp as {formats} (or ISO 8601; with Z or an offset, else {column.timezone} time), "
+        f"from {earliest} to {latest}, to the microsecond"
+    )
 
 
 def _literal(column: Column, bound: str) -> pl.Expr:
@@ -212,13 +300,17 @@ class SpecValidator:
             )
             if column.type != "string":
                 name = f"{column.name}:type"
-                expected = (
-                    column.type
-                    if column.type not in ("date", "timestamp")
-                    else (f"{column.type} as " + " or ".join(column.parse_formats))
-                )
-                self.rules[(column.name, name)] = Rule(column.name, f"invalid_{column.type}", "error", expected)
+                self.rules[(column.name, name)] = Rule(column.name, f"invalid_{column.type}", "error", expected(column))
                 checks.append(_pandera_check(column, lambda v, t: v.is_null() | t.is_not_null(), name))
+            if column.rounding is not None:
+                self.rules[(column.name, ROUNDED_RULE)] = Rule(
+                    column.name,
+                    "altered_value",
+                    "warning",
+                    f"at most {column.scale} digits after the point: rounded ({column.rounding}) when stored",
+                )
+                within_scale = partial(_within_scale, column)
+                checks.append(_pandera_check(column, within_scale, ROUNDED_RULE))
             for index, check in enumerate(column.checks):
                 if check.kind == "unique":
                     continue
