@@ -71,24 +71,88 @@ def test_missing_columns_fail_clearly(tmp_path):
 def test_ndjson_and_json_array_read_every_value_as_text(tmp_path):
     ndjson = tmp_path / "t.ndjson"
     ndjson.write_text(
-        json.dumps({"Thing ID": 7, "Label": {"nested": True}}) + "\n" + json.dumps({"Thing ID": "8"}) + "\n"
+        '{"Thing ID": 7, "Label": 12345678901234567.25}\n\n{"Thing ID": "8", "Label": true}\n{"Thing ID": "9"}\n'
     )
-    records, _, _ = rows(spec_for("ndjson"), ndjson)
+    records, _, result = rows(spec_for("ndjson"), ndjson)
     assert records == [
-        {"thing_id": "7", "label": '{"nested":true}', "_source_line": 1},
-        {"thing_id": "8", "label": None, "_source_line": 2},
-    ]
+        {"thing_id": "7", "label": "12345678901234567.25", "_source_line": 1},
+        {"thing_id": "8", "label": "true", "_source_line": 3},
+        {"thing_id": "9", "label": None, "_source_line": 4},
+    ], "numbers keep the digits the file holds"
+    assert result.malformed == []
     array = tmp_path / "t.json"
-    array.write_text(json.dumps([{"Thing ID": "a", "Label": "x"}, {"Thing ID": "b", "Label": "y"}]))
+    array.write_text(json.dumps([{"Thing ID": "a", "Label": "x"}, {"Thing ID": "b", "Label": 1.50}]))
     records, _, _ = rows(spec_for("json"), array)
-    assert [r["thing_id"] for r in records] == ["a", "b"]
+    assert [(r["thing_id"], r["label"], r["_source_line"]) for r in records] == [("a", "x", 1), ("b", "1.5", 2)]
 
 
-def test_broken_json_is_a_clear_error(tmp_path):
+def test_a_json_record_that_is_no_flat_object_is_malformed_and_the_rest_loads(tmp_path):
     path = tmp_path / "t.ndjson"
-    path.write_text('{"Thing ID": "1"}\n{"Thing ID": \n')
-    with pytest.raises(SourceFormatError, match="cannot be read as ndjson"):
-        rows(spec_for("ndjson"), path)
+    lines = [
+        '{"Thing ID": "1", "Label": "ok"}',
+        '{"Thing ID": "2", "Label": {"nested": true}}',
+        '{"Thing ID": "3", "Label": [1, 2]}',
+        '{"Thing ID": "4", "Label": "a", "Label": "b"}',
+        '{"Thing ID": "5", "Label": "x"} trailing',
+        '{"Thing ID": "6", ',
+        "[1, 2]",
+        '{"Thing ID": "7", "Label": NaN}',
+        '{"Thing ID": "8", "Label": "' + "x" * (17 << 20) + '"}',
+        '{"Thing ID": "9", "Label": "last"}',
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    records, _, result = rows(spec_for("ndjson"), path)
+    assert [(r["thing_id"], r["_source_line"]) for r in records] == [("1", 1), ("9", 10)]
+    problems = {m.line: m.error for m in result.malformed}
+    assert problems == {
+        2: "field 'Label' holds an object, not one string value (name a field inside it as `source: Label.<field>`)",
+        3: "field 'Label' holds an array, not one string value (name a field inside it as `source: Label.<field>`)",
+        4: "the key 'Label' appears twice in the object",
+        5: "not valid JSON: Extra data at character 33",
+        6: "not valid JSON: Expecting property name enclosed in double quotes at character 20",
+        7: "holds an array, not an object",
+        8: "not valid JSON: NaN is not a JSON value",
+        9: f"the line is {len(lines[8]) + 1:,} bytes, over the 16 MiB a record may hold",
+    }
+    assert len(result.malformed[-1].raw_text) == 10_000, "a huge record is kept cut short"
+
+
+def test_a_column_may_name_a_field_inside_an_object(tmp_path):
+    path = tmp_path / "t.json"
+    path.write_text(
+        json.dumps(
+            [
+                {"Thing ID": "1", "home_office": {"Zip": "02139", "city": "Cambridge"}},
+                {"Thing ID": "2", "home_office": None},
+                {"Thing ID": "3"},
+            ]
+        )
+    )
+    spec = parse_spec(
+        {
+            "name": "things",
+            "owner": "o",
+            "format": "json",
+            "natural_key": ["thing_id"],
+            "columns": {"thing_id": {"source": "Thing ID"}, "zip": {"source": "home_office.zip", "required": True}},
+        }
+    )
+    records, _, result = rows(spec, path)
+    assert [(r["thing_id"], r["zip"]) for r in records] == [("1", "02139"), ("2", None), ("3", None)]
+    assert result.extra_fields == [], "the object a column reads inside is no unknown field"
+
+
+def test_broken_json_array_fails_naming_line_and_column(tmp_path):
+    path = tmp_path / "t.json"
+    path.write_text('[\n  {"Thing ID": "1"},\n  {"Thing ID": "2" "Label": "x"}\n]\n')
+    with pytest.raises(SourceFormatError) as failed:
+        rows(spec_for("json"), path)
+    message = str(failed.value)
+    assert message.startswith("t.json line 3, column 20: not valid JSON (Expecting ',' delimiter)"), message
+    assert str(tmp_path) not in message and "maximum_object_size" not in message
+    path.write_text('[\n  {"Thing ID": "1"},\n  {"Thing ID": \n')
+    with pytest.raises(SourceFormatError, match=r"t\.json line 3, column 3: the file ends inside element 2"):
+        rows(spec_for("json"), path)
 
 
 def test_a_malformed_line_is_one_record_whatever_its_number_of_errors(tmp_path):

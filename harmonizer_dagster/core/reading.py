@@ -1,7 +1,8 @@
 """Streams a source file as Arrow batches of raw text values, whatever its format.
 
-DuckDB does the parsing for every format (CSV, JSON array, NDJSON, gzip), so memory stays
-bounded by the batch size and malformed CSV lines are captured instead of aborting the file.
+DuckDB parses CSV (gzip too), so memory stays bounded by the batch size and malformed lines
+are captured instead of aborting the file; the other formats have readers of their own
+(`json_records`, `tabular`) built on this module's matching and messages.
 No input is lost without a word: a CSV whose quoting DuckDB cannot follow is read again line
 by line in Python, a byte the declared encoding cannot decode fails the file naming where it
 is, and a byte-order mark decides the encoding whatever the spec says.
@@ -168,7 +169,7 @@ def missing_error(
     return SourceFormatError(f"{file_name}: {what} [{listed}]; {_found(spec, names)}")
 
 
-def _gzipped(spec: SourceSpec, path: Path) -> bool:
+def is_gzipped(spec: SourceSpec, path: Path) -> bool:
     return spec.compression == "gzip" or (spec.compression == "auto" and path.suffix == ".gz")
 
 
@@ -209,10 +210,10 @@ class _Source:
     codec: str
 
     def open(self) -> IO[str]:
-        return io.TextIOWrapper(_open_bytes(self.path, self.gzipped), encoding=self.codec, newline="")
+        return io.TextIOWrapper(open_bytes(self.path, self.gzipped), encoding=self.codec, newline="")
 
 
-def _open_bytes(path: Path, gzipped: bool) -> IO[bytes]:
+def open_bytes(path: Path, gzipped: bool) -> IO[bytes]:
     return gzip.open(path, "rb") if gzipped else path.open("rb")
 
 
@@ -220,7 +221,7 @@ def _first_undecodable(source: _Source) -> tuple[int, int] | None:
     """The offset and line of the first byte the codec cannot decode, in one streamed pass."""
     decoder = codecs.getincrementaldecoder(source.codec)()
     offset, line = 0, 1
-    with _open_bytes(source.path, source.gzipped) as handle:
+    with open_bytes(source.path, source.gzipped) as handle:
         while True:
             chunk = handle.read(CHUNK_BYTES)
             pending = decoder.getstate()[0]  # the start of a character split across chunks
@@ -251,7 +252,7 @@ def _sniffed_codec(spec: SourceSpec, path: Path, gzipped: bool) -> str:
     `auto` stays dependency-free on purpose: for the three encodings a spec can name, the NUL
     bytes UTF-16 puts in ASCII text and a strict UTF-8 pass over the whole file (streamed)
     decide exactly, where a statistical detector such as charset-normalizer guesses."""
-    with _open_bytes(path, gzipped) as handle:
+    with open_bytes(path, gzipped) as handle:
         head = handle.read(SNIFF_BYTES)
     for mark, codec in BYTE_ORDER_MARKS:
         if head.startswith(mark):
@@ -267,7 +268,7 @@ def _sniffed_codec(spec: SourceSpec, path: Path, gzipped: bool) -> str:
 
 def detected_encoding(spec: SourceSpec, path: Path) -> str:
     """The spec encoding (`utf-8`, `utf-16`, `latin-1`) `encoding: auto` finds for the file."""
-    codec = _sniffed_codec(replace(spec, encoding="auto"), path, _gzipped(spec, path))
+    codec = _sniffed_codec(replace(spec, encoding="auto"), path, is_gzipped(spec, path))
     return "utf-16" if codec.startswith("utf-16") else codec
 
 
@@ -275,7 +276,7 @@ def detected_encoding(spec: SourceSpec, path: Path) -> str:
 def decoded(spec: SourceSpec, path: Path) -> Iterator[_Source]:
     """The CSV as DuckDB can read it: as landed, or transcoded to UTF-8 in a temporary file
     (streamed, so memory stays constant) when DuckDB cannot decode its encoding."""
-    gzipped = _gzipped(spec, path)
+    gzipped = is_gzipped(spec, path)
     landed = _Source(path, gzipped, _sniffed_codec(spec, path, gzipped))
     if landed.codec in DUCKDB_ENCODINGS:
         yield landed
@@ -348,70 +349,17 @@ def named_columns(name: str, header: list[str]) -> list[str]:
     return names
 
 
-def _check_json_keys(spec: SourceSpec, path: Path, json_format: str, result: ReadResult) -> Matched:
-    """A required field no record carries is a renamed or dropped column: reading it as
-    nulls would blank stored values, so the file is refused; unknown keys are reported."""
-    present = _json_keys(spec, path, json_format)
-    matched = match_names(spec, present)
-    matched.enforce(spec, path.name)
-    missing = matched.missing(spec, required_only=True)
-    if missing:
-        raise missing_error(spec, path.name, missing, sorted(present), "no record has the required field(s)")
-    result.extra_fields = matched.extra
-    return matched
-
-
-def _json_keys(spec: SourceSpec, path: Path, json_format: str) -> list[str]:
-    """Every key a record of the file has, in one scan."""
-    with local_duckdb() as con:
-        rows = con.sql(
-            f"SELECT DISTINCT unnest(json_keys(json)) FROM read_json_objects({quote_literal(str(path))}, "
-            f"format={quote_literal(json_format)}, compression={quote_literal(_duckdb_compression(spec, path))})"
-        ).fetchall()
-    return sorted(row[0] for row in rows)
-
-
-def _duckdb_compression(spec: SourceSpec, path: Path) -> str:
-    return "gzip" if _gzipped(spec, path) else "none"
-
-
-def _query(
-    spec: SourceSpec,
-    path: Path,
-    result: ReadResult,
-    source: _Source | None,
-    header: list[str],
-    positions: list[int] | None = None,
-) -> str:
-    """The DuckDB query of the file's spec columns; `source`, `header` and the header position
-    each column reads are a CSV's."""
-    if source is not None:
-        # DuckDB reads the columns under positional names: a file's names need not be valid there.
-        columns = ", ".join(f"{quote_literal(_positional(position))}: 'VARCHAR'" for position in range(len(header)))
-        scan = (
-            f"read_csv({quote_literal(str(source.path))}, header=true, auto_detect=false, columns={{{columns}}}, "
-            f"delim={quote_literal(spec.delimiter)}, quote='\"', escape='\"', "
-            f"encoding={quote_literal(DUCKDB_ENCODINGS[source.codec])}, "
-            f"compression={quote_literal('gzip' if source.gzipped else 'none')}, store_rejects=true)"
-        )
-    else:
-        json_format = "array" if spec.format == "json" else "newline_delimited"
-        matched = _check_json_keys(spec, path, json_format, result)
-        # Records may spell a field differently (`Name`, `name`): the first spelling a record has
-        # counts. Keys are looked up exactly (read_json's columns would fold case and collide).
-        scan = (
-            f"read_json_objects({quote_literal(str(path))}, format={quote_literal(json_format)}, "
-            f"compression={quote_literal(_duckdb_compression(spec, path))})"
-        )
-        selected = ", ".join(
-            f"coalesce({', '.join(f'json ->> {quote_literal(key)}' for key in matched.names[c.name])}) "
-            f"AS {quote_ident(c.name)}"
-            if matched.names[c.name]
-            else f"CAST(NULL AS VARCHAR) AS {quote_ident(c.name)}"
-            for c in spec.columns
-        )
-        return f"SELECT {selected} FROM {scan}"
-    read = [_positional(position) for position in positions or []]
+def _query(spec: SourceSpec, source: _Source, header: list[str], positions: list[int]) -> str:
+    """The DuckDB query of a CSV's spec columns, each read at its position in the header."""
+    # DuckDB reads the columns under positional names: a file's names need not be valid there.
+    columns = ", ".join(f"{quote_literal(_positional(position))}: 'VARCHAR'" for position in range(len(header)))
+    scan = (
+        f"read_csv({quote_literal(str(source.path))}, header=true, auto_detect=false, columns={{{columns}}}, "
+        f"delim={quote_literal(spec.delimiter)}, quote='\"', escape='\"', "
+        f"encoding={quote_literal(DUCKDB_ENCODINGS[source.codec])}, "
+        f"compression={quote_literal('gzip' if source.gzipped else 'none')}, store_rejects=true)"
+    )
+    read = [_positional(position) for position in positions]
     pairs = zip(read, spec.columns, strict=True)
     selected = ", ".join(f"{quote_ident(field)} AS {quote_ident(c.name)}" for field, c in pairs)
     return f"SELECT {selected} FROM {scan}"
@@ -448,7 +396,7 @@ def _read_errors(spec: SourceSpec, path: Path) -> Iterator[None]:
     try:
         yield
     except (SourceFormatError, EOFError, gzip.BadGzipFile, zlib.error) as exc:
-        problem = _gzip_problem(spec, path) if _gzipped(spec, path) else None
+        problem = _gzip_problem(spec, path) if is_gzipped(spec, path) else None
         if problem is None:
             raise
         raise problem from exc
@@ -459,14 +407,14 @@ def evolved_spec(spec: SourceSpec, path: Path) -> SourceSpec:
     of the file's columns the spec does not name (see `SourceSpec.evolved`); else the spec."""
     if spec.schema_evolution != "evolve":
         return spec
-    from harmonizer_dagster.core import tabular
+    from harmonizer_dagster.core import json_records, tabular
 
     with _read_errors(spec, path):
         if spec.format == "csv":
             with decoded(spec, path) as source:
                 names = _csv_header(spec, path.name, source)
         elif spec.format in ("json", "ndjson"):
-            names = _json_keys(spec, path, "array" if spec.format == "json" else "newline_delimited")
+            names = json_records.json_keys(spec, path)
         else:
             names = tabular.column_names(spec, path)
     return spec.evolved([n for n in match_names(spec, names).extra if not n.startswith(UNNAMED)])
@@ -476,22 +424,17 @@ def _read_batches(
     spec: SourceSpec, path: Path, batch_rows: int, result: ReadResult, skip_batches: int, line_by_line: bool
 ) -> Iterator[pa.RecordBatch]:
     # Imported here: those readers build on this module's matching and messages.
-    from harmonizer_dagster.core import tabular
+    from harmonizer_dagster.core import json_records, tabular
 
-    readers = {"parquet": tabular.read_parquet, "xlsx": tabular.read_xlsx, "fixed_width": tabular.read_fixed_width}
+    readers = {
+        "parquet": tabular.read_parquet,
+        "xlsx": tabular.read_xlsx,
+        "fixed_width": tabular.read_fixed_width,
+        "json": json_records.read_json,
+        "ndjson": json_records.read_json,
+    }
     if spec.format in readers:
         yield from _batched(readers[spec.format](spec, path, batch_rows, result), batch_rows, skip_batches)
-        return
-    if spec.format != "csv":
-        if spec.format == "ndjson":
-            starts = _ndjson_record_starts(path, _gzipped(spec, path), result)
-            scanned = _scanned(
-                spec, path, lambda: _query(spec, path, result, None, []), batch_rows, lambda _: starts.finish(path.name)
-            )
-            lined = _lined(scanned, starts, path.name)
-        else:
-            lined = _positioned(_scanned(spec, path, lambda: _query(spec, path, result, None, []), batch_rows))
-        yield from _batched(lined, batch_rows, skip_batches)
         return
     with decoded(spec, path) as source:
         header = _csv_header(spec, path.name, source)
@@ -510,7 +453,7 @@ def _read_batches(
             scanned = _scanned(
                 spec,
                 path,
-                lambda: _query(spec, path, result, source, header, positions),
+                lambda: _query(spec, source, header, positions),
                 batch_rows,
                 lambda con: _rejects(con, spec, path.name, source, result, starts),
             )
@@ -676,27 +619,6 @@ def _csv_scan(
             rejected.append(record_line)
 
 
-def _ndjson_record_starts(path: Path, gzipped: bool, result: ReadResult) -> _RecordStarts:
-    return _RecordStarts(_ndjson_scan(_Source(path, gzipped, "utf-8"), result))
-
-
-def _ndjson_scan(source: _Source, result: ReadResult) -> Iterator[np.ndarray]:
-    line, filled = 1, False  # the line the chunk starts on; whether it holds more than whitespace so far
-    for units in _code_units(source, result):
-        breaks = np.flatnonzero(units == 0x0A)
-        solid = np.flatnonzero(~np.isin(units, (0x20, 0x09, 0x0D, 0x0A)))
-        per_line = np.diff(np.searchsorted(solid, breaks), prepend=0)
-        if len(breaks):
-            per_line[0] += filled
-            yield line + np.flatnonzero(per_line > 0).astype(np.int64)
-            filled = bool(len(solid) - np.searchsorted(solid, breaks[-1]))
-        else:
-            filled = filled or bool(len(solid))
-        line += len(breaks)
-    if filled:
-        yield np.array([line], np.int64)
-
-
 def _int64s(values: np.ndarray) -> pa.Array:
     """The numbers as an Arrow array, sharing their memory. `pa.array` first imports pandas
     wherever it is installed (the dev extra installs it), to see whether it was handed a pandas
@@ -712,16 +634,6 @@ def _lined(batches: Iterator[pa.RecordBatch], starts: _RecordStarts, name: str) 
         lines = starts.take(batch.num_rows)
         if len(lines) < batch.num_rows:
             raise UnreliableParse(f"{name}: the parse found more records than the file's lines hold")
-        yield batch.append_column(LINE_COLUMN, _int64s(lines))
-
-
-def _positioned(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-    """A JSON array's objects numbered by their 1-based position in the array: finding the line
-    each starts on would take a JSON parser of its own."""
-    position = 1
-    for batch in batches:
-        lines = np.arange(position, position + batch.num_rows, dtype=np.int64)
-        position += batch.num_rows
         yield batch.append_column(LINE_COLUMN, _int64s(lines))
 
 
