@@ -455,7 +455,7 @@ def _read_batches(
                 path,
                 lambda: _query(spec, source, header, positions),
                 batch_rows,
-                lambda con: _rejects(con, spec, path.name, source, result, starts),
+                lambda con: _rejects(con, spec, path.name, source, result, starts, len(header)),
             )
             batches = _lined(scanned, starts, path.name)
         yield from _batched(batches, batch_rows, skip_batches)
@@ -469,13 +469,15 @@ def _scanned(
     after: Callable[[duckdb.DuckDBPyConnection], None] | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """DuckDB's batches of the query (built inside, as building it may read the file); `after`
-    then inspects the finished scan."""
+    then inspects the finished scan. A file DuckDB cannot parse is read again line by line,
+    whose messages name the line and what is wrong in this project's words (DuckDB's own name a
+    temporary file and give advice for its options)."""
     con = local_duckdb()
     try:
         try:
             yield from con.sql(query()).to_arrow_reader(batch_rows)
         except duckdb.Error as exc:
-            raise SourceFormatError(f"{path.name}: cannot be read as {spec.format}: {exc}") from exc
+            raise UnreliableParse(f"{path.name}: DuckDB could not parse it") from exc
         if after is not None:
             after(con)
     finally:
@@ -489,6 +491,7 @@ def _rejects(
     source: _Source,
     result: ReadResult,
     starts: _RecordStarts,
+    columns: int,
 ) -> None:
     """Turns the records DuckDB rejected into malformed records on the physical line they start,
     one per record whatever its number of errors; an undecodable byte fails the file, and a
@@ -508,9 +511,21 @@ def _rejects(
     if len(rows) != len(starts.rejected):
         raise UnreliableParse(f"{name}: DuckDB rejected other records than the scan of the lines found")
     result.malformed = [
-        MalformedRecord(line, text or "", message)
+        MalformedRecord(line, text or "", _reject_message(text or "", message, spec.delimiter, columns))
         for line, (_, text, message, _, _) in zip(starts.rejected, rows, strict=True)
     ]
+
+
+def _reject_message(text: str, message: str, delimiter: str, columns: int) -> str:
+    """One reason for a record DuckDB rejected, in this project's words: DuckDB reports a short
+    record once for every column it lacks."""
+    if "Expected Number of Columns" in message:
+        try:
+            fields = next(csv.reader(text.splitlines(), delimiter=delimiter), [])
+        except csv.Error:
+            fields = text.split(delimiter)
+        return _field_count_error(len(fields), columns)
+    return message.split("; ")[0]
 
 
 SCAN_BYTES = 8 << 20
@@ -690,13 +705,22 @@ class _Lines:
         return first
 
 
-def _quote_error(exc: csv.Error) -> str:
-    """What csv's message about a record means for the line it began on."""
+def _quote_error(exc: csv.Error, text: str) -> str:
+    """What csv's complaint about the record beginning on the line `text` means."""
     if str(exc) == "unexpected end of data":
         return "unterminated quote: the quoted value does not close before the end of the file"
     if str(exc).startswith("field larger than field limit"):
+        if '"' not in text:
+            return f"a value over {csv.field_size_limit():,} characters, longer than a field may be"
         return f"unterminated quote: the quoted value runs past {csv.field_size_limit():,} characters"
-    return f"misplaced quote: {exc}"
+    return (
+        "misplaced quote: a quoted value is followed by more text before the next delimiter "
+        '(a quote inside a value is written twice: "")'
+    )
+
+
+def _field_count_error(found: int, expected: int) -> str:
+    return f"{found} fields where the header has {expected}"
 
 
 def _parsed_lines(
@@ -729,7 +753,7 @@ def _parsed_lines(
                     fields = next(reader, None)
                 except csv.Error as exc:
                     text = lines.end_at_first_line().rstrip("\r\n")
-                    result.malformed.append(MalformedRecord(start, text, _quote_error(exc)))
+                    result.malformed.append(MalformedRecord(start, text, _quote_error(exc, text)))
                     continue
                 if fields is None:
                     break
@@ -737,7 +761,7 @@ def _parsed_lines(
                 if not fields:
                     continue  # a blank line, which DuckDB skips too
                 if len(fields) != len(header):
-                    message = f"Expected Number of Columns: {len(header)} Found: {len(fields)}"
+                    message = _field_count_error(len(fields), len(header))
                     result.malformed.append(MalformedRecord(start, text.rstrip("\r\n"), message))
                     continue
                 for column, position in zip(values, positions, strict=True):

@@ -8,10 +8,12 @@ in the column's first format. A typed column that cannot hold the spec's type fa
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Iterator
 from datetime import date, datetime, time
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -88,7 +90,7 @@ def column_names(spec: SourceSpec, path: Path) -> list[str]:
     if spec.format == "parquet":
         return _parquet_file(path).schema_arrow.names
     if spec.format == "xlsx":
-        return _xlsx_header(spec, path)[1]
+        return _xlsx_header(spec, path)[2]
     return [c.source for c in spec.columns]
 
 
@@ -190,8 +192,8 @@ def _sheet(spec: SourceSpec, path: Path) -> Any:
     return workbook.get_sheet_by_name(sheet)
 
 
-def _xlsx_header(spec: SourceSpec, path: Path) -> tuple[str, list[str], Iterator[tuple[int, list[Any]]]]:
-    """How messages name the sheet, its header row's names, and its numbered rows after it."""
+def _xlsx_header(spec: SourceSpec, path: Path) -> tuple[str, str, list[str], Iterator[tuple[int, list[Any]]]]:
+    """How messages name the sheet, its name, its header row's names, and its numbered rows after it."""
     sheet = _sheet(spec, path)
     first_row = sheet.start[0] + 1 if sheet.start else 1  # the sheet's first row that holds a cell
     rows = enumerate(sheet.iter_rows(), start=first_row)
@@ -202,13 +204,76 @@ def _xlsx_header(spec: SourceSpec, path: Path) -> tuple[str, list[str], Iterator
     cells = [_cell_text(c) or "" for c in header[1]]
     while cells and not cells[-1].strip():
         cells.pop()  # a workbook's used range often runs past the last named column
-    return where, named_columns(f"{where} row {spec.header_row}", cells), rows
+    return where, sheet.name, named_columns(f"{where} row {spec.header_row}", cells), rows
+
+
+_MAIN = "{http://schemas.openxmlformats.org/spreadsheetml/2006/main}"
+_RELATIONSHIPS = "{http://schemas.openxmlformats.org/officeDocument/2006/relationships}"
+_PACKAGE_RELATIONSHIPS = "{http://schemas.openxmlformats.org/package/2006/relationships}"
+
+
+def _sheet_part(archive: zipfile.ZipFile, sheet_name: str) -> str | None:
+    """The workbook part holding the named sheet's cells."""
+    workbook = ElementTree.fromstring(archive.read("xl/workbook.xml"))
+    sheet = next((s for s in workbook.iter(f"{_MAIN}sheet") if s.get("name") == sheet_name), None)
+    if sheet is None:
+        return None
+    links = ElementTree.fromstring(archive.read("xl/_rels/workbook.xml.rels"))
+    target = next(
+        (
+            r.get("Target")
+            for r in links.iter(f"{_PACKAGE_RELATIONSHIPS}Relationship")
+            if r.get("Id") == sheet.get(f"{_RELATIONSHIPS}id")
+        ),
+        None,
+    )
+    if target is None:
+        return None
+    return target.lstrip("/") if target.startswith("/") else f"xl/{target}"
+
+
+def _cell_position(reference: str) -> tuple[int, int]:
+    """A cell reference (`C12`) as its row number and 0-based column."""
+    letters = reference.rstrip("0123456789")
+    column = 0
+    for letter in letters:
+        column = column * 26 + ord(letter.upper()) - ord("A") + 1
+    return int(reference[len(letters) :]), column - 1
+
+
+def uncached_formulas(path: Path, sheet_name: str) -> dict[tuple[int, int], str]:
+    """The sheet's formula cells saved without their value (a workbook written by a program that
+    does not calculate), by row number and 0-based column: such a cell reads as empty, which is
+    not what it holds. The sheet's XML is parsed only when it holds a formula at all."""
+    with zipfile.ZipFile(path) as archive:
+        part = _sheet_part(archive, sheet_name)
+        if part is None or not any(b"<f" in chunk or b":f>" in chunk for chunk in _chunks(archive, part)):
+            return {}
+        found: dict[tuple[int, int], str] = {}
+        with archive.open(part) as handle:
+            for _, cell in ElementTree.iterparse(handle):
+                if cell.tag != f"{_MAIN}c":
+                    continue
+                formula, value = cell.find(f"{_MAIN}f"), cell.find(f"{_MAIN}v")
+                if formula is not None and (value is None or not (value.text or "")):
+                    found[_cell_position(cell.get("r", "A1"))] = formula.text or ""
+                cell.clear()
+        return found
+
+
+def _chunks(archive: zipfile.ZipFile, part: str) -> Iterator[bytes]:
+    """A part's bytes in chunks that overlap by a few bytes, so a tag split across two is found."""
+    tail = b""
+    with archive.open(part) as handle:
+        while chunk := handle.read(CHUNK_BYTES):
+            yield tail + chunk
+            tail = chunk[-4:]
 
 
 def read_xlsx(spec: SourceSpec, path: Path, batch_rows: int, result: ReadResult) -> Iterator[pa.RecordBatch]:
     """The spec's sheet from its header row on; `_source_line` is a record's row number in the sheet
     (as the workbook shows it). Blank rows are skipped, as blank lines are in a CSV."""
-    where, names, rows = _xlsx_header(spec, path)
+    where, sheet_name, names, rows = _xlsx_header(spec, path)
     matched = match_names(spec, names)
     matched.enforce(spec, where)
     missing = matched.missing(spec)
@@ -217,15 +282,27 @@ def read_xlsx(spec: SourceSpec, path: Path, batch_rows: int, result: ReadResult)
     read = matched.single(spec, where)
     result.extra_fields = matched.extra
     positions = [(names.index(read[c.name]), c) for c in spec.columns]
+    uncached = uncached_formulas(path, sheet_name)
+    read_positions = {position for position, _ in positions}
     values: list[list[str | None]] = [[] for _ in positions]
     lines: list[int] = []
     for number, row in rows:
-        if all(c in (None, "") for c in row):
+        if all(c in (None, "") for c in row) and not any((number, p) in uncached for p in read_positions):
             continue
         stray = next((i for i in range(len(names), len(row)) if row[i] not in (None, "")), None)
         if stray is not None:
             text = ",".join(_cell_text(c) or "" for c in row)
             result.malformed.append(MalformedRecord(number, text, f"a value in column {stray + 1}, which has no name"))
+            continue
+        formula = next(((p, uncached[(number, p)]) for p in sorted(read_positions) if (number, p) in uncached), None)
+        if formula is not None:
+            text = ",".join(_cell_text(c) or "" for c in row)
+            reference = f"{_column_letters(formula[0])}{number}"
+            message = (
+                f"cell {reference} holds a formula (={formula[1]}) saved without its value; open the workbook in "
+                "Excel or LibreOffice so it calculates, save it and land it again"
+            )
+            result.malformed.append(MalformedRecord(number, text, message))
             continue
         for column, (position, spec_column) in zip(values, positions, strict=True):
             column.append(_cell_text(row[position], spec_column) if position < len(row) else None)
@@ -235,6 +312,16 @@ def read_xlsx(spec: SourceSpec, path: Path, batch_rows: int, result: ReadResult)
             values, lines = [[] for _ in positions], []
     if lines:
         yield _batch(spec, values, lines)
+
+
+def _column_letters(position: int) -> str:
+    """A 0-based column as Excel names it (0 is A, 26 is AA)."""
+    letters = ""
+    position += 1
+    while position:
+        position, remainder = divmod(position - 1, 26)
+        letters = chr(ord("A") + remainder) + letters
+    return letters
 
 
 def _batch(spec: SourceSpec, values: list[list[str | None]], lines: list[int]) -> pa.RecordBatch:
@@ -252,13 +339,16 @@ def read_fixed_width(spec: SourceSpec, path: Path, batch_rows: int, result: Read
             with source.open() as handle:
                 lines: list[str] = []
                 numbers: list[int] = []
+                typical = width  # the length of the file's lines, from its last line of plain ASCII
                 for number, line in enumerate(handle, start=1):
                     text = line.rstrip("\r\n")
                     if number <= spec.header_row or not text.strip():
                         continue
-                    if len(text) > width and text[width:].strip():
-                        message = f"{len(text)} characters, past the last column's end at {width}"
-                        result.malformed.append(MalformedRecord(number, text, message))
+                    if text.isascii():
+                        typical = len(text)
+                    problem = _misplaced(text, width, typical, source.codec)
+                    if problem is not None:
+                        result.malformed.append(MalformedRecord(number, text, problem))
                         continue
                     lines.append(text)
                     numbers.append(number)
@@ -269,6 +359,26 @@ def read_fixed_width(spec: SourceSpec, path: Path, batch_rows: int, result: Read
                     yield _cut(spec, lines, numbers)
         except UnicodeDecodeError:
             raise encoding_error(spec, path.name, source) from None
+
+
+def _misplaced(text: str, width: int, typical: int, codec: str) -> str | None:
+    """Why a line's fields would not sit at their declared positions, which count characters:
+    a tab (whose width is anyone's guess), text past the last column, or padding counted in
+    bytes (a line with a character beyond ASCII that is as many bytes long as the others are
+    characters). None when the line can be cut."""
+    if "\t" in text:
+        return (
+            f"a tab at character {text.index(chr(9)) + 1}: positions count characters and a tab has no fixed "
+            "width; replace tabs with spaces"
+        )
+    if len(text) > width and text[width:].strip():
+        return f"{len(text)} characters, past the last column's end at {width}"
+    if not text.isascii() and len(text) != typical and len(text.encode(codec, "replace")) == typical:
+        return (
+            f"{len(text)} characters but {typical} bytes, as long in bytes as the other lines are in characters: "
+            "its padding was counted in bytes, so its fields would shift; pad by characters"
+        )
+    return None
 
 
 def _cut(spec: SourceSpec, lines: list[str], numbers: list[int]) -> pa.RecordBatch:
