@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import subprocess
+import tomllib
 import uuid
 from collections.abc import Iterator, Mapping
 from importlib.metadata import version
@@ -24,9 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import jsonschema
 import kubernetes
 import kubernetes_validate
 import pytest
+import referencing
+import referencing.exceptions
 import yaml
 from dagster._core.code_pointer import ModuleCodePointer
 from dagster._core.launcher import LaunchRunContext
@@ -35,6 +39,7 @@ from dagster._core.remote_origin import GrpcServerCodeLocationOrigin, RemoteJobO
 from dagster._core.storage.dagster_run import DagsterRun
 from dagster_aws.s3.compute_log_manager import S3ComputeLogManager
 from dagster_k8s import K8sRunLauncher
+from referencing.jsonschema import DRAFT7
 
 from harmonizer_dagster.definitions import build_definitions
 
@@ -42,6 +47,7 @@ ROOT = Path(__file__).parent.parent
 VALUES = ROOT / "deploy" / "k8s" / "values.yaml"
 INSTANCE = ROOT / "dagster.yaml"
 FLEET_DOC = ROOT / "docs" / "fleet.md"
+PYPROJECT = ROOT / "pyproject.toml"
 KUBERNETES_VERSION = "1.30"
 # docs/fleet.md installs the release `dagster` into the namespace `dagster`.
 RELEASE = "dagster"
@@ -411,6 +417,23 @@ def test_a_run_of_each_location_is_a_valid_job_with_its_image_env_secrets_and_re
     assert job["metadata"]["labels"]["dagster/code-location"] == deployment["name"]
 
 
+def pinned_dagster() -> str:
+    """The dagster version pyproject.toml pins as its floor: the chart version to install."""
+    (requirement,) = [
+        r for r in tomllib.loads(PYPROJECT.read_text())["project"]["dependencies"] if r.startswith("dagster>=")
+    ]
+    return requirement.removeprefix("dagster>=").split(",")[0]
+
+
+def test_the_values_and_docs_install_the_chart_of_the_pinned_dagster():
+    pinned = pinned_dagster()
+    installed = version("dagster")
+    assert installed.split(".")[:2] == pinned.split(".")[:2], f"the tests ran dagster {installed}, not {pinned}'s"
+    command = f"helm upgrade --install dagster dagster/dagster --version {pinned}"
+    assert command in VALUES.read_text(), "the values name the chart they were proven with"
+    assert command in " ".join(FLEET_DOC.read_text().replace("\\\n", " ").split()), "the docs' command pins it"
+
+
 # --- With Dagster's chart: lint, render, validate -------------------------------------------
 
 
@@ -427,39 +450,49 @@ def chart() -> Path:
     if not path:
         pytest.skip(f"{CHART_ENV} names no unpacked Dagster chart (helm pull dagster/dagster --untar)")
     chart = Path(path)
-    pinned = version("dagster")
+    pinned = pinned_dagster()
     assert yaml.safe_load((chart / "Chart.yaml").read_text())["version"] == pinned, f"the chart is not {pinned}"
     return chart
 
 
-def offline_chart(chart: Path, tmp_path: Path) -> Path:
-    """A copy of the chart whose values.schema.json refers to the Kubernetes definitions that
-    kubernetes-validate ships instead of fetching them by URL."""
-    copy_of = tmp_path / "dagster"
-    shutil.copytree(chart, copy_of)
-    definitions = Path(kubernetes_validate.__file__).parent / "kubernetes-json-schema"
-    local = (definitions / f"v{KUBERNETES_VERSION}.0-local" / "_definitions.json").as_uri()
-    for schema in copy_of.rglob("values.schema.json"):
-        text = schema.read_text()
-        for prefix in (
-            "https://kubernetesjsonschema.dev/v1.18.0/_definitions.json",
-            "https://raw.githubusercontent.com/yannh/kubernetes-json-schema/master/v1.18.0/_definitions.json",
-        ):
-            text = text.replace(prefix, local)
-        assert "://" not in text.replace("file://", "").replace("http://json-schema.org", ""), (
-            f"{schema} still refers to a schema by URL"
-        )
-        schema.write_text(text)
-    return copy_of
+def validate_values_against_chart_schema(chart: Path) -> None:
+    """The chart's values.schema.json, applied here instead of by helm: its Kubernetes $refs
+    name definitions by URL, which resolve to the 1.30 definitions kubernetes-validate ships."""
+    local = Path(kubernetes_validate.__file__).parent / "kubernetes-json-schema" / f"v{KUBERNETES_VERSION}.0-local"
+    definitions = json.loads((local / "_definitions.json").read_text())
+
+    def retrieve(uri: str) -> referencing.Resource:
+        if not uri.endswith("/_definitions.json"):
+            raise referencing.exceptions.NoSuchResource(ref=uri)
+        return referencing.Resource.from_contents(definitions, default_specification=DRAFT7)
+
+    schema = json.loads((chart / "values.schema.json").read_text())
+    registry: referencing.Registry = referencing.Registry(retrieve=retrieve)
+    values = merged_values_of_chart(chart)
+    validator = jsonschema.validators.validator_for(schema, default=jsonschema.Draft7Validator)
+    validator(schema, registry=registry).validate(values)
 
 
-def render(chart: Path, tmp_path: Path) -> list[dict[str, Any]]:
+def merged_values_of_chart(chart: Path) -> dict[str, Any]:
+    """The chart's own values.yaml with ours over it, as helm gives them to the schema."""
+
+    def merge(base: Any, override: Any) -> Any:
+        if isinstance(base, dict) and isinstance(override, dict):
+            return {k: merge(base.get(k), override[k]) if k in override else base[k] for k in base | override}
+        return override
+
+    return merge(yaml.safe_load((chart / "values.yaml").read_text()), load_values())
+
+
+def render(chart: Path) -> list[dict[str, Any]]:
     binary = helm()
-    offline = offline_chart(chart, tmp_path)
-    common = ["-f", str(VALUES), "--namespace", NAMESPACE]
-    subprocess.run([binary, "lint", str(offline), *common, "--strict"], check=True, capture_output=True)
+    validate_values_against_chart_schema(chart)
+    # The schema is applied above, offline; helm would fetch its Kubernetes definitions.
+    common = ["-f", str(VALUES), "--namespace", NAMESPACE, "--skip-schema-validation"]
+    lint = subprocess.run([binary, "lint", str(chart), *common, "--strict"], capture_output=True, text=True)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
     out = subprocess.run(
-        [binary, "template", RELEASE, str(offline), *common, "--kube-version", f"{KUBERNETES_VERSION}.0"],
+        [binary, "template", RELEASE, str(chart), *common, "--kube-version", f"{KUBERNETES_VERSION}.0"],
         check=True,
         capture_output=True,
         text=True,
@@ -467,8 +500,8 @@ def render(chart: Path, tmp_path: Path) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(out) if doc]
 
 
-def test_the_chart_renders_the_values_into_valid_manifests(chart, tmp_path):
-    manifests = render(chart, tmp_path)
+def test_the_chart_renders_the_values_into_valid_manifests(chart):
+    manifests = render(chart)
     for manifest in manifests:
         kubernetes_validate.validate(manifest, KUBERNETES_VERSION, strict=True)
     assert not [m for m in manifests if m["kind"] == "Secret" and (m.get("data") or m.get("stringData"))], (
