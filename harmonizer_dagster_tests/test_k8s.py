@@ -158,19 +158,19 @@ def chart_instance(values: Mapping[str, Any]) -> dict[str, Any]:
         instance["compute_logs"] = {"module": custom["module"], "class": custom["class"], "config": custom["config"]}
     monitoring = daemon["runMonitoring"]
     if daemon["enabled"] and monitoring["enabled"]:
-        # The chart writes these keys only; it drops a max_resume_run_attempts of 0.
+        # The chart writes these keys only: it has no max_runtime_seconds.
         instance["run_monitoring"] = {
             "enabled": True,
             "start_timeout_seconds": monitoring["startTimeoutSeconds"],
             "poll_interval_seconds": monitoring["pollIntervalSeconds"],
         }
-        for key, name in (("cancelTimeoutSeconds", "cancel_timeout_seconds"),):
+        for key, name in (
+            ("cancelTimeoutSeconds", "cancel_timeout_seconds"),
+            ("maxResumeRunAttempts", "max_resume_run_attempts"),
+            ("freeSlotsAfterRunEndSeconds", "free_slots_after_run_end_seconds"),
+        ):
             if monitoring.get(key) is not None:
                 instance["run_monitoring"][name] = monitoring[key]
-        if monitoring.get("maxResumeRunAttempts"):
-            instance["run_monitoring"]["max_resume_run_attempts"] = monitoring["maxResumeRunAttempts"]
-        if monitoring.get("freeSlotsAfterRunEndSeconds") is not None:
-            instance["run_monitoring"]["free_slots_after_run_end_seconds"] = monitoring["freeSlotsAfterRunEndSeconds"]
     retries = daemon["runRetries"]
     if daemon["enabled"] and retries["enabled"]:
         instance["run_retries"] = {"enabled": True}
@@ -459,7 +459,10 @@ def validate_values_against_chart_schema(chart: Path) -> None:
     """The chart's values.schema.json, applied here instead of by helm: its Kubernetes $refs
     name definitions by URL, which resolve to the 1.30 definitions kubernetes-validate ships."""
     local = Path(kubernetes_validate.__file__).parent / "kubernetes-json-schema" / f"v{KUBERNETES_VERSION}.0-local"
-    definitions = json.loads((local / "_definitions.json").read_text())
+    # kubernetes-validate keeps them under $defs (JSON Schema 2020-12), the chart's refs
+    # point into `definitions` (draft 7): the same definitions, under the older key.
+    shipped = json.loads((local / "_definitions.json").read_text().replace('"#/$defs/', '"#/definitions/'))
+    definitions = {"definitions": shipped["$defs"]}
 
     def retrieve(uri: str) -> referencing.Resource:
         if not uri.endswith("/_definitions.json"):
@@ -511,9 +514,10 @@ def test_the_chart_renders_the_values_into_valid_manifests(chart):
     for manifest in manifests:
         by_kind.setdefault(manifest["kind"], []).append(manifest)
     instance = next(m for m in by_kind["ConfigMap"] if m["metadata"]["name"] == f"{RELEASE}-instance")
-    assert yaml.safe_load(instance["data"]["dagster.yaml"]) == chart_instance(load_values()), (
-        "the helper renders the instance as the chart does"
-    )
+    rendered = yaml.safe_load(instance["data"]["dagster.yaml"])
+    assert rendered == chart_instance(load_values()), "the helper renders the instance as the chart does"
+    production = yaml.safe_load(INSTANCE.read_text())
+    assert {k: rendered.get(k) for k in SAME_SECTIONS} == {k: production[k] for k in SAME_SECTIONS}
     for deployment in deployments():
         name = f"{_fullname('dagster-user-deployments')}-{deployment['name']}"
         (served,) = [m for m in by_kind["Deployment"] if m["metadata"]["name"] == name]
