@@ -5,14 +5,15 @@ dagster.yaml setting by setting, so the two cannot drift; dagster-k8s's own K8sR
 loaded from that instance, builds the Job of a run of every code location, which is validated
 strictly against the Kubernetes 1.30 schemas that kubernetes-validate ships.
 
-With Dagster's unpacked chart of the pinned version in HARMONIZER_DAGSTER_CHART: helm lints,
-renders and validates the values offline and the rendered manifests are checked (skipped
-otherwise).
+With Dagster's unpacked chart of the pinned version in HARMONIZER_DAGSTER_CHART (and helm):
+the values are validated against the chart's schema offline, helm lints and renders them, and
+the manifests are validated and checked; skipped otherwise, saying why.
 """
 
 from __future__ import annotations
 
 import copy
+import importlib
 import json
 import os
 import shutil
@@ -31,7 +32,9 @@ import kubernetes_validate
 import pytest
 import referencing
 import referencing.exceptions
+import sqlalchemy
 import yaml
+from dagster._config import process_config, resolve_to_config_type
 from dagster._core.code_pointer import ModuleCodePointer
 from dagster._core.launcher import LaunchRunContext
 from dagster._core.origin import JobPythonOrigin, RepositoryPythonOrigin
@@ -39,6 +42,7 @@ from dagster._core.remote_origin import GrpcServerCodeLocationOrigin, RemoteJobO
 from dagster._core.storage.dagster_run import DagsterRun
 from dagster_aws.s3.compute_log_manager import S3ComputeLogManager
 from dagster_k8s import K8sRunLauncher
+from dagster_postgres.utils import pg_url_from_config
 from referencing.jsonschema import DRAFT7
 
 from harmonizer_dagster.definitions import build_definitions
@@ -99,15 +103,16 @@ CHART_DEFAULTS: dict[str, Any] = {
 }
 
 
+def helm_merge(base: Any, override: Any) -> Any:
+    """Values over defaults as Helm merges them: maps key by key, anything else replaced."""
+    if isinstance(base, dict) and isinstance(override, dict):
+        return {k: helm_merge(base.get(k), override[k]) if k in override else base[k] for k in base | override}
+    return override
+
+
 def merged_values(values: Mapping[str, Any]) -> dict[str, Any]:
-    """The chart's defaults with the user's values over them, as Helm merges them."""
-
-    def merge(base: Any, override: Any) -> Any:
-        if isinstance(base, dict) and isinstance(override, dict):
-            return {k: merge(base.get(k), override[k]) if k in override else base[k] for k in base | override}
-        return copy.deepcopy(override)
-
-    return copy.deepcopy(merge(CHART_DEFAULTS, dict(values)))
+    """The chart's defaults with the user's values over them."""
+    return copy.deepcopy(helm_merge(CHART_DEFAULTS, dict(values)))
 
 
 def _fullname(chart_name: str) -> str:
@@ -278,8 +283,9 @@ def test_the_chart_renders_the_section_as_dagster_yaml_has_it(section, rendered,
     assert rendered.get(section) == production[section], f"{section} differs from dagster.yaml"
 
 
-def test_the_chart_stores_in_postgres_through_psycopg2_as_dagster_yaml_does(rendered, production):
+def test_the_chart_stores_in_postgres_through_psycopg2_as_dagster_yaml_does(rendered, production, monkeypatch):
     wanted = production["storage"]["postgres"]["postgres_db"]
+    monkeypatch.setenv("DAGSTER_PG_PASSWORD", "not-a-password")
     for name in ("run_storage", "event_log_storage", "schedule_storage"):
         section = rendered[name]
         assert section["module"].startswith("dagster_postgres."), name
@@ -287,6 +293,11 @@ def test_the_chart_stores_in_postgres_through_psycopg2_as_dagster_yaml_does(rend
         assert db.get("scheme") == wanted["scheme"] == "postgresql+psycopg2", f"{name}: psycopg 3 breaks event writes"
         assert db["password"] == wanted["password"] == {"env": "DAGSTER_PG_PASSWORD"}, "the login stays a secret"
         assert db["params"] == wanted.get("params", {})
+        # dagster-postgres accepts the section, and SQLAlchemy picks psycopg2 from its URL.
+        storage = getattr(importlib.import_module(section["module"]), section["class"])
+        checked = process_config(resolve_to_config_type(storage.config_type()), section["config"])
+        assert checked.success, checked.errors
+        assert sqlalchemy.engine.make_url(pg_url_from_config(checked.value)).get_dialect().driver == "psycopg2"
 
 
 def test_the_scheduler_is_dagsters_default_on_both(rendered, production):
@@ -478,13 +489,7 @@ def validate_values_against_chart_schema(chart: Path) -> None:
 
 def merged_values_of_chart(chart: Path) -> dict[str, Any]:
     """The chart's own values.yaml with ours over it, as helm gives them to the schema."""
-
-    def merge(base: Any, override: Any) -> Any:
-        if isinstance(base, dict) and isinstance(override, dict):
-            return {k: merge(base.get(k), override[k]) if k in override else base[k] for k in base | override}
-        return override
-
-    return merge(yaml.safe_load((chart / "values.yaml").read_text()), load_values())
+    return helm_merge(yaml.safe_load((chart / "values.yaml").read_text()), load_values())
 
 
 def render(chart: Path) -> list[dict[str, Any]]:
