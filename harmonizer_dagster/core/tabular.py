@@ -140,6 +140,8 @@ def _cell_text(value: Any, column: Column | None = None) -> str | None:
         return str(int(value))  # a workbook stores every number as a float
     if isinstance(value, datetime) and column is not None and column.type == "date" and value.time() == time.min:
         return value.date().isoformat()  # a workbook stores a date as a datetime at midnight
+    if type(value) is date and column is not None and column.type == "timestamp":
+        return f"{value.isoformat()}T00:00:00"  # a datetime cell at midnight may read as a date
     if isinstance(value, datetime | date | time):
         # ISO 8601, which validation reads whatever the column's formats: a time of day on a
         # date column, or a fraction of a second, stays in the text and is judged, not dropped.
