@@ -19,6 +19,7 @@ from harmonizer_dagster.core.settings import DEFAULTS, current, seeded_landing
 from harmonizer_dagster.core.spec import SourceSpec, SpecCatalog, SpecError, load_specs
 from harmonizer_dagster.orchestration.alerts import build_alert_sensors
 from harmonizer_dagster.orchestration.assets import build_source_asset, build_source_ops
+from harmonizer_dagster.orchestration.housekeeping import build_housekeeping_schedule, housekeeping
 from harmonizer_dagster.orchestration.jobs import build_ingest_jobs, build_register_job, build_source_job
 from harmonizer_dagster.orchestration.resources import (
     S3_SETTINGS,
@@ -228,6 +229,7 @@ def build_definitions() -> dg.Definitions:
                 else []
             ),
             triage_issues,
+            housekeeping,
         ],
         sensors=[
             *sensors,
@@ -240,9 +242,12 @@ def build_definitions() -> dg.Definitions:
             ),
         ],
         schedules=[
-            build_fetch_schedule(spec, fetch_jobs[spec.name], schedule_status)
-            for spec in specs
-            if spec.name in fetch_jobs
+            *(
+                build_fetch_schedule(spec, fetch_jobs[spec.name], schedule_status)
+                for spec in specs
+                if spec.name in fetch_jobs
+            ),
+            build_housekeeping_schedule(schedule_status),
         ],
         resources=build_resources(with_s3),
         # Steps run in the run worker's process: the multiprocess executor re-imports the code

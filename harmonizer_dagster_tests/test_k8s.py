@@ -265,7 +265,7 @@ DEFAULT_SCHEDULER = {"module": "dagster._core.scheduler", "class": "DagsterDaemo
 # On Kubernetes each run is a Job; on the Pis it runs in its code server. Run monitoring works for
 # both: the K8sRunLauncher checks a run's Job the way the project's launcher asks a code server.
 DIFFERS_ON_PURPOSE = {"run_launcher"}
-SAME_SECTIONS = ["run_coordinator", "compute_logs", "run_monitoring", "run_retries", "telemetry"]
+SAME_SECTIONS = ["run_coordinator", "compute_logs", "run_monitoring", "run_retries", "retention", "telemetry"]
 
 
 @pytest.fixture(scope="module")
