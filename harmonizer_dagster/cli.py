@@ -147,6 +147,21 @@ def held(args: argparse.Namespace) -> int:
     return 0
 
 
+def backup_or_restore(args: argparse.Namespace) -> int:
+    from harmonizer_dagster.core import backup
+
+    instance = backup.instance_url() if args.instance else None
+    if args.instance and instance is None:
+        raise backup.BackupError("--instance needs the PostgreSQL instance's DAGSTER_PG_* variables")
+    if args.command == "backup":
+        manifest = backup.backup(opened(), args.folder, instance)
+        print(f"backed up the {manifest.warehouse} warehouse{' and the instance' * manifest.instance} to {args.folder}")
+    else:
+        manifest = backup.restore(opened(), args.folder, instance)
+        print(f"restored the warehouse{' and the instance' * bool(instance)} as backed up at {manifest.created_at}")
+    return 0
+
+
 def check_specs(folder: Path) -> int:
     """Lists every error of every spec in `folder` at once, each with file, field and line, so
     one run finds all there is to fix before the code location is reloaded."""
@@ -428,6 +443,15 @@ def main(argv: list[str] | None = None) -> int:
         decide.add_argument("source_id", type=int)
         decide.add_argument("--reason", required=True, help="why: kept with the decision")
         decide.add_argument("--by", help="who decides (default: the login name)")
+    for name, what in (
+        ("backup", "back up the warehouse into a new folder (a DuckDB file while loads may run: they wait)"),
+        ("restore", "put the warehouse back as a backup folder holds it (stop loads first)"),
+    ):
+        saving = commands.add_parser(name, help=what)
+        saving.add_argument("folder", type=Path)
+        saving.add_argument(
+            "--instance", action="store_true", help="the PostgreSQL Dagster instance too (DAGSTER_PG_* variables)"
+        )
     status_parser = commands.add_parser(
         "status", help="the loader_status view: each recent version's status, progress and health (STALLED)"
     )
@@ -457,6 +481,8 @@ def main(argv: list[str] | None = None) -> int:
             return metrics(args)
         if args.command == "init-source":
             return init_source(args.file, args.name, args.output)
+        if args.command in ("backup", "restore"):
+            return backup_or_restore(args)
         if args.command == "with-secrets":
             return with_secrets(args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd)
         return dq(args)

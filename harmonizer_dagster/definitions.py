@@ -19,7 +19,12 @@ from harmonizer_dagster.core.settings import DEFAULTS, current, seeded_landing
 from harmonizer_dagster.core.spec import SourceSpec, SpecCatalog, SpecError, load_specs
 from harmonizer_dagster.orchestration.alerts import build_alert_sensors
 from harmonizer_dagster.orchestration.assets import build_source_asset, build_source_ops
-from harmonizer_dagster.orchestration.housekeeping import build_housekeeping_schedule, housekeeping
+from harmonizer_dagster.orchestration.housekeeping import (
+    backup_warehouse,
+    build_backup_schedule,
+    build_housekeeping_schedule,
+    housekeeping,
+)
 from harmonizer_dagster.orchestration.jobs import build_ingest_jobs, build_register_job, build_source_job
 from harmonizer_dagster.orchestration.resources import (
     S3_SETTINGS,
@@ -198,6 +203,7 @@ def build_definitions() -> dg.Definitions:
     automatic = current("HARMONIZER_AUTOMATION").strip().lower() not in ("off", "false", "no", "0")
     sensor_status = dg.DefaultSensorStatus.RUNNING if automatic else dg.DefaultSensorStatus.STOPPED
     schedule_status = dg.DefaultScheduleStatus.RUNNING if automatic else dg.DefaultScheduleStatus.STOPPED
+    backups = current("HARMONIZER_BACKUP_DIR").strip()
     sensors = [build_folder_sensor(spec, files_jobs[spec.name], interval, sensor_status) for spec in specs]
     if os.environ.get("HARMONIZER_S3_BUCKET"):
         sensors += [build_s3_sensor(spec, files_jobs[spec.name], interval, sensor_status) for spec in specs]
@@ -230,6 +236,7 @@ def build_definitions() -> dg.Definitions:
             ),
             triage_issues,
             housekeeping,
+            backup_warehouse,
         ],
         sensors=[
             *sensors,
@@ -248,6 +255,12 @@ def build_definitions() -> dg.Definitions:
                 if spec.name in fetch_jobs
             ),
             build_housekeeping_schedule(schedule_status),
+            # Backups are taken where a folder for them is named (the central machine's location).
+            *(
+                [build_backup_schedule(backups, schedule_status)]
+                if (backups := current("HARMONIZER_BACKUP_DIR"))
+                else []
+            ),
         ],
         resources=build_resources(with_s3),
         # Steps run in the run worker's process: the multiprocess executor re-imports the code

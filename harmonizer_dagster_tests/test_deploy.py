@@ -157,7 +157,7 @@ def test_the_central_location_serves_no_source_and_a_pi_can_leave_alerts_to_it(m
     monkeypatch.setenv("HARMONIZER_ALERTS", "fleet")
     central = build_definitions()
     assert not list(central.resolve_asset_graph().get_all_asset_keys())
-    assert {job.name for job in central.resolve_all_job_defs()} == {"triage_issues", "housekeeping"}
+    assert {job.name for job in central.resolve_all_job_defs()} == {"triage_issues", "housekeeping", "backup_warehouse"}
     assert {s.name for s in central.schedules} == {"housekeeping_daily"}, "every location sweeps its own staging"
     assert {s.name for s in central.sensors} == {"run_failure_alerts", "run_success_alerts", "stalled_run_alerts"}
     monkeypatch.setenv("HARMONIZER_SOURCES", "court_records")

@@ -48,6 +48,9 @@ DEFAULTS = {
     "HARMONIZER_DAGSTER_UI_URL": "",
     # The path prefix the proxy serves the triage page under, e.g. /dq; empty: the root.
     "HARMONIZER_DQ_ROOT_PATH": "",
+    # Where the daily backup_warehouse schedule writes backups (empty: no schedule; backups are
+    # taken by `harmonizer backup` or by launching the job).
+    "HARMONIZER_BACKUP_DIR": "",
     # Signs the triage page's session cookie (CSRF token, messages); empty: random per process.
     "HARMONIZER_DQ_SECRET": "",
 }

@@ -13,13 +13,16 @@ housekeeping, a run that failed before its first asset) go once they are old eno
 import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
+from pathlib import Path
 
 import dagster as dg
 from dagster._core.events import DagsterEventType
 from dagster._core.storage.dagster_run import FINISHED_STATUSES, RunsFilter
+from pydantic import Field
 
+from harmonizer_dagster.core.backup import backup, instance_url, prune
 from harmonizer_dagster.core.housekeeping import sweep_staging
-from harmonizer_dagster.orchestration.resources import LandingZone
+from harmonizer_dagster.orchestration.resources import LandingZone, WarehouseResource
 
 # The events that make a run part of an asset partition's status.
 ASSET_EVENTS = {
@@ -128,4 +131,42 @@ def housekeeping() -> None:
 def build_housekeeping_schedule(status: dg.DefaultScheduleStatus) -> dg.ScheduleDefinition:
     return dg.ScheduleDefinition(
         name="housekeeping_daily", job=housekeeping, cron_schedule="17 3 * * *", default_status=status
+    )
+
+
+class BackupConfig(dg.Config):
+    folder: str = Field(description="Where backups go, one folder each, named by their time (HARMONIZER_BACKUP_DIR).")
+    keep: int = Field(default=7, description="How many of the newest backups are kept.")
+
+
+@dg.op(description="Backs up the warehouse, and a PostgreSQL instance's database, into a new folder.")
+def back_up(context: dg.OpExecutionContext, config: BackupConfig, warehouse: WarehouseResource) -> None:
+    root = Path(config.folder)
+    stamp = time.strftime("%Y-%m-%dT%H%M%SZ", time.gmtime())
+    folder = next(
+        root / f"{stamp}{suffix}"
+        for suffix in ("", *(f"-{n}" for n in range(2, 100)))
+        if not (root / f"{stamp}{suffix}").exists()
+    )
+    manifest = backup(warehouse.open(), folder, instance_url())
+    removed = prune(root, config.keep)
+    context.log.info(
+        f"backed up the {manifest.warehouse} warehouse{' and the instance' * manifest.instance} to {folder}; "
+        f"removed {len(removed)} older backup(s), keeping {config.keep}"
+    )
+    context.add_output_metadata({"folder": str(folder), "backups_removed": len(removed)})
+
+
+@dg.job(description="Backs up the warehouse (and a PostgreSQL instance): see docs/production.md, Operating it.")
+def backup_warehouse() -> None:
+    back_up()
+
+
+def build_backup_schedule(folder: str, status: dg.DefaultScheduleStatus) -> dg.ScheduleDefinition:
+    return dg.ScheduleDefinition(
+        name="backup_daily",
+        job=backup_warehouse,
+        cron_schedule="47 2 * * *",
+        default_status=status,
+        run_config={"ops": {"back_up": {"config": {"folder": folder}}}},
     )

@@ -126,6 +126,16 @@ class DuckDBWarehouse(Warehouse):
                 if self._kept_users == 0:
                     self._close_kept()
 
+    @contextmanager
+    def held_file(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """The file opened outside a transaction (a checkpoint, a backup copy), taken as any
+        session takes it: no other process reads or writes it until the block ends."""
+        connection = self._connect()
+        try:
+            yield connection
+        finally:
+            connection.close()
+
     def _kept_cursor(self) -> duckdb.DuckDBPyConnection:
         """A connection of its own (sessions may run in other threads) to the open file."""
         with self._kept_lock:
