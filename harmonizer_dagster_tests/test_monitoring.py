@@ -384,6 +384,24 @@ def test_the_alert_rules_the_scrape_config_and_the_alertmanager_config_load():
     } <= names
 
 
+def test_every_alert_rule_fires_on_its_condition_and_not_short_of_it():
+    cases = sorted((Path(__file__).parent / "prometheus").glob("alerts*_test.yml"))
+    tested = {
+        check["alertname"]
+        for path in cases
+        for case in yaml.safe_load(path.read_text())["tests"]
+        for check in case["alert_rule_test"]
+    }
+    assert tested == {rule["alert"] for group in shipped("alerts.yml")["groups"] for rule in group["rules"]}
+    result = subprocess.run(
+        ["promtool", "test", "rules", *(path.name for path in cases)],
+        capture_output=True,
+        text=True,
+        cwd=cases[0].parent,
+    )
+    assert result.returncode == 0 and result.stdout.count("SUCCESS") == len(cases) == 2, result.stdout + result.stderr
+
+
 def stall_a_load(env: dict[str, str]) -> Warehouse:
     """Starts the landing area's load and kills its worker once it has checkpointed: a version
     left processing, STALLED after HARMONIZER_STALL_MINUTES. The warehouse it was loading."""
