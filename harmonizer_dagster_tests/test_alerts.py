@@ -1,4 +1,5 @@
-"""Failures reach an inbox: a real SMTP server on loopback receives the alert e-mails."""
+"""Failures reach people: a real SMTP server on loopback receives the alert e-mails, and a real
+HTTP server standing in for a Slack incoming webhook receives the posts."""
 
 import time
 
@@ -9,6 +10,7 @@ from harmonizer_dagster.definitions import build_definitions
 from harmonizer_dagster.orchestration.alerts import build_alert_sensors, build_stall_sensor
 from harmonizer_dagster.orchestration.resources import Notifier, WarehouseResource
 from harmonizer_dagster_tests.inbox import smtp_server
+from harmonizer_dagster_tests.webhook import webhook_receiver
 
 run_failure_alerts, run_success_alerts, _ = build_alert_sensors("location", stall_minutes=30, host=None)
 
@@ -45,6 +47,34 @@ def notifier(port: int, notify_success: bool = False) -> Notifier:
 )
 def test_a_failed_run_is_emailed(smtp, monkeypatch, tmp_path, keys, tags):
     inbox, port = smtp
+    result = announce_a_failed_run(notifier(port), monkeypatch, tmp_path, keys, tags)
+    recipients, message = inbox.messages[0]
+    assert recipients == ["oncall@example.org", "data@example.org"]
+    assert message["Subject"] == "[harmonizer] run failed: load_business_registry"
+    body = message.get_content()
+    assert result.run_id in body and all(key in body for key in keys), body
+
+
+def test_a_failed_run_is_posted_to_a_slack_webhook(monkeypatch, tmp_path):
+    with webhook_receiver() as hook:
+        slack = Notifier(slack_webhook_url=hook.url)
+        result = announce_a_failed_run(
+            slack, monkeypatch, tmp_path, ["missing.csv"], {"dagster/partition": "missing.csv"}
+        )
+    # One POST in the incoming-webhook format: a JSON body whose `text` is the message.
+    assert hook.content_types == ["application/json"]
+    [payload] = hook.posts
+    assert list(payload) == ["text"]
+    headline, body = payload["text"].split("\n", 1)
+    assert headline == "*[harmonizer] run failed: load_business_registry*"
+    assert result.run_id in body and "missing.csv" in body, body
+
+
+def announce_a_failed_run(
+    notifier: Notifier, monkeypatch, tmp_path, keys: list[str], tags: dict[str, str]
+) -> dg.ExecuteInProcessResult:
+    """Fails a run of load_business_registry over files that are not there and runs the
+    failure sensor on it with `notifier`; the run's result."""
     monkeypatch.setenv("HARMONIZER_LANDING_DIR", str(tmp_path))
     monkeypatch.setenv("HARMONIZER_WAREHOUSE_URL", f"duckdb:///{tmp_path / 'w.duckdb'}")
     job = build_definitions().resolve_job_def("load_business_registry")
@@ -59,12 +89,8 @@ def test_a_failed_run_is_emailed(smtp, monkeypatch, tmp_path, keys, tags):
             dagster_instance=instance,
             dagster_run=result.dagster_run,
         ).for_run_failure()
-        run_failure_alerts(context, notifier=notifier(port))
-    recipients, message = inbox.messages[0]
-    assert recipients == ["oncall@example.org", "data@example.org"]
-    assert message["Subject"] == "[harmonizer] run failed: load_business_registry"
-    body = message.get_content()
-    assert result.run_id in body and all(key in body for key in keys), body
+        run_failure_alerts(context, notifier=notifier)
+    return result
 
 
 def test_a_silent_started_run_is_reported_once(smtp, tmp_path):

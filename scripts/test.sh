@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test suite: installs the project when .venv is missing, Debian's Chromium for the UI
 # tests when it is missing (Playwright drives it; no browser is ever downloaded), and Debian's
-# Prometheus for the monitoring tests (they start it, scraping the project's /metrics). They start
+# Prometheus and Alertmanager for the monitoring and alerting tests (they start them, scraping
+# the project's /metrics and delivering alerts to a local mail server and webhook). They start
 # what else they need, PostgreSQL included. Arguments go to pytest. Test files run two at a
 # time (most of the suite waits on servers, daemons and browsers); -n 0 runs them one by one.
 set -euo pipefail
@@ -27,4 +28,5 @@ need() {
 }
 need chromium UI chromium
 need prometheus monitoring prometheus promtool
+need prometheus-alertmanager alerting prometheus-alertmanager amtool
 exec .venv/bin/python -m pytest -n 2 --dist loadfile "$@"

@@ -28,6 +28,10 @@ OUTCOMES = {
     "rejected": "records_failed",
     "duplicate": "records_skipped",
 }
+# Version statuses the alert rules watch for a rise: a scrape serves them for every source, at 0
+# when no version has them, so that a source's first failed or stalled version is a change and
+# not a new series (which a rule's delta() would read as no change).
+WATCHED_STATUSES = ("failed", "stalled")
 LOADER_STATUS_COLUMNS = (
     "source_type",
     "partition_key",
@@ -94,7 +98,7 @@ def loader_status(warehouse: Warehouse, health: str | None = None) -> list[dict]
 class SourceFigures:
     """One source's figures as a scrape serves them."""
 
-    versions: dict[str, int] = field(default_factory=dict)
+    versions: dict[str, int] = field(default_factory=lambda: dict.fromkeys(WATCHED_STATUSES, 0))
     records: dict[str, int] = field(default_factory=dict)
     # Loads within each of DURATION_BUCKETS (cumulative, as Prometheus counts them).
     durations: list[int] = field(default_factory=lambda: [0] * len(DURATION_BUCKETS))

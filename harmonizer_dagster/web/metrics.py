@@ -15,6 +15,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -37,9 +38,9 @@ Metric = CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily
 
 
 class HarmonizerCollector(Collector):
-    """Reads the warehouse (and the Dagster instance `runs` counts, when given) at each scrape."""
+    """Reads the warehouse (and the Dagster instance's `runs` figures, when given) at each scrape."""
 
-    def __init__(self, warehouse: Warehouse, runs: Callable[[], dict[str, int]] | None = None):
+    def __init__(self, warehouse: Warehouse, runs: Callable[[], RunFigures] | None = None):
         self.warehouse = warehouse
         self.warehouse.lock_wait = float(current("HARMONIZER_METRICS_LOCK_WAIT"))
         self.runs = runs
@@ -58,12 +59,18 @@ class HarmonizerCollector(Collector):
             found = self.last
         yield from _registry_metrics(found)
         if self.runs is not None:
+            figures = self.runs()
             runs = GaugeMetricFamily(
                 "harmonizer_dagster_runs", "Runs in the Dagster instance by status", labels=["status"]
             )
-            for status, count in self.runs().items():
+            for status, count in figures.counts.items():
                 runs.add_metric([status.lower()], count)
             yield runs
+            yield _gauge(
+                "harmonizer_run_queue_oldest_seconds",
+                "Seconds the oldest queued run has waited to start (0: none queued)",
+                figures.oldest_queued_seconds,
+            )
         yield _gauge(
             "harmonizer_scrape_warehouse_busy",
             "1 when a load held the warehouse and the values are the last scrape's",
@@ -161,28 +168,42 @@ def _registry_metrics(found: Snapshot) -> Iterator[Metric]:
     yield from (done, expected, size, beat)
 
 
-def dagster_run_counts() -> Callable[[], dict[str, int]] | None:
-    """Counts of the instance's runs by status, when this process has a Dagster instance
-    (DAGSTER_HOME); None otherwise."""
+@dataclass(frozen=True)
+class RunFigures:
+    """The Dagster instance's runs: how many have each status, and how long the oldest
+    queued run has waited (0 when none is queued), the figure a stuck run queue shows in."""
+
+    counts: dict[str, int]
+    oldest_queued_seconds: float
+
+
+def dagster_run_figures() -> Callable[[], RunFigures] | None:
+    """The instance's run figures, when this process has a Dagster instance (DAGSTER_HOME);
+    None otherwise."""
     if not os.environ.get("DAGSTER_HOME"):
         return None
     import dagster as dg
 
     instance = dg.DagsterInstance.get()
 
-    def counts() -> dict[str, int]:
-        return {
+    def figures() -> RunFigures:
+        counts = {
             status: instance.get_runs_count(dg.RunsFilter(statuses=[dg.DagsterRunStatus[status]]))
             for status in RUN_STATUSES
         }
+        oldest = instance.get_run_records(
+            dg.RunsFilter(statuses=[dg.DagsterRunStatus.QUEUED]), limit=1, order_by="create_timestamp", ascending=True
+        )
+        waited = time.time() - oldest[0].create_timestamp.timestamp() if oldest else 0.0
+        return RunFigures(counts, max(waited, 0.0))
 
-    return counts
+    return figures
 
 
 def metrics_endpoint(warehouse: Warehouse) -> Callable[[Request], Any]:
     """The `/metrics` route's handler over `warehouse`."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(HarmonizerCollector(warehouse, dagster_run_counts()))
+    registry.register(HarmonizerCollector(warehouse, dagster_run_figures()))
 
     def metrics(request: Request) -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
