@@ -24,13 +24,16 @@ import pytest
 from harmonizer_dagster.cli import main
 from harmonizer_dagster.core.sql import quote_ident
 from harmonizer_dagster.core.warehouse import Warehouse, open_warehouse
-from harmonizer_dagster_tests.api_server import ApiServer, start_server, stop_server
+from harmonizer_dagster.orchestration.run_config import files_job_name
+from harmonizer_dagster_tests.api_server import ApiServer, start_server, start_webserver, stop, stop_server
 from harmonizer_dagster_tests.conftest import SAMPLE, WAREHOUSES, drop_schemas, land, load_file, registry_rows
 from harmonizer_dagster_tests.fleet import free_port, wait_for
 from harmonizer_dagster_tests.test_held_web import HELD_FILE, REASON, crafted_file
 
 SOURCE = "business_registry"
 Q3 = SAMPLE.name
+Q4 = "registry_2026-Q4.csv.gz"
+Q4_BYTES = (SAMPLE.parent / Q4).read_bytes()
 
 
 @pytest.fixture
@@ -274,6 +277,47 @@ def test_a_file_handed_in_is_loaded_by_the_daemon_and_followed_to_published_rows
         assert len(failed_csv.splitlines()) == 1 + 12
     with dg.DagsterInstance.from_config(daemon_env["DAGSTER_HOME"]) as instance:
         assert [run.status for run in instance.get_runs()] == [dg.DagsterRunStatus.SUCCESS]
+
+
+def test_a_load_started_at_once_through_dagster_can_be_canceled_while_queued_or_followed_to_published(
+    daemon_env, start_daemon, serve, tmp_path, capsys, monkeypatch
+):
+    env = daemon_env | {"HARMONIZER_AUTOMATION": "off"}  # no sensor: only the API starts loads
+    monkeypatch.setenv("HARMONIZER_WAREHOUSE_URL", env["HARMONIZER_WAREHOUSE_URL"])
+    webserver, dagster_url = start_webserver(env, tmp_path / "webserver.log", files_job_name(SOURCE))
+    try:
+        server = serve(env | {"HARMONIZER_DAGSTER_URL": dagster_url})
+        key = make_key(capsys, "ci-uploader", "upload", "read")
+        with server.client(key) as client:
+            # No daemon yet: the run waits in Dagster's queue.
+            queued = client.put(f"/sources/{SOURCE}/files/{Q4}", params={"start": "true"}, content=Q4_BYTES).json()
+            assert queued["run_id"] and queued["run_url"].endswith(queued["run_id"]) and queued["start_error"] is None
+            assert client.get(queued["status_url"]).json()["state"] == "queued"
+            canceled = client.post(f"/uploads/{queued['upload_id']}/cancel")
+            assert canceled.status_code == 200 and canceled.json()["canceled_by"] == "ci-uploader"
+            status = client.get(queued["status_url"]).json()
+            assert (status["state"], status["run_status"]) == ("canceled", "CANCELED")
+            again = client.post(f"/uploads/{queued['upload_id']}/cancel")
+            assert again.status_code == 409 and "only a queued or running load" in again.json()["detail"]
+
+            start_daemon(env)
+            started = client.post(
+                f"/sources/{SOURCE}/files", params={"start": "true"}, files={"file": (Q3, SAMPLE.read_bytes())}
+            ).json()
+            status = wait_for(
+                lambda: (found := client.get(started["status_url"]).json())["state"] == "published" and found,
+                180,
+                "the run started at once to publish the upload",
+            )
+            assert status["run_id"] == started["run_id"] and status["counts"]["records_imported"] == 988
+    finally:
+        stop(webserver)
+    with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
+        runs = {run.run_id: run for run in instance.get_runs()}
+    assert runs[queued["run_id"]].status == dg.DagsterRunStatus.CANCELED
+    assert runs[started["run_id"]].status == dg.DagsterRunStatus.SUCCESS
+    assert runs[started["run_id"]].tags["harmonizer/upload"] == started["upload_id"]
+    assert len(runs) == 2, "the landing sensor was off: no other run"
 
 
 def test_a_file_handed_in_to_s3_is_one_object_loaded_as_the_s3_sensor_loads_it(
