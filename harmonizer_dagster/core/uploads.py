@@ -18,6 +18,8 @@ import os
 import threading
 import uuid
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,8 +39,11 @@ EXTENSIONS = {
     "xlsx": (".xlsx",),
     "fixed_width": (".txt", ".dat", ".fwf"),
 }
-# S3 parts: the smallest S3 takes is 5 MiB; a cut upload holds at most one part in memory.
+# S3 parts: the smallest S3 takes is 5 MiB; an upload holds at most PARALLEL_PARTS + 1 in memory.
 PART_BYTES = 8 << 20
+PARALLEL_PARTS = 3
+# The most buffers one writev takes.
+IOV_MAX = os.sysconf("SC_IOV_MAX")
 
 
 class RefusedName(ValueError):
@@ -82,19 +87,22 @@ class Upload(ABC):
         self.size = 0
         self._digest = hashlib.sha256()
 
-    def write(self, chunk: bytes) -> None:
-        self.size += len(chunk)
+    def write(self, chunks: Sequence[bytes]) -> None:
+        """Appends the chunks, in order: several at a time, so a caller hands over a megabyte
+        per call rather than a network read's worth."""
+        self.size += sum(len(chunk) for chunk in chunks)
         if self.size > self.max_bytes:
             raise TooLarge(f"the file is over the upload limit of {self.max_bytes:,} bytes")
-        self._digest.update(chunk)
-        self._store(chunk)
+        for chunk in chunks:
+            self._digest.update(chunk)
+        self._store(chunks)
 
     def commit(self) -> FileFingerprint:
         self._finish()
         return FileFingerprint(self._digest.hexdigest(), self.size, datetime.now(tz=UTC))
 
     @abstractmethod
-    def _store(self, chunk: bytes) -> None: ...
+    def _store(self, chunks: Sequence[bytes]) -> None: ...
 
     @abstractmethod
     def _finish(self) -> None: ...
@@ -126,10 +134,14 @@ class FolderUpload(Upload):
             os.close(self._fd)
             raise
 
-    def _store(self, chunk: bytes) -> None:
-        view = memoryview(chunk)
-        while view:
-            view = view[os.write(self._fd, view) :]
+    def _store(self, chunks: Sequence[bytes]) -> None:
+        for start in range(0, len(chunks), IOV_MAX):
+            group = chunks[start : start + IOV_MAX]
+            written = os.writev(self._fd, group)
+            if written < sum(len(chunk) for chunk in group):  # a short write: the rest at once
+                rest = memoryview(b"".join(group))[written:]
+                while rest:
+                    rest = rest[os.write(self._fd, rest) :]
 
     def _finish(self) -> None:
         try:
@@ -160,35 +172,52 @@ class S3Upload(Upload):
         except BaseException:
             self._release()
             raise
-        self._parts: list[dict[str, Any]] = []
         self._buffer = bytearray()
+        # Parts go up a few at once, as boto3's own uploads send them; each holds its bytes until sent.
+        self._sender = ThreadPoolExecutor(max_workers=PARALLEL_PARTS, thread_name_prefix="s3-part")
+        self._sending: list[Future] = []
 
-    def _store(self, chunk: bytes) -> None:
-        self._buffer += chunk
+    def _store(self, chunks: Sequence[bytes]) -> None:
+        for chunk in chunks:
+            self._buffer += chunk
         if len(self._buffer) >= PART_BYTES:
             self._send()
 
     def _send(self) -> None:
-        number = len(self._parts) + 1
-        answer = self.client.upload_part(
-            Bucket=self.bucket, Key=self.key, UploadId=self._upload_id, PartNumber=number, Body=bytes(self._buffer)
+        """Sends the buffer as the next part, waiting first while PARALLEL_PARTS are in flight."""
+        in_flight = [future for future in self._sending if not future.done()]
+        if len(in_flight) >= PARALLEL_PARTS:
+            in_flight[0].result()
+        body, self._buffer = self._buffer, bytearray()
+        number = len(self._sending) + 1
+        self._sending.append(
+            self._sender.submit(
+                self.client.upload_part,
+                Bucket=self.bucket,
+                Key=self.key,
+                UploadId=self._upload_id,
+                PartNumber=number,
+                Body=body,
+            )
         )
-        self._parts.append({"PartNumber": number, "ETag": answer["ETag"]})
-        self._buffer.clear()
 
     def _finish(self) -> None:
         try:
-            if self._buffer or not self._parts:
+            if self._buffer or not self._sending:
                 self._send()
+            parts = [{"PartNumber": n, "ETag": f.result()["ETag"]} for n, f in enumerate(self._sending, start=1)]
             self.client.complete_multipart_upload(
-                Bucket=self.bucket, Key=self.key, UploadId=self._upload_id, MultipartUpload={"Parts": self._parts}
+                Bucket=self.bucket, Key=self.key, UploadId=self._upload_id, MultipartUpload={"Parts": parts}
             )
         except BaseException:
             self.abort()
             raise
+        finally:
+            self._sender.shutdown()
         self._release()
 
     def abort(self) -> None:
+        self._sender.shutdown(cancel_futures=True)
         with contextlib.suppress(Exception):
             self.client.abort_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=self._upload_id)
         self._release()

@@ -8,6 +8,8 @@ key's name as who acted. The OpenAPI document is served at /api/v1/openapi.json.
 
 # No `from __future__ import annotations`: FastAPI reads the routes' annotations, which name
 # types local to create_api.
+import asyncio
+import contextlib
 import csv
 import io
 import logging
@@ -290,6 +292,37 @@ class FilePart:
         return data
 
 
+class PipelinedWriter:
+    """Hands the received bytes to the upload a batch at a time, in a worker thread, while the
+    next batch is received: hashing and writing overlap the network. One batch is written while
+    one is gathered, so an upload holds about two batches in memory whatever its size."""
+
+    def __init__(self) -> None:
+        self.upload: Upload | None = None
+        self._batch: list[bytes] = []
+        self._size = 0
+        self._writing: asyncio.Future | None = None
+
+    async def add(self, pieces: list[bytes], finished: bool = False) -> None:
+        """Takes the pieces; hands the batch over once it is large enough (or the body ended)."""
+        self._batch += pieces
+        self._size += sum(len(piece) for piece in pieces)
+        if self.upload is None or not (finished or self._size >= WRITE_BYTES):
+            return
+        await self.settle()
+        batch, self._batch, self._size = self._batch, [], 0
+        if batch:
+            self._writing = asyncio.get_running_loop().run_in_executor(None, self.upload.write, batch)
+        if finished:
+            await self.settle()
+
+    async def settle(self) -> None:
+        """Waits for the batch being written; raises what writing it raised."""
+        writing, self._writing = self._writing, None
+        if writing is not None:
+            await writing
+
+
 def create_api(
     settings: "Settings", store: Warehouse, specs: Callable[[], list[SourceSpec]], landing: LandingArea | None = None
 ) -> FastAPI:
@@ -380,8 +413,7 @@ def create_api(
             raise HTTPException(
                 400, "name the file: ?name=FILE with a raw body, or send it as the multipart field `file`"
             )
-        upload: Upload | None = None
-        pending = bytearray()
+        writer = PipelinedWriter()
 
         async def start_upload(file_name: str) -> Upload:
             checked = checked_name(spec, file_name)
@@ -389,26 +421,24 @@ def create_api(
 
         try:
             if part is None:
-                upload = await start_upload(name or "")
+                writer.upload = await start_upload(name or "")
             async for chunk in request.stream():
                 data = part.feed(chunk) if part else [chunk]
-                if part and part.started and upload is None:
-                    upload = await start_upload(name or part.filename or "")
-                for piece in data:
-                    pending += piece
-                if len(pending) >= WRITE_BYTES and upload is not None:
-                    await anyio.to_thread.run_sync(upload.write, bytes(pending))
-                    pending.clear()
+                if part and part.started and writer.upload is None:
+                    writer.upload = await start_upload(name or part.filename or "")
+                await writer.add(data)
             if part and not part.finished:
                 raise HTTPException(400, "the multipart body holds no complete field named `file`")
+            await writer.add([], finished=True)
+            upload = writer.upload
             assert upload is not None
-            if pending:
-                await anyio.to_thread.run_sync(upload.write, bytes(pending))
             fingerprint = await anyio.to_thread.run_sync(upload.commit)
         except BaseException as error:
             # A cut connection, a refused name, an over-large file: nothing is left behind.
-            if upload is not None:
-                await anyio.to_thread.run_sync(upload.abort)
+            if writer.upload is not None:
+                with contextlib.suppress(BaseException):
+                    await writer.settle()
+                await anyio.to_thread.run_sync(writer.upload.abort)
             if isinstance(error, RefusedName):
                 raise HTTPException(400, str(error)) from None
             if isinstance(error, TooLarge):
