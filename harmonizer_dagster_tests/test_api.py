@@ -23,6 +23,7 @@ import pytest
 
 from harmonizer_dagster.cli import main
 from harmonizer_dagster.core.sql import quote_ident
+from harmonizer_dagster.core.versions import state
 from harmonizer_dagster.core.warehouse import Warehouse, open_warehouse
 from harmonizer_dagster.orchestration.run_config import files_job_name
 from harmonizer_dagster_tests.api_server import ApiServer, start_server, start_webserver, stop, stop_server
@@ -89,6 +90,32 @@ def partial_put(base: str, key: str, path: str, length: int, first: bytes) -> ht
     connection.endheaders()
     connection.send(first)
     return connection
+
+
+@pytest.mark.parametrize(
+    ("registry", "run", "expected"),
+    [
+        (None, None, ("queued", None)),
+        (None, "QUEUED", ("queued", None)),
+        (None, "STARTED", ("running", None)),
+        (None, "CANCELED", ("canceled", "its Dagster run ended canceled")),
+        (None, "FAILURE", ("failed", "its Dagster run ended failure")),
+        (None, "SUCCESS", ("superseded", "its run loaded the file as it was then, which is no longer these bytes")),
+        ("processing", "STARTED", ("running", None)),
+        ("processing", "FAILURE", ("failed", "its Dagster run ended failure")),
+        ("staged", None, ("loaded", None)),
+        ("held", None, ("held", "blocking check(s) failed: max_rejected_rate")),
+        ("completed", None, ("published", None)),
+        ("failed", None, ("failed", "ValueError: no header")),
+    ],
+)
+def test_a_files_state_is_the_registrys_and_its_runs_where_the_registry_cannot_tell(registry, run, expected):
+    version = registry and {
+        "status": registry,
+        "held_because": "max_rejected_rate",
+        "error_message": "ValueError: no header",
+    }
+    assert state(version, run) == expected
 
 
 def test_keys_scopes_revocation_and_the_rate_limit(api_env, serve, capsys):
@@ -345,6 +372,9 @@ def test_a_file_handed_in_to_s3_is_one_object_loaded_as_the_s3_sensor_loads_it(
     cut = partial_put(server.base, key, f"/sources/{SOURCE}/files/{Q3}", len(data), data[: 9 << 20])
     wait_for(lambda: s3.list_multipart_uploads(Bucket=bucket).get("Uploads"), 20, "a multipart upload to start")
     assert "Contents" not in s3.list_objects_v2(Bucket=bucket), "nothing is listed before it is complete"
+    with server.client(key) as client:
+        second = client.put(f"/sources/{SOURCE}/files/{Q3}", content=SAMPLE.read_bytes())
+        assert second.status_code == 409 and "being uploaded" in second.json()["detail"]
     cut.sock.close()
     wait_for(lambda: not s3.list_multipart_uploads(Bucket=bucket).get("Uploads"), 20, "the cut upload to be aborted")
     assert "Contents" not in s3.list_objects_v2(Bucket=bucket)

@@ -54,7 +54,7 @@ STATES = {
     "superseded": "superseded",
 }
 # Dagster run statuses of a run that ended without loading the file, and of one still to start.
-ENDED_RUN_STATES = {"FAILURE": "failed", "CANCELED": "canceled", "CANCELING": "canceled"}
+ENDED_RUN_STATES = {"FAILURE": "failed", "CANCELED": "canceled"}
 WAITING_RUN_STATES = ("QUEUED", "NOT_STARTED", "STARTING", "MANAGED")
 FAILED_COLUMNS = (
     "record_id",
@@ -100,11 +100,19 @@ def list_versions(
 
 
 def state(version: dict[str, Any] | None, run_status: str | None) -> tuple[str, str | None]:
-    """(state, reason): what the registry says, unless the run loading the version ended
-    without the registry knowing (a worker lost before it recorded anything)."""
+    """(state, reason): what the registry says, told apart by the status of the run loading
+    the file (Dagster's name for it, None without a run) where the registry cannot say: before
+    the run registers the file, or when the run ended without recording its outcome."""
     if version is None or (version["status"] == "processing" and run_status in ENDED_RUN_STATES):
         if run_status in ENDED_RUN_STATES:
             return ENDED_RUN_STATES[run_status], f"its Dagster run ended {run_status.lower()}"
+        if run_status == "SUCCESS":
+            # The bytes were replaced under the same name before the run read them.
+            return "superseded", "its run loaded the file as it was then, which is no longer these bytes"
+        if run_status == "STARTED":
+            return "running", None
+        if run_status == "CANCELING":
+            return "running", "its run is being canceled"
         return "queued", None
     current = STATES.get(version["status"], version["status"])
     if current == "failed":

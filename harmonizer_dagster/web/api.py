@@ -527,8 +527,6 @@ def create_api(
         run_id = (version or {}).get("run_id") or run_id
         asked = dagster_status(run_id) if version is None or version["status"] == "processing" else None
         current, reason = state(version, asked)
-        if current == "queued" and asked not in (None, *WAITING_RUN_STATES):
-            current = "running"  # started, not registered yet: hashing a large file
         answer = Status(
             state=current,
             reason=reason,
