@@ -306,7 +306,7 @@ def test_a_file_handed_in_is_loaded_by_the_daemon_and_followed_to_published_rows
         assert [run.status for run in instance.get_runs()] == [dg.DagsterRunStatus.SUCCESS]
 
 
-def test_a_load_started_at_once_through_dagster_can_be_canceled_while_queued_or_followed_to_published(
+def test_a_load_started_at_once_through_dagster_is_canceled_while_queued_or_published_then_fixed_and_loaded_again(
     daemon_env, start_daemon, serve, tmp_path, capsys, monkeypatch
 ):
     env = daemon_env | {"HARMONIZER_AUTOMATION": "off"}  # no sensor: only the API starts loads
@@ -315,6 +315,7 @@ def test_a_load_started_at_once_through_dagster_can_be_canceled_while_queued_or_
     try:
         server = serve(env | {"HARMONIZER_DAGSTER_URL": dagster_url})
         key = make_key(capsys, "ci-uploader", "upload", "read")
+        steward = make_key(capsys, "steward-bot", "read", "triage")
         with server.client(key) as client:
             # No daemon yet: the run waits in Dagster's queue.
             queued = client.put(f"/sources/{SOURCE}/files/{Q4}", params={"start": "true"}, content=Q4_BYTES).json()
@@ -337,6 +338,28 @@ def test_a_load_started_at_once_through_dagster_can_be_canceled_while_queued_or_
                 "the run started at once to publish the upload",
             )
             assert status["run_id"] == started["run_id"] and status["counts"]["records_imported"] == 988
+
+        # A fix, then its rules re-materialized through Dagster: the fixed values raise no issue.
+        with server.client(steward) as client:
+            fixed = client.post(
+                "/issues/actions",
+                json={"action": "auto_fix", "type": "invalid_zip_code", "fix": {"pad_to_width": 5}},
+            ).json()
+            assert fixed["issues"] > 0 and fixed["rules"]
+            runs = client.post("/rules/rematerialize", json={"rules": fixed["rules"]}).json()["runs"]
+            assert [run["partition"] for run in runs] == [Q3]
+            wait_for(
+                lambda: (
+                    (found := client.get(f"/versions/{status['version_id']}").json())["state"] == "published"
+                    and found["run_id"] == runs[0]["run_id"]
+                ),
+                180,
+                "the re-materialization to publish the fixed values",
+            )
+            counts = client.get(f"/versions/{status['version_id']}").json()["counts"]
+            assert counts["issues"] == status["counts"]["issues"] - fixed["issues"] == 18
+            assert counts["records_unchanged"] == 988, "the table held the normalized values already"
+            assert client.post("/rules/rematerialize", json={"rules": []}).status_code == 422
     finally:
         stop(webserver)
     with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
@@ -344,7 +367,7 @@ def test_a_load_started_at_once_through_dagster_can_be_canceled_while_queued_or_
     assert runs[queued["run_id"]].status == dg.DagsterRunStatus.CANCELED
     assert runs[started["run_id"]].status == dg.DagsterRunStatus.SUCCESS
     assert runs[started["run_id"]].tags["harmonizer/upload"] == started["upload_id"]
-    assert len(runs) == 2, "the landing sensor was off: no other run"
+    assert len(runs) == 3, "the landing sensor was off: no other run than the API's"
 
 
 def test_a_file_handed_in_to_s3_is_one_object_loaded_as_the_s3_sensor_loads_it(

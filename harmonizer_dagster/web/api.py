@@ -32,7 +32,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from harmonizer_dagster.core.api_keys import ApiKey, authenticate, secret_keys
 from harmonizer_dagster.core.publishing import discard, failed_checks, held_versions, pending_changes, release
 from harmonizer_dagster.core.spec import SourceSpec
-from harmonizer_dagster.core.triage import Selection, act, issue_record, list_issues, summarize
+from harmonizer_dagster.core.triage import Selection, act, fixed_partitions, issue_record, list_issues, summarize
 from harmonizer_dagster.core.uploads import (
     FolderLanding,
     HandedIn,
@@ -63,7 +63,14 @@ from harmonizer_dagster.core.warehouse import Warehouse
 from harmonizer_dagster.core.warehouse.base import WarehouseBusy
 from harmonizer_dagster.core.warehouse.tables import canonical_columns
 from harmonizer_dagster.orchestration.run_config import files_job_name, files_run_config
-from harmonizer_dagster.web.dagster import DagsterError, launch, run_status, run_url, terminate
+from harmonizer_dagster.web.dagster import (
+    DagsterError,
+    launch,
+    launch_partition_runs,
+    run_status,
+    run_url,
+    terminate,
+)
 
 if TYPE_CHECKING:
     from harmonizer_dagster.web.app import Settings
@@ -157,6 +164,10 @@ class IssueAction(BaseModel):
     field: str | None = None
     severity: Literal["error", "warning"] | None = None
     fix: Fix = Fix()
+
+
+class Rematerialization(BaseModel):
+    rules: list[int] = Field(min_length=1, description="The rule ids a fix answered")
 
 
 class Decision(BaseModel):
@@ -483,18 +494,25 @@ def create_api(
         "The answer names the version (SHA-256, partition key, source version) and its status URL. "
         "With start=true a run loads it at once; else the landing sensor loads it as any dropped file."
     )
+    raw_body = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
+    multipart_body = {
+        "multipart/form-data": {
+            "schema": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}}}
+        }
+    }
 
     @api.post(
         "/sources/{source}/files",
         status_code=201,
         response_model=UploadAnswer,
         tags=["files in"],
+        summary="Hand in a file: the multipart field `file` (its file name, or ?name=), or a raw body and ?name=",
         description=upload_doc,
+        openapi_extra={"requestBody": {"required": True, "content": multipart_body | raw_body}},
     )
     async def upload_file(
         request: Request, source: str, key: Uploader, name: str | None = None, start: bool = False
     ) -> JSONResponse:
-        """Hands in a file: the multipart field `file` (its file name, or ?name=), or a raw body with ?name=."""
         return await receive(request, key, spec_named(source), name, start)
 
     @api.put(
@@ -502,10 +520,11 @@ def create_api(
         status_code=201,
         response_model=UploadAnswer,
         tags=["files in"],
+        summary="Hand in a file as the raw request body (curl -T FILE)",
         description=upload_doc,
+        openapi_extra={"requestBody": {"required": True, "content": raw_body}},
     )
     async def put_file(request: Request, source: str, name: str, key: Uploader, start: bool = False) -> JSONResponse:
-        """Hands in a file as the raw request body (curl -T FILE)."""
         return await receive(request, key, spec_named(source), name, start)
 
     # -- status -----------------------------------------------------------------------------
@@ -722,6 +741,19 @@ def create_api(
             "message": outcome.message(),
             "by": key.name,
         }
+
+    @api.post("/rules/rematerialize", tags=["data quality"])
+    def rematerialize(body: Rematerialization, key: Triager) -> dict[str, Any]:
+        """Loads again, through Dagster, every file version with issues these rules fixed (the
+        `rules` a fix answered), so the fixed values reach the tables: the triage page's
+        Re-materialize button."""
+        launched = [
+            run
+            for source, partitions in fixed_partitions(store, body.rules).items()
+            for run in launch_partition_runs(settings.dagster_url, settings.ui_url, source, partitions)
+        ]
+        log.info(f"{key.name} re-materialized {len(launched)} file version(s) for rules {body.rules}")
+        return {"runs": [vars(run) for run in launched]}
 
     @api.get("/held", tags=["data quality"])
     def held(_key: Reader, source: str | None = None) -> list[dict[str, Any]]:
