@@ -8,26 +8,21 @@ key's name as who acted. The OpenAPI document is served at /api/v1/openapi.json.
 
 # No `from __future__ import annotations`: FastAPI reads the routes' annotations, which name
 # types local to create_api.
-import asyncio
 import contextlib
-import csv
-import io
 import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from importlib.metadata import version as package_version
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import anyio
-import pyarrow as pa
-import pyarrow.parquet as pq
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
-from python_multipart.multipart import MultipartParser, parse_options_header
+from python_multipart.multipart import parse_options_header
 
 from harmonizer_dagster.core.api_keys import ApiKey, authenticate, secret_keys
 from harmonizer_dagster.core.publishing import discard, failed_checks, held_versions, pending_changes, release
@@ -71,24 +66,15 @@ from harmonizer_dagster.web.dagster import (
     run_url,
     terminate,
 )
+from harmonizer_dagster.web.downloads import download
+from harmonizer_dagster.web.receiving import FilePart, PipelinedWriter
 
 if TYPE_CHECKING:
     from harmonizer_dagster.web.app import Settings
 
 log = logging.getLogger(__name__)
-# Bytes handed to the landing area at a time: few thread hops per file, little memory per upload.
-WRITE_BYTES = 1 << 20
 MAX_PAGE = 1000
-# Arrow types of the warehouse's column types, for Parquet downloads; DECIMAL(p, s) is parsed.
-ARROW_TYPES = {
-    "VARCHAR": pa.string(),
-    "BIGINT": pa.int64(),
-    "BOOLEAN": pa.bool_(),
-    "DATE": pa.date32(),
-    "TIMESTAMP": pa.timestamp("us"),
-    "TIMESTAMPTZ": pa.timestamp("us", tz="UTC"),
-    "UUID": pa.string(),
-}
+# The failed records' columns that are not text, by their SQL type, for Parquet downloads.
 FAILED_TYPES = {"source_line_number": "BIGINT", "reprocessed": "BOOLEAN"}
 
 
@@ -180,158 +166,6 @@ Limit = Annotated[int, Query(ge=1, le=MAX_PAGE)]
 
 def paged(rows: list[Any], total: int, page: int, limit: int, key: str) -> dict[str, Any]:
     return {"total": total, "page": page, "pages": max(1, math.ceil(total / limit)), "limit": limit, key: rows}
-
-
-def csv_stream(names: list[str], batches: Iterator[list[tuple]]) -> Iterator[bytes]:
-    """A header line, then each batch's rows as CSV (None as an empty field)."""
-    text = io.StringIO()
-    writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(names)
-    yield text.getvalue().encode()
-    for batch in batches:
-        text.seek(0)
-        text.truncate()
-        writer.writerows(batch)
-        yield text.getvalue().encode()
-
-
-class _Sink(io.RawIOBase):
-    """What a Parquet writer writes, kept until the stream takes it."""
-
-    def __init__(self) -> None:
-        self.parts: list[bytes] = []
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data: Any) -> int:
-        self.parts.append(bytes(data))
-        return len(data)
-
-    def take(self) -> bytes:
-        data, self.parts = b"".join(self.parts), []
-        return data
-
-
-def arrow_type(sql_type: str) -> pa.DataType:
-    if sql_type.startswith("DECIMAL("):
-        precision, scale = (int(part) for part in sql_type[len("DECIMAL(") : -1].split(","))
-        return pa.decimal128(precision, scale)
-    return ARROW_TYPES[sql_type]
-
-
-def parquet_stream(schema: pa.Schema, batches: Iterator[list[tuple]]) -> Iterator[bytes]:
-    """Each batch a row group, sent as soon as it is written: a download holds one batch."""
-    sink = _Sink()
-    strings = {field.name for field in schema if field.type == pa.string()}
-    with pq.ParquetWriter(sink, schema) as writer:
-        for batch in batches:
-            columns = list(zip(*batch, strict=True))
-            arrays = [
-                pa.array(
-                    [None if v is None else str(v) for v in values] if field.name in strings else values, field.type
-                )
-                for field, values in zip(schema, columns, strict=True)
-            ]
-            writer.write_table(pa.Table.from_arrays(arrays, schema=schema))
-            yield sink.take()
-    yield sink.take()
-
-
-def download(name: str, kind: str, names: list[str], types: list[str], batches: Iterator[list[tuple]]) -> Any:
-    """Rows streamed as CSV or Parquet, named for the browser or curl -OJ."""
-    if kind == "parquet":
-        schema = pa.schema([(n, arrow_type(t)) for n, t in zip(names, types, strict=True)])
-        body, media = parquet_stream(schema, batches), "application/vnd.apache.parquet"
-    else:
-        body, media = csv_stream(names, batches), "text/csv; charset=utf-8"
-    headers = {"Content-Disposition": f'attachment; filename="{name}.{kind}"'}
-    return StreamingResponse(body, media_type=media, headers=headers)
-
-
-class FilePart:
-    """The first file part of a multipart body, streamed out as it arrives: never spooled to a
-    temporary file first, so a large upload is written once, into the landing area."""
-
-    def __init__(self, boundary: bytes):
-        self.filename: str | None = None
-        self.started = False
-        self.finished = False
-        self.data: list[bytes] = []
-        self._headers: dict[bytes, bytes] = {}
-        self._field = self._value = b""
-        self._ours = False
-        self.parser = MultipartParser(
-            boundary,
-            {
-                "on_part_begin": self._begin,
-                "on_header_field": lambda data, start, end: setattr(self, "_field", self._field + data[start:end]),
-                "on_header_value": lambda data, start, end: setattr(self, "_value", self._value + data[start:end]),
-                "on_header_end": self._header_end,
-                "on_headers_finished": self._headers_finished,
-                "on_part_data": self._part_data,
-                "on_part_end": self._part_end,
-            },
-        )
-
-    def _begin(self) -> None:
-        self._headers, self._field, self._value = {}, b"", b""
-
-    def _header_end(self) -> None:
-        self._headers[self._field.lower()] = self._value
-        self._field = self._value = b""
-
-    def _headers_finished(self) -> None:
-        _, options = parse_options_header(self._headers.get(b"content-disposition", b""))
-        self._ours = not self.started and options.get(b"name") == b"file"
-        if self._ours:
-            self.started = True
-            self.filename = options.get(b"filename", b"").decode("utf-8", "replace")
-
-    def _part_data(self, data: bytes, start: int, end: int) -> None:
-        if self._ours:
-            self.data.append(data[start:end])
-
-    def _part_end(self) -> None:
-        if self._ours:
-            self.finished, self._ours = True, False
-
-    def feed(self, chunk: bytes) -> list[bytes]:
-        """Parses a chunk; returns the file bytes it held."""
-        self.parser.write(chunk)
-        data, self.data = self.data, []
-        return data
-
-
-class PipelinedWriter:
-    """Hands the received bytes to the upload a batch at a time, in a worker thread, while the
-    next batch is received: hashing and writing overlap the network. One batch is written while
-    one is gathered, so an upload holds about two batches in memory whatever its size."""
-
-    def __init__(self) -> None:
-        self.upload: Upload | None = None
-        self._batch: list[bytes] = []
-        self._size = 0
-        self._writing: asyncio.Future | None = None
-
-    async def add(self, pieces: list[bytes], finished: bool = False) -> None:
-        """Takes the pieces; hands the batch over once it is large enough (or the body ended)."""
-        self._batch += pieces
-        self._size += sum(len(piece) for piece in pieces)
-        if self.upload is None or not (finished or self._size >= WRITE_BYTES):
-            return
-        await self.settle()
-        batch, self._batch, self._size = self._batch, [], 0
-        if batch:
-            self._writing = asyncio.get_running_loop().run_in_executor(None, self.upload.write, batch)
-        if finished:
-            await self.settle()
-
-    async def settle(self) -> None:
-        """Waits for the batch being written; raises what writing it raised."""
-        writing, self._writing = self._writing, None
-        if writing is not None:
-            await writing
 
 
 def create_api(
