@@ -162,6 +162,32 @@ def backup_or_restore(args: argparse.Namespace) -> int:
     return 0
 
 
+def api_key(args: argparse.Namespace) -> int:
+    """API keys of the HTTP API: made (the key printed once, on stdout alone), revoked, listed."""
+    from harmonizer_dagster.core.api_keys import create_key, list_keys, revoke_key
+
+    store = opened()
+    store.migrate([])
+    if args.api_key_command == "create":
+        token = create_key(store, args.name, args.scope)
+        print(token)
+        print(
+            f"key {args.name} made with scope {', '.join(dict.fromkeys(args.scope))}: copy it now, it is never shown "
+            "again (the warehouse keeps only its SHA-256)",
+            file=sys.stderr,
+        )
+    elif args.api_key_command == "revoke":
+        if not revoke_key(store, args.name):
+            print(f"no active key {args.name}: `harmonizer api-key list` shows them", file=sys.stderr)
+            return 1
+        print(f"key {args.name} revoked: it is refused from now on")
+    else:
+        print(f"{'name':<24} {'scopes':<22} {'created':<26} revoked")
+        for key in list_keys(store):
+            print(f"{key.name:<24} {' '.join(key.scopes):<22} {key.created_at!s:<26} {key.revoked_at or ''}")
+    return 0
+
+
 def check_specs(folder: Path) -> int:
     """Lists every error of every spec in `folder` at once, each with file, field and line, so
     one run finds all there is to fix before the code location is reloaded."""
@@ -420,7 +446,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("disable-rule", "enable-rule"):
         toggle = dq_commands.add_parser(name, help=f"{name.split('-')[0]} a transformation rule")
         toggle.add_argument("rule_id", type=int)
-    web = dq_commands.add_parser("serve", help="serve the triage page (grouped issues, records, rules, dead letters)")
+    web = dq_commands.add_parser(
+        "serve", help="serve the triage page (grouped issues, records, rules, dead letters), /metrics and the HTTP API"
+    )
     web.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback, behind the proxy)")
     web.add_argument("--port", type=int, default=8090)
     web.add_argument(
@@ -452,6 +480,16 @@ def main(argv: list[str] | None = None) -> int:
         saving.add_argument(
             "--instance", action="store_true", help="the PostgreSQL Dagster instance too (DAGSTER_PG_* variables)"
         )
+    keys_parser = commands.add_parser("api-key", help="API keys of the HTTP API (/api/v1): create, revoke, list")
+    key_commands = keys_parser.add_subparsers(dest="api_key_command", required=True)
+    create = key_commands.add_parser("create", help="make a key and print it, once")
+    create.add_argument("name", help="who the key acts as: its writes are recorded under this name")
+    create.add_argument(
+        "--scope", action="append", required=True, choices=("upload", "read", "triage"), help="repeatable"
+    )
+    revoke = key_commands.add_parser("revoke", help="refuse a key from now on")
+    revoke.add_argument("name")
+    key_commands.add_parser("list", help="every key, revoked ones too (never the keys themselves)")
     status_parser = commands.add_parser(
         "status", help="the loader_status view: each recent version's status, progress and health (STALLED)"
     )
@@ -477,6 +515,8 @@ def main(argv: list[str] | None = None) -> int:
             return status(args)
         if args.command == "held":
             return held(args)
+        if args.command == "api-key":
+            return api_key(args)
         if args.command == "metrics":
             return metrics(args)
         if args.command == "init-source":

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import signal
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
@@ -16,7 +21,8 @@ from harmonizer_dagster.core.spec import SAFE_LOADER, SourceSpec, load_specs
 from harmonizer_dagster.core.warehouse import Warehouse, open_warehouse
 from harmonizer_dagster_tests.postgres_server import fresh_database
 
-PACKAGE_DIR = Path(__file__).parent.parent / "harmonizer_dagster"
+REPO = Path(__file__).parent.parent
+PACKAGE_DIR = REPO / "harmonizer_dagster"
 SOURCES_DIR = PACKAGE_DIR / "sources"
 # How the YAML parser in use words "owner: [unclosed": libyaml and pure-Python PyYAML differ.
 UNCLOSED_LIST = (
@@ -211,3 +217,69 @@ def checks_evaluated(evaluations) -> dict[str, dict]:
                     "asset_check": evaluation.check_name,
                 }
     return found
+
+
+# The real daemon on an embedded instance of a test's own (test_daemon.py, test_api.py).
+@pytest.fixture
+def instance_settings() -> dict:
+    """What a test changes in the embedded instance's dagster.yaml, merged into it."""
+    return {}
+
+
+def merged(base: dict, changes: dict) -> dict:
+    return {
+        **base,
+        **{k: merged(base.get(k, {}), v) if isinstance(v, dict) else v for k, v in changes.items()},
+    }
+
+
+@pytest.fixture
+def daemon_env(tmp_path, landing, instance_settings) -> dict[str, str]:
+    """The environment of a daemon on a fresh embedded instance, landing folder and DuckDB file."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    config = merged(yaml.safe_load((REPO / "deploy" / "local" / "dagster.yaml").read_text()), instance_settings)
+    (home / "dagster.yaml").write_text(yaml.safe_dump(config))
+    # Create the SQLite storages before the daemon starts: the test reads them while it runs,
+    # and two processes creating one at once can both stamp its schema version.
+    with dg.DagsterInstance.from_config(str(home)):
+        pass
+    drop = tmp_path / "drop"
+    (drop / "business_registry").mkdir(parents=True)
+    return {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "HARMONIZER_LANDING_DIR": str(drop),
+        "HARMONIZER_STAGING_DIR": str(tmp_path / "staging"),
+        "HARMONIZER_WAREHOUSE_URL": f"duckdb:///{tmp_path / 'warehouse.duckdb'}",
+        # The tests hold the DuckDB file to keep a run busy: a session waiting for it gives up
+        # after a second, and the step is retried.
+        "HARMONIZER_WAREHOUSE_LOCK_TIMEOUT": "1",
+    }
+
+
+@pytest.fixture
+def start_daemon(tmp_path):
+    """Starts `dagster-daemon run` in a process group of its own: the daemon, its code server
+    and run workers are stopped together, and nothing else on the machine is touched."""
+    started: list[subprocess.Popen] = []
+    log = (tmp_path / "daemon.log").open("a")
+
+    def start(env: dict[str, str]) -> subprocess.Popen:
+        process = subprocess.Popen(
+            [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", str(REPO / "workspace.yaml")],
+            env=env,
+            cwd=tmp_path,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    log.close()

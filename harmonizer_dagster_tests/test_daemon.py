@@ -1,6 +1,5 @@
 """End to end with the real daemon: drop a file, and rows reach the warehouse with no human action."""
 
-import contextlib
 import os
 import shutil
 import signal
@@ -12,7 +11,6 @@ from pathlib import Path
 import dagster as dg
 import duckdb
 import pytest
-import yaml
 
 from harmonizer_dagster_tests.fleet import wait_for
 from harmonizer_dagster_tests.test_faults import hold_duckdb_lock
@@ -22,71 +20,6 @@ REPO = Path(__file__).parent.parent
 ARTIFACTS = REPO / "test-artifacts"
 SOURCE = "business_registry"
 Q3 = "registry_2026-Q3.csv"
-
-
-@pytest.fixture
-def instance_settings() -> dict:
-    """What a test changes in the embedded instance's dagster.yaml, merged into it."""
-    return {}
-
-
-def merged(base: dict, changes: dict) -> dict:
-    return {
-        **base,
-        **{k: merged(base.get(k, {}), v) if isinstance(v, dict) else v for k, v in changes.items()},
-    }
-
-
-@pytest.fixture
-def daemon_env(tmp_path, landing, instance_settings) -> dict[str, str]:
-    """The environment of a daemon on a fresh embedded instance, landing folder and DuckDB file."""
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    config = merged(yaml.safe_load((REPO / "deploy" / "local" / "dagster.yaml").read_text()), instance_settings)
-    (home / "dagster.yaml").write_text(yaml.safe_dump(config))
-    # Create the SQLite storages before the daemon starts: the test reads them while it runs,
-    # and two processes creating one at once can both stamp its schema version.
-    with dg.DagsterInstance.from_config(str(home)):
-        pass
-    drop = tmp_path / "drop"
-    (drop / SOURCE).mkdir(parents=True)
-    return {
-        **os.environ,
-        "DAGSTER_HOME": str(home),
-        "HARMONIZER_LANDING_DIR": str(drop),
-        "HARMONIZER_STAGING_DIR": str(tmp_path / "staging"),
-        "HARMONIZER_WAREHOUSE_URL": f"duckdb:///{tmp_path / 'warehouse.duckdb'}",
-        # The tests hold the DuckDB file to keep a run busy: a session waiting for it gives up
-        # after a second, and the step is retried.
-        "HARMONIZER_WAREHOUSE_LOCK_TIMEOUT": "1",
-    }
-
-
-@pytest.fixture
-def start_daemon(tmp_path):
-    """Starts `dagster-daemon run` in a process group of its own: the daemon, its code server
-    and run workers are stopped together, and nothing else on the machine is touched."""
-    started: list[subprocess.Popen] = []
-    log = (tmp_path / "daemon.log").open("a")
-
-    def start(env: dict[str, str]) -> subprocess.Popen:
-        process = subprocess.Popen(
-            [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", str(REPO / "workspace.yaml")],
-            env=env,
-            cwd=tmp_path,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-    log.close()
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import pytest
 from harmonizer_dagster.core.warehouse import open_warehouse
 from harmonizer_dagster.definitions import build_definitions
 from harmonizer_dagster.orchestration.checks import check_specs
-from harmonizer_dagster.orchestration.jobs import files_run_config
+from harmonizer_dagster.orchestration.run_config import files_run_config
 from harmonizer_dagster_tests.conftest import WAREHOUSES
 from harmonizer_dagster_tests.test_sensors import drop_small_files
 

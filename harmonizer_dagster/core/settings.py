@@ -53,6 +53,18 @@ DEFAULTS = {
     "HARMONIZER_BACKUP_DIR": "",
     # Signs the triage page's session cookie (CSRF token, messages); empty: random per process.
     "HARMONIZER_DQ_SECRET": "",
+    # The S3 landing area (s3://BUCKET/PREFIX/<source>/); an empty bucket: files land in the folder.
+    "HARMONIZER_S3_BUCKET": "",
+    "HARMONIZER_S3_PREFIX": "",
+    # An S3-compatible endpoint instead of AWS's own (MinIO, a test server); empty: AWS.
+    "HARMONIZER_S3_ENDPOINT_URL": "",
+    # The largest file the HTTP API takes, in bytes (default 10 GiB).
+    "HARMONIZER_UPLOAD_MAX_BYTES": str(10 << 30),
+    # Requests one API key may make per minute; past it the API answers 429 with Retry-After.
+    "HARMONIZER_API_RATE_LIMIT": "600",
+    # API keys kept in the secrets store, not the warehouse: a JSON object of key names to
+    # {"sha256": "<hex SHA-256 of the key>", "scopes": ["upload", "read", "triage"]}.
+    "HARMONIZER_API_KEYS": "",
 }
 
 

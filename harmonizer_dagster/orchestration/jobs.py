@@ -19,6 +19,7 @@ from harmonizer_dagster.core.spec import SourceSpec
 from harmonizer_dagster.orchestration.assets import SourceOps
 from harmonizer_dagster.orchestration.partitions import partitions_for
 from harmonizer_dagster.orchestration.resources import LandingZone, WarehouseResource
+from harmonizer_dagster.orchestration.run_config import files_job_name
 from harmonizer_dagster.orchestration.steps import faults_classified
 from harmonizer_dagster.orchestration.triage import report_metadata
 
@@ -82,11 +83,6 @@ class FilesConfig(dg.Config):
         description="The files to load, by partition key (a landed path, or an s3:// URI); empty: every "
         "landed file, registering the new ones.",
     )
-
-
-def files_run_config(spec: SourceSpec, partition_keys: Sequence[str]) -> dict:
-    """The run config that makes a run of the source's files job load exactly these files."""
-    return {"ops": {f"{spec.name}_files_to_load": {"config": {"partition_keys": list(partition_keys)}}}}
 
 
 def _files_to_load_op(spec: SourceSpec) -> dg.OpDefinition:
@@ -181,7 +177,7 @@ def build_ingest_jobs(
         _expected_counts_op(specs)(**{spec.name: load(spec)[0] for spec in specs})
 
     def files_job(spec: SourceSpec) -> dg.JobDefinition:
-        @dg.graph(name=f"load_{spec.name}_files")
+        @dg.graph(name=files_job_name(spec.name))
         def load_files():
             load(spec)
 

@@ -24,10 +24,10 @@ from harmonizer_dagster.core.landing import (
 )
 from harmonizer_dagster.core.settings import current
 from harmonizer_dagster.core.spec import SourceSpec
-from harmonizer_dagster.orchestration.jobs import files_run_config
 from harmonizer_dagster.orchestration.outcomes import record_lost_outcomes
 from harmonizer_dagster.orchestration.partitions import partitions_for
 from harmonizer_dagster.orchestration.resources import LandingZone, S3Landing, WarehouseResource
+from harmonizer_dagster.orchestration.run_config import files_run_config
 
 # Hashing big files takes a while; a sensor tick must end well within Dagster's 60 s limit.
 HASH_BUDGET_SECONDS = 30.0

@@ -32,7 +32,7 @@ from harmonizer_dagster.core.dead_letters import list_failed, reprocess
 from harmonizer_dagster.core.publishing import discard, failed_checks, held_versions, pending_changes, release
 from harmonizer_dagster.core.report import overview
 from harmonizer_dagster.core.secrets import redact, secret_values
-from harmonizer_dagster.core.settings import DEFAULTS, current
+from harmonizer_dagster.core.settings import DEFAULTS, current, seeded_landing
 from harmonizer_dagster.core.spec import SourceSpec, load_specs
 from harmonizer_dagster.core.triage import (
     Selection,
@@ -46,6 +46,7 @@ from harmonizer_dagster.core.triage import (
     summarize,
 )
 from harmonizer_dagster.core.warehouse import Warehouse, open_warehouse
+from harmonizer_dagster.web.api import create_api
 from harmonizer_dagster.web.dagster import DagsterError, launch_partition_runs
 from harmonizer_dagster.web.metrics import metrics_endpoint
 
@@ -70,6 +71,14 @@ class Settings:
     secret: str = field(default="", repr=False)
     sources_dir: Path = Path(DEFAULTS["HARMONIZER_SOURCES_DIR"])
     staging_dir: Path = Path(DEFAULTS["HARMONIZER_STAGING_DIR"])
+    # Where the API lands files: the S3 bucket when set, else the folder.
+    landing_dir: Path = Path(DEFAULTS["HARMONIZER_LANDING_DIR"])
+    s3_bucket: str = ""
+    s3_prefix: str = ""
+    s3_endpoint_url: str = ""
+    upload_max_bytes: int = int(DEFAULTS["HARMONIZER_UPLOAD_MAX_BYTES"])
+    rate_limit: int = int(DEFAULTS["HARMONIZER_API_RATE_LIMIT"])
+    api_keys: str = field(default="", repr=False)
 
     @classmethod
     def from_environment(cls, schema: str = "harmonizer") -> Settings:
@@ -81,6 +90,16 @@ class Settings:
             secret=current("HARMONIZER_DQ_SECRET"),
             sources_dir=Path(current("HARMONIZER_SOURCES_DIR")),
             staging_dir=Path(current("HARMONIZER_STAGING_DIR")),
+            # The landing sensors' folder: the default one starts as a copy of the samples.
+            landing_dir=Path(os.environ["HARMONIZER_LANDING_DIR"])
+            if "HARMONIZER_LANDING_DIR" in os.environ
+            else seeded_landing(Path(DEFAULTS["HARMONIZER_LANDING_DIR"])),
+            s3_bucket=current("HARMONIZER_S3_BUCKET"),
+            s3_prefix=current("HARMONIZER_S3_PREFIX"),
+            s3_endpoint_url=current("HARMONIZER_S3_ENDPOINT_URL"),
+            upload_max_bytes=int(current("HARMONIZER_UPLOAD_MAX_BYTES")),
+            rate_limit=int(current("HARMONIZER_API_RATE_LIMIT")),
+            api_keys=current("HARMONIZER_API_KEYS"),
         )
 
     @property
@@ -146,7 +165,8 @@ def page_number(request: Request) -> int:
 
 
 def create_app(settings: Settings, store: Warehouse | None = None) -> Starlette:
-    """The triage page over `store` (default: the warehouse the settings name), and `/metrics`."""
+    """The triage page over `store` (default: the warehouse the settings name), `/metrics` and
+    the HTTP API under `/api/v1`."""
     store = store or open_warehouse(settings.warehouse_url, settings.schema)
     store.migrate([])
     environment = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True)
@@ -411,6 +431,7 @@ def create_app(settings: Settings, store: Warehouse | None = None) -> Starlette:
             Route("/held/{source_id:int}/action", held_action, methods=["POST"]),
             # A warehouse of its own: a scrape waits briefly for a load, the pages as long as it takes.
             Route("/metrics", metrics_endpoint(open_warehouse(settings.warehouse_url, settings.schema))),
+            Mount("/api/v1", create_api(settings, store, specs)),
             Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
         ],
         middleware=[

@@ -425,6 +425,33 @@ MIGRATIONS: list[tuple[int, str, list[str | Indexing]]] = [
             )""",
         ],
     ),
+    (
+        10,
+        "API keys, and the files handed in over HTTP with the key that handed each in",
+        [
+            # Only a key's SHA-256 is kept: the token itself is shown once, when it is made.
+            """CREATE TABLE {schema}.api_keys (
+                name VARCHAR PRIMARY KEY,
+                key_sha256 VARCHAR NOT NULL UNIQUE,
+                scopes VARCHAR NOT NULL,
+                created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+                revoked_at TIMESTAMPTZ
+            )""",
+            # A file handed in, before the registry knows it (a sensor has not seen it yet) and
+            # after: its version is the registry row of the same source, partition and hash.
+            """CREATE TABLE {schema}.api_uploads (
+                upload_id VARCHAR PRIMARY KEY,
+                source_type VARCHAR NOT NULL,
+                partition_key VARCHAR NOT NULL,
+                file_hash VARCHAR NOT NULL,
+                file_size_bytes BIGINT NOT NULL,
+                source_version VARCHAR NOT NULL,
+                uploaded_by VARCHAR NOT NULL,
+                run_id VARCHAR,
+                uploaded_at TIMESTAMPTZ NOT NULL DEFAULT now()
+            )""",
+        ],
+    ),
 ]
 
 
