@@ -74,6 +74,11 @@ class Session(ABC):
     def modify(self, sql: str, params: Sequence[Any] = ()) -> int:
         """Runs one INSERT, UPDATE or DELETE; returns how many rows it wrote."""
 
+    @abstractmethod
+    def stream(self, sql: str, params: Sequence[Any] = (), rows: int = 10_000) -> Iterator[list[tuple]]:
+        """Runs one query and yields its rows `rows` at a time: a result of millions of rows is
+        never held whole."""
+
 
 class WarehouseBusy(TimeoutError):
     """Another process held what a session needed for longer than HARMONIZER_WAREHOUSE_LOCK_TIMEOUT."""
@@ -137,6 +142,8 @@ class Warehouse(ABC):
     # What committing raises when a concurrent transaction committed the same unique key
     # first (PostgreSQL waits for it instead, and ON CONFLICT then sees its row).
     commit_conflicts: tuple[type[Exception], ...] = ()
+    # The functions building a JSON object and a JSON array from SQL values.
+    json_functions = ("json_build_object", "json_build_array")
 
     def __init__(self, schema: str = "harmonizer"):
         self.schema_name = schema
@@ -662,6 +669,8 @@ class Warehouse(ABC):
             relation = f"(SELECT {names} FROM {self.stage_table(spec.name)} WHERE _source_id = {int(source_id)})"
             staged = int(s.execute(f"SELECT count(*) FROM {relation} AS r")[0][0])
             arrival = self._arrival(s, spec, partition_key)
+            if spec.sinks:
+                self._record_updates(s, spec, relation, source_id, arrival)
             counts = self._upsert(s, spec, relation, staged, (file_hash, partition_key), arrival, columns=columns)
             # Older versions of the partition still waiting are superseded: releasing one now
             # would overwrite this version's rows with the older file's.
@@ -686,6 +695,24 @@ class Warehouse(ABC):
                 (staged, counts.inserted, counts.updated, counts.unchanged, run_id, source_id),
             )
         return counts
+
+    def _record_updates(self, s: Session, spec: SourceSpec, relation: str, source_id: int, arrival: int) -> None:
+        """Notes the lines of the version whose rows will replace a published row, before the
+        upsert replaces them: what tells a sink an update from a new key. Only sources with
+        sinks pay for it (one join of the version's rows with the table)."""
+        joined = " AND ".join(f"t.{quote_ident(k)} = s.{quote_ident(k)}" for k in spec.natural_key)
+        s.execute(f"DELETE FROM {self.schema}.published_updates WHERE source_id = %s", (source_id,))
+        s.execute(
+            f"INSERT INTO {self.schema}.published_updates (source_id, source_line_number) "
+            f"SELECT {int(source_id)}, s.{quote_ident(LINE_COLUMN)} FROM {relation} s "
+            f"JOIN {self.table(spec.name)} t ON {joined} WHERE {replaced_row(arrival)}"
+        )
+
+    def stream(self, sql: str, params: Sequence[Any] = (), rows: int = 10_000) -> Iterator[list[tuple]]:
+        """`Session.stream` in a session of its own (or the open transaction's); `{schema}`
+        expands to the quoted schema."""
+        with self._connected() as s:
+            yield from s.stream(sql.replace("{schema}", self.schema), params, rows)
 
     def hold_version(self, source_id: int, failed_checks: Sequence[str]) -> None:
         """Keeps a staged version out of the table consumers read: its blocking checks failed."""

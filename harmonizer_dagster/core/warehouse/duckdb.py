@@ -62,6 +62,11 @@ class DuckDBSession(Session):
     def modify(self, sql: str, params: Sequence[Any] = ()) -> int:
         return int(self.connection.execute(sql.replace("%s", "?"), list(params)).fetchone()[0])
 
+    def stream(self, sql: str, params: Sequence[Any] = (), rows: int = 10_000) -> Iterator[list[tuple]]:
+        cursor = self.connection.execute(sql.replace("%s", "?"), list(params))
+        while batch := cursor.fetchmany(rows):
+            yield batch
+
 
 def _parquet(files: Sequence[Path]) -> str:
     return f"read_parquet([{', '.join(quote_literal(str(f)) for f in files)}])"
@@ -77,6 +82,7 @@ class DuckDBWarehouse(Warehouse):
     row_id = "rowid"
     # DuckDB's optimistic concurrency: the later of two transactions writing one key fails to commit.
     commit_conflicts = (duckdb.TransactionException, duckdb.ConstraintException)
+    json_functions = ("json_object", "json_array")
 
     def __init__(self, path: Path, schema: str = "harmonizer", memory_limit: str = "400MB"):
         super().__init__(schema)

@@ -1,0 +1,399 @@
+"""Published changes produced to Kafka, as the CSV-to-Kafka processor did: ordered, idempotent,
+resumable.
+
+After a version is published, every row it wrote to the table consumers read (a new key, or a
+row it replaced) is one message on the sink's topic: keyed by the natural key, so one key's
+changes stay in order on one partition; its value the row as JSON with its provenance (see the
+JSON Schema in docs/production.md). The rows are those the table holds tagged with the version
+(`_file_hash`, `_partition_key`), read in line order; `published_updates` tells an update from a
+new key.
+
+Delivery is at least once. The producer is librdkafka's idempotent one (`acks=all`, in order
+per partition); the position acknowledged in line order is checkpointed in `sink_checkpoints`
+at least every HARMONIZER_KAFKA_CHECKPOINT_RECORDS records, and a run killed at any point
+resumes after it: what the broker had acknowledged past the checkpoint is produced again. A
+message the broker refuses as too large becomes a dead letter (`failed_records`) with the
+reason, and the run goes on. Nothing here knows about Dagster.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from harmonizer_dagster.core.dead_letters import record_sink_rejects
+from harmonizer_dagster.core.harmonization import ROW_HASH_COLUMN
+from harmonizer_dagster.core.reading import LINE_COLUMN
+from harmonizer_dagster.core.spec import KafkaSink, SourceSpec
+from harmonizer_dagster.core.sql import quote_ident, quote_literal
+from harmonizer_dagster.core.warehouse import Warehouse
+
+log = logging.getLogger(__name__)
+
+# Column types a JSON value carries as text, exactly as the warehouse writes them: a decimal's
+# digits, a date, a timestamp, a UUID. Strings, integers and booleans are JSON's own.
+AS_TEXT = ("decimal", "date", "timestamp", "uuid")
+# Blocks of HARMONIZER_KAFKA_CHECKPOINT_RECORDS sent but not all acknowledged, at most: what a
+# killed run may have to send again, and enough to keep the producer busy between two polls.
+BLOCKS_IN_FLIGHT = 4
+# What librdkafka says of a message over the size limit: the client's (before sending) or the broker's.
+TOO_LARGE = (KafkaError.MSG_SIZE_TOO_LARGE,)
+
+
+class SinkError(RuntimeError):
+    """A sink could not take a version's changes: brokers unreachable, a topic missing, records
+    not acknowledged. The checkpoint keeps what was acknowledged; a retry resumes after it."""
+
+
+class NotPublished(ValueError):
+    """The partition has no published version (it is staged, held or discarded): nothing to produce."""
+
+
+@dataclass(frozen=True)
+class KafkaSettings:
+    """Where and how to produce: the deployment's brokers and login (HARMONIZER_KAFKA_*, or the
+    secrets store), and the legacy processor's delivery settings."""
+
+    brokers: str
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str = ""
+    username: str = ""
+    password: str = field(default="", repr=False)
+    ca_file: str = ""
+    checkpoint_records: int = 10_000
+    max_message_bytes: int = 1_000_000
+    delivery_timeout_seconds: float = 120.0
+    connect_timeout_seconds: float = 10.0
+
+    def producer_config(self) -> dict[str, Any]:
+        config: dict[str, Any] = {
+            **self.client_config(),
+            # The legacy processor's: every in-sync replica acknowledges, retries never duplicate
+            # nor reorder (idempotence keeps up to 5 requests in flight in order), gzip.
+            "acks": "all",
+            "enable.idempotence": True,
+            "compression.type": "gzip",
+            "linger.ms": 20,
+            "queue.buffering.max.messages": 500_000,
+            "message.max.bytes": self.max_message_bytes,
+            "message.timeout.ms": int(self.delivery_timeout_seconds * 1000),
+        }
+        return config
+
+    def client_config(self) -> dict[str, Any]:
+        config: dict[str, Any] = {"bootstrap.servers": self.brokers, "security.protocol": self.security_protocol}
+        if self.sasl_mechanism:
+            config |= {
+                "sasl.mechanism": self.sasl_mechanism,
+                "sasl.username": self.username,
+                "sasl.password": self.password,
+            }
+        if self.ca_file:
+            config["ssl.ca.location"] = self.ca_file
+        return config
+
+
+@dataclass(frozen=True)
+class Version:
+    """A published version as its messages name it."""
+
+    source_id: int
+    partition_key: str
+    file_name: str
+    file_hash: str
+    version: str
+    changes_published: int  # records_inserted + records_updated as the publish counted them
+
+
+@dataclass(frozen=True)
+class Produced:
+    """What one run of a sink over a version came to."""
+
+    source_id: int
+    partition_key: str
+    sink: str
+    changes: int  # rows the table holds tagged with the version: the messages due
+    produced: int  # acknowledged by the broker, in all runs (a resumed run adds to the earlier ones)
+    dead_letters: int
+    resumed_from: int  # records acknowledged before this run, 0 for a first run or a replay
+    changes_published: int
+    seconds: float
+
+    @property
+    def complete(self) -> bool:
+        """Every change the version holds is on the topic or a dead letter."""
+        return self.produced + self.dead_letters == self.changes
+
+
+def published_version(store: Warehouse, spec: SourceSpec, partition_key: str) -> Version:
+    """The partition's latest version, if it is published; NotPublished otherwise (a held
+    version produces nothing until a steward releases it)."""
+    rows = store.query(
+        "SELECT source_id, status, file_name, file_hash, source_version, coalesce(records_inserted, 0) "
+        "+ coalesce(records_updated, 0) FROM {schema}.sources WHERE source_type = %s AND partition_key = %s "
+        "AND status IN ('completed', 'skipped', 'staged', 'held', 'discarded') ORDER BY source_id DESC LIMIT 1",
+        (spec.name, partition_key),
+    )
+    if not rows:
+        raise NotPublished(f"{partition_key} has no version")
+    source_id, status, file_name, file_hash, version, published = rows[0]
+    if status not in ("completed", "skipped"):
+        raise NotPublished(f"{partition_key} is {status}, not published: it produces nothing until it is")
+    return Version(int(source_id), partition_key, str(file_name), str(file_hash), str(version), int(published))
+
+
+def change_messages_sql(store: Warehouse, spec: SourceSpec, version: Version) -> str:
+    """The query of a version's messages, in line order after a line `%s`: (key, value, line).
+    The JSON is built by the database, one statement for the whole version."""
+    obj, array = store.json_functions
+    table = "t"
+
+    def typed(column_name: str, kind: str) -> str:
+        value = f"{table}.{quote_ident(column_name)}"
+        return f"CAST({value} AS VARCHAR)" if kind in AS_TEXT else value
+
+    values = ", ".join(f"{quote_literal(c.name)}, {typed(c.name, c.type)}" for c in spec.columns)
+    line = f"{table}.{quote_ident(LINE_COLUMN)}"
+    provenance = ", ".join(
+        [
+            f"'source', {quote_literal(spec.name)}",
+            f"'file', {quote_literal(version.file_name)}",
+            f"'file_hash', {quote_literal(version.file_hash)}",
+            f"'partition_key', {quote_literal(version.partition_key)}",
+            f"'version', {quote_literal(version.version)}",
+            f"'source_id', {int(version.source_id)}",
+            f"'line', {line}",
+            f"'row_hash', CAST({table}.{ROW_HASH_COLUMN} AS VARCHAR)",
+            "'change', CASE WHEN u.source_line_number IS NULL THEN 'inserted' ELSE 'updated' END",
+        ]
+    )
+    keys = [f"CAST({table}.{quote_ident(k)} AS VARCHAR)" for k in spec.natural_key]
+    key = keys[0] if len(keys) == 1 else f"CAST({array}({', '.join(keys)}) AS VARCHAR)"
+    value = f"CAST({obj}('values', {obj}({values}), 'provenance', {obj}({provenance})) AS VARCHAR)"
+    return (
+        f"SELECT {key}, {value}, {line} FROM {store.table(spec.name)} {table} "
+        f"LEFT JOIN {{schema}}.published_updates u ON u.source_id = {int(version.source_id)} "
+        f"AND u.source_line_number = {line} "
+        f"WHERE {table}._file_hash = {quote_literal(version.file_hash)} "
+        f"AND {table}._partition_key = {quote_literal(version.partition_key)} AND {line} > %s ORDER BY {line}"
+    )
+
+
+def changes_of(store: Warehouse, spec: SourceSpec, version: Version) -> int:
+    """How many rows of the table the version wrote and still holds: the messages it is due."""
+    return int(
+        store.query(
+            f"SELECT count(*) FROM {store.table(spec.name)} WHERE _file_hash = %s AND _partition_key = %s",
+            (version.file_hash, version.partition_key),
+        )[0][0]
+    )
+
+
+@dataclass
+class Checkpoint:
+    """How far a version got into a sink: records acknowledged in line order up to `line`."""
+
+    line: int = -1
+    produced: int = 0
+    dead_letters: int = 0
+
+
+def checkpoint(store: Warehouse, sink: KafkaSink, source_id: int) -> tuple[Checkpoint, str] | None:
+    """The version's checkpoint in the sink and its status (producing, failed, completed), if any."""
+    rows = store.query(
+        "SELECT line, produced, dead_letters, status FROM {schema}.sink_checkpoints WHERE source_id = %s AND sink = %s",
+        (source_id, sink.name),
+    )
+    return (Checkpoint(int(rows[0][0]), int(rows[0][1]), int(rows[0][2])), str(rows[0][3])) if rows else None
+
+
+def _save(
+    store: Warehouse,
+    spec: SourceSpec,
+    sink: KafkaSink,
+    version: Version,
+    changes: int,
+    at: Checkpoint,
+    status: str,
+    run_id: str,
+    error: str | None = None,
+) -> None:
+    store.query(
+        "INSERT INTO {schema}.sink_checkpoints (source_id, sink, source_type, partition_key, changes, produced, "
+        "line, dead_letters, status, error_message, run_id) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+        "ON CONFLICT (source_id, sink) DO UPDATE SET changes = excluded.changes, produced = excluded.produced, "
+        "line = excluded.line, dead_letters = excluded.dead_letters, status = excluded.status, "
+        "error_message = excluded.error_message, run_id = excluded.run_id, updated_at = now()",
+        (
+            version.source_id,
+            sink.name,
+            spec.name,
+            version.partition_key,
+            changes,
+            at.produced,
+            at.line,
+            at.dead_letters,
+            status,
+            error[:4000] if error else None,
+            run_id,
+        ),
+    )
+
+
+def ensure_topic(settings: KafkaSettings, sink: KafkaSink) -> None:
+    """Fails at once, saying so, when the brokers cannot be reached; creates a missing topic when
+    the spec says so, and fails naming it otherwise (a broker that creates topics on first use
+    would otherwise make one with its defaults)."""
+    admin = AdminClient(settings.client_config())
+    try:
+        # All topics, not this one: asking for a topic by name lets such a broker create it.
+        topics = admin.list_topics(timeout=settings.connect_timeout_seconds).topics
+    except KafkaException as exc:
+        raise SinkError(
+            f"Kafka brokers {settings.brokers} not reachable within {settings.connect_timeout_seconds:g} s: "
+            f"{exc.args[0].str() if exc.args else exc}"
+        ) from None
+    if sink.topic in topics:
+        return
+    if not sink.create_topic:
+        raise SinkError(
+            f"topic {sink.topic} does not exist on {settings.brokers}; create it, or set `create_topic: true` "
+            "in the source's sink"
+        )
+    future = admin.create_topics([NewTopic(sink.topic, num_partitions=sink.partitions)])[sink.topic]
+    try:
+        future.result(timeout=settings.connect_timeout_seconds)
+    except KafkaException as exc:
+        if exc.args and exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+            raise SinkError(f"topic {sink.topic} could not be created: {exc.args[0].str()}") from None
+
+
+@dataclass
+class _Block:
+    """Messages sent together, acknowledged one by one: the checkpoint moves past a block once
+    it and every block before it were acknowledged."""
+
+    last_line: int
+    sent: int = 0  # messages handed to the producer, or refused by it as too large
+    pending: int = 0  # of those, not acknowledged yet
+    rejected: list[tuple[int, str, str]] = field(default_factory=list)  # dead letters: (line, value, reason)
+    failures: list[str] = field(default_factory=list)
+
+    def acknowledged(self, error: KafkaError | None, message: Any) -> None:
+        self.pending -= 1
+        if error is None:
+            return
+        if error.code() in TOO_LARGE:
+            value = message.value()
+            self.rejected.append((_line_of(value), value.decode(), f"the broker refused it: {error.str()}"))
+        else:
+            self.failures.append(error.str())
+
+
+def _line_of(value: bytes) -> int:
+    return int(json.loads(value)["provenance"]["line"])
+
+
+def produce_version(
+    store: Warehouse,
+    spec: SourceSpec,
+    sink: KafkaSink,
+    partition_key: str,
+    settings: KafkaSettings,
+    run_id: str,
+    on_checkpoint: Callable[[Checkpoint], None] | None = None,
+) -> Produced:
+    """Produces the partition's published version's changes to the sink's topic, resuming after
+    its checkpoint when an earlier run did not finish; a version the sink completed already is
+    produced again from its first change (a replay). Returns what the version came to; raises
+    SinkError when the brokers or the topic fail it, after checkpointing what they acknowledged."""
+    started = time.monotonic()
+    store.migrate([spec])
+    version = published_version(store, spec, partition_key)
+    ensure_topic(settings, sink)
+    earlier = checkpoint(store, sink, version.source_id)
+    at = earlier[0] if earlier and earlier[1] != "completed" else Checkpoint()
+    resumed_from = at.produced
+    changes = changes_of(store, spec, version)
+    _save(store, spec, sink, version, changes, at, "producing", run_id)
+    producer = Producer(settings.producer_config())
+    blocks: deque[_Block] = deque()
+    topic = sink.topic
+
+    def advance() -> None:
+        """Moves the checkpoint past every leading block acknowledged whole."""
+        moved = False
+        while blocks and blocks[0].pending == 0:
+            block = blocks.popleft()
+            if block.failures:
+                blocks.appendleft(block)
+                raise SinkError(
+                    f"{len(block.failures)} record(s) of {partition_key} not acknowledged by {settings.brokers}: "
+                    f"{block.failures[0]}; the checkpoint keeps {at.produced} of {changes}, a retry resumes there"
+                )
+            if block.rejected:
+                record_sink_rejects(store, spec, version.source_id, run_id, sink.name, block.rejected)
+            at.dead_letters += len(block.rejected)
+            at.produced += block.sent - len(block.rejected)
+            at.line = block.last_line
+            moved = True
+        if moved:
+            _save(store, spec, sink, version, changes, at, "producing", run_id)
+            if on_checkpoint:
+                on_checkpoint(at)
+
+    try:
+        for rows in store.stream(change_messages_sql(store, spec, version), (at.line,), settings.checkpoint_records):
+            block = _Block(last_line=int(rows[-1][2]))
+            callback = block.acknowledged
+            for key, value, line in rows:
+                while True:
+                    try:
+                        producer.produce(topic, value, key, on_delivery=callback)
+                        block.pending += 1
+                        block.sent += 1
+                        break
+                    except BufferError:
+                        producer.poll(0.05)
+                    except KafkaException as exc:
+                        if exc.args[0].code() not in TOO_LARGE:
+                            raise
+                        block.rejected.append((int(line), value, f"over the size limit: {exc.args[0].str()}"))
+                        block.sent += 1
+                        break
+            blocks.append(block)
+            producer.poll(0)
+            advance()
+            while len(blocks) > BLOCKS_IN_FLIGHT:
+                # Never far ahead of the checkpoint: a kill re-sends at most these blocks.
+                producer.poll(0.05)
+                advance()
+        deadline = time.monotonic() + settings.delivery_timeout_seconds + settings.connect_timeout_seconds
+        while blocks and time.monotonic() < deadline:
+            producer.poll(0.1)
+            advance()
+        if blocks:
+            raise SinkError(f"{sum(b.pending for b in blocks)} record(s) of {partition_key} still unacknowledged")
+    except Exception as exc:
+        _save(store, spec, sink, version, changes, at, "failed", run_id, f"{type(exc).__name__}: {exc}")
+        raise
+    _save(store, spec, sink, version, changes, at, "completed", run_id)
+    return Produced(
+        version.source_id,
+        partition_key,
+        sink.name,
+        changes,
+        at.produced,
+        at.dead_letters,
+        resumed_from,
+        version.changes_published,
+        time.monotonic() - started,
+    )

@@ -1,0 +1,331 @@
+"""Published changes produced to a real Kafka-protocol broker (Tansu) on every warehouse: each
+message is read back by a consumer and compared with the row the table holds; a held version
+produces nothing until released; a missing topic, a broker down, a broker going away and an
+oversized message each end as the docs say; a producer killed at random points resumes from
+its checkpoint and every change reaches the topic, in order per key."""
+
+import json
+import random
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import defaultdict
+from dataclasses import replace
+
+import polars as pl
+import pytest
+
+from harmonizer_dagster.core.publishing import held_versions, release
+from harmonizer_dagster.core.sinks import (
+    BLOCKS_IN_FLIGHT,
+    KafkaSettings,
+    NotPublished,
+    SinkError,
+    checkpoint,
+    produce_version,
+)
+from harmonizer_dagster.core.spec import KafkaSink, parse_spec
+from harmonizer_dagster_tests.conftest import load_file
+from harmonizer_dagster_tests.kafka_broker import Broker, consume_all, topics
+from harmonizer_dagster_tests.test_write_audit_publish import land_held_file
+
+SOURCE = "business_registry"
+Q3 = "registry_2026-Q3.csv"
+Q4 = "registry_2026-Q4.csv.gz"
+
+
+def new_sink(**kw) -> KafkaSink:
+    return KafkaSink(topic=f"registry.changes.{uuid.uuid4().hex[:8]}", **{"create_topic": True, "partitions": 3, **kw})
+
+
+def with_sink(spec, sink: KafkaSink):
+    return replace(spec, sinks=(sink,))
+
+
+def settings(broker: Broker, **kw) -> KafkaSettings:
+    return KafkaSettings(brokers=broker.address, **{"connect_timeout_seconds": 5, **kw})
+
+
+def table_rows(store, spec, partition_key: str) -> dict[str, dict]:
+    """The rows the version of `partition_key` wrote and the table still holds, by key."""
+    names = [c.name for c in spec.columns]
+    rows = store.query(
+        f"SELECT {', '.join(names)}, _source_line, CAST(_row_hash AS VARCHAR), _file_hash "
+        f"FROM {store.table(spec.name)} WHERE _partition_key = %s",
+        (partition_key,),
+    )
+    return {row[0]: dict(zip([*names, "line", "row_hash", "file_hash"], row, strict=True)) for row in rows}
+
+
+def as_json(value):
+    return value if value is None or isinstance(value, str | int | bool) else str(value)
+
+
+def assert_messages_are_the_rows(messages, store, spec, partition_key: str, updated: set[str]) -> None:
+    """Every message of the version is exactly one row the version wrote, typed as the table
+    types it, with its provenance; every such row has its message."""
+    rows = table_rows(store, spec, partition_key)
+    (version,) = store.query(
+        "SELECT source_id, file_name, source_version FROM {schema}.sources WHERE partition_key = %s "
+        "AND status = 'completed'",
+        (partition_key,),
+    )
+    by_key = {}
+    for message in messages:
+        body = json.loads(message.value())
+        if body["provenance"]["partition_key"] == partition_key:
+            by_key[message.key().decode()] = body
+    assert by_key.keys() == rows.keys()
+    for key, body in by_key.items():
+        row = rows[key]
+        assert body["values"] == {c.name: as_json(row[c.name]) for c in spec.columns}
+        assert body["provenance"] == {
+            "source": spec.name,
+            "file": version[1],
+            "file_hash": row["file_hash"],
+            "partition_key": partition_key,
+            "version": version[2],
+            "source_id": version[0],
+            "line": row["line"],
+            "row_hash": row["row_hash"],
+            "change": "updated" if key in updated else "inserted",
+        }
+
+
+def test_a_spec_declares_kafka_sinks_and_rejects_malformed_ones():
+    base = {"name": "t", "owner": "o", "format": "csv", "natural_key": ["k"], "columns": {"k": {}}}
+    spec = parse_spec({**base, "sinks": [{"kafka": {"topic": "registry.changes", "create_topic": True}}]})
+    assert spec.sinks == (KafkaSink("registry.changes", create_topic=True, partitions=1),)
+    assert spec.processing == parse_spec(base).processing, "a sink changes nothing that is loaded"
+    for sinks, problem in (
+        ([{"kafka": {"topic": "a b"}}], "sinks[0].kafka.topic"),
+        ([{"kafka": {}}], "sinks[0].kafka.topic': is required"),
+        ([{"s3": {"bucket": "b"}}], "the one key `kafka`"),
+        ([{"kafka": {"topic": "x", "partitions": 0}}], "at least 1"),
+        ([{"kafka": {"topic": "x"}}, {"kafka": {"topic": "x"}}], "names one topic twice"),
+    ):
+        with pytest.raises(ValueError, match=problem.replace("[", r"\[").replace("]", r"\]")):
+            parse_spec({**base, "sinks": sinks})
+
+
+def test_a_consumer_reads_exactly_the_changes_each_version_published_in_order_per_key(
+    warehouse, specs, landing, tmp_path, kafka
+):
+    sink = new_sink()
+    spec = with_sink(specs[SOURCE], sink)
+    load_file(spec, landing, Q3, warehouse, tmp_path / "staging")
+    first = produce_version(warehouse, spec, sink, Q3, settings(kafka), "run-q3")
+    assert (first.changes, first.produced, first.dead_letters, first.changes_published) == (988, 988, 0, 988)
+    before = {k: r["row_hash"] for k, r in table_rows(warehouse, spec, Q3).items()}
+
+    load_file(spec, landing, Q4, warehouse, tmp_path / "staging")
+    second = produce_version(warehouse, spec, sink, Q4, settings(kafka), "run-q4")
+    inserted, updated = warehouse.query(
+        "SELECT records_inserted, records_updated FROM {schema}.sources WHERE partition_key = %s", (Q4,)
+    )[0]
+    assert second.changes == second.produced == inserted + updated == 60
+
+    messages = consume_all(kafka.address, sink.topic, expected=988 + 60)
+    assert len(messages) == 988 + 60, "each change once: no duplicate without a fault"
+    q4_keys = set(table_rows(warehouse, spec, Q4))
+    assert_messages_are_the_rows(messages, warehouse, spec, Q4, updated={k for k in q4_keys if k in before})
+    changes = [json.loads(m.value())["provenance"]["change"] for m in messages]
+    assert changes.count("updated") == updated == 49
+    # Each key on one partition, its versions in the order they were published.
+    per_key = defaultdict(list)
+    for message in sorted(messages, key=lambda m: (m.partition(), m.offset())):
+        per_key[message.key()].append((message.partition(), json.loads(message.value())["provenance"]["source_id"]))
+    for key, seen in per_key.items():
+        assert len({partition for partition, _ in seen}) == 1, key
+        assert [v for _, v in seen] == sorted(v for _, v in seen), key
+    assert max(len(seen) for seen in per_key.values()) == 2
+
+
+def test_a_held_version_produces_nothing_until_a_steward_releases_it(warehouse, specs, landing, tmp_path, kafka):
+    sink = new_sink()
+    spec = with_sink(specs[SOURCE], sink)
+    load_file(spec, landing, Q3, warehouse, tmp_path / "staging")
+    keys = [k for (k,) in warehouse.query("SELECT corp_number FROM {schema}.business_registry ORDER BY 1 LIMIT 4")]
+    land_held_file(landing, "held.csv", keys, "NOWHERE")
+    load_file(spec, landing, "held.csv", warehouse, tmp_path / "staging")
+    with pytest.raises(NotPublished, match="held"):
+        produce_version(warehouse, spec, sink, "held.csv", settings(kafka), "run")
+    assert sink.topic not in topics(kafka.address), "nothing was produced, not even the topic"
+
+    (held,) = held_versions(warehouse)
+    release(warehouse, spec, held.source_id, "steward", "expected this quarter")
+    produced = produce_version(warehouse, spec, sink, "held.csv", settings(kafka), "run")
+    messages = consume_all(kafka.address, sink.topic, expected=4)
+    assert produced.produced == len(messages) == 4
+    assert {m.key().decode() for m in messages} == set(keys)
+    assert {json.loads(m.value())["values"]["home_office_city"] for m in messages} == {"NOWHERE"}
+    assert {json.loads(m.value())["provenance"]["change"] for m in messages} == {"updated"}
+
+
+def test_a_missing_topic_fails_clearly_unless_the_spec_says_to_create_it(warehouse, specs, landing, tmp_path, kafka):
+    sink = new_sink(create_topic=False)
+    spec = with_sink(specs[SOURCE], sink)
+    load_file(spec, landing, Q3, warehouse, tmp_path / "staging")
+    with pytest.raises(SinkError, match=f"topic {sink.topic} does not exist.*create_topic: true"):
+        produce_version(warehouse, spec, sink, Q3, settings(kafka), "run")
+    assert sink.topic not in topics(kafka.address)
+
+    created = replace(sink, create_topic=True, partitions=4)
+    produce_version(warehouse, with_sink(spec, created), created, Q3, settings(kafka), "run")
+    assert len(consume_all(kafka.address, sink.topic, expected=988)) == 988
+
+
+def test_a_broker_down_when_the_run_starts_fails_it_clearly_and_a_later_retry_produces_everything(
+    warehouse, specs, landing, tmp_path
+):
+    sink = new_sink()
+    spec = with_sink(specs[SOURCE], sink)
+    load_file(spec, landing, Q3, warehouse, tmp_path / "staging")
+    broker = Broker(tmp_path / "tansu.log")  # not started yet
+    started = time.monotonic()
+    with pytest.raises(SinkError, match=f"Kafka brokers {broker.address} not reachable within 2 s"):
+        produce_version(warehouse, spec, sink, Q3, settings(broker, connect_timeout_seconds=2), "run")
+    assert time.monotonic() - started < 15
+    broker.start()
+    try:
+        produce_version(warehouse, spec, sink, Q3, settings(broker), "retry")
+        assert len(consume_all(broker.address, sink.topic, expected=988)) == 988
+    finally:
+        broker.stop()
+
+
+def test_an_oversized_message_becomes_a_dead_letter_with_its_reason_and_the_rest_are_produced(
+    warehouse, specs, landing, tmp_path, kafka
+):
+    sink = new_sink()
+    spec = with_sink(specs[SOURCE], sink)
+    sample = pl.read_csv(landing / SOURCE / Q3, infer_schema=False)
+    big = sample["Corp Number"][5]
+    sample.with_columns(
+        pl.when(pl.col("Corp Number") == big)
+        .then(pl.lit("Suite " + "9" * 3000))
+        .otherwise(pl.col("Home Office Address"))
+        .alias("Home Office Address")
+    ).write_csv(landing / SOURCE / "big.csv")
+    load_file(spec, landing, "big.csv", warehouse, tmp_path / "staging")
+    produced = produce_version(warehouse, spec, sink, "big.csv", settings(kafka, max_message_bytes=2000), "run")
+    assert (produced.produced, produced.dead_letters, produced.complete) == (987, 1, True)
+    messages = consume_all(kafka.address, sink.topic, expected=987)
+    assert len(messages) == 987 and big.encode() not in {m.key() for m in messages}
+    (letter,) = warehouse.query(
+        "SELECT error_type, error_message, record_data FROM {schema}.failed_records WHERE error_type = 'sink_rejected'"
+    )
+    assert letter[1].startswith(f"{sink.name}: over the size limit") and "too large" in letter[1]
+    assert json.loads(letter[2])["values"]["corp_number"] == big
+
+
+def land_copies(landing, name: str, copies: int) -> None:
+    """The sample `copies` times over under distinct keys (a digit before each corp number)."""
+    sample = pl.read_csv(landing / SOURCE / Q3, infer_schema=False)
+    pl.concat(
+        sample.with_columns((pl.lit(str(copy)) + pl.col("Corp Number")).alias("Corp Number"))
+        for copy in range(1, copies + 1)
+    ).write_csv(landing / SOURCE / name)
+
+
+def test_a_broker_going_away_mid_produce_fails_the_run_after_its_timeout_and_a_retry_resumes(
+    warehouse, specs, landing, tmp_path, monkeypatch
+):
+    sink = new_sink()
+    spec = with_sink(specs[SOURCE], sink)
+    land_copies(landing, "big.csv", 9)
+    load_file(spec, landing, "big.csv", warehouse, tmp_path / "staging")
+    rows = table_rows(warehouse, spec, "big.csv")
+    broker = Broker(tmp_path / "tansu.log").start()
+    read = warehouse.stream
+
+    def going_away(*args, **kwargs):
+        """The version's rows, the broker pausing once the first block of them is acknowledged."""
+        for number, block in enumerate(read(*args, **kwargs)):
+            if number == 1:
+                time.sleep(1)
+                broker.pause()
+            yield block
+
+    monkeypatch.setattr(warehouse, "stream", going_away)
+    try:
+        quick = settings(broker, checkpoint_records=100, delivery_timeout_seconds=3)
+        with pytest.raises(SinkError, match=f"record\\(s\\) of big.csv not acknowledged by {broker.address}"):
+            produce_version(warehouse, spec, sink, "big.csv", quick, "run")
+        monkeypatch.setattr(warehouse, "stream", read)
+        at, status = checkpoint(warehouse, sink, 1)
+        assert (status, at.produced) == ("failed", 100), "the block acknowledged before the broker went away"
+        broker.resume()
+        retried = produce_version(warehouse, spec, sink, "big.csv", quick, "retry")
+        assert (retried.resumed_from, retried.produced) == (at.produced, len(rows))
+        messages = consume_all(broker.address, sink.topic, expected=len(rows))
+        assert {m.key().decode() for m in messages} == rows.keys()
+    finally:
+        broker.stop()
+
+
+KILLED_PRODUCER = """
+import sys
+from dataclasses import replace
+from pathlib import Path
+from harmonizer_dagster.core.sinks import KafkaSettings, produce_version
+from harmonizer_dagster.core.spec import KafkaSink, load_spec
+from harmonizer_dagster.core.warehouse import open_warehouse
+
+url, schema, topic, brokers, spec_file, partition_key = sys.argv[1:]
+sink = KafkaSink(topic, create_topic=True, partitions=3)
+spec = replace(load_spec(Path(spec_file)), sinks=(sink,))
+settings = KafkaSettings(brokers, checkpoint_records=500)
+report = lambda at: print("checkpoint", at.produced, flush=True)
+print("done", produce_version(open_warehouse(url, schema), spec, sink, partition_key, settings, "run", report).produced)
+"""
+
+
+def warehouse_url(store) -> str:
+    return getattr(store, "url", None) or f"duckdb:///{store.path}"
+
+
+def test_a_producer_killed_at_random_points_resumes_and_every_change_arrives_at_least_once_in_order(
+    warehouse, specs, landing, tmp_path, kafka
+):
+    """The producing process is killed (SIGKILL) at random points, several times, then left to
+    finish: every change is on the topic at least once, the copies of one key on one partition
+    and identical, and what a kill re-sends is bounded by the checkpoint interval."""
+    sink = new_sink()
+    spec = with_sink(specs[SOURCE], sink)
+    land_copies(landing, "big.csv", 30)
+    load_file(spec, landing, "big.csv", warehouse, tmp_path / "staging")
+    rows = table_rows(warehouse, spec, "big.csv")
+    arguments = [warehouse_url(warehouse), warehouse.schema_name, sink.topic, kafka.address, str(spec.path), "big.csv"]
+    command = [sys.executable, "-c", KILLED_PRODUCER, *arguments]
+    rng = random.Random(28)
+    positions, kills = [], 4
+    for _ in range(kills):
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # Killed within the block after the first or second checkpoint this run reports (the
+        # producer acknowledges a few blocks at a time: 4 kills stay short of the last one).
+        for _ in range(rng.randint(1, 2)):
+            assert process.stdout.readline().startswith("checkpoint"), process.stderr.read()
+        time.sleep(rng.uniform(0, 0.25))
+        process.send_signal(signal.SIGKILL)
+        process.wait(10)
+        positions.append(checkpoint(warehouse, sink, 1)[0].produced)
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert finished.returncode == 0, finished.stderr
+    assert finished.stdout.split()[-2:] == ["done", str(len(rows))]
+    assert positions == sorted(positions) and positions[-1] < len(rows), "killed mid-produce, never moving back"
+
+    messages = consume_all(kafka.address, sink.topic, expected=len(rows))
+    per_key = defaultdict(list)
+    for message in sorted(messages, key=lambda m: (m.partition(), m.offset())):
+        per_key[message.key().decode()].append((message.partition(), message.value()))
+    assert per_key.keys() == rows.keys(), "every change at least once"
+    for key, copies in per_key.items():
+        assert len({partition for partition, _ in copies}) == 1, key
+        assert len({value for _, value in copies}) == 1, f"{key}: copies of the one change only"
+    duplicates = len(messages) - len(rows)
+    print(f"killed at checkpoints {positions}; {duplicates} duplicate(s) among {len(messages)} messages")
+    # Each kill re-sends what followed its checkpoint: at most the blocks in flight after it.
+    assert duplicates <= kills * (BLOCKS_IN_FLIGHT + 1) * 500
