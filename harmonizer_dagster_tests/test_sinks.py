@@ -6,6 +6,7 @@ its checkpoint and every change reaches the topic, in order per key."""
 
 import json
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,11 +14,15 @@ import time
 import uuid
 from collections import defaultdict
 from dataclasses import replace
+from pathlib import Path
 
+import dagster as dg
+import duckdb
 import polars as pl
 import pytest
 
 from harmonizer_dagster.core.publishing import held_versions, release
+from harmonizer_dagster.core.secrets import kafka_login
 from harmonizer_dagster.core.sinks import (
     BLOCKS_IN_FLIGHT,
     KafkaSettings,
@@ -27,7 +32,9 @@ from harmonizer_dagster.core.sinks import (
     produce_version,
 )
 from harmonizer_dagster.core.spec import KafkaSink, parse_spec
-from harmonizer_dagster_tests.conftest import load_file
+from harmonizer_dagster.definitions import build_definitions
+from harmonizer_dagster_tests.conftest import SOURCES_DIR, load_file
+from harmonizer_dagster_tests.fleet import free_port
 from harmonizer_dagster_tests.kafka_broker import Broker, consume_all, topics
 from harmonizer_dagster_tests.test_write_audit_publish import land_held_file
 
@@ -270,6 +277,7 @@ KILLED_PRODUCER = """
 import sys
 from dataclasses import replace
 from pathlib import Path
+from pathlib import Path
 from harmonizer_dagster.core.sinks import KafkaSettings, produce_version
 from harmonizer_dagster.core.spec import KafkaSink, load_spec
 from harmonizer_dagster.core.warehouse import open_warehouse
@@ -329,3 +337,73 @@ def test_a_producer_killed_at_random_points_resumes_and_every_change_arrives_at_
     print(f"killed at checkpoints {positions}; {duplicates} duplicate(s) among {len(messages)} messages")
     # Each kill re-sends what followed its checkpoint: at most the blocks in flight after it.
     assert duplicates <= kills * (BLOCKS_IN_FLIGHT + 1) * 500
+
+
+def sources_with_sink(tmp_path, topic: str) -> Path:
+    """The shipped specs, the registry's declaring a Kafka sink."""
+    folder = tmp_path / "sources"
+    shutil.copytree(SOURCES_DIR, folder)
+    spec_file = folder / f"{SOURCE}.yaml"
+    spec_file.write_text(
+        spec_file.read_text() + f"sinks:\n  - kafka:\n      topic: {topic}\n      create_topic: true\n"
+    )
+    return folder
+
+
+def test_the_kafka_asset_follows_the_published_one_and_its_failure_leaves_the_publish_alone(
+    environment, instance, monkeypatch, tmp_path, kafka
+):
+    topic = new_sink().topic
+    monkeypatch.setenv("HARMONIZER_SOURCES_DIR", str(sources_with_sink(tmp_path, topic)))
+    monkeypatch.setenv("HARMONIZER_KAFKA_BROKERS", f"127.0.0.1:{free_port()}")  # nothing listens there
+    defs = build_definitions()
+    keys = {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()}
+    assert {f"{name}_kafka" for name in ("business_registry", "court_records", "news_articles")} & keys == {
+        "business_registry_kafka"
+    }, "only the source declaring a sink has one"
+    sink_asset = defs.resolve_assets_def("business_registry_kafka")
+    assert sink_asset.partitions_def.name == "business_registry_files"
+    assert {key.name for key in sink_asset.check_keys} == {"records_produced"}
+    assert dg.AssetKey("business_registry_published") in sink_asset.asset_deps[dg.AssetKey("business_registry_kafka")]
+
+    instance.add_dynamic_partitions("business_registry_files", [Q3])
+    load = defs.resolve_job_def("load_business_registry")
+    assert load.execute_in_process(instance=instance, partition_key=Q3).success
+    produce = defs.resolve_implicit_global_asset_job_def()
+    selection = [dg.AssetKey("business_registry_kafka")]
+    down = produce.execute_in_process(
+        instance=instance, partition_key=Q3, asset_selection=selection, raise_on_error=False
+    )
+    assert not down.success
+    failure = next(e for e in down.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE)
+    assert "not reachable" in failure.step_failure_data.error.message
+    with duckdb.connect(str(environment), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM harmonizer.business_registry").fetchone() == (988,)
+
+    monkeypatch.setenv("HARMONIZER_KAFKA_BROKERS", kafka.address)
+    produce = build_definitions().resolve_implicit_global_asset_job_def()
+    assert produce.execute_in_process(instance=instance, partition_key=Q3, asset_selection=selection).success
+    event = instance.get_latest_materialization_event(dg.AssetKey("business_registry_kafka"))
+    metadata = {k: v.value for k, v in event.asset_materialization.metadata.items()}
+    assert (event.asset_materialization.partition, metadata["produced"], metadata["changes"]) == (Q3, 988, 988)
+    check = instance.event_log_storage.get_latest_asset_check_execution_by_key(
+        [dg.AssetCheckKey(dg.AssetKey("business_registry_kafka"), "records_produced")]
+    )
+    (execution,) = check.values()
+    assert execution.event.dagster_event.event_specific_data.passed
+    assert len(consume_all(kafka.address, topic, expected=988)) == 988
+
+
+def test_the_sasl_login_comes_from_a_secret_and_an_unusable_one_is_refused_without_its_value():
+    assert kafka_login('{"username": "producer", "password": "s3cr3t-value"}') == ("producer", "s3cr3t-value")
+    with pytest.raises(ValueError) as refused:
+        kafka_login('{"user": "producer", "pass": "s3cr3t-value"}')
+    assert "s3cr3t-value" not in str(refused.value)
+    config = KafkaSettings("b:9093", "SASL_SSL", "SCRAM-SHA-512", "producer", "s3cr3t-value").producer_config()
+    assert (config["sasl.mechanism"], config["sasl.username"], config["sasl.password"]) == (
+        "SCRAM-SHA-512",
+        "producer",
+        "s3cr3t-value",
+    )
+    assert (config["acks"], config["enable.idempotence"], config["compression.type"]) == ("all", True, "gzip")
+    assert "s3cr3t-value" not in repr(KafkaSettings("b:9093", password="s3cr3t-value"))
