@@ -107,6 +107,7 @@ def kafka_resource() -> KafkaResource:
         "security_protocol": setting("HARMONIZER_KAFKA_SECURITY_PROTOCOL"),
         "sasl_mechanism": setting("HARMONIZER_KAFKA_SASL_MECHANISM"),
         "ca_file": setting("HARMONIZER_KAFKA_CA_FILE"),
+        "compression": setting("HARMONIZER_KAFKA_COMPRESSION"),
         "checkpoint_records": int_setting("HARMONIZER_KAFKA_CHECKPOINT_RECORDS", 10_000),
         "max_message_bytes": int_setting("HARMONIZER_KAFKA_MAX_MESSAGE_BYTES", 1_000_000),
         "delivery_timeout_seconds": int_setting("HARMONIZER_KAFKA_DELIVERY_TIMEOUT_SECONDS", 120),

@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
+import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,6 +70,7 @@ class KafkaSettings:
     username: str = ""
     password: str = field(default="", repr=False)
     ca_file: str = ""
+    compression: str = "gzip"
     checkpoint_records: int = 10_000
     max_message_bytes: int = 1_000_000
     delivery_timeout_seconds: float = 120.0
@@ -80,7 +83,7 @@ class KafkaSettings:
             # nor reorder (idempotence keeps up to 5 requests in flight in order), gzip.
             "acks": "all",
             "enable.idempotence": True,
-            "compression.type": "gzip",
+            "compression.type": self.compression,
             "linger.ms": 20,
             "queue.buffering.max.messages": 500_000,
             "message.max.bytes": self.max_message_bytes,
@@ -172,18 +175,22 @@ def change_messages_sql(store: Warehouse, spec: SourceSpec, version: Version) ->
             f"'source_id', {int(version.source_id)}",
             f"'line', {line}",
             f"'row_hash', CAST({table}.{ROW_HASH_COLUMN} AS VARCHAR)",
-            "'change', CASE WHEN u.source_line_number IS NULL THEN 'inserted' ELSE 'updated' END",
+            f"'change', CASE WHEN {table}.updated_line IS NULL THEN 'inserted' ELSE 'updated' END",
         ]
     )
     keys = [f"CAST({table}.{quote_ident(k)} AS VARCHAR)" for k in spec.natural_key]
     key = keys[0] if len(keys) == 1 else f"CAST({array}({', '.join(keys)}) AS VARCHAR)"
     value = f"CAST({obj}('values', {obj}({values}), 'provenance', {obj}({provenance})) AS VARCHAR)"
+    # The rows are sorted first and their JSON built as they are read: the database then streams
+    # the JSON (DuckDB computes it chunk by chunk as it is fetched, after a sort of the plain
+    # columns) instead of building and sorting all of it before the first message.
     return (
-        f"SELECT {key}, {value}, {line} FROM {store.table(spec.name)} {table} "
-        f"LEFT JOIN {{schema}}.published_updates u ON u.source_id = {int(version.source_id)} "
-        f"AND u.source_line_number = {line} "
-        f"WHERE {table}._file_hash = {quote_literal(version.file_hash)} "
-        f"AND {table}._partition_key = {quote_literal(version.partition_key)} AND {line} > %s ORDER BY {line}"
+        f"SELECT {key}, {value}, {line} FROM (SELECT t.*, u.source_line_number AS updated_line "
+        f"FROM {store.table(spec.name)} t LEFT JOIN {{schema}}.published_updates u "
+        f"ON u.source_id = {int(version.source_id)} AND u.source_line_number = t.{quote_ident(LINE_COLUMN)} "
+        f"WHERE t._file_hash = {quote_literal(version.file_hash)} "
+        f"AND t._partition_key = {quote_literal(version.partition_key)} AND t.{quote_ident(LINE_COLUMN)} > %s "
+        f"ORDER BY t.{quote_ident(LINE_COLUMN)}) AS {table}"
     )
 
 
@@ -298,6 +305,41 @@ class _Block:
             self.failures.append(error.str())
 
 
+def _read_ahead(batches: Generator[list[tuple], None, None], depth: int = 2) -> Iterator[list[tuple]]:
+    """The batches, read by a thread of their own up to `depth` ahead: the database builds the
+    next block's messages while this one is produced."""
+    ahead: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def read() -> None:
+        try:
+            for batch in batches:
+                while not stop.is_set():
+                    try:
+                        ahead.put(batch, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            ahead.put(done)
+        except BaseException as exc:  # handed over to the producing thread, which raises it
+            ahead.put(exc)
+
+    reader = threading.Thread(target=read, name="sink-reader", daemon=True)
+    reader.start()
+    try:
+        while (item := ahead.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        reader.join()
+        batches.close()
+
+
 def _line_of(value: bytes) -> int:
     return int(json.loads(value)["provenance"]["line"])
 
@@ -316,14 +358,45 @@ def produce_version(
     produced again from its first change (a replay). Returns what the version came to; raises
     SinkError when the brokers or the topic fail it, after checkpointing what they acknowledged."""
     started = time.monotonic()
-    store.migrate([spec])
-    version = published_version(store, spec, partition_key)
-    ensure_topic(settings, sink)
-    earlier = checkpoint(store, sink, version.source_id)
-    at = earlier[0] if earlier and earlier[1] != "completed" else Checkpoint()
-    resumed_from = at.produced
-    changes = changes_of(store, spec, version)
-    _save(store, spec, sink, version, changes, at, "producing", run_id)
+    # A DuckDB file stays open from one of these transactions to the next: opening it costs more.
+    with store.kept_open():
+        store.migrate([spec])
+        version = published_version(store, spec, partition_key)
+        ensure_topic(settings, sink)
+        earlier = checkpoint(store, sink, version.source_id)
+        at = earlier[0] if earlier and earlier[1] != "completed" else Checkpoint()
+        resumed_from = at.produced
+        changes = changes_of(store, spec, version)
+        _save(store, spec, sink, version, changes, at, "producing", run_id)
+        _produce(store, spec, sink, version, changes, at, settings, run_id, on_checkpoint)
+        _save(store, spec, sink, version, changes, at, "completed", run_id)
+    return Produced(
+        version.source_id,
+        partition_key,
+        sink.name,
+        changes,
+        at.produced,
+        at.dead_letters,
+        resumed_from,
+        version.changes_published,
+        time.monotonic() - started,
+    )
+
+
+def _produce(
+    store: Warehouse,
+    spec: SourceSpec,
+    sink: KafkaSink,
+    version: Version,
+    changes: int,
+    at: Checkpoint,
+    settings: KafkaSettings,
+    run_id: str,
+    on_checkpoint: Callable[[Checkpoint], None] | None,
+) -> None:
+    """Sends the version's changes after the checkpoint `at`, moving it (and saving it) as blocks
+    are acknowledged; marks the checkpoint failed when the brokers fail it."""
+    partition_key = version.partition_key
     producer = Producer(settings.producer_config())
     blocks: deque[_Block] = deque()
     topic = sink.topic
@@ -351,24 +424,32 @@ def produce_version(
                 on_checkpoint(at)
 
     try:
-        for rows in store.stream(change_messages_sql(store, spec, version), (at.line,), settings.checkpoint_records):
+        produce = producer.produce
+        rows_of = _read_ahead(
+            store.stream(change_messages_sql(store, spec, version), (at.line,), settings.checkpoint_records)
+        )
+        for rows in rows_of:
             block = _Block(last_line=int(rows[-1][2]))
             callback = block.acknowledged
             for key, value, line in rows:
-                while True:
-                    try:
-                        producer.produce(topic, value, key, on_delivery=callback)
-                        block.pending += 1
-                        block.sent += 1
-                        break
-                    except BufferError:
+                try:
+                    produce(topic, value, key, on_delivery=callback)
+                except BufferError:
+                    # The producer's queue is full: serve acknowledgements until there is room.
+                    while True:
                         producer.poll(0.05)
-                    except KafkaException as exc:
-                        if exc.args[0].code() not in TOO_LARGE:
-                            raise
-                        block.rejected.append((int(line), value, f"over the size limit: {exc.args[0].str()}"))
-                        block.sent += 1
-                        break
+                        try:
+                            produce(topic, value, key, on_delivery=callback)
+                            break
+                        except BufferError:
+                            continue
+                except KafkaException as exc:
+                    if exc.args[0].code() not in TOO_LARGE:
+                        raise
+                    block.rejected.append((int(line), value, f"over the size limit: {exc.args[0].str()}"))
+            # Acknowledgements served above count down from here: the block is not checked until it is queued.
+            block.sent = len(rows)
+            block.pending += len(rows) - len(block.rejected)
             blocks.append(block)
             producer.poll(0)
             advance()
@@ -385,15 +466,3 @@ def produce_version(
     except Exception as exc:
         _save(store, spec, sink, version, changes, at, "failed", run_id, f"{type(exc).__name__}: {exc}")
         raise
-    _save(store, spec, sink, version, changes, at, "completed", run_id)
-    return Produced(
-        version.source_id,
-        partition_key,
-        sink.name,
-        changes,
-        at.produced,
-        at.dead_letters,
-        resumed_from,
-        version.changes_published,
-        time.monotonic() - started,
-    )

@@ -68,6 +68,7 @@ class KafkaResource(dg.ConfigurableResource):
     ca_file: str = Field(
         default="", description="CA bundle verifying the brokers' TLS certificates; empty: the system's."
     )
+    compression: str = Field(default="gzip", description="gzip (the legacy processor's), lz4, zstd, snappy or none.")
     checkpoint_records: int = Field(default=10_000, description="Records acknowledged between two checkpoints at most.")
     max_message_bytes: int = Field(default=1_000_000, description="Larger messages become dead letters.")
     delivery_timeout_seconds: int = Field(
@@ -90,6 +91,7 @@ class KafkaResource(dg.ConfigurableResource):
             username=username,
             password=password,
             ca_file=self.ca_file,
+            compression=self.compression,
             checkpoint_records=self.checkpoint_records,
             max_message_bytes=self.max_message_bytes,
             delivery_timeout_seconds=self.delivery_timeout_seconds,

@@ -18,7 +18,7 @@ import json
 import logging
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -708,7 +708,7 @@ class Warehouse(ABC):
             f"JOIN {self.table(spec.name)} t ON {joined} WHERE {replaced_row(arrival)}"
         )
 
-    def stream(self, sql: str, params: Sequence[Any] = (), rows: int = 10_000) -> Iterator[list[tuple]]:
+    def stream(self, sql: str, params: Sequence[Any] = (), rows: int = 10_000) -> Generator[list[tuple], None, None]:
         """`Session.stream` in a session of its own (or the open transaction's); `{schema}`
         expands to the quoted schema."""
         with self._connected() as s:
