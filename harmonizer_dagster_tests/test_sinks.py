@@ -20,7 +20,9 @@ import dagster as dg
 import duckdb
 import polars as pl
 import pytest
+from starlette.testclient import TestClient
 
+from harmonizer_dagster.cli import print_sinks
 from harmonizer_dagster.core.publishing import held_versions, release
 from harmonizer_dagster.core.secrets import kafka_login
 from harmonizer_dagster.core.sinks import (
@@ -33,7 +35,8 @@ from harmonizer_dagster.core.sinks import (
 )
 from harmonizer_dagster.core.spec import KafkaSink, parse_spec
 from harmonizer_dagster.definitions import build_definitions
-from harmonizer_dagster_tests.conftest import SOURCES_DIR, load_file
+from harmonizer_dagster.web.metrics import create_metrics_app
+from harmonizer_dagster_tests.conftest import SOURCES_DIR, csv_spec, load_file
 from harmonizer_dagster_tests.fleet import free_port
 from harmonizer_dagster_tests.kafka_broker import Broker, consume_all, topics
 from harmonizer_dagster_tests.test_write_audit_publish import land_held_file
@@ -407,3 +410,80 @@ def test_the_sasl_login_comes_from_a_secret_and_an_unusable_one_is_refused_witho
     )
     assert (config["acks"], config["enable.idempotence"], config["compression.type"]) == ("all", True, "gzip")
     assert "s3cr3t-value" not in repr(KafkaSettings("b:9093", password="s3cr3t-value"))
+
+
+def test_metrics_and_the_status_command_show_each_sinks_records_errors_and_checkpoint(
+    warehouse, specs, landing, tmp_path, kafka, capsys
+):
+    sink, missing = new_sink(), new_sink(create_topic=False)
+    spec = replace(specs[SOURCE], sinks=(sink, missing))
+    load_file(spec, landing, Q3, warehouse, tmp_path / "staging")
+    produce_version(warehouse, spec, sink, Q3, settings(kafka), "run")
+    with pytest.raises(SinkError):
+        produce_version(warehouse, spec, missing, Q3, settings(kafka), "run")
+
+    scraped = TestClient(create_metrics_app(warehouse)).get("/metrics").text
+    produced = f'harmonizer_sink_records_produced_total{{sink="{sink.name}",source="{SOURCE}"}} 988.0'
+    assert produced in scraped
+    assert f'harmonizer_sink_versions{{sink="{missing.name}",source="{SOURCE}",status="failed"}} 1.0' in scraped
+    assert f'harmonizer_sink_versions{{sink="{sink.name}",source="{SOURCE}",status="completed"}} 1.0' in scraped
+    position = f'partition="{Q3}",sink="{missing.name}",source="{SOURCE}",status="failed"'
+    assert f"harmonizer_sink_checkpoint_records{{{position}}} 0.0" in scraped
+    assert f"harmonizer_sink_changes{{{position}}} 988.0" in scraped
+    assert f'sink="{sink.name}",source="{SOURCE}",status="completed"}}' not in scraped.split("checkpoint_records")[-1]
+
+    print_sinks(warehouse)
+    shown = capsys.readouterr().out.splitlines()
+    failed = next(i for i, line in enumerate(shown) if missing.name in line)
+    assert shown[failed].split()[3:6] == ["failed", "0", "988"]
+    assert f"topic {missing.topic} does not exist" in shown[failed + 1]
+    assert any(sink.name in line and line.split()[3:6] == ["completed", "988", "988"] for line in shown)
+
+
+def test_values_are_typed_as_the_table_types_them_and_a_composite_key_is_a_json_array(warehouse, tmp_path, kafka):
+    sink = new_sink()
+    spec = replace(
+        csv_spec(
+            {
+                "region": {},
+                "k": {"type": "integer"},
+                "amount": {"type": "decimal", "precision": 10, "scale": 2},
+                "active": {"type": "boolean"},
+                "opened": {"type": "date"},
+                "seen": {"type": "timestamp"},
+                "note": {},
+            },
+            natural_key=("region", "k"),
+        ),
+        sinks=(sink,),
+    )
+    folder = tmp_path / "landing" / spec.name
+    folder.mkdir(parents=True)
+    (folder / "f.csv").write_text(
+        "region,k,amount,active,opened,seen,note\n"
+        'EU,1,12.5,true,2026-01-02,2026-01-02 03:04:05,"say ""hi"""\n'
+        "US,2,-0.01,false,1999-12-31,1999-12-31T23:59:59,\n"
+    )
+    load_file(spec, tmp_path / "landing", "f.csv", warehouse, tmp_path / "staging")
+    produce_version(warehouse, spec, sink, "f.csv", settings(kafka), "run")
+    messages = {m.key().decode(): json.loads(m.value())["values"] for m in consume_all(kafka.address, sink.topic, 2)}
+    assert messages == {
+        '["EU","1"]': {
+            "region": "EU",
+            "k": 1,
+            "amount": "12.50",
+            "active": True,
+            "opened": "2026-01-02",
+            "seen": "2026-01-02 03:04:05",
+            "note": 'say "hi"',
+        },
+        '["US","2"]': {
+            "region": "US",
+            "k": 2,
+            "amount": "-0.01",
+            "active": False,
+            "opened": "1999-12-31",
+            "seen": "1999-12-31 23:59:59",
+            "note": None,
+        },
+    }

@@ -25,7 +25,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Generator, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
@@ -34,15 +34,15 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from harmonizer_dagster.core.dead_letters import record_sink_rejects
 from harmonizer_dagster.core.harmonization import ROW_HASH_COLUMN
 from harmonizer_dagster.core.reading import LINE_COLUMN
-from harmonizer_dagster.core.spec import KafkaSink, SourceSpec
+from harmonizer_dagster.core.spec import Column, KafkaSink, SourceSpec
 from harmonizer_dagster.core.sql import quote_ident, quote_literal
 from harmonizer_dagster.core.warehouse import Warehouse
 
 log = logging.getLogger(__name__)
 
 # Column types a JSON value carries as text, exactly as the warehouse writes them: a decimal's
-# digits, a date, a timestamp, a UUID. Strings, integers and booleans are JSON's own.
-AS_TEXT = ("decimal", "date", "timestamp", "uuid")
+# digits, a date, a timestamp. Strings, integers and booleans are JSON's own.
+AS_TEXT = ("decimal", "date", "timestamp")
 # Blocks of HARMONIZER_KAFKA_CHECKPOINT_RECORDS sent but not all acknowledged, at most: what a
 # killed run may have to send again, and enough to keep the producer busy between two polls.
 BLOCKS_IN_FLIGHT = 4
@@ -156,41 +156,41 @@ def published_version(store: Warehouse, spec: SourceSpec, partition_key: str) ->
 def change_messages_sql(store: Warehouse, spec: SourceSpec, version: Version) -> str:
     """The query of a version's messages, in line order after a line `%s`: (key, value, line).
     The JSON is built by the database, one statement for the whole version."""
-    obj, array = store.json_functions
-    table = "t"
+    line = f"t.{quote_ident(LINE_COLUMN)}"
 
-    def typed(column_name: str, kind: str) -> str:
-        value = f"{table}.{quote_ident(column_name)}"
-        return f"CAST({value} AS VARCHAR)" if kind in AS_TEXT else value
+    def typed(column: Column) -> str:
+        value = f"t.{quote_ident(column.name)}"
+        return f"CAST({value} AS VARCHAR)" if column.type in AS_TEXT else value
 
-    values = ", ".join(f"{quote_literal(c.name)}, {typed(c.name, c.type)}" for c in spec.columns)
-    line = f"{table}.{quote_ident(LINE_COLUMN)}"
-    provenance = ", ".join(
+    provenance = [
+        ("source", quote_literal(spec.name)),
+        ("file", quote_literal(version.file_name)),
+        ("file_hash", quote_literal(version.file_hash)),
+        ("partition_key", quote_literal(version.partition_key)),
+        ("version", quote_literal(version.version)),
+        ("source_id", str(int(version.source_id))),
+        ("line", line),
+        ("row_hash", f"CAST(t.{ROW_HASH_COLUMN} AS VARCHAR)"),
+        ("change", "CASE WHEN t.updated_line IS NULL THEN 'inserted' ELSE 'updated' END"),
+    ]
+    message = store.json_object(
         [
-            f"'source', {quote_literal(spec.name)}",
-            f"'file', {quote_literal(version.file_name)}",
-            f"'file_hash', {quote_literal(version.file_hash)}",
-            f"'partition_key', {quote_literal(version.partition_key)}",
-            f"'version', {quote_literal(version.version)}",
-            f"'source_id', {int(version.source_id)}",
-            f"'line', {line}",
-            f"'row_hash', CAST({table}.{ROW_HASH_COLUMN} AS VARCHAR)",
-            f"'change', CASE WHEN {table}.updated_line IS NULL THEN 'inserted' ELSE 'updated' END",
+            ("values", store.json_object([(c.name, typed(c)) for c in spec.columns])),
+            ("provenance", store.json_object(provenance)),
         ]
     )
-    keys = [f"CAST({table}.{quote_ident(k)} AS VARCHAR)" for k in spec.natural_key]
-    key = keys[0] if len(keys) == 1 else f"CAST({array}({', '.join(keys)}) AS VARCHAR)"
-    value = f"CAST({obj}('values', {obj}({values}), 'provenance', {obj}({provenance})) AS VARCHAR)"
+    keys = [f"CAST(t.{quote_ident(k)} AS VARCHAR)" for k in spec.natural_key]
+    key = keys[0] if len(keys) == 1 else store.json_text(store.json_array(keys))
     # The rows are sorted first and their JSON built as they are read: the database then streams
     # the JSON (DuckDB computes it chunk by chunk as it is fetched, after a sort of the plain
     # columns) instead of building and sorting all of it before the first message.
     return (
-        f"SELECT {key}, {value}, {line} FROM (SELECT t.*, u.source_line_number AS updated_line "
-        f"FROM {store.table(spec.name)} t LEFT JOIN {{schema}}.published_updates u "
-        f"ON u.source_id = {int(version.source_id)} AND u.source_line_number = t.{quote_ident(LINE_COLUMN)} "
-        f"WHERE t._file_hash = {quote_literal(version.file_hash)} "
-        f"AND t._partition_key = {quote_literal(version.partition_key)} AND t.{quote_ident(LINE_COLUMN)} > %s "
-        f"ORDER BY t.{quote_ident(LINE_COLUMN)}) AS {table}"
+        f"SELECT {key}, {store.json_text(message)}, {line} FROM (SELECT s.*, u.source_line_number AS updated_line "
+        f"FROM {store.table(spec.name)} s LEFT JOIN {{schema}}.published_updates u "
+        f"ON u.source_id = {int(version.source_id)} AND u.source_line_number = s.{quote_ident(LINE_COLUMN)} "
+        f"WHERE s._file_hash = {quote_literal(version.file_hash)} "
+        f"AND s._partition_key = {quote_literal(version.partition_key)} AND s.{quote_ident(LINE_COLUMN)} > %s "
+        f"ORDER BY s.{quote_ident(LINE_COLUMN)}) AS t"
     )
 
 
@@ -211,6 +211,53 @@ class Checkpoint:
     line: int = -1
     produced: int = 0
     dead_letters: int = 0
+
+
+class _CheckpointWriter:
+    """Saves the latest checkpoint from a thread of its own: a commit costs a DuckDB file 10-40 ms,
+    which the producing loop would otherwise wait for at every block. A checkpoint is saved after
+    the broker acknowledged it, never before; a newer one replaces one not saved yet."""
+
+    def __init__(self, save: Callable[[Checkpoint], None], saved: Callable[[Checkpoint], None] | None) -> None:
+        self.save, self.saved = save, saved
+        self.latest: Checkpoint | None = None
+        self.closing = False
+        self.error: BaseException | None = None
+        self.changed = threading.Condition()
+        self.thread = threading.Thread(target=self._run, name="sink-checkpoints", daemon=True)
+        self.thread.start()
+
+    def record(self, at: Checkpoint) -> None:
+        if self.error is not None:
+            raise self.error
+        with self.changed:
+            self.latest = replace(at)
+            self.changed.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self.changed:
+                while self.latest is None and not self.closing:
+                    self.changed.wait()
+                at, self.latest = self.latest, None
+                if at is None:
+                    return
+            try:
+                self.save(at)
+                if self.saved:
+                    self.saved(at)
+            except BaseException as exc:  # raised in the producing thread at its next record or close
+                self.error = exc
+                return
+
+    def close(self, raising: bool = True) -> None:
+        """Waits for the last checkpoint recorded to be saved; raises what failed a save."""
+        with self.changed:
+            self.closing = True
+            self.changed.notify()
+        self.thread.join()
+        if raising and self.error is not None:
+            raise self.error
 
 
 def checkpoint(store: Warehouse, sink: KafkaSink, source_id: int) -> tuple[Checkpoint, str] | None:
@@ -362,13 +409,17 @@ def produce_version(
     with store.kept_open():
         store.migrate([spec])
         version = published_version(store, spec, partition_key)
-        ensure_topic(settings, sink)
         earlier = checkpoint(store, sink, version.source_id)
         at = earlier[0] if earlier and earlier[1] != "completed" else Checkpoint()
         resumed_from = at.produced
         changes = changes_of(store, spec, version)
         _save(store, spec, sink, version, changes, at, "producing", run_id)
-        _produce(store, spec, sink, version, changes, at, settings, run_id, on_checkpoint)
+        try:
+            ensure_topic(settings, sink)
+            _produce(store, spec, sink, version, changes, at, settings, run_id, on_checkpoint)
+        except Exception as exc:
+            _save(store, spec, sink, version, changes, at, "failed", run_id, f"{type(exc).__name__}: {exc}")
+            raise
         _save(store, spec, sink, version, changes, at, "completed", run_id)
     return Produced(
         version.source_id,
@@ -395,11 +446,10 @@ def _produce(
     on_checkpoint: Callable[[Checkpoint], None] | None,
 ) -> None:
     """Sends the version's changes after the checkpoint `at`, moving it (and saving it) as blocks
-    are acknowledged; marks the checkpoint failed when the brokers fail it."""
+    are acknowledged."""
     partition_key = version.partition_key
     producer = Producer(settings.producer_config())
     blocks: deque[_Block] = deque()
-    topic = sink.topic
 
     def advance() -> None:
         """Moves the checkpoint past every leading block acknowledged whole."""
@@ -419,50 +469,64 @@ def _produce(
             at.line = block.last_line
             moved = True
         if moved:
-            _save(store, spec, sink, version, changes, at, "producing", run_id)
-            if on_checkpoint:
-                on_checkpoint(at)
+            writer.record(at)
 
+    writer = _CheckpointWriter(
+        lambda saved: _save(store, spec, sink, version, changes, saved, "producing", run_id), on_checkpoint
+    )
     try:
-        produce = producer.produce
-        rows_of = _read_ahead(
-            store.stream(change_messages_sql(store, spec, version), (at.line,), settings.checkpoint_records)
-        )
-        for rows in rows_of:
-            block = _Block(last_line=int(rows[-1][2]))
-            callback = block.acknowledged
-            for key, value, line in rows:
-                try:
-                    produce(topic, value, key, on_delivery=callback)
-                except BufferError:
-                    # The producer's queue is full: serve acknowledgements until there is room.
-                    while True:
-                        producer.poll(0.05)
-                        try:
-                            produce(topic, value, key, on_delivery=callback)
-                            break
-                        except BufferError:
-                            continue
-                except KafkaException as exc:
-                    if exc.args[0].code() not in TOO_LARGE:
-                        raise
-                    block.rejected.append((int(line), value, f"over the size limit: {exc.args[0].str()}"))
-            # Acknowledgements served above count down from here: the block is not checked until it is queued.
-            block.sent = len(rows)
-            block.pending += len(rows) - len(block.rejected)
-            blocks.append(block)
-            producer.poll(0)
-            advance()
-            while len(blocks) > BLOCKS_IN_FLIGHT:
-                # Never far ahead of the checkpoint: a kill re-sends at most these blocks.
-                producer.poll(0.05)
-                advance()
+        batches = store.stream(change_messages_sql(store, spec, version), (at.line,), settings.checkpoint_records)
+        _send(producer, sink.topic, blocks, advance, batches)
         deadline = time.monotonic() + settings.delivery_timeout_seconds + settings.connect_timeout_seconds
         while blocks and time.monotonic() < deadline:
             producer.poll(0.1)
             advance()
         if blocks:
             raise SinkError(f"{sum(b.pending for b in blocks)} record(s) of {partition_key} still unacknowledged")
-    except Exception as exc:
-        _save(store, spec, sink, version, changes, at, "failed", run_id, f"{type(exc).__name__}: {exc}")
+    except BaseException:
+        writer.close(raising=False)  # the error that failed the run is the one to see
         raise
+    writer.close()
+
+
+def _send(
+    producer: Producer,
+    topic: str,
+    blocks: deque[_Block],
+    advance: Callable[[], None],
+    batches: Generator[list[tuple], None, None],
+) -> None:
+    """Hands every batch to the producer as a block, never more than BLOCKS_IN_FLIGHT ahead of
+    the checkpoint; `advance` moves the checkpoint past blocks acknowledged."""
+    produce = producer.produce
+    for rows in _read_ahead(batches):
+        block = _Block(last_line=int(rows[-1][2]))
+        callback = block.acknowledged
+        refused = 0  # by the producer itself, as too large: never sent, never acknowledged
+        for key, value, line in rows:
+            try:
+                produce(topic, value, key, on_delivery=callback)
+            except BufferError:
+                # The producer's queue is full: serve acknowledgements until there is room.
+                while True:
+                    producer.poll(0.05)
+                    try:
+                        produce(topic, value, key, on_delivery=callback)
+                        break
+                    except BufferError:
+                        continue
+            except KafkaException as exc:
+                if exc.args[0].code() not in TOO_LARGE:
+                    raise
+                block.rejected.append((int(line), value, f"over the size limit: {exc.args[0].str()}"))
+                refused += 1
+        # Acknowledgements served above count down from here: the block is not checked until it is queued.
+        block.sent = len(rows)
+        block.pending += len(rows) - refused
+        blocks.append(block)
+        producer.poll(0)
+        advance()
+        while len(blocks) > BLOCKS_IN_FLIGHT:
+            # Never far ahead of the checkpoint: a kill re-sends at most these blocks.
+            producer.poll(0.05)
+            advance()

@@ -142,8 +142,6 @@ class Warehouse(ABC):
     # What committing raises when a concurrent transaction committed the same unique key
     # first (PostgreSQL waits for it instead, and ON CONFLICT then sees its row).
     commit_conflicts: tuple[type[Exception], ...] = ()
-    # The functions building a JSON object and a JSON array from SQL values.
-    json_functions = ("json_build_object", "json_build_array")
 
     def __init__(self, schema: str = "harmonizer"):
         self.schema_name = schema
@@ -707,6 +705,18 @@ class Warehouse(ABC):
             f"SELECT {int(source_id)}, s.{quote_ident(LINE_COLUMN)} FROM {relation} s "
             f"JOIN {self.table(spec.name)} t ON {joined} WHERE {replaced_row(arrival)}"
         )
+
+    def json_object(self, fields: Sequence[tuple[str, str]]) -> str:
+        """SQL of a JSON object of (name, SQL expression) fields, nested objects and arrays among
+        them; `json_text` makes it text."""
+        return "json_build_object(" + ", ".join(f"{quote_literal(name)}, {sql}" for name, sql in fields) + ")"
+
+    def json_array(self, items: Sequence[str]) -> str:
+        """SQL of a JSON array of text values, written without spaces (as DuckDB writes it)."""
+        return f"array_to_json(ARRAY[{', '.join(items)}])"
+
+    def json_text(self, value: str) -> str:
+        return f"CAST({value} AS VARCHAR)"
 
     def stream(self, sql: str, params: Sequence[Any] = (), rows: int = 10_000) -> Generator[list[tuple], None, None]:
         """`Session.stream` in a session of its own (or the open transaction's); `{schema}`

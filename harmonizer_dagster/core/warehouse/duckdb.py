@@ -82,7 +82,6 @@ class DuckDBWarehouse(Warehouse):
     row_id = "rowid"
     # DuckDB's optimistic concurrency: the later of two transactions writing one key fails to commit.
     commit_conflicts = (duckdb.TransactionException, duckdb.ConstraintException)
-    json_functions = ("json_object", "json_array")
 
     def __init__(self, path: Path, schema: str = "harmonizer", memory_limit: str = "400MB"):
         super().__init__(schema)
@@ -98,6 +97,17 @@ class DuckDBWarehouse(Warehouse):
     @property
     def description(self) -> str:
         return f"DuckDB file {self.path}"
+
+    def json_object(self, fields: Sequence[tuple[str, str]]) -> str:
+        # A struct, made JSON once whole: half the time of json_object's nested calls (1M messages
+        # of 13 columns: 3.6 s of CPU against 5.5 s).
+        return "struct_pack(" + ", ".join(f"{quote_ident(name)} := {sql}" for name, sql in fields) + ")"
+
+    def json_array(self, items: Sequence[str]) -> str:
+        return f"list_value({', '.join(items)})"
+
+    def json_text(self, value: str) -> str:
+        return f"CAST(to_json({value}) AS VARCHAR)"
 
     def hold(self, s: Session, name: str) -> None:
         """Nothing to take: a session holds the whole file, so no other process can write it."""
