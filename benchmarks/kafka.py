@@ -69,10 +69,15 @@ def dump(file: Path, url: str, messages: Path) -> dict:
 def produce_sink(file: Path, url: str, settings: KafkaSettings, topic: str) -> dict:
     sink = sink_for(topic)
     spec = replace(registry_spec(), sinks=(sink,))
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     produced = produce_version(open_warehouse(url), spec, sink, file.name, settings, "bench")
     seconds = time.perf_counter() - started
-    return {"records": produced.produced, "seconds": seconds, "peak_rss_kb": peak_rss_kb()}
+    return {
+        "records": produced.produced,
+        "seconds": seconds,
+        "cpu": time.process_time() - cpu,
+        "peak_rss_kb": peak_rss_kb(),
+    }
 
 
 def produce_bare(messages: Path, settings: KafkaSettings, topic: str) -> dict:
@@ -88,7 +93,7 @@ def produce_bare(messages: Path, settings: KafkaSettings, topic: str) -> dict:
         if error is not None:
             failed.append(error)
 
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     count = 0
     with messages.open() as lines:
         for line in lines:
@@ -104,7 +109,7 @@ def produce_bare(messages: Path, settings: KafkaSettings, topic: str) -> dict:
     seconds = time.perf_counter() - started
     if failed:
         raise RuntimeError(f"{len(failed)} messages failed: {failed[0]}")
-    return {"records": count, "seconds": seconds, "peak_rss_kb": peak_rss_kb()}
+    return {"records": count, "seconds": seconds, "cpu": time.process_time() - cpu, "peak_rss_kb": peak_rss_kb()}
 
 
 def child(*arguments: str) -> dict:
@@ -178,7 +183,7 @@ def main() -> None:
                 for case, r in results.items():
                     print(
                         f"{backend:<10} {codec:<6} {case:<6} {r['records']:>9,} {r['seconds']:>8.2f} "
-                        f"{r['records'] / r['seconds']:>10,.0f} {r['peak_rss_kb'] / 1024:>13.0f}  "
+                        f"{r['records'] / r['seconds']:>10,.0f} {r['cpu']:>6.1f} {r['peak_rss_kb'] / 1024:>13.0f}  "
                         f"runs {r['all_seconds']}",
                         flush=True,
                     )

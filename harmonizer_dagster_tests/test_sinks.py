@@ -487,3 +487,33 @@ def test_values_are_typed_as_the_table_types_them_and_a_composite_key_is_a_json_
             "note": None,
         },
     }
+
+
+def test_in_production_the_sasl_login_comes_from_secrets_manager(s3_endpoint, s3_bucket, monkeypatch):
+    """As the warehouse login does: the code location names the secret, each run reads it."""
+    import boto3
+
+    from harmonizer_dagster.definitions import kafka_resource
+
+    client = boto3.client("secretsmanager", endpoint_url=s3_endpoint, region_name="us-east-1")
+    name = f"harmonizer/kafka-{uuid.uuid4().hex[:8]}"
+    client.create_secret(Name=name, SecretString=json.dumps({"username": "producer", "password": "s3cr3t-kafka"}))
+    for variable, value in (
+        ("HARMONIZER_KAFKA_BROKERS", "broker-1:9096,broker-2:9096"),
+        ("HARMONIZER_KAFKA_SECURITY_PROTOCOL", "SASL_SSL"),
+        ("HARMONIZER_KAFKA_SASL_MECHANISM", "SCRAM-SHA-512"),
+        ("HARMONIZER_KAFKA_SECRET_ID", name),
+        ("HARMONIZER_SECRETS_ENDPOINT_URL", s3_endpoint),
+    ):
+        monkeypatch.setenv(variable, value)
+    resource = kafka_resource()
+    assert "s3cr3t-kafka" not in repr(resource)
+    with dg.build_resources({"kafka": resource}) as resources:
+        config = resources.kafka.settings().producer_config()
+    assert {k: config[k] for k in ("bootstrap.servers", "security.protocol", "sasl.mechanism", "sasl.username")} == {
+        "bootstrap.servers": "broker-1:9096,broker-2:9096",
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanism": "SCRAM-SHA-512",
+        "sasl.username": "producer",
+    }
+    assert config["sasl.password"] == "s3cr3t-kafka"

@@ -19,7 +19,6 @@ reason, and the run goes on. Nothing here knows about Dagster.
 from __future__ import annotations
 
 import json
-import logging
 import queue
 import threading
 import time
@@ -37,8 +36,6 @@ from harmonizer_dagster.core.reading import LINE_COLUMN
 from harmonizer_dagster.core.spec import Column, KafkaSink, SourceSpec
 from harmonizer_dagster.core.sql import quote_ident, quote_literal
 from harmonizer_dagster.core.warehouse import Warehouse
-
-log = logging.getLogger(__name__)
 
 # Column types a JSON value carries as text, exactly as the warehouse writes them: a decimal's
 # digits, a date, a timestamp. Strings, integers and booleans are JSON's own.
@@ -77,7 +74,7 @@ class KafkaSettings:
     connect_timeout_seconds: float = 10.0
 
     def producer_config(self) -> dict[str, Any]:
-        config: dict[str, Any] = {
+        return {
             **self.client_config(),
             # The legacy processor's: every in-sync replica acknowledges, retries never duplicate
             # nor reorder (idempotence keeps up to 5 requests in flight in order), gzip.
@@ -85,11 +82,9 @@ class KafkaSettings:
             "enable.idempotence": True,
             "compression.type": self.compression,
             "linger.ms": 20,
-            "queue.buffering.max.messages": 500_000,
             "message.max.bytes": self.max_message_bytes,
             "message.timeout.ms": int(self.delivery_timeout_seconds * 1000),
         }
-        return config
 
     def client_config(self) -> dict[str, Any]:
         config: dict[str, Any] = {"bootstrap.servers": self.brokers, "security.protocol": self.security_protocol}
@@ -181,11 +176,13 @@ def change_messages_sql(store: Warehouse, spec: SourceSpec, version: Version) ->
     )
     keys = [f"CAST(t.{quote_ident(k)} AS VARCHAR)" for k in spec.natural_key]
     key = keys[0] if len(keys) == 1 else store.json_text(store.json_array(keys))
-    # The rows are sorted first and their JSON built as they are read: the database then streams
-    # the JSON (DuckDB computes it chunk by chunk as it is fetched, after a sort of the plain
-    # columns) instead of building and sorting all of it before the first message.
+    # The rows' plain columns are sorted first and their JSON built as they are read: the database
+    # then streams the JSON (DuckDB computes it chunk by chunk as it is fetched) instead of
+    # building and sorting all of it before the first message.
+    read = ", ".join(f"s.{quote_ident(c.name)}" for c in spec.columns)
     return (
-        f"SELECT {key}, {store.json_text(message)}, {line} FROM (SELECT s.*, u.source_line_number AS updated_line "
+        f"SELECT {key}, {store.json_text(message)}, {line} FROM (SELECT {read}, s.{quote_ident(LINE_COLUMN)}, "
+        f"s.{ROW_HASH_COLUMN}, u.source_line_number AS updated_line "
         f"FROM {store.table(spec.name)} s LEFT JOIN {{schema}}.published_updates u "
         f"ON u.source_id = {int(version.source_id)} AND u.source_line_number = s.{quote_ident(LINE_COLUMN)} "
         f"WHERE s._file_hash = {quote_literal(version.file_hash)} "
