@@ -152,6 +152,17 @@ def test_a_consumer_reads_exactly_the_changes_each_version_published_in_order_pe
         assert [v for _, v in seen] == sorted(v for _, v in seen), key
     assert max(len(seen) for seen in per_key.values()) == 2
 
+    # A replay (a backfill of the partition) sends what the older version still holds: never a
+    # row the later version replaced, so a key's latest value stays last on its partition.
+    replayed = produce_version(warehouse, spec, sink, Q3, settings(kafka), "replay")
+    assert (replayed.resumed_from, replayed.changes, replayed.produced) == (0, 988 - 49, 988 - 49)
+    from_q3 = defaultdict(int)
+    for message in consume_all(kafka.address, sink.topic, expected=988 + 60 + 939):
+        if json.loads(message.value())["provenance"]["partition_key"] == Q3:
+            from_q3[message.key().decode()] += 1
+    assert {key for key, count in from_q3.items() if count == 2} == set(table_rows(warehouse, spec, Q3))
+    assert sum(from_q3.values()) == 988 + 939
+
 
 def test_a_held_version_produces_nothing_until_a_steward_releases_it(warehouse, specs, landing, tmp_path, kafka):
     sink = new_sink()
