@@ -528,3 +528,14 @@ def test_in_production_the_sasl_login_comes_from_secrets_manager(s3_endpoint, s3
         "sasl.username": "producer",
     }
     assert config["sasl.password"] == "s3cr3t-kafka"
+
+
+def test_a_scrape_of_a_warehouse_not_migrated_to_sinks_yet_serves_everything_else(warehouse, specs):
+    """`harmonizer metrics serve` migrates nothing: it may read a warehouse the loads of an
+    earlier release left."""
+    warehouse.migrate([specs[SOURCE]])
+    warehouse.query("DROP TABLE {schema}.sink_checkpoints")
+    response = TestClient(create_metrics_app(warehouse)).get("/metrics")
+    assert response.status_code == 200
+    assert "harmonizer_scrape_warehouse_busy 0.0" in response.text
+    assert "harmonizer_sink_versions{" not in response.text

@@ -176,16 +176,22 @@ def snapshot(warehouse: Warehouse) -> Snapshot:
     """The registry's figures, in one transaction; empty for a warehouse not migrated yet."""
     found = Snapshot()
     with warehouse.transaction():
-        migrated = warehouse.query(
-            "SELECT count(*) FROM information_schema.tables WHERE table_schema = %s AND table_name = 'version_health'",
-            (warehouse.schema_name,),
-        )[0][0]
-        if not migrated:
+        migrated = {
+            name
+            for (name,) in warehouse.query(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = %s "
+                "AND table_name IN ('version_health', 'sink_checkpoints')",
+                (warehouse.schema_name,),
+            )
+        }
+        if "version_health" not in migrated:
             return found
         _versions(warehouse, found)
         _tallies(warehouse, found)
         _held(warehouse, found)
-        _sinks(warehouse, found)
+        # A warehouse the loads have not migrated to sinks yet (a scrape migrates nothing) has none.
+        if "sink_checkpoints" in migrated:
+            _sinks(warehouse, found)
         for row in warehouse.query(
             "SELECT source_type, partition_key, coalesce(records_processed, 0), records_expected, file_size_bytes, "
             "extract(epoch FROM heartbeat_at) FROM {schema}.sources WHERE status = 'processing'"
