@@ -78,20 +78,19 @@ def topics(address: str) -> set[str]:
     return set(AdminClient({"bootstrap.servers": address}).list_topics(timeout=10).topics)
 
 
-def consume_all(address: str, topic: str, expected: int | None = None, idle_seconds: float = 2.0) -> list:
+def consume_all(address: str, topic: str, expected: int = 0, idle_seconds: float = 1.0) -> list:
     """Every message on the topic, each partition in offset order: read from the start by a
-    consumer assigned every partition, until the topic's end offsets are reached (and, when
-    `expected` is given, at least that many messages were read)."""
+    consumer assigned every partition, until at least `expected` messages were read, nothing more
+    came for `idle_seconds` and every partition's end offset, asked again then, was reached."""
     consumer = Consumer(
         {"bootstrap.servers": address, "group.id": f"test-{time.monotonic_ns()}", "enable.auto.commit": False}
     )
     try:
         partitions = sorted(consumer.list_topics(topic, timeout=10).topics[topic].partitions)
-        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions}
         consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
-        messages, last = [], time.monotonic()
-        reached = dict.fromkeys(partitions, 0)
-        while time.monotonic() - last < idle_seconds or any(reached[p] < ends[p] for p in partitions):
+        messages, reached = [], dict.fromkeys(partitions, 0)
+        deadline, last = time.monotonic() + 120, time.monotonic()
+        while time.monotonic() < deadline:
             batch = consumer.consume(10_000, 0.2)
             for message in batch:
                 assert message.error() is None, message.error()
@@ -99,10 +98,10 @@ def consume_all(address: str, topic: str, expected: int | None = None, idle_seco
                 reached[message.partition()] = message.offset() + 1
             if batch:
                 last = time.monotonic()
-            if expected is not None and len(messages) >= expected and all(reached[p] >= ends[p] for p in partitions):
-                break
-            if time.monotonic() - last > 30:
-                break
-        return messages
+            elif len(messages) >= expected and time.monotonic() - last >= idle_seconds:
+                ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions}
+                if all(reached[p] >= ends[p] for p in partitions):
+                    return messages
+        raise AssertionError(f"{topic}: {len(messages)} messages read in 120 s, offsets {reached}")
     finally:
         consumer.close()
