@@ -167,7 +167,7 @@ def main() -> None:
     try:
         print(
             f"{'warehouse':<10} {'codec':<6} {'case':<6} {'records':>9} {'seconds':>8} {'records/s':>10} "
-            f"{'peak RSS MiB':>13}"
+            f"{'CPU s':>6} {'peak RSS MiB':>13}"
         )
         for backend, url in targets:
             work = folder / f"work_{backend}"

@@ -152,8 +152,8 @@ def record_sink_rejects(
         lines = ", ".join(str(int(line)) for line, _, _ in rejected)
         store.query(
             "DELETE FROM {schema}.failed_records WHERE source_id = %s AND error_type = %s "
-            f"AND error_message LIKE %s AND source_line_number IN ({lines})",
-            (source_id, error_type, f"{sink}: %"),
+            f"AND left(error_message, %s) = %s AND source_line_number IN ({lines})",
+            (source_id, error_type, len(sink) + 1, f"{sink}:"),
         )
         for line, message, why in rejected:
             store.query(
