@@ -435,7 +435,12 @@ MIGRATIONS: list[tuple[int, str, list[str | Indexing]]] = [
                 source_id BIGINT NOT NULL,
                 source_line_number BIGINT NOT NULL
             )""",
-            Indexing("CREATE INDEX published_updates_source_idx ON {schema}.published_updates (source_id)", True),
+            # A sink looks each of a version's rows up here: PostgreSQL, its statistics not yet
+            # updated after a large load, may join by nested loop, which this index keeps a lookup.
+            Indexing(
+                "CREATE INDEX published_updates_line_idx ON {schema}.published_updates (source_id, source_line_number)",
+                True,
+            ),
             # Per version and sink: the changes it has to produce, those acknowledged up to the
             # checkpoint (in line order: `line` is the last of them), dead letters, and its state.
             """CREATE TABLE {schema}.sink_checkpoints (
