@@ -251,7 +251,28 @@ def status(args: argparse.Namespace) -> int:
 
         for held in held_versions(store):
             print(f"held: {held.source}/{held.partition_key} (id {held.source_id}), failed {held.held_because}")
+        print_sinks(store)
     return 1 if args.stalled and rows else 0
+
+
+def print_sinks(store: Warehouse) -> None:
+    """Each recent version's place in each sink: its checkpoint, and why its last run failed."""
+    from harmonizer_dagster.core.monitoring import sink_status
+
+    sinks = sink_status(store)
+    if not sinks:
+        return
+    print(
+        f"\n{'source':<20} {'sink':<28} {'file':<28} {'status':<10} {'produced':>10} {'changes':>10} "
+        f"{'dead':>6}  updated"
+    )
+    for row in sinks:
+        print(
+            f"{row['source_type']:<20} {row['sink']:<28} {row['partition_key']:<28} {row['status']:<10} "
+            f"{row['produced']:>10} {row['changes']:>10} {row['dead_letters']:>6}  {row['updated_at']}"
+        )
+        if row["status"] == "failed" and row["error_message"]:
+            print(f"  {row['error_message']}")
 
 
 def metrics(args: argparse.Namespace) -> int:

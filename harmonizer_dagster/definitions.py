@@ -28,6 +28,7 @@ from harmonizer_dagster.orchestration.housekeeping import (
 from harmonizer_dagster.orchestration.jobs import build_ingest_jobs, build_register_job, build_source_job
 from harmonizer_dagster.orchestration.resources import (
     S3_SETTINGS,
+    KafkaResource,
     LandingZone,
     Notifier,
     S3Landing,
@@ -40,6 +41,7 @@ from harmonizer_dagster.orchestration.sensors import (
     build_s3_sensor,
     build_unrecorded_failures_sensor,
 )
+from harmonizer_dagster.orchestration.sinks import build_sink_asset
 from harmonizer_dagster.orchestration.triage import (
     build_decision_job,
     build_report_asset,
@@ -103,6 +105,35 @@ def warehouse_resource() -> WarehouseResource:
     )
 
 
+def kafka_resource() -> KafkaResource:
+    """The Kafka cluster of the sources' sinks; its SASL login from AWS Secrets Manager when
+    HARMONIZER_KAFKA_SECRET_ID is set, as the warehouse's is."""
+    settings = {
+        "brokers": setting("HARMONIZER_KAFKA_BROKERS"),
+        "security_protocol": setting("HARMONIZER_KAFKA_SECURITY_PROTOCOL"),
+        "sasl_mechanism": setting("HARMONIZER_KAFKA_SASL_MECHANISM"),
+        "ca_file": setting("HARMONIZER_KAFKA_CA_FILE"),
+        "compression": setting("HARMONIZER_KAFKA_COMPRESSION"),
+        "checkpoint_records": int_setting("HARMONIZER_KAFKA_CHECKPOINT_RECORDS", 10_000),
+        "max_message_bytes": int_setting("HARMONIZER_KAFKA_MAX_MESSAGE_BYTES", 1_000_000),
+        "delivery_timeout_seconds": int_setting("HARMONIZER_KAFKA_DELIVERY_TIMEOUT_SECONDS", 120),
+    }
+    if not configured("HARMONIZER_KAFKA_SECRET_ID"):
+        return KafkaResource(
+            **settings, username=setting("HARMONIZER_KAFKA_USERNAME"), password=setting("HARMONIZER_KAFKA_PASSWORD")
+        )
+    from harmonizer_dagster.orchestration.aws import SecretKafkaResource, SecretsManagerResource
+
+    return SecretKafkaResource(
+        **settings,
+        secret_id=setting("HARMONIZER_KAFKA_SECRET_ID"),
+        secrets=SecretsManagerResource(
+            endpoint_url=setting("HARMONIZER_SECRETS_ENDPOINT_URL") or None,
+            region_name=setting("AWS_DEFAULT_REGION", "us-east-1"),
+        ),
+    )
+
+
 def s3_resources() -> dict[str, dg.ConfigurableResource]:
     from harmonizer_dagster.orchestration.aws import S3Resource
 
@@ -115,8 +146,9 @@ def s3_resources() -> dict[str, dg.ConfigurableResource]:
     }
 
 
-def build_resources(with_s3: bool = False) -> dict[str, dg.ConfigurableResource]:
+def build_resources(with_s3: bool = False, with_kafka: bool = False) -> dict[str, dg.ConfigurableResource]:
     return {
+        **({"kafka": kafka_resource()} if with_kafka else {}),
         "warehouse": warehouse_resource(),
         "landing": LandingZone(
             landing_dir=landing_setting(),
@@ -224,6 +256,8 @@ def build_definitions() -> dg.Definitions:
         assets=[
             *assets.values(),
             *(build_report_asset(spec, automatic, host_tags) for spec in specs),
+            # Only sources whose spec declares a sink have one.
+            *(build_sink_asset(spec, automatic, host_tags) for spec in specs if spec.sinks),
         ],
         jobs=[
             *load_jobs.values(),
@@ -262,7 +296,7 @@ def build_definitions() -> dg.Definitions:
                 else []
             ),
         ],
-        resources=build_resources(with_s3),
+        resources=build_resources(with_s3, with_kafka=any(spec.sinks for spec in specs)),
         # Steps run in the run worker's process: the multiprocess executor re-imports the code
         # location for every step (seconds each, far more on a Pi) and the steps pass only
         # small references to staged files, so a process per step buys nothing.

@@ -19,6 +19,7 @@ import yaml
 
 from harmonizer_dagster.core.spec import SAFE_LOADER, SourceSpec, load_specs
 from harmonizer_dagster.core.warehouse import Warehouse, open_warehouse
+from harmonizer_dagster_tests.kafka_broker import Broker
 from harmonizer_dagster_tests.postgres_server import fresh_database
 
 REPO = Path(__file__).parent.parent
@@ -51,6 +52,14 @@ def postgres_url() -> Iterator[str]:
     """A database of its own on a real server (started for the run when none is reachable)."""
     with fresh_database() as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    """A Kafka-protocol broker (Tansu, in memory) on a free loopback port, for the whole test run."""
+    broker = Broker(tmp_path_factory.mktemp("kafka") / "tansu.log").start()
+    yield broker
+    broker.stop()
 
 
 @pytest.fixture(scope="session")

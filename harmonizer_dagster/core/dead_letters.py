@@ -136,3 +136,30 @@ def list_failed(
         params.append(reprocessed)
     order = "source_type, partition_key, source_line_number, record_id"
     return store.page("failed_records", FAILED_COLUMNS, " AND ".join(clauses), params, order, page, limit)
+
+
+def record_sink_rejects(
+    store: Warehouse, spec: SourceSpec, source_id: int, run_id: str, sink: str, rejected: list[tuple[int, str, str]]
+) -> None:
+    """Keeps the messages a sink refused (line, message, reason) as dead letters of their version,
+    in place of any the same lines got from an earlier run of the sink: a resumed run sends a
+    block again. Reprocessing leaves them alone (they passed every check); a steward sees them."""
+    error_type = "sink_rejected"
+    with store.transaction():
+        partition_key, file_hash = store.query(
+            "SELECT partition_key, file_hash FROM {schema}.sources WHERE source_id = %s", (source_id,)
+        )[0]
+        lines = ", ".join(str(int(line)) for line, _, _ in rejected)
+        store.query(
+            "DELETE FROM {schema}.failed_records WHERE source_id = %s AND error_type = %s "
+            f"AND left(error_message, %s) = %s AND source_line_number IN ({lines})",
+            (source_id, error_type, len(sink) + 1, f"{sink}:"),
+        )
+        for line, message, why in rejected:
+            store.query(
+                "INSERT INTO {schema}.failed_records (source_id, source_type, partition_key, file_hash, run_id, "
+                "source_line_number, record_data, error_type, error_message) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                (source_id, spec.name, partition_key, file_hash, run_id, line, message, error_type, f"{sink}: {why}"),
+            )
+        store.recount([source_id])

@@ -94,6 +94,29 @@ def loader_status(warehouse: Warehouse, health: str | None = None) -> list[dict]
     return [dict(zip(LOADER_STATUS_COLUMNS, row, strict=True)) for row in rows]
 
 
+SINK_STATUS_COLUMNS = (
+    "source_type",
+    "sink",
+    "partition_key",
+    "status",
+    "produced",
+    "changes",
+    "dead_letters",
+    "updated_at",
+    "error_message",
+)
+
+
+def sink_status(warehouse: Warehouse) -> list[dict]:
+    """Where each version of the last 7 days is in each sink (the versions not finished first,
+    then the newest): its checkpoint, what it is due, and its last error."""
+    rows = warehouse.query(
+        f"SELECT {', '.join(SINK_STATUS_COLUMNS)} FROM {{schema}}.sink_checkpoints "
+        "WHERE updated_at > now() - INTERVAL '7 days' ORDER BY status = 'completed', updated_at DESC, source_id DESC"
+    )
+    return [dict(zip(SINK_STATUS_COLUMNS, row, strict=True)) for row in rows]
+
+
 @dataclass
 class SourceFigures:
     """One source's figures as a scrape serves them."""
@@ -124,24 +147,55 @@ class RunningLoad:
 
 
 @dataclass
+class SinkFigures:
+    """One sink of one source: what its versions came to, by their sink status."""
+
+    produced: int = 0
+    dead_letters: int = 0
+    versions: dict[str, int] = field(default_factory=dict)  # producing, failed, completed
+
+
+@dataclass(frozen=True)
+class SinkPosition:
+    """A version a sink has not finished (producing now, or failed): its checkpoint."""
+
+    source: str
+    sink: str
+    partition_key: str
+    status: str
+    produced: int
+    changes: int
+    updated_at: float
+
+
+@dataclass
 class Snapshot:
     sources: dict[str, SourceFigures] = field(default_factory=dict)
     running: list[RunningLoad] = field(default_factory=list)
+    sinks: dict[tuple[str, str], SinkFigures] = field(default_factory=dict)
+    unfinished: list[SinkPosition] = field(default_factory=list)
 
 
 def snapshot(warehouse: Warehouse) -> Snapshot:
     """The registry's figures, in one transaction; empty for a warehouse not migrated yet."""
     found = Snapshot()
     with warehouse.transaction():
-        migrated = warehouse.query(
-            "SELECT count(*) FROM information_schema.tables WHERE table_schema = %s AND table_name = 'version_health'",
-            (warehouse.schema_name,),
-        )[0][0]
-        if not migrated:
+        migrated = {
+            name
+            for (name,) in warehouse.query(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = %s "
+                "AND table_name IN ('version_health', 'sink_checkpoints')",
+                (warehouse.schema_name,),
+            )
+        }
+        if "version_health" not in migrated:
             return found
         _versions(warehouse, found)
         _tallies(warehouse, found)
         _held(warehouse, found)
+        # A warehouse the loads have not migrated to sinks yet (a scrape migrates nothing) has none.
+        if "sink_checkpoints" in migrated:
+            _sinks(warehouse, found)
         for row in warehouse.query(
             "SELECT source_type, partition_key, coalesce(records_processed, 0), records_expected, file_size_bytes, "
             "extract(epoch FROM heartbeat_at) FROM {schema}.sources WHERE status = 'processing'"
@@ -151,6 +205,23 @@ def snapshot(warehouse: Warehouse) -> Snapshot:
                 RunningLoad(source, key, int(done), None if expected is None else int(expected), int(size), beat)
             )
     return found
+
+
+def _sinks(warehouse: Warehouse, found: Snapshot) -> None:
+    """The sinks' checkpoints: totals per source and sink, and each version not finished."""
+    rows = warehouse.query(
+        "SELECT source_type, sink, status, partition_key, produced, changes, dead_letters, "
+        "extract(epoch FROM updated_at) FROM {schema}.sink_checkpoints"
+    )
+    for source, sink, status, key, produced, changes, dead_letters, updated_at in rows:
+        figures = found.sinks.setdefault((source, sink), SinkFigures())
+        figures.produced += int(produced)
+        figures.dead_letters += int(dead_letters)
+        figures.versions[status] = figures.versions.get(status, 0) + 1
+        if status != "completed":
+            found.unfinished.append(
+                SinkPosition(source, sink, key, status, int(produced), int(changes), float(updated_at))
+            )
 
 
 def _versions(warehouse: Warehouse, found: Snapshot) -> None:

@@ -54,6 +54,15 @@ def database_url(value: str) -> str:
     return f"postgresql://{user}:{password}@{login['host']}:{login.get('port', 5432)}/{login.get('dbname', 'postgres')}"
 
 
+def kafka_login(value: str) -> tuple[str, str]:
+    """The SASL username and password a secret holds as JSON (`username`, `password`); ValueError
+    for anything else, naming no value."""
+    data = _json_object(value)
+    if data is None or not {"username", "password"} <= data.keys():
+        raise ValueError("the secret is not JSON with a username and a password")
+    return str(data["username"]), str(data["password"])
+
+
 def environment_variables(value: str) -> dict[str, str]:
     """The variables a secret holds as a JSON object of names to values."""
     data = _json_object(value)

@@ -51,6 +51,22 @@ DEFAULTS = {
     # Where the daily backup_warehouse schedule writes backups (empty: no schedule; backups are
     # taken by `harmonizer backup` or by launching the job).
     "HARMONIZER_BACKUP_DIR": "",
+    # Kafka sinks (`sinks:` in a spec): the brokers (host:port, comma-separated) and how to log in:
+    # PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL; a SASL mechanism (PLAIN, SCRAM-SHA-256,
+    # SCRAM-SHA-512) with HARMONIZER_KAFKA_USERNAME and HARMONIZER_KAFKA_PASSWORD, or
+    # HARMONIZER_KAFKA_SECRET_ID; a CA bundle for TLS (empty: the system's).
+    "HARMONIZER_KAFKA_BROKERS": "",
+    "HARMONIZER_KAFKA_SECURITY_PROTOCOL": "PLAINTEXT",
+    "HARMONIZER_KAFKA_SASL_MECHANISM": "",
+    "HARMONIZER_KAFKA_CA_FILE": "",
+    # gzip as the legacy processor (it costs a core about 10 us a message); lz4, zstd, snappy or none.
+    "HARMONIZER_KAFKA_COMPRESSION": "gzip",
+    # Records acknowledged between two checkpoints at most; a killed run re-sends at most a few of these.
+    "HARMONIZER_KAFKA_CHECKPOINT_RECORDS": "10000",
+    # Messages larger than this (bytes) are dead letters; Kafka's brokers refuse about 1 MB by default.
+    "HARMONIZER_KAFKA_MAX_MESSAGE_BYTES": "1000000",
+    # Seconds a message may wait for the broker's acknowledgement (retried meanwhile) before the run fails.
+    "HARMONIZER_KAFKA_DELIVERY_TIMEOUT_SECONDS": "120",
     # Signs the triage page's session cookie (CSRF token, messages); empty: random per process.
     "HARMONIZER_DQ_SECRET": "",
     # The S3 landing area (s3://BUCKET/PREFIX/<source>/); an empty bucket: files land in the folder.

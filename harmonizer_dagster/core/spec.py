@@ -177,6 +177,26 @@ class Anomalies:
     severity: str = "warning"  # warnings do not block publication
 
 
+# A Kafka topic name: letters, digits, '.', '_' and '-', at most 249 characters (Kafka's own rule).
+TOPIC_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+
+
+@dataclass(frozen=True)
+class KafkaSink:
+    """A topic every published change of the source is produced to (core/sinks.py). Brokers and
+    credentials are the deployment's (HARMONIZER_KAFKA_*), never the spec's."""
+
+    topic: str
+    # A missing topic is created with this many partitions; false: a missing topic fails the run.
+    create_topic: bool = False
+    partitions: int = 1
+
+    @property
+    def name(self) -> str:
+        """How the registry and the metrics name the sink."""
+        return f"kafka:{self.topic}"
+
+
 # More than half of a file's records rejected says the spec or the file is wrong, not its records:
 # such a version (every record rejected included) is held back. The shipped samples reject at most 13%.
 DEFAULT_MAX_REJECTED_RATE = 0.5
@@ -217,6 +237,8 @@ class SourceSpec:
     # Values that mean "no value" in this source's files (`NA`, `N/A`), read as empty; matched
     # exactly, after trimming.
     null_values: tuple[str, ...] = field(default=(), repr=False)
+    # Where published changes go besides the warehouse; out of the repr: they change nothing loaded.
+    sinks: tuple[KafkaSink, ...] = field(default=(), repr=False)
     path: Path | None = field(default=None, compare=False)
 
     @property
@@ -585,6 +607,32 @@ def _parse_anomalies(r: _Reader, value: bool | dict) -> Anomalies | None:
     return Anomalies(baseline_versions=max(versions, 1), severity=severity, **thresholds)
 
 
+def _parse_sinks(r: _Reader) -> tuple[KafkaSink, ...]:
+    """`sinks: [{kafka: {topic: ..., create_topic: ..., partitions: ...}}]`: Kafka is the one kind."""
+    sinks = r.get("sinks", [], kind=list)
+    parsed = r.each(((f"sinks[{i}]", item) for i, item in enumerate(sinks)), _parse_sink)
+    topics = [sink.topic for sink in parsed]
+    if len(set(topics)) != len(topics):
+        r.record(r.fail("sinks", "names one topic twice"))
+    return parsed
+
+
+def _parse_sink(where: str, r: _Reader) -> KafkaSink:
+    if set(r.data) != {"kafka"}:
+        raise r.fail("", "must be a mapping with the one key `kafka`")
+    k = r.sub("kafka", r.get("kafka", required=True, kind=dict))
+    topic = k.get("topic", required=True, kind=str)
+    if not TOPIC_PATTERN.match(topic):
+        raise k.fail("topic", "must be 1 to 249 letters, digits, '.', '_' or '-'")
+    partitions = k.get("partitions", 1, kind=int)
+    if partitions < 1:
+        raise k.fail("partitions", "must be at least 1")
+    sink = KafkaSink(topic=topic, create_topic=k.get("create_topic", False, kind=bool), partitions=partitions)
+    k.finish()
+    r.finish()
+    return sink
+
+
 def _parse_rate(r: _Reader, key: str, default: float) -> float:
     """A share between 0 and 1; a wrong one is recorded and the default read on with."""
     rate = r.get(key, default, kind=(int, float))
@@ -655,6 +703,7 @@ def _parse_source(r: _Reader, file: str) -> SourceSpec:
         schema_evolution=r.choice("schema_evolution", SCHEMA_EVOLUTIONS, "report"),
         null_values=_parse_null_values(r),
         header_row=r.get("header_row", 0 if r.data.get("format") == "fixed_width" else 1, kind=int),
+        sinks=_parse_sinks(r),
         path=Path(file),
     )
     if len(spec.delimiter) != 1:

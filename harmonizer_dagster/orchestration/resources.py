@@ -8,6 +8,7 @@ from pydantic import Field
 
 from harmonizer_dagster.core.notify import Alert, SmtpSettings, send_email, send_slack
 from harmonizer_dagster.core.pipeline import DEFAULT_BATCH_ROWS
+from harmonizer_dagster.core.sinks import KafkaSettings
 from harmonizer_dagster.core.warehouse import Warehouse, open_warehouse
 
 # What makes a code location talk to S3 (with a schedule that fetches from s3://). Only then do
@@ -53,6 +54,48 @@ class WarehouseResource(dg.ConfigurableResource):
         # A step waiting for a warehouse another process holds says so in the run's event log.
         store.on_wait = dg.get_dagster_logger().warning
         return store
+
+
+class KafkaResource(dg.ConfigurableResource):
+    """The Kafka cluster sinks produce to (HARMONIZER_KAFKA_*). With HARMONIZER_KAFKA_SECRET_ID,
+    the SASL login comes from AWS Secrets Manager instead (orchestration/aws.py)."""
+
+    brokers: str = Field(default="", description="host:port of the bootstrap brokers, comma-separated.")
+    security_protocol: str = Field(default="PLAINTEXT", description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.")
+    sasl_mechanism: str = Field(default="", description="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512; empty: no SASL.")
+    username: str = Field(default="", description="The SASL username.")
+    password: str = Field(default="", description="The SASL password; set through the environment only, never logged.")
+    ca_file: str = Field(
+        default="", description="CA bundle verifying the brokers' TLS certificates; empty: the system's."
+    )
+    compression: str = Field(default="gzip", description="gzip (the legacy processor's), lz4, zstd, snappy or none.")
+    checkpoint_records: int = Field(default=10_000, description="Records acknowledged between two checkpoints at most.")
+    max_message_bytes: int = Field(default=1_000_000, description="Larger messages become dead letters.")
+    delivery_timeout_seconds: int = Field(
+        default=120, description="Seconds a message may wait for its acknowledgement before the run fails."
+    )
+
+    def login(self) -> tuple[str, str]:
+        return self.username, self.password
+
+    def settings(self) -> KafkaSettings:
+        if not self.brokers.strip():
+            raise dg.Failure(
+                "a source declares a Kafka sink, but HARMONIZER_KAFKA_BROKERS is not set", allow_retries=False
+            )
+        username, password = self.login()
+        return KafkaSettings(
+            brokers=self.brokers,
+            security_protocol=self.security_protocol,
+            sasl_mechanism=self.sasl_mechanism,
+            username=username,
+            password=password,
+            ca_file=self.ca_file,
+            compression=self.compression,
+            checkpoint_records=self.checkpoint_records,
+            max_message_bytes=self.max_message_bytes,
+            delivery_timeout_seconds=self.delivery_timeout_seconds,
+        )
 
 
 class LandingZone(dg.ConfigurableResource):

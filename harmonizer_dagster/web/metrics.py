@@ -166,6 +166,50 @@ def _registry_metrics(found: Snapshot) -> Iterator[Metric]:
         if load.heartbeat is not None:
             beat.add_metric(key, float(load.heartbeat))
     yield from (done, expected, size, beat)
+    yield from _sink_metrics(found)
+
+
+def _sink_metrics(found: Snapshot) -> Iterator[Metric]:
+    labels = ["source", "sink"]
+    produced = CounterMetricFamily(
+        "harmonizer_sink_records_produced", "Changes a sink's broker acknowledged, over every version", labels=labels
+    )
+    dead = CounterMetricFamily(
+        "harmonizer_sink_dead_letters",
+        "Changes a sink's broker refused (too large), kept as dead letters",
+        labels=labels,
+    )
+    versions = GaugeMetricFamily(
+        "harmonizer_sink_versions",
+        "Versions by where their changes are in the sink (producing, failed: its last run's error, completed)",
+        labels=[*labels, "status"],
+    )
+    for (source, sink), figures in sorted(found.sinks.items()):
+        produced.add_metric([source, sink], figures.produced)
+        dead.add_metric([source, sink], figures.dead_letters)
+        for status, count in sorted(figures.versions.items()):
+            versions.add_metric([source, sink, status], count)
+    yield from (produced, dead, versions)
+    position_labels = [*labels, "partition", "status"]
+    position = GaugeMetricFamily(
+        "harmonizer_sink_checkpoint_records",
+        "Changes acknowledged up to the checkpoint of a version the sink has not finished",
+        labels=position_labels,
+    )
+    due = GaugeMetricFamily(
+        "harmonizer_sink_changes", "Changes due from a version the sink has not finished", labels=position_labels
+    )
+    when = GaugeMetricFamily(
+        "harmonizer_sink_checkpoint_timestamp_seconds",
+        "When that version's checkpoint last moved",
+        labels=position_labels,
+    )
+    for version in found.unfinished:
+        key = [version.source, version.sink, version.partition_key, version.status]
+        position.add_metric(key, version.produced)
+        due.add_metric(key, version.changes)
+        when.add_metric(key, version.updated_at)
+    yield from (position, due, when)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ import json
 import logging
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,6 +73,11 @@ class Session(ABC):
     @abstractmethod
     def modify(self, sql: str, params: Sequence[Any] = ()) -> int:
         """Runs one INSERT, UPDATE or DELETE; returns how many rows it wrote."""
+
+    @abstractmethod
+    def stream(self, sql: str, params: Sequence[Any] = (), rows: int = 10_000) -> Iterator[list[tuple]]:
+        """Runs one query and yields its rows `rows` at a time: a result of millions of rows is
+        never held whole."""
 
 
 class WarehouseBusy(TimeoutError):
@@ -662,6 +667,8 @@ class Warehouse(ABC):
             relation = f"(SELECT {names} FROM {self.stage_table(spec.name)} WHERE _source_id = {int(source_id)})"
             staged = int(s.execute(f"SELECT count(*) FROM {relation} AS r")[0][0])
             arrival = self._arrival(s, spec, partition_key)
+            if spec.sinks:
+                self._record_updates(s, spec, relation, source_id, arrival)
             counts = self._upsert(s, spec, relation, staged, (file_hash, partition_key), arrival, columns=columns)
             # Older versions of the partition still waiting are superseded: releasing one now
             # would overwrite this version's rows with the older file's.
@@ -686,6 +693,36 @@ class Warehouse(ABC):
                 (staged, counts.inserted, counts.updated, counts.unchanged, run_id, source_id),
             )
         return counts
+
+    def _record_updates(self, s: Session, spec: SourceSpec, relation: str, source_id: int, arrival: int) -> None:
+        """Notes the lines of the version whose rows will replace a published row, before the
+        upsert replaces them: what tells a sink an update from a new key. Only sources with
+        sinks pay for it (one join of the version's rows with the table)."""
+        joined = " AND ".join(f"t.{quote_ident(k)} = s.{quote_ident(k)}" for k in spec.natural_key)
+        s.execute(f"DELETE FROM {self.schema}.published_updates WHERE source_id = %s", (source_id,))
+        s.execute(
+            f"INSERT INTO {self.schema}.published_updates (source_id, source_line_number) "
+            f"SELECT {int(source_id)}, s.{quote_ident(LINE_COLUMN)} FROM {relation} s "
+            f"JOIN {self.table(spec.name)} t ON {joined} WHERE {replaced_row(arrival)}"
+        )
+
+    def json_object(self, fields: Sequence[tuple[str, str]]) -> str:
+        """SQL of a JSON object of (name, SQL expression) fields, nested objects and arrays among
+        them; `json_text` makes it text."""
+        return "json_build_object(" + ", ".join(f"{quote_literal(name)}, {sql}" for name, sql in fields) + ")"
+
+    def json_array(self, items: Sequence[str]) -> str:
+        """SQL of a JSON array of text values, written without spaces (as DuckDB writes it)."""
+        return f"array_to_json(ARRAY[{', '.join(items)}])"
+
+    def json_text(self, value: str) -> str:
+        return f"CAST({value} AS VARCHAR)"
+
+    def stream(self, sql: str, params: Sequence[Any] = (), rows: int = 10_000) -> Generator[list[tuple], None, None]:
+        """`Session.stream` in a session of its own (or the open transaction's); `{schema}`
+        expands to the quoted schema."""
+        with self._connected() as s:
+            yield from s.stream(sql.replace("{schema}", self.schema), params, rows)
 
     def hold_version(self, source_id: int, failed_checks: Sequence[str]) -> None:
         """Keeps a staged version out of the table consumers read: its blocking checks failed."""

@@ -106,6 +106,13 @@ class PostgresSession(Session):
             cursor.execute(sql, list(params) or None)
             return cursor.fetchall() if cursor.description else []
 
+    def stream(self, sql: str, params: Sequence[Any] = (), rows: int = 10_000) -> Iterator[list[tuple]]:
+        # A server-side cursor: the server keeps the result and sends it a batch at a time.
+        with self.connection.cursor(name=f"harmonizer_stream_{uuid.uuid4().hex[:8]}") as cursor:
+            cursor.execute(sql, list(params) or None)
+            while batch := cursor.fetchmany(rows):
+                yield batch
+
     def load_parquet(
         self, table: str, columns: list[tuple[str, str]], files: list[Path], superseded: Sequence[Path] = ()
     ) -> int:

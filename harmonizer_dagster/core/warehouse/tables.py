@@ -452,6 +452,41 @@ MIGRATIONS: list[tuple[int, str, list[str | Indexing]]] = [
             )""",
         ],
     ),
+    (
+        11,
+        "sinks: which rows a publish updated, and how far each version got into each sink",
+        [
+            # The lines of a version whose rows replaced a published row (the rest it wrote are
+            # new keys): written by a publish of a source with sinks, read by its sinks.
+            """CREATE TABLE {schema}.published_updates (
+                source_id BIGINT NOT NULL,
+                source_line_number BIGINT NOT NULL
+            )""",
+            # A sink looks each of a version's rows up here: PostgreSQL, its statistics not yet
+            # updated after a large load, may join by nested loop, which this index keeps a lookup.
+            Indexing(
+                "CREATE INDEX published_updates_line_idx ON {schema}.published_updates (source_id, source_line_number)",
+                True,
+            ),
+            # Per version and sink: the changes it has to produce, those acknowledged up to the
+            # checkpoint (in line order: `line` is the last of them), dead letters, and its state.
+            """CREATE TABLE {schema}.sink_checkpoints (
+                source_id BIGINT NOT NULL,
+                sink VARCHAR NOT NULL,
+                source_type VARCHAR NOT NULL,
+                partition_key VARCHAR NOT NULL,
+                changes BIGINT NOT NULL,
+                produced BIGINT NOT NULL,
+                line BIGINT NOT NULL,
+                dead_letters BIGINT NOT NULL,
+                status VARCHAR NOT NULL,
+                error_message VARCHAR,
+                run_id VARCHAR,
+                updated_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+                PRIMARY KEY (source_id, sink)
+            )""",
+        ],
+    ),
 ]
 
 
