@@ -39,6 +39,8 @@ def test_definitions_snapshot():
         "triage_issues",
         "reprocess_failed_records",
         "decide_held_version",
+        "housekeeping",
+        "backup_warehouse",
     }
     repository = defs.get_repository_def()
     assert {s.name for s in repository.sensor_defs} == {
@@ -55,6 +57,7 @@ def test_definitions_snapshot():
         "business_registry_schedule",
         "court_records_schedule",
         "news_articles_schedule",
+        "housekeeping_daily",
     }
     asset = defs.resolve_assets_def("business_registry")
     assert [node.name for node in asset.node_def.node_defs] == [

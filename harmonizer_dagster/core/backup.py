@@ -17,11 +17,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import psycopg
-
 from harmonizer_dagster.core.warehouse import Warehouse
 from harmonizer_dagster.core.warehouse.duckdb import DuckDBWarehouse
-from harmonizer_dagster.core.warehouse.postgres import PostgresWarehouse
 from harmonizer_dagster.core.warehouse.tables import stage_schema
 
 MANIFEST = "manifest.json"
@@ -42,12 +39,20 @@ class Manifest:
     instance: bool
 
 
+def _is_postgres(warehouse: Warehouse) -> bool:
+    # By its module, not its class: importing the class imports psycopg, which a process on a
+    # DuckDB warehouse never needs.
+    return type(warehouse).__module__.endswith(".postgres")
+
+
 def instance_url() -> str | None:
     """The PostgreSQL Dagster instance's database, from the variables dagster.yaml reads (None
     on the embedded SQLite instance)."""
     names = ("DAGSTER_PG_HOST", "DAGSTER_PG_PORT", "DAGSTER_PG_USER", "DAGSTER_PG_PASSWORD", "DAGSTER_PG_DB")
     if not os.environ.get("DAGSTER_PG_DB"):
         return None
+    import psycopg
+
     host, port, user, password, db = (os.environ.get(name, "") for name in names)
     return psycopg.conninfo.make_conninfo(host=host, port=port or "5432", user=user, password=password, dbname=db)
 
@@ -63,7 +68,7 @@ def backup(warehouse: Warehouse, folder: Path, instance_url: str | None = None) 
         if isinstance(warehouse, DuckDBWarehouse):
             _copy_duckdb(warehouse, partial / DUCKDB_COPY)
             kind = "duckdb"
-        elif isinstance(warehouse, PostgresWarehouse):
+        elif _is_postgres(warehouse):
             schemas = [warehouse.schema_name, stage_schema(warehouse.schema_name)]
             _pg_dump(warehouse.url, partial / WAREHOUSE_DUMP, schemas)
             kind = "postgresql"
@@ -93,7 +98,7 @@ def restore(warehouse: Warehouse, folder: Path, instance_url: str | None = None)
         if manifest.warehouse != "duckdb":
             raise BackupError(f"{folder} holds a {manifest.warehouse} warehouse; this warehouse is DuckDB")
         _restore_duckdb(warehouse, folder / DUCKDB_COPY)
-    elif isinstance(warehouse, PostgresWarehouse):
+    elif _is_postgres(warehouse):
         if manifest.warehouse != "postgresql":
             raise BackupError(f"{folder} holds a {manifest.warehouse} warehouse; this warehouse is PostgreSQL")
         warehouse.query(f"DROP SCHEMA IF EXISTS {warehouse.stage_schema} CASCADE")
@@ -161,6 +166,8 @@ def _pg_restore(url: str, dump: Path, clean: bool = False) -> None:
 def _run(command: list[str], url: str, tool: str) -> None:
     """Runs a PostgreSQL tool on the database of `url`. The password goes in the tool's
     environment, never on its command line, where any process could read it."""
+    import psycopg
+
     info = psycopg.conninfo.conninfo_to_dict(url)
     password = info.pop("password", None)
     environment = {**os.environ, **({"PGPASSWORD": str(password)} if password else {})}
