@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # A venv from before a new test tool was added is brought up to date too.
-.venv/bin/python -c "import pytest, xdist, playwright, prometheus_client, python_calamine, openpyxl, palmerpenguins, kubernetes_validate, dagster_k8s" \
+.venv/bin/python -c "import pytest, xdist, playwright, prometheus_client, python_calamine, openpyxl, palmerpenguins, kubernetes_validate, dagster_k8s, aiosmtpd, confluent_kafka, fastapi" \
   2>/dev/null || scripts/install.sh
 # Installs Debian package $1 when one of the commands named after it and $2 (the tests that
 # need them) is missing.
