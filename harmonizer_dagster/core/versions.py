@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from harmonizer_dagster.core.dead_letters import FAILED_COLUMNS as DEAD_LETTER_COLUMNS
 from harmonizer_dagster.core.quality import checks_for
 from harmonizer_dagster.core.spec import SourceSpec
 from harmonizer_dagster.core.sql import quote_ident
@@ -56,15 +57,8 @@ STATES = {
 # Dagster run statuses of a run that ended without loading the file, and of one still to start.
 ENDED_RUN_STATES = {"FAILURE": "failed", "CANCELED": "canceled"}
 WAITING_RUN_STATES = ("QUEUED", "NOT_STARTED", "STARTING", "MANAGED")
-FAILED_COLUMNS = (
-    "record_id",
-    "source_line_number",
-    "source_record_id",
-    "error_type",
-    "error_message",
-    "record_data",
-    "reprocessed",
-)
+# A version's failed records as the dead-letter listing shows them, less what the version says.
+FAILED_COLUMNS = tuple(c for c in DEAD_LETTER_COLUMNS if c not in ("source_type", "partition_key"))
 
 
 def _versions(store: Warehouse, where: str, params: list[Any], suffix: str = "") -> list[dict[str, Any]]:
